@@ -1,0 +1,197 @@
+"""The fedready ClientApp: local DP-SGD with a privacy budget that composes across rounds.
+
+Notes
+-----
+Each client owns its privacy state. The Opacus accountant history lives in
+Flower's per-node ``context.state`` (so it survives from round to round within a
+run) and is mirrored to the client's own state folder on disk (so it survives a
+crash and a resume). Before training, the client projects the epsilon it would
+have spent after this round; if that exceeds its budget it declines with reason
+``budget-exhausted`` instead of training.
+
+A round that is asked for again after a crash, with the very same global model,
+is answered with the update already released for it: re-sending a released
+output is post-processing and costs no privacy, whereas training again would
+spend the budget twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedready import constants as K
+from fedready._io import atomic_write_bytes, atomic_write_text
+from fedready.config import SimulationConfig
+from fedready.modelio import arrays_digest, load_npz, save_npz
+from fedready.models import create_model
+from fedready.client.training import train
+from fedready.privacy.accounting import calibrate_noise, compose_epsilon
+from fedready.simulations.federated import client_shard
+
+__all__ = ["app", "make_client_app"]
+
+_STATE_KEY = "fedready.privacy"
+
+
+@dataclass
+class ClientPrivacyState:
+    """A client's own record of what it has released, round by round."""
+
+    rounds: list[int] = field(default_factory=list)
+    noise: list[float] = field(default_factory=list)
+    rate: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    last_input_digest: str = ""  # global model the last released update was computed from
+
+    def history(self) -> list[tuple[float, float, int]]:
+        return list(zip(self.noise, self.rate, self.steps, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "noise": self.noise, "rate": self.rate, "steps": self.steps,
+                "last_input_digest": self.last_input_digest}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClientPrivacyState:
+        return cls(list(d["rounds"]), list(d["noise"]), list(d["rate"]), list(d["steps"]), d["last_input_digest"])
+
+
+class _Store:
+    """Client state in ``context.state``, mirrored to a folder on the client's disk."""
+
+    def __init__(self, context: Context, folder: Path | None) -> None:
+        self.context = context
+        self.folder = folder
+
+    def load(self) -> ClientPrivacyState:
+        rec = self.context.state.get(_STATE_KEY)
+        if rec is not None:
+            return ClientPrivacyState.from_dict(json.loads(str(rec["json"])))
+        if self.folder is not None and (self.folder / "state.json").exists():
+            return ClientPrivacyState.from_dict(json.loads((self.folder / "state.json").read_text()))
+        return ClientPrivacyState()
+
+    def save(self, state: ClientPrivacyState, reply_arrays: dict[str, np.ndarray], reply_metrics: dict) -> None:
+        blob = json.dumps(state.to_dict(), sort_keys=True)
+        self.context.state[_STATE_KEY] = ConfigRecord({"json": blob})
+        if self.folder is not None:
+            # The cached reply is written before the state that points at it.
+            atomic_write_bytes(self.folder / "last_update.npz", save_npz(reply_arrays))
+            atomic_write_text(self.folder / "last_metrics.json", json.dumps(reply_metrics, sort_keys=True))
+            atomic_write_text(self.folder / "state.json", blob)
+
+    def cached_reply(self) -> tuple[dict[str, np.ndarray], dict] | None:
+        if self.folder is None or not (self.folder / "last_update.npz").exists():
+            return None
+        arrays = load_npz((self.folder / "last_update.npz").read_bytes())
+        metrics = json.loads((self.folder / "last_metrics.json").read_text())
+        return arrays, metrics
+
+
+@lru_cache(maxsize=64)
+def _noise_multiplier(epsilon: float, delta: float, rate: float, steps: int, accountant: str) -> float:
+    return calibrate_noise(target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps,
+                           accountant=accountant)  # fmt: skip
+
+
+def _train_seed(seed: int, partition_id: int, server_round: int) -> int:
+    return int(np.random.SeedSequence([seed, partition_id, server_round]).generate_state(1)[0])
+
+
+def _decline(msg: Message, pid: int, reason: str, detail: str) -> Message:
+    content = RecordDict({
+        K.METRICS: MetricRecord({K.NUM_EXAMPLES: 0, K.DECLINED: 1, K.PARTITION_ID: pid}),
+        K.CONFIG: ConfigRecord({K.REASON: reason, K.DETAIL: detail}),
+    })  # fmt: skip
+    return Message(content=content, reply_to=msg)
+
+
+def _reply(msg: Message, arrays: dict[str, np.ndarray], metrics: dict) -> Message:
+    rec = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+    return Message(content=RecordDict({K.ARRAYS: rec, K.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> Message:
+    """Train on the local shard and reply with the update, or decline."""
+    cfg = SimulationConfig.from_run_config({**dict(context.run_config), **overrides})
+    pid = int(context.node_config["partition-id"])
+    run_dir = overrides.get(K.RUN_DIR) or context.run_config.get(K.RUN_DIR)
+    store = _Store(context, Path(str(run_dir)) / "clients" / str(pid) if run_dir else None)
+    server_round = int(msg.content[K.CONFIG][K.SERVER_ROUND])
+    global_arrays = msg.content[K.ARRAYS].to_numpy_ndarrays()
+    names = list(msg.content[K.ARRAYS].keys())
+    in_digest = arrays_digest(dict(zip(names, global_arrays, strict=True)))
+
+    state = store.load()
+    if state.rounds and state.rounds[-1] == server_round and state.last_input_digest == in_digest:
+        cached = store.cached_reply()
+        if cached is not None:
+            arrays, metrics = cached
+            return _reply(msg, arrays, {**metrics, K.REPLAYED: 1})
+
+    shard = client_shard(cfg, pid)
+    n = len(shard.y_train)
+    batches = max(1, math.ceil(n / cfg.batch_size))
+    steps = cfg.local_epochs * batches
+    noise, rate = 0.0, 1.0 / batches
+    if cfg.dp:
+        if cfg.delta >= 1.0 / n:
+            return _decline(msg, pid, "delta-too-large", f"delta {cfg.delta} >= 1/n = {1 / n:.3g} for {n} rows")
+        noise = _noise_multiplier(cfg.epsilon, cfg.delta, rate, cfg.planned_rounds * steps, cfg.accountant)
+        projected = compose_epsilon(state.history() + [(noise, rate, steps)], delta=cfg.delta,
+                                    accountant=cfg.accountant)  # fmt: skip
+        if projected > cfg.epsilon:
+            spent = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant)
+            return _decline(msg, pid, K.BUDGET_EXHAUSTED,
+                            f"epsilon would reach {projected:.4f} > budget {cfg.epsilon} (spent {spent:.4f})")
+
+    model = create_model(cfg.model, shard.x_train.shape[1])
+    model.load_state_dict(msg.content[K.ARRAYS].to_torch_state_dict())
+    result = train(
+        model, shard.x_train, shard.y_train,
+        epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+        seed=_train_seed(cfg.seed, pid, server_round),
+        noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
+        history=state.history(), accountant=cfg.accountant,
+    )  # fmt: skip
+    if cfg.dp:
+        state.rounds.append(server_round)
+        state.noise.append(noise)
+        state.rate.append(rate)
+        state.steps.append(result.steps)
+    else:
+        state.rounds.append(server_round)
+    state.last_input_digest = in_digest
+    eps = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant) if cfg.dp else 0.0
+    metrics = {
+        K.NUM_EXAMPLES: n, K.PARTITION_ID: pid, K.TRAIN_LOSS: result.loss, K.DECLINED: 0, K.REPLAYED: 0,
+        K.NOISE_MULTIPLIER: noise, K.SAMPLE_RATE: rate, K.STEPS: result.steps, K.EPSILON: eps, K.DELTA: cfg.delta,
+    }  # fmt: skip
+    arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    store.save(state, arrays, metrics)
+    return _reply(msg, arrays, metrics)
+
+
+def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
+    """Return a ClientApp whose run config is ``context.run_config`` updated by ``overrides``."""
+    fixed = dict(overrides or {})
+    client_app = ClientApp()
+
+    @client_app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)  # one core per virtual client; Ray runs several side by side
+        return handle_train(msg, context, fixed)
+
+    return client_app
+
+
+app = make_client_app()

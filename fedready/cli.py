@@ -1,0 +1,129 @@
+"""The ``fedready`` command line. Each command maps onto one Python function.
+
+Errors are caught only here, at the top: a :class:`ConfigError` becomes one line
+on stderr and exit code 2, an :class:`IntegrityError` one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedready.errors import ConfigError, FedreadyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy-preserving federated training.")
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Privacy-preserving federated training: simulate, account, evaluate, ship."""
+
+
+def _fail(e: FedreadyError) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(2 if isinstance(e, ConfigError) else 1)
+
+
+def _new_run_dir(out: Path) -> Path:
+    return out / f"sim-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@app.command()
+def simulate(
+    clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 10]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 20]")] = None,
+    partitioner: Annotated[str | None, typer.Option(help="iid | dirichlet | sensitive | quantity. [default: dirichlet]")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Dirichlet skew (smaller = more skewed). [default: 0.5]")] = None,
+    skew_attribute: Annotated[str | None, typer.Option(help="Sensitive attribute for --partitioner sensitive. [default: sex]")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")] = None,
+    delta: Annotated[float | None, typer.Option(help="Per-client delta, below 1/n. [default: 1e-5]")] = None,
+    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Sample-level DP-SGD (on by default).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for partitioning, initialisation and sampling. [default: 0]")] = None,
+    model: Annotated[str | None, typer.Option(help="logreg | mlp | mlp-large. [default: mlp]")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round. [default: 1]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Expected Poisson batch size. [default: 1024]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Local learning rate. [default: 2.0]")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
+    accountant: Annotated[str | None, typer.Option(help="rdp | prv. [default: rdp]")] = None,
+    fraction_train: Annotated[float | None, typer.Option(help="Share of clients sampled per round. [default: 1.0]")] = None,
+    budget_rounds: Annotated[int | None, typer.Option(help="Rounds the budget is spread over. [default: --rounds]")] = None,
+    out: Annotated[Path, typer.Option(help="Parent folder for new runs.")] = Path("runs"),
+    name: Annotated[str | None, typer.Option(help="Run folder name (default: sim-<time>-<id>).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Existing Ray cluster address (ray start --head).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Run a private federated training on the embedded UCI Adult data."""
+    given = {
+        "num_clients": clients, "rounds": rounds, "partitioner": partitioner, "alpha": alpha,
+        "skew_attribute": skew_attribute, "epsilon": epsilon, "delta": delta, "dp": dp, "seed": seed,
+        "model": model, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr,
+        "max_grad_norm": max_grad_norm, "accountant": accountant, "fraction_train": fraction_train,
+        "budget_rounds": budget_rounds,
+    }  # fmt: skip
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        summary = run_simulate(given, out=out, name=name, resume=resume, ray_address=ray_address, quiet=json_out)
+    except FedreadyError as e:
+        raise _fail(e) from None
+    if json_out:
+        keys = ("accuracy", "epsilon", "delta", "rounds", "clients", "run_dir", "dp", "seconds")
+        typer.echo(json.dumps({k: summary[k] for k in keys}, sort_keys=True))
+    else:
+        eps = f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary["dp"] else "no DP"
+        err.print(f"accuracy {summary['accuracy']:.4f}, {eps}, {summary['seconds']:.0f} s -> {summary['run_dir']}")
+
+
+def run_simulate(
+    given: dict[str, Any], *, out: Path, name: str | None, resume: Path | None, ray_address: str | None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Validate options, then start or resume a simulation (the body of ``fedready simulate``)."""
+    from fedready.config import make_config
+    from fedready.simulations.engine import load_run_config, simulate
+    from fedready.simulations.federated import client_shard
+
+    if resume is not None:
+        base = load_run_config(resume).model_dump()
+        changed = sorted(k for k in given if k != "rounds" and given[k] != base.get(k))
+        if changed:
+            raise ConfigError(changed[0].replace("_", "-"), "cannot change when resuming; only --rounds may change")
+        if "rounds" in given and base["budget_rounds"] is None:
+            base["budget_rounds"] = base["rounds"]  # the budget stays planned over the original rounds
+        cfg = make_config(**{**base, **given})
+        run_dir = resume
+    else:
+        cfg = make_config(**given)
+        run_dir = out / name if name else _new_run_dir(out)
+        if (run_dir / "config.json").exists():
+            raise ConfigError("name", f"{run_dir} already holds a run; pick another --name or use --resume")
+    client_shard(cfg, 0)  # fail fast (exit 2) on an impossible partitioning, before Ray starts
+
+    progress = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
+                        TimeElapsedColumn(), console=err, disable=quiet)  # fmt: skip
+    with progress:
+        task = progress.add_task("starting clients...", total=cfg.rounds)
+
+        def on_round(r: Any) -> None:
+            extra = f" declined {len(r.declined)}" if r.declined else ""
+            eps = f" epsilon {r.epsilon:.3f}" if cfg.dp else ""
+            progress.update(task, completed=r.round, description=f"accuracy {r.accuracy:.4f}{eps}{extra}")
+
+        return simulate(cfg, run_dir, on_round=on_round, ray_address=ray_address)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

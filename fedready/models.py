@@ -1,0 +1,54 @@
+"""Model architectures for tabular binary classification, registered under string keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fedready.errors import ConfigError
+
+__all__ = ["create_model", "model_names"]
+
+
+def _mlp(in_features: int, widths: tuple[int, ...]) -> nn.Module:
+    layers: list[nn.Module] = []
+    prev = in_features
+    for w in widths:
+        layers += [nn.Linear(prev, w), nn.ReLU()]
+        prev = w
+    layers.append(nn.Linear(prev, 2))
+    return nn.Sequential(*layers)
+
+
+# name -> builder(in_features). Opacus computes per-sample gradients for Linear layers
+# natively, so every model here is made of Linear + elementwise activations only.
+_MODELS: dict[str, Callable[[int], nn.Module]] = {
+    "logreg": lambda d: _mlp(d, ()),
+    "mlp": lambda d: _mlp(d, (64,)),
+    "mlp16": lambda d: _mlp(d, (16,)),
+    "mlp32": lambda d: _mlp(d, (32,)),
+    "mlp-large": lambda d: _mlp(d, (256, 256, 256)),  # the teacher worth compressing
+}
+
+
+def model_names() -> list[str]:
+    """Return the registered model keys."""
+    return list(_MODELS)
+
+
+def create_model(name: str, in_features: int, *, seed: int = 0) -> nn.Module:
+    """Build the model registered under ``name`` with deterministic initial weights.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not registered.
+    """
+    builder = _MODELS.get(name)
+    if builder is None:
+        raise ConfigError("model", f"unknown model '{name}'; expected one of: {', '.join(_MODELS)}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return builder(in_features)

@@ -1,0 +1,97 @@
+"""The one place that starts Flower's simulation engine for fedready.
+
+``flwr.simulation.run_simulation`` is deprecated in Flower 1.42 in favour of
+``flwr run``; keeping the call here means one edit when it goes. The same
+ServerApp and ClientApp also run under ``flwr run .`` (see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedready import constants as K
+from fedready._io import atomic_write_text
+from fedready.config import SimulationConfig, make_config
+from fedready.errors import ConfigError
+from fedready.simulations.federated import partition_sizes
+
+__all__ = ["load_run_config", "simulate"]
+
+CONFIG_FILE = "config.json"
+
+
+def _check_delta(cfg: SimulationConfig) -> None:
+    if not cfg.dp:
+        return
+    n_max = max(partition_sizes(cfg))
+    if cfg.delta >= 1.0 / n_max:
+        raise ConfigError("delta", f"must be below 1/n = {1.0 / n_max:.3g} (the largest client holds "
+                                   f"{n_max} rows); pass e.g. --delta 1e-5")  # fmt: skip
+
+
+def load_run_config(run_dir: Path) -> SimulationConfig:
+    """Read the configuration a run was started with."""
+    p = Path(run_dir) / CONFIG_FILE
+    if not p.exists():
+        raise ConfigError("resume", f"{run_dir} holds no {CONFIG_FILE}; pass the folder of a fedready run")
+    return make_config(**json.loads(p.read_text())["config"])
+
+
+def simulate(
+    cfg: SimulationConfig,
+    run_dir: Path,
+    *,
+    on_round: Callable[[Any], None] | None = None,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a simulated federation and return its summary.
+
+    Parameters
+    ----------
+    cfg : SimulationConfig
+        The run's configuration.
+    run_dir : Path
+        Output folder; if it holds a checkpoint the run resumes from it.
+    on_round : callable, optional
+        Called with each round's :class:`~server.app.RoundReport`.
+    ray_address : str, optional
+        Address of an existing Ray cluster (``ray start --head``); default: a
+        local Ray instance started for this run.
+    """
+    from flwr.simulation import run_simulation  # heavy import, deferred for fast CLI errors
+
+    from fedready.client.app import make_client_app
+    from fedready.server.app import make_server_app
+
+    _check_delta(cfg)  # also validates the partitioning (clients vs rows, alpha)
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.exists():
+        atomic_write_text(cfg_path, json.dumps({"config": cfg.model_dump()}, indent=2, sort_keys=True) + "\n")
+
+    overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir)}
+    result: dict[str, Any] = {}
+    server_app = make_server_app(overrides, on_round=on_round, on_summary=result.update)
+    client_app = make_client_app(overrides)
+    init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
+    if ray_address:
+        init_args["address"] = ray_address
+    else:
+        init_args["num_cpus"] = os.cpu_count() or 1
+    backend_config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
+                       backend_config=backend_config)  # fmt: skip
+    if not result:
+        raise RuntimeError(f"the simulation ended without a summary; see the logs in {run_dir}")
+    return result
