@@ -141,7 +141,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     shard = client_shard(cfg, pid)
     n = len(shard.y_train)
     batches = max(1, math.ceil(n / cfg.batch_size))
-    steps = cfg.local_epochs * batches
+    steps = cfg.local_steps or cfg.local_epochs * batches
     noise, rate = 0.0, 1.0 / batches
     if cfg.dp:
         if cfg.delta >= 1.0 / n:
@@ -161,7 +161,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
         seed=_train_seed(cfg.seed, pid, server_round),
         noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
-        history=state.history(), accountant=cfg.accountant,
+        history=state.history(), accountant=cfg.accountant, max_steps=steps,
     )  # fmt: skip
     if cfg.dp:
         state.rounds.append(server_round)

@@ -43,6 +43,7 @@ def train(
     max_grad_norm: float = 1.0,
     history: list[tuple[float, float, int]] | None = None,
     accountant: str = "rdp",
+    max_steps: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` epochs.
 
@@ -78,8 +79,11 @@ def train(
             )
     module.train()
     steps, total = 0, 0.0
-    for _ in range(epochs):
+    budget = max_steps if max_steps is not None else epochs * len(loader)
+    while steps < budget:
         for xb, yb in loader:
+            if steps >= budget:
+                break
             opt.zero_grad(set_to_none=True)
             out = module(xb)
             # Poisson sampling can draw an empty batch: it is still a step (noise is
@@ -89,11 +93,7 @@ def train(
             opt.step()
             steps += 1
             total += float(loss.detach())
-    if engine is not None:
-        module.remove_hooks() if hasattr(module, "remove_hooks") else None  # type: ignore[operator]
-        hist = [tuple(h) for h in engine.accountant.history]
-    else:
-        hist = list(history or [])
+    hist = [tuple(h) for h in engine.accountant.history] if engine is not None else list(history or [])
     return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist)  # type: ignore[arg-type]
 
 

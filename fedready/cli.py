@@ -48,7 +48,8 @@ def simulate(
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Sample-level DP-SGD (on by default).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for partitioning, initialisation and sampling. [default: 0]")] = None,
     model: Annotated[str | None, typer.Option(help="logreg | mlp | mlp-large. [default: mlp]")] = None,
-    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round. [default: 1]")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round (if --local-steps unset).")] = None,
+    local_steps: Annotated[int | None, typer.Option(help="DP-SGD steps per round (overrides --local-epochs).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Expected Poisson batch size. [default: 1024]")] = None,
     lr: Annotated[float | None, typer.Option(help="Local learning rate. [default: 2.0]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
@@ -65,7 +66,7 @@ def simulate(
     given = {
         "num_clients": clients, "rounds": rounds, "partitioner": partitioner, "alpha": alpha,
         "skew_attribute": skew_attribute, "epsilon": epsilon, "delta": delta, "dp": dp, "seed": seed,
-        "model": model, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr,
+        "model": model, "local_epochs": local_epochs, "local_steps": local_steps, "batch_size": batch_size, "lr": lr,
         "max_grad_norm": max_grad_norm, "accountant": accountant, "fraction_train": fraction_train,
         "budget_rounds": budget_rounds,
     }  # fmt: skip
@@ -88,8 +89,7 @@ def run_simulate(
 ) -> dict[str, Any]:
     """Validate options, then start or resume a simulation (the body of ``fedready simulate``)."""
     from fedready.config import make_config
-    from fedready.simulations.engine import load_run_config, simulate
-    from fedready.simulations.federated import client_shard
+    from fedready.simulations.engine import check_config, load_run_config, simulate
 
     if resume is not None:
         base = load_run_config(resume).model_dump()
@@ -105,7 +105,7 @@ def run_simulate(
         run_dir = out / name if name else _new_run_dir(out)
         if (run_dir / "config.json").exists():
             raise ConfigError("name", f"{run_dir} already holds a run; pick another --name or use --resume")
-    client_shard(cfg, 0)  # fail fast (exit 2) on an impossible partitioning, before Ray starts
+    check_config(cfg)  # fail fast (exit 2) before Ray starts or anything is written
 
     progress = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
                         TimeElapsedColumn(), console=err, disable=quiet)  # fmt: skip

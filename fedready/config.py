@@ -36,7 +36,8 @@ class SimulationConfig(BaseModel):
     seed: int = 0
     # model and local training
     model: str = "mlp"
-    local_epochs: int = Field(1, ge=1)  # epochs per round
+    local_epochs: int = Field(1, ge=1)  # epochs per round (when local_steps is unset)
+    local_steps: int | None = Field(None, ge=1)  # fixed DP-SGD steps per round; less client drift under skew
     batch_size: int = Field(1024, ge=1)  # expected Poisson batch (rows)
     lr: float = Field(2.0, gt=0)  # local SGD learning rate
     momentum: float = Field(0.0, ge=0, lt=1)

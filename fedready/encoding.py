@@ -1,7 +1,9 @@
 """Schema-driven feature encoding (NumPy only, so edge devices can use it too).
 
 Numeric columns are clipped to their declared range, optionally log1p-transformed
-and scaled to [-1, 1]. Categorical columns are one-hot encoded over the declared
+and scaled to [-1, 1]; each declared bin edge adds a threshold feature
+``1[x >= edge]`` (a thermometer code), which lets a small model bend a numeric
+effect without fitting anything to data. Categorical columns are one-hot encoded over the declared
 vocabulary plus one trailing "unknown or missing" slot. Nothing is fitted on data.
 """
 
@@ -32,6 +34,7 @@ class FeatureEncoder:
         for col in schema.features:
             if isinstance(col, NumericColumn):
                 names.append(col.name)
+                names += [f"{col.name}>={edge:g}" for edge in col.bins]
             else:
                 names += [f"{col.name}={c}" for c in col.categories] + [f"{col.name}=<unknown>"]
         self.feature_names = names
@@ -47,11 +50,15 @@ class FeatureEncoder:
             x = raw.astype(np.float64)
         except ValueError as e:
             raise IntegrityError(f"column '{col.name}' holds non-numeric values") from e
+        if not np.isfinite(x).all():
+            raise IntegrityError(f"column '{col.name}' holds NaN or infinite values")
         lo, hi = col.min, col.max
         x = np.clip(x, lo, hi)
+        thresholds = (x[:, None] >= np.asarray(col.bins, dtype=np.float64)[None, :]).astype(np.float64)
         if col.transform == "log1p":
             x, lo, hi = np.log1p(x), np.log1p(lo), np.log1p(hi)
-        return 2.0 * (x - lo) / (hi - lo) - 1.0
+        scaled = 2.0 * (x - lo) / (hi - lo) - 1.0
+        return np.concatenate([scaled[:, None], thresholds], axis=1)
 
     @staticmethod
     def _categorical(col: CategoricalColumn, raw: np.ndarray) -> np.ndarray:
@@ -70,7 +77,7 @@ class FeatureEncoder:
                 raise IntegrityError(f"column '{col.name}' is missing from the input")
             raw = np.asarray(columns[col.name])
             if isinstance(col, NumericColumn):
-                parts.append(self._numeric(col, raw)[:, None])
+                parts.append(self._numeric(col, raw))
             else:
                 parts.append(self._categorical(col, raw.astype(str)))
         return np.concatenate(parts, axis=1).astype(np.float32)

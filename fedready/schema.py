@@ -38,6 +38,7 @@ class NumericColumn(_Strict):
     min: float
     max: float
     transform: Literal["none", "log1p"] = "none"
+    bins: list[float] = []  # declared cut points: threshold features for the model, histogram bins for monitoring
     unit: str = ""
     actionable: bool = False  # may a counterfactual explanation change it?
 
@@ -47,6 +48,8 @@ class NumericColumn(_Strict):
             raise ValueError(f"column '{self.name}': max ({self.max}) must exceed min ({self.min})")
         if self.transform == "log1p" and self.min < 0:
             raise ValueError(f"column '{self.name}': log1p needs min >= 0, got {self.min}")
+        if sorted(set(self.bins)) != self.bins:
+            raise ValueError(f"column '{self.name}': bins must be strictly increasing, got {self.bins}")
         return self
 
 

@@ -21,15 +21,22 @@ from fedready.config import SimulationConfig, make_config
 from fedready.errors import ConfigError
 from fedready.simulations.federated import partition_sizes
 
-__all__ = ["load_run_config", "simulate"]
+__all__ = ["check_config", "load_run_config", "simulate"]
 
 CONFIG_FILE = "config.json"
 
 
-def _check_delta(cfg: SimulationConfig) -> None:
+def check_config(cfg: SimulationConfig) -> None:
+    """Check what depends on the data: the partitioning is possible and delta < 1/n.
+
+    Raises
+    ------
+    ConfigError
+        Naming the field (``num-clients``, ``alpha``, ``delta``, ...) and the fix.
+    """
+    n_max = max(partition_sizes(cfg))  # raises for an impossible partitioning
     if not cfg.dp:
         return
-    n_max = max(partition_sizes(cfg))
     if cfg.delta >= 1.0 / n_max:
         raise ConfigError("delta", f"must be below 1/n = {1.0 / n_max:.3g} (the largest client holds "
                                    f"{n_max} rows); pass e.g. --delta 1e-5")  # fmt: skip
@@ -69,7 +76,7 @@ def simulate(
     from fedready.client.app import make_client_app
     from fedready.server.app import make_server_app
 
-    _check_delta(cfg)  # also validates the partitioning (clients vs rows, alpha)
+    check_config(cfg)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / CONFIG_FILE

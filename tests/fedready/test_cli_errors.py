@@ -1,0 +1,59 @@
+"""The CLI's error paths: one line naming the field, exit code 2, no traceback, nothing started."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from fedready.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--epsilon", "0"], "epsilon"),
+        (["--epsilon", "-2"], "epsilon"),
+        (["--delta", "0.5"], "delta"),  # above 1/n for any client
+        (["--delta", "1e-3"], "delta"),  # below 1 but not below 1/n (n ~ 3000 rows per client)
+        (["--clients", "100000"], "num_clients"),
+        (["--partitioner", "zipf"], "partitioner"),
+        (["--accountant", "moments"], "accountant"),
+        (["--rounds", "0"], "rounds"),
+        (["--alpha", "0"], "alpha"),
+    ],
+)
+def test_invalid_configuration_is_one_line_exit_2(tmp_path, args, field):
+    result = runner.invoke(app, ["simulate", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert field.replace("_", "-") in lines[0] or field in lines[0]
+    assert not any(tmp_path.iterdir()), "nothing may be written for an invalid configuration"
+
+
+def test_console_script_reports_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedready.cli", "simulate", "--epsilon", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "epsilon" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text('{"config": {"num_clients": 3, "rounds": 2}}')
+    result = runner.invoke(app, ["simulate", "--resume", str(run), "--epsilon", "3"])
+    assert result.exit_code == 2
+    assert "epsilon" in result.stderr and "resum" in result.stderr
+
+
+def test_resume_of_a_folder_without_a_run(tmp_path):
+    result = runner.invoke(app, ["simulate", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "resume" in result.stderr

@@ -1,0 +1,70 @@
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants import RDPAccountant
+
+from fedready.errors import ConfigError
+from fedready.privacy.accounting import calibrate_noise, compose_epsilon
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    epsilon=st.floats(0.3, 8.0),
+    delta=st.sampled_from([1e-6, 1e-5, 1e-4]),
+    rate=st.floats(0.01, 1.0),
+    steps=st.integers(1, 400),
+)
+def test_calibrated_noise_never_exceeds_the_budget_and_is_tight(epsilon, delta, rate, steps):
+    sigma = calibrate_noise(target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps)
+    spent = compose_epsilon([(sigma, rate, steps)], delta=delta)
+    assert spent <= epsilon
+    assert spent >= 0.97 * epsilon  # no budget wasted beyond Opacus's search tolerance
+
+
+def test_composition_over_rounds_equals_one_long_run():
+    # Ten rounds of 13 steps compose to the same epsilon as 130 steps in one go.
+    per_round = [(2.0, 0.1, 13)] * 10
+    assert compose_epsilon(per_round, delta=1e-5) == pytest.approx(compose_epsilon([(2.0, 0.1, 130)], delta=1e-5))
+
+
+def test_per_round_reporting_understates_the_spending():
+    # The peer pattern: a new PrivacyEngine per round reports one round's epsilon.
+    one_round = compose_epsilon([(1.0, 0.1, 10)], delta=1e-5)
+    composed = compose_epsilon([(1.0, 0.1, 10)] * 10, delta=1e-5)
+    assert composed > 2 * one_round
+
+
+def test_matches_opacus_directly():
+    acc = RDPAccountant()
+    acc.history = [(1.3, 0.05, 200)]
+    assert compose_epsilon([(1.3, 0.05, 200)], delta=1e-5) == acc.get_epsilon(1e-5)
+
+
+def test_prv_accountant_is_available_and_tighter():
+    h = [(1.0, 0.05, 300)]
+    assert compose_epsilon(h, delta=1e-5, accountant="prv") < compose_epsilon(h, delta=1e-5, accountant="rdp")
+
+
+def test_empty_history_costs_nothing():
+    assert compose_epsilon([], delta=1e-5) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"target_epsilon": 0.0}, "epsilon"),
+        ({"target_epsilon": -1.0}, "epsilon"),
+        ({"target_epsilon": math.inf}, "epsilon"),
+        ({"target_delta": 1.0}, "delta"),
+        ({"sample_rate": 0.0}, "batch_size"),
+        ({"steps": 0}, "rounds"),
+        ({"accountant": "moments"}, "accountant"),
+    ],
+)
+def test_invalid_calibration_inputs_name_the_field(kwargs, field):
+    args = {"target_epsilon": 1.0, "target_delta": 1e-5, "sample_rate": 0.1, "steps": 10, **kwargs}
+    with pytest.raises(ConfigError) as e:
+        calibrate_noise(**args)
+    assert e.value.field == field
