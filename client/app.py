@@ -158,7 +158,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     model.load_state_dict(msg.content[K.ARRAYS].to_torch_state_dict())
     result = train(
         model, shard.x_train, shard.y_train,
-        epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+        epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr_at(server_round), momentum=cfg.momentum,
         seed=_train_seed(cfg.seed, pid, server_round),
         noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
         history=state.history(), accountant=cfg.accountant, max_steps=steps,

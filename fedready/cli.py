@@ -39,7 +39,7 @@ def _new_run_dir(out: Path) -> Path:
 @app.command()
 def simulate(
     clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 10]")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 20]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,
     partitioner: Annotated[str | None, typer.Option(help="iid | dirichlet | sensitive | quantity. [default: dirichlet]")] = None,
     alpha: Annotated[float | None, typer.Option(help="Dirichlet skew (smaller = more skewed). [default: 0.5]")] = None,
     skew_attribute: Annotated[str | None, typer.Option(help="Sensitive attribute for --partitioner sensitive. [default: sex]")] = None,
@@ -47,11 +47,12 @@ def simulate(
     delta: Annotated[float | None, typer.Option(help="Per-client delta, below 1/n. [default: 1e-5]")] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Sample-level DP-SGD (on by default).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for partitioning, initialisation and sampling. [default: 0]")] = None,
-    model: Annotated[str | None, typer.Option(help="logreg | mlp | mlp-large. [default: mlp]")] = None,
-    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round (if --local-steps unset).")] = None,
-    local_steps: Annotated[int | None, typer.Option(help="DP-SGD steps per round (overrides --local-epochs).")] = None,
+    model: Annotated[str | None, typer.Option(help="logreg | mlp | mlp-wide | mlp-large. [default: mlp]")] = None,
+    local_steps: Annotated[int | None, typer.Option(help="SGD steps per round; 0 = whole epochs. [default: 3]")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round when --local-steps 0.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Expected Poisson batch size. [default: 1024]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local learning rate. [default: 2.0]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Local learning rate at round 1. [default: 6.0]")] = None,
+    lr_schedule: Annotated[str | None, typer.Option(help="constant | cosine. [default: cosine]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
     accountant: Annotated[str | None, typer.Option(help="rdp | prv. [default: rdp]")] = None,
     fraction_train: Annotated[float | None, typer.Option(help="Share of clients sampled per round. [default: 1.0]")] = None,
@@ -67,10 +68,13 @@ def simulate(
         "num_clients": clients, "rounds": rounds, "partitioner": partitioner, "alpha": alpha,
         "skew_attribute": skew_attribute, "epsilon": epsilon, "delta": delta, "dp": dp, "seed": seed,
         "model": model, "local_epochs": local_epochs, "local_steps": local_steps, "batch_size": batch_size, "lr": lr,
+        "lr_schedule": lr_schedule,
         "max_grad_norm": max_grad_norm, "accountant": accountant, "fraction_train": fraction_train,
         "budget_rounds": budget_rounds,
     }  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
+    if given.get("local_steps") == 0:
+        given["local_steps"] = None  # whole epochs
     try:
         summary = run_simulate(given, out=out, name=name, resume=resume, ray_address=ray_address, quiet=json_out)
     except FedreadyError as e:
@@ -118,6 +122,60 @@ def run_simulate(
             progress.update(task, completed=r.round, description=f"accuracy {r.accuracy:.4f}{eps}{extra}")
 
         return simulate(cfg, run_dir, on_round=on_round, ray_address=ray_address)
+
+
+@app.command()
+def ledger(
+    run: Annotated[Path, typer.Argument(help="A run folder (or its ledger.json).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the check as JSON on stdout.")] = False,
+) -> None:
+    """Show a run's privacy ledger and recompute every epsilon from its recorded parameters."""
+    try:
+        report = check_ledger(run)
+    except FedreadyError as e:
+        raise _fail(e) from None
+    if json_out:
+        typer.echo(json.dumps(report, sort_keys=True))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"privacy ledger: {report['path']}")
+        for col in ("client", "rounds", "noise", "sample rate", "steps", "epsilon", "recomputed"):
+            table.add_column(col, justify="right")
+        for c in report["clients"]:
+            table.add_row(c["client"], str(c["rounds"]), f"{c['noise_multiplier']:.3f}", f"{c['sample_rate']:.4f}",
+                          str(c["steps"]), f"{c['epsilon']:.4f}", f"{c['recomputed']:.4f}")  # fmt: skip
+        Console().print(table)
+        verdict = "[green]matches[/]" if report["ok"] else "[red]DIFFERS[/]"
+        err.print(f"run epsilon {report['epsilon']:.4f} (delta {report['delta']:g}, {report['accountant']}); "
+                  f"recomputed with Opacus: {verdict}")  # fmt: skip
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+def check_ledger(run: Path, *, rel_tol: float = 0.01) -> dict[str, Any]:
+    """Recompute a ledger with Opacus alone; ``ok`` is False if any entry differs by more than ``rel_tol``."""
+    from fedready.privacy.ledger import Ledger, recompute
+
+    path = run / "ledger.json" if run.is_dir() else run
+    if not path.exists():
+        raise ConfigError("run", f"{path} does not exist; pass a run folder written by fedready simulate")
+    try:
+        led = Ledger.load(path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError("run", f"{path} is not a readable fedready ledger ({e})") from e
+    again = recompute(led)
+    clients, ok = [], True
+    for client in sorted(again, key=lambda c: (len(c), c)):
+        mine = sorted((e for e in led.entries if e.client == client), key=lambda e: e.round)
+        for e, (_, eps) in zip(mine, again[client], strict=True):
+            ok &= abs(eps - e.epsilon) <= rel_tol * max(e.epsilon, 1e-12)
+        last = mine[-1]
+        clients.append({"client": client, "rounds": len(mine), "noise_multiplier": last.noise_multiplier,
+                        "sample_rate": last.sample_rate, "steps": sum(e.steps for e in mine),
+                        "epsilon": last.epsilon, "recomputed": again[client][-1][1]})  # fmt: skip
+    return {"path": str(path), "epsilon": led.epsilon, "delta": led.delta, "accountant": led.accountant,
+            "declines": len(led.declines), "clients": clients, "ok": ok}  # fmt: skip
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ same keys.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -25,7 +26,7 @@ class SimulationConfig(BaseModel):
 
     # federation
     num_clients: int = Field(10, ge=1)  # virtual SuperNodes, one data shard each
-    rounds: int = Field(20, ge=1)  # server rounds to run
+    rounds: int = Field(50, ge=1)  # server rounds to run
     budget_rounds: int | None = Field(None, ge=1)  # rounds the DP budget is planned over (default: rounds)
     fraction_train: float = Field(1.0, gt=0, le=1)  # share of clients sampled per round
     # data
@@ -37,9 +38,10 @@ class SimulationConfig(BaseModel):
     # model and local training
     model: str = "mlp"
     local_epochs: int = Field(1, ge=1)  # epochs per round (when local_steps is unset)
-    local_steps: int | None = Field(None, ge=1)  # fixed DP-SGD steps per round; less client drift under skew
+    local_steps: int | None = Field(3, ge=1)  # fixed SGD steps per round (None: local_epochs); less drift under skew
     batch_size: int = Field(1024, ge=1)  # expected Poisson batch (rows)
-    lr: float = Field(2.0, gt=0)  # local SGD learning rate
+    lr: float = Field(6.0, gt=0)  # local SGD learning rate at round 1
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # decay of the local rate over the planned rounds
     momentum: float = Field(0.0, ge=0, lt=1)
     # sample-level differential privacy (per client, for the whole training)
     dp: bool = True
@@ -73,6 +75,13 @@ class SimulationConfig(BaseModel):
     def planned_rounds(self) -> int:
         """Rounds over which each client spreads its privacy budget."""
         return self.budget_rounds or self.rounds
+
+    def lr_at(self, server_round: int) -> float:
+        """Local learning rate for ``server_round`` (1-based): cosine decay over the planned rounds."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        progress = min(server_round - 1, self.planned_rounds) / self.planned_rounds
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def to_run_config(self) -> dict[str, Any]:
         """Return the flat Flower run config (hyphenated keys; unset values left out)."""

@@ -26,9 +26,8 @@ def _mlp(in_features: int, widths: tuple[int, ...]) -> nn.Module:
 # natively, so every model here is made of Linear + elementwise activations only.
 _MODELS: dict[str, Callable[[int], nn.Module]] = {
     "logreg": lambda d: _mlp(d, ()),
-    "mlp": lambda d: _mlp(d, (64,)),
-    "mlp16": lambda d: _mlp(d, (16,)),
-    "mlp32": lambda d: _mlp(d, (32,)),
+    "mlp": lambda d: _mlp(d, (16,)),  # default: small, so DP noise has few coordinates to hit
+    "mlp-wide": lambda d: _mlp(d, (64,)),
     "mlp-large": lambda d: _mlp(d, (256, 256, 256)),  # the teacher worth compressing
 }
 

@@ -81,11 +81,17 @@ def compose_epsilon(history: Iterable[Sequence[float]], *, delta: float, account
     An empty history costs nothing (epsilon 0).
     """
     _check(None, delta, accountant)
-    hist = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
-    if not hist:
+    # Steps of the same mechanism (same noise and rate) compose by adding up, so rounds
+    # with equal parameters are merged first: the cost then stays flat as rounds accrue.
+    merged: dict[tuple[float, float], int] = {}
+    for s, q, n in history:
+        if int(n) > 0:
+            key = (float(s), float(q))
+            merged[key] = merged.get(key, 0) + int(n)
+    if not merged:
         return 0.0
     acc = create_accountant(mechanism=accountant)
-    acc.history = hist
+    acc.history = [(s, q, n) for (s, q), n in merged.items()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(acc.get_epsilon(delta=delta))

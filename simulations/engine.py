@@ -94,7 +94,7 @@ def simulate(
         init_args["num_cpus"] = os.cpu_count() or 1
     backend_config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
     for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)  # known notices (run_simulation deprecation, no fed-eval)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,

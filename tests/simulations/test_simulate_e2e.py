@@ -151,3 +151,19 @@ def test_no_dp_run_reports_no_epsilon(tmp_path, ray_tmp):
     summary = json.loads(proc.stdout)
     assert summary["dp"] is False and summary["epsilon"] is None
     assert Ledger.load(Path(summary["run_dir"]) / "ledger.json").entries == []
+
+
+def test_ledger_command_verifies_and_catches_tampering(reference_run, tmp_path):
+    _, run = reference_run
+    ok = subprocess.run([sys.executable, "-m", "fedready.cli", "ledger", str(run), "--json"], capture_output=True,
+                        text=True, timeout=120)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["ok"] and len(report["clients"]) == 4
+    data = json.loads((run / "ledger.json").read_text())
+    data["entries"][0]["epsilon"] *= 0.5  # under-report one client's first round
+    bad = tmp_path / "ledger.json"
+    bad.write_text(json.dumps(data))
+    res = subprocess.run([sys.executable, "-m", "fedready.cli", "ledger", str(bad)], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert res.returncode == 1 and "DIFFERS" in res.stderr
