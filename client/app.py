@@ -31,10 +31,10 @@ from flwr.clientapp import ClientApp
 
 from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
+from fedready.client.training import train
 from fedready.config import SimulationConfig
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.models import create_model
-from fedready.client.training import train
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon
 from fedready.simulations.federated import client_shard
 

@@ -25,10 +25,10 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
+from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.models import create_model
-from fedready.client.training import evaluate
 from fedready.privacy.ledger import Ledger, LedgerEntry
 from fedready.simulations.federated import holdout
 
