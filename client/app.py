@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
 
 from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
@@ -37,6 +40,7 @@ from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.models import create_model
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon
 from fedready.simulations.federated import client_shard
+from fedready.simulations.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
 
 __all__ = ["app", "make_client_app"]
 
@@ -138,8 +142,14 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
             arrays, metrics = cached
             return _reply(msg, arrays, {**metrics, K.REPLAYED: 1})
 
+    if drops_out(cfg, pid, server_round):
+        raise ClientDropped(f"client {pid} dropped out of round {server_round} (simulated, p={cfg.dropout})")
+    if is_slow(cfg, pid):
+        time.sleep(cfg.round_timeout + 1.0)  # simulated straggler: the server has moved on
+    attacker = pid in attackers(cfg)
     shard = client_shard(cfg, pid)
-    n = len(shard.y_train)
+    y_train = 1 - shard.y_train if attacker and cfg.attack == "label-flip" else shard.y_train
+    n = len(y_train)
     batches = max(1, math.ceil(n / cfg.batch_size))
     steps = cfg.local_steps or cfg.local_epochs * batches
     noise, rate = 0.0, 1.0 / batches
@@ -157,7 +167,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     model = create_model(cfg.model, shard.x_train.shape[1])
     model.load_state_dict(msg.content[K.ARRAYS].to_torch_state_dict())
     result = train(
-        model, shard.x_train, shard.y_train,
+        model, shard.x_train, y_train,
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr_at(server_round), momentum=cfg.momentum,
         seed=_train_seed(cfg.seed, pid, server_round),
         noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
@@ -173,18 +183,52 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     state.last_input_digest = in_digest
     eps = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant) if cfg.dp else 0.0
     metrics = {
-        K.NUM_EXAMPLES: n, K.PARTITION_ID: pid, K.TRAIN_LOSS: result.loss, K.DECLINED: 0, K.REPLAYED: 0,
+        K.NUM_EXAMPLES: n, K.UNIFORM_WEIGHT: 1, K.PARTITION_ID: pid, K.TRAIN_LOSS: result.loss,
+        K.DECLINED: 0, K.REPLAYED: 0,
         K.NOISE_MULTIPLIER: noise, K.SAMPLE_RATE: rate, K.STEPS: result.steps, K.EPSILON: eps, K.DELTA: cfg.delta,
     }  # fmt: skip
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    if attacker:
+        reference = dict(zip(names, global_arrays, strict=True))
+        arrays = apply_attack(cfg.attack, arrays, reference, scale=cfg.attack_scale)
     store.save(state, arrays, metrics)
     return _reply(msg, arrays, metrics)
+
+
+def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Clip this client's update when the server asks for client-side clipping DP.
+
+    Dispatches to Flower's ``fixedclipping_mod`` or ``adaptiveclipping_mod``
+    according to the train config; otherwise passes the message through.
+
+    Notes
+    -----
+    With secure aggregation this mod must sit *after* ``secaggplus_mod`` in the mod
+    list (closer to the app), so the update is clipped before it is masked.
+    """
+    config = msg.content.config_records.get(K.CONFIG) if msg.metadata.message_type == "train" else None
+    mode = str(config.get(K.CLIENT_CLIPPING, "")) if config is not None else ""
+    mod = {"fixed": fixedclipping_mod, "adaptive": adaptiveclipping_mod}.get(mode)
+    if mod is None:
+        return call_next(msg, context)
+    replies: list[Message] = []
+
+    def _next(m: Message, c: Context) -> Message:
+        replies.append(call_next(m, c))
+        return replies[-1]
+
+    out = mod(msg, context, _next)
+    # A decline carries no arrays to clip; Flower's mods would turn it into an error.
+    first = replies[0] if replies else None
+    if first is not None and not first.has_error() and int(first.content[K.METRICS].get(K.DECLINED, 0)):
+        return first
+    return out
 
 
 def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     """Return a ClientApp whose run config is ``context.run_config`` updated by ``overrides``."""
     fixed = dict(overrides or {})
-    client_app = ClientApp()
+    client_app = ClientApp(mods=[client_clipping_mod])
 
     @client_app.train()
     def _train(msg: Message, context: Context) -> Message:

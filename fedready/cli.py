@@ -51,12 +51,30 @@ def simulate(
     local_steps: Annotated[int | None, typer.Option(help="SGD steps per round; 0 = whole epochs. [default: 3]")] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round when --local-steps 0.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Expected Poisson batch size. [default: 1024]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local learning rate at round 1. [default: 6.0]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Local learning rate at round 1. [default: 6.0 with DP, 1.0 without]")] = None,
     lr_schedule: Annotated[str | None, typer.Option(help="constant | cosine. [default: cosine]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
     accountant: Annotated[str | None, typer.Option(help="rdp | prv. [default: rdp]")] = None,
     fraction_train: Annotated[float | None, typer.Option(help="Share of clients sampled per round. [default: 1.0]")] = None,
     budget_rounds: Annotated[int | None, typer.Option(help="Rounds the budget is spread over. [default: --rounds]")] = None,
+    client_dp: Annotated[str | None, typer.Option(help="Client-level DP: off | server-fixed | server-adaptive | client-fixed | client-adaptive.", rich_help_panel="Client-level DP")] = None,
+    client_epsilon: Annotated[float | None, typer.Option(help="Target client-level epsilon (calibrates the noise; run budget).", rich_help_panel="Client-level DP")] = None,
+    client_noise_multiplier: Annotated[float | None, typer.Option(help="Client-level noise multiplier z (instead of --client-epsilon).", rich_help_panel="Client-level DP")] = None,
+    client_delta: Annotated[float | None, typer.Option(help="Client-level delta, below 1/clients. [default: 1e-5]", rich_help_panel="Client-level DP")] = None,
+    client_clip: Annotated[float | None, typer.Option(help="L2 bound on each update (initial bound if adaptive). [default: 1.0]", rich_help_panel="Client-level DP")] = None,
+    clip_quantile: Annotated[float | None, typer.Option(help="Adaptive clipping target quantile. [default: 0.5]", rich_help_panel="Client-level DP")] = None,
+    aggregator: Annotated[str | None, typer.Option(help="fedavg | median | trimmed-mean | krum | multikrum | bulyan.", rich_help_panel="Robustness and scenarios")] = None,
+    trim_beta: Annotated[float | None, typer.Option(help="Trimmed mean: share cut at each end. [default: 0.2]", rich_help_panel="Robustness and scenarios")] = None,
+    num_malicious: Annotated[int | None, typer.Option(help="Krum/Bulyan: assumed attackers per round. [default: 0]", rich_help_panel="Robustness and scenarios")] = None,
+    validate: Annotated[bool | None, typer.Option("--validate/--no-validate", help="Reject malformed or outsized updates (on).", rich_help_panel="Robustness and scenarios")] = None,
+    median_factor: Annotated[float | None, typer.Option(help="Reject norms above this x the round median. [default: 10]", rich_help_panel="Robustness and scenarios")] = None,
+    min_clients: Annotated[int | None, typer.Option(help="Skip a round with fewer accepted updates. [default: 1]", rich_help_panel="Robustness and scenarios")] = None,
+    round_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for replies. [default: 600]", rich_help_panel="Robustness and scenarios")] = None,
+    attack: Annotated[str | None, typer.Option(help="none | sign-flip | scale | nan | zero | label-flip.", rich_help_panel="Robustness and scenarios")] = None,
+    attack_fraction: Annotated[float | None, typer.Option(help="Share of attacking clients.", rich_help_panel="Robustness and scenarios")] = None,
+    attack_scale: Annotated[float | None, typer.Option(help="Factor for --attack scale. [default: 100]", rich_help_panel="Robustness and scenarios")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Per-round probability a client drops out.", rich_help_panel="Robustness and scenarios")] = None,
+    slow_fraction: Annotated[float | None, typer.Option(help="Share of clients slower than the round timeout.", rich_help_panel="Robustness and scenarios")] = None,
     out: Annotated[Path, typer.Option(help="Parent folder for new runs.")] = Path("runs"),
     name: Annotated[str | None, typer.Option(help="Run folder name (default: sim-<time>-<id>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")] = None,
@@ -70,7 +88,13 @@ def simulate(
         "model": model, "local_epochs": local_epochs, "local_steps": local_steps, "batch_size": batch_size, "lr": lr,
         "lr_schedule": lr_schedule,
         "max_grad_norm": max_grad_norm, "accountant": accountant, "fraction_train": fraction_train,
-        "budget_rounds": budget_rounds,
+        "budget_rounds": budget_rounds, "client_dp": client_dp, "client_epsilon": client_epsilon,
+        "client_noise_multiplier": client_noise_multiplier, "client_delta": client_delta, "client_clip": client_clip,
+        "clip_quantile": clip_quantile, "aggregator": aggregator, "trim_beta": trim_beta,
+        "num_malicious": num_malicious, "validate_updates": validate, "median_factor": median_factor,
+        "min_clients": min_clients, "round_timeout": round_timeout, "attack": attack,
+        "attack_fraction": attack_fraction, "attack_scale": attack_scale, "dropout": dropout,
+        "slow_fraction": slow_fraction,
     }  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     if given.get("local_steps") == 0:
@@ -80,11 +104,22 @@ def simulate(
     except FedreadyError as e:
         raise _fail(e) from None
     if json_out:
-        keys = ("accuracy", "epsilon", "delta", "rounds", "clients", "run_dir", "dp", "seconds")
-        typer.echo(json.dumps({k: summary[k] for k in keys}, sort_keys=True))
+        typer.echo(json.dumps(summary, sort_keys=True))
     else:
-        eps = f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary["dp"] else "no DP"
+        eps = f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary["dp"] else "no sample-level DP"
+        if summary["client_epsilon"] is not None:
+            eps += f", client-level epsilon {summary['client_epsilon']:.3f} (delta {summary['client_delta']:g})"
         err.print(f"accuracy {summary['accuracy']:.4f}, {eps}, {summary['seconds']:.0f} s -> {summary['run_dir']}")
+        extra = [f"{k.replace('_', ' ')} {summary[k]}" for k in ("rejected_updates", "failed_clients", "declined")
+                 if summary[k]]  # fmt: skip
+        if summary["undefended_accuracy"] is not None:
+            extra.append(f"plain FedAvg on the same updates would reach {summary['undefended_accuracy']:.4f}")
+        if summary["skipped_rounds"]:
+            extra.append(f"skipped rounds {summary['skipped_rounds']}")
+        if summary["stopped"]:
+            extra.append(f"stopped early: {summary['stopped']}")
+        if extra:
+            err.print("; ".join(extra))
 
 
 def run_simulate(
@@ -118,6 +153,9 @@ def run_simulate(
 
         def on_round(r: Any) -> None:
             extra = f" declined {len(r.declined)}" if r.declined else ""
+            extra += f" rejected {len(r.rejected)}" if r.rejected else ""
+            extra += f" failed {len(r.failed)}" if r.failed else ""
+            extra += " skipped" if r.skipped else ""
             eps = f" epsilon {r.epsilon:.3f}" if cfg.dp else ""
             progress.update(task, completed=r.round, description=f"accuracy {r.accuracy:.4f}{eps}{extra}")
 

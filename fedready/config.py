@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedready.errors import ConfigError
 
@@ -40,7 +40,7 @@ class SimulationConfig(BaseModel):
     local_epochs: int = Field(1, ge=1)  # epochs per round (when local_steps is unset)
     local_steps: int | None = Field(3, ge=1)  # fixed SGD steps per round (None: local_epochs); less drift under skew
     batch_size: int = Field(1024, ge=1)  # expected Poisson batch (rows)
-    lr: float = Field(6.0, gt=0)  # local SGD learning rate at round 1
+    lr: float = Field(None, gt=0)  # local SGD rate at round 1 (default: 6.0 DP, 1.0 non-DP)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # decay of the local rate over the planned rounds
     momentum: float = Field(0.0, ge=0, lt=1)
     # sample-level differential privacy (per client, for the whole training)
@@ -49,6 +49,35 @@ class SimulationConfig(BaseModel):
     delta: float = 1e-5  # must be < 1/n for every client's n training rows
     max_grad_norm: float = Field(1.0, gt=0)  # per-sample clipping bound C
     accountant: str = "rdp"  # rdp | prv
+    # client-level differential privacy (DP-FedAvg), on top of or instead of sample-level DP
+    client_dp: Literal["off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive"] = "off"
+    client_noise_multiplier: float | None = Field(None, gt=0)  # z: noise std = z * clip / sampled clients
+    client_epsilon: float | None = Field(None, gt=0)  # target client-level epsilon (calibrates z; run budget)
+    client_delta: float = Field(1e-5, gt=0, lt=1)  # client-level delta, below 1/num_clients
+    client_clip: float = Field(1.0, gt=0)  # L2 bound on each client's update (initial bound if adaptive)
+    clip_quantile: float = Field(0.5, ge=0, le=1)  # adaptive clipping: target share of unclipped updates
+    # robustness: validation, aggregation, hostile and failing clients
+    aggregator: Literal["fedavg", "median", "trimmed-mean", "krum", "multikrum", "bulyan"] = "fedavg"
+    trim_beta: float = Field(0.2, gt=0, lt=0.5)  # trimmed-mean: share cut from each end
+    num_malicious: int = Field(0, ge=0)  # krum / multikrum / bulyan: assumed attackers per round
+    validate_updates: bool = True  # reject malformed or outsized updates before aggregation
+    median_factor: float = Field(10.0, gt=1)  # reject norms above this multiple of the round median
+    min_clients: int = Field(1, ge=1)  # a round with fewer accepted updates is skipped
+    round_timeout: float = Field(600.0, gt=0)  # seconds the server waits for replies
+    attack: Literal["none", "sign-flip", "scale", "nan", "zero", "label-flip"] = "none"
+    attack_fraction: float = Field(0.0, ge=0, le=1)  # share of clients that attack (seeded choice)
+    attack_scale: float = Field(100.0, gt=0)  # factor for attack=scale
+    dropout: float = Field(0.0, ge=0, lt=1)  # per-round probability a client drops out mid-round
+    slow_fraction: float = Field(0.0, ge=0, le=1)  # share of clients that answer after the round timeout
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_lr(cls, data: Any) -> Any:
+        # Clipped DP-SGD steps have norm <= max_grad_norm, so DP takes a larger rate than
+        # plain SGD, whose unclipped gradients diverge at that rate.
+        if isinstance(data, dict) and data.get("lr") is None:
+            data = {**data, "lr": 6.0 if data.get("dp", True) else 1.0}
+        return data
 
     @field_validator("epsilon")
     @classmethod
@@ -95,6 +124,25 @@ class SimulationConfig(BaseModel):
         return make_config(**{k: v for k, v in kw.items() if k in known})
 
 
+def _cross_checks(cfg: SimulationConfig) -> None:
+    m = max(1, int(cfg.fraction_train * cfg.num_clients))
+    if cfg.client_dp != "off":
+        if cfg.client_noise_multiplier is None and cfg.client_epsilon is None:
+            raise ConfigError("client-epsilon", "client-level DP needs --client-epsilon or --client-noise-multiplier")
+        if cfg.aggregator != "fedavg":
+            raise ConfigError("aggregator", "client-level DP needs the (unweighted) mean: use --aggregator fedavg")
+        if cfg.client_delta >= 1.0 / cfg.num_clients:
+            raise ConfigError("client-delta", f"must be below 1/num_clients = {1.0 / cfg.num_clients:.3g}")
+    if cfg.attack != "none" and cfg.attack_fraction == 0:
+        raise ConfigError("attack-fraction", f"attack '{cfg.attack}' needs --attack-fraction > 0")
+    if cfg.aggregator in ("krum", "multikrum") and m <= 2 * cfg.num_malicious + 2:
+        raise ConfigError("num-malicious", f"krum needs sampled clients > 2f + 2; got {m} for f={cfg.num_malicious}")
+    if cfg.aggregator == "bulyan" and m < 4 * cfg.num_malicious + 3:
+        raise ConfigError("num-malicious", f"bulyan needs sampled clients >= 4f + 3; got {m} for f={cfg.num_malicious}")
+    if cfg.min_clients > m:
+        raise ConfigError("min-clients", f"{cfg.min_clients} exceeds the {m} clients sampled per round")
+
+
 def make_config(**values: Any) -> SimulationConfig:
     """Build a :class:`SimulationConfig`, turning validation errors into ``ConfigError``.
 
@@ -104,10 +152,12 @@ def make_config(**values: Any) -> SimulationConfig:
         Naming the first invalid field, what was wrong and how to fix it.
     """
     try:
-        return SimulationConfig(**values)
+        cfg = SimulationConfig(**values)
     except ValidationError as e:
         err = e.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "config"
         msg = str(err["msg"]).removeprefix("Value error, ")
         got = err.get("input")
         raise ConfigError(field.replace("_", "-"), f"{msg} (got {got!r})") from e
+    _cross_checks(cfg)
+    return cfg

@@ -33,3 +33,16 @@ DETAIL = "detail"
 
 # Reason codes a client gives when it declines a round
 BUDGET_EXHAUSTED = "budget-exhausted"
+
+# ConfigRecord key telling the client which client-side clipping mod applies ("fixed" | "adaptive")
+CLIENT_CLIPPING = "fedready.client-clipping"
+# MetricRecord key every client sets to 1 under client-level DP: the DP mean must be unweighted
+UNIFORM_WEIGHT = "uniform-weight"
+
+# Reasons the server rejects an update before aggregation (written to the audit log)
+REJECT_SHAPE = "shape-mismatch"
+REJECT_DTYPE = "dtype-mismatch"
+REJECT_NON_FINITE = "non-finite"
+REJECT_NORM_CLIP = "norm-above-clip-bound"
+REJECT_NORM_MEDIAN = "norm-above-round-median"
+REJECT_REASONS = (REJECT_SHAPE, REJECT_DTYPE, REJECT_NON_FINITE, REJECT_NORM_CLIP, REJECT_NORM_MEDIAN)

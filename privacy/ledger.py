@@ -63,22 +63,34 @@ class Ledger:
         self.declines = [d for d in self.declines if d["round"] <= last_round]
 
     def client_epsilon(self) -> dict[str, float]:
-        """Return each client's epsilon spent so far (its latest entry)."""
+        """Return each client's sample-level epsilon spent so far (its latest entry)."""
         out: dict[str, float] = {}
         for e in sorted(self.entries, key=lambda e: e.round):
-            out[e.client] = e.epsilon
+            if e.level == "sample":
+                out[e.client] = e.epsilon
         return out
 
     @property
     def epsilon(self) -> float:
-        """The run's reported epsilon: the maximum over clients (0 before any training)."""
+        """The run's sample-level epsilon: the maximum over clients (0 before any training)."""
         return max(self.client_epsilon().values(), default=0.0)
 
+    @property
+    def client_level_epsilon(self) -> float:
+        """The run's client-level epsilon (DP-FedAvg), composed over every released round."""
+        released = sorted((e for e in self.entries if e.level == "client"), key=lambda e: e.round)
+        return released[-1].epsilon if released else 0.0
+
+    def client_level_history(self) -> list[tuple[float, float, int]]:
+        """The client-level mechanism's history, in Opacus's format."""
+        released = sorted((e for e in self.entries if e.level == "client"), key=lambda e: e.round)
+        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in released]
+
     def epsilon_after_round(self, r: int) -> float:
-        """The run's epsilon counting only rounds ``<= r``."""
+        """The run's sample-level epsilon counting only rounds ``<= r``."""
         best: dict[str, float] = {}
         for e in self.entries:
-            if e.round <= r:
+            if e.round <= r and e.level == "sample":
                 best[e.client] = max(best.get(e.client, 0.0), e.epsilon)
         return max(best.values(), default=0.0)
 
@@ -93,6 +105,7 @@ class Ledger:
             "delta": self.delta,
             "target_epsilon": self.target_epsilon,
             "epsilon": self.epsilon,
+            "client_level_epsilon": self.client_level_epsilon,
             "clients": dict(sorted(self.client_epsilon().items())),
             "entries": [asdict(e) for e in entries],
             "declines": sorted(self.declines, key=lambda d: (d["round"], d["client"])),
@@ -135,6 +148,7 @@ def recompute(ledger: Ledger) -> dict[str, list[tuple[int, float]]]:
     """
     by_client: dict[str, list[LedgerEntry]] = {}
     for e in sorted(ledger.entries, key=lambda e: e.round):
+        # client-level releases are keyed "*" (the whole federation's mechanism)
         by_client.setdefault(e.client, []).append(e)
     out: dict[str, list[tuple[int, float]]] = {}
     for client, entries in by_client.items():

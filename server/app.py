@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
@@ -29,7 +28,11 @@ from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.models import create_model
+from fedready.privacy.accounting import calibrate_noise, compose_epsilon
 from fedready.privacy.ledger import Ledger, LedgerEntry
+from fedready.server.audit import AuditLog
+from fedready.server.strategies import build_strategy, sampled_clients
+from fedready.server.validation import UpdateValidator, update_norm
 from fedready.simulations.federated import holdout
 
 __all__ = ["RoundReport", "app", "make_server_app", "run_rounds"]
@@ -52,6 +55,12 @@ class RoundReport:
     declined: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     replayed: list[str] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    sampled: int = 0
+    late: int = 0  # sampled clients that did not answer before the round timeout
+    skipped: bool = False  # fewer than min_clients updates were accepted: model unchanged
+    client_epsilon: float = 0.0
+    undefended_accuracy: float | None = None  # plain FedAvg over every received update (attack scenarios)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,15 +132,54 @@ def _append_metrics(path: Path, report: RoundReport, keep_through: int | None = 
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _np_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.to_torch_state_dict().items()}
+
+
+def _reply_arrays(m: Message) -> dict[str, np.ndarray]:
+    record = m.content[K.ARRAYS]
+    return dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
+
+
+def _plain_fedavg(replies: list[Message]) -> ArrayRecord:
+    """Example-weighted mean of every received update, with no defence at all."""
+    weights = np.array([float(m.content[K.METRICS][K.NUM_EXAMPLES]) for m in replies])
+    arrays = [_reply_arrays(m) for m in replies]
+    with np.errstate(all="ignore"):
+        mean = {k: sum(w * a[k].astype(np.float64) for w, a in zip(weights, arrays, strict=True)) / weights.sum()
+                for k in arrays[0]}  # fmt: skip
+    return ArrayRecord({k: torch.from_numpy(v.astype(np.float32)) for k, v in mean.items()})
+
+
+def client_noise_multiplier(cfg: SimulationConfig) -> float | None:
+    """The client-level noise multiplier z: given, or calibrated to ``client_epsilon``.
+
+    Calibration uses the subsampled Gaussian mechanism over the planned rounds with
+    sampling rate = clients sampled per round / total clients.
+    """
+    if cfg.client_dp == "off":
+        return None
+    if cfg.client_noise_multiplier is not None:
+        return cfg.client_noise_multiplier
+    assert cfg.client_epsilon is not None  # enforced by the config's cross-checks
+    q = sampled_clients(cfg) / cfg.num_clients
+    return calibrate_noise(target_epsilon=cfg.client_epsilon, target_delta=cfg.client_delta, sample_rate=q,
+                           steps=cfg.planned_rounds, accountant=cfg.accountant)  # fmt: skip
+
+
 def run_rounds(
     grid: Grid,
     cfg: SimulationConfig,
     run_dir: Path,
     *,
     on_round: Callable[[RoundReport], None] | None = None,
-    timeout: float = 3600.0,
 ) -> dict[str, Any]:
     """Run (or resume) the federated training described by ``cfg`` in ``run_dir``.
+
+    Each round: sample and instruct clients, wait up to ``cfg.round_timeout``, sort
+    replies into trained / declined / failed, validate the trained updates, skip
+    the round if fewer than ``cfg.min_clients`` remain, aggregate (robustly and/or
+    with client-level DP), evaluate on the holdout, write ledger and checkpoint.
 
     Returns
     -------
@@ -141,6 +189,7 @@ def run_rounds(
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = _Checkpointer(run_dir)
+    audit = AuditLog(run_dir / "audit.jsonl")
     state = ckpt.load()
     if state is None:
         x, _ = holdout()
@@ -150,69 +199,120 @@ def run_rounds(
         ledger = Ledger(run_id=run_dir.name, delta=cfg.delta, target_epsilon=cfg.epsilon if cfg.dp else None,
                         accountant=cfg.accountant, dp=cfg.dp)  # fmt: skip
         resumed_from = 0
+        audit.append("run-started", run=run_dir.name, config=cfg.model_dump())
     else:
         last, np_arrays, ledger = state
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in np_arrays.items()})
         start, resumed_from = last + 1, last
         log.info("resuming %s after round %d", run_dir, last)
+        audit.append("run-resumed", run=run_dir.name, after_round=last)
 
-    strategy = FedAvg(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=0.0,  # the server evaluates on its holdout; see _evaluate
-        min_train_nodes=max(1, int(cfg.fraction_train * cfg.num_clients)),
-        min_available_nodes=cfg.num_clients,
-        weighted_by_key=K.NUM_EXAMPLES,
-        arrayrecord_key=K.ARRAYS,
-        configrecord_key=K.CONFIG,
-    )
+    z = client_noise_multiplier(cfg)
+    strategy = build_strategy(cfg, z)
+    m = sampled_clients(cfg)
+    q_clients = m / cfg.num_clients
+    validator = None
+    if cfg.validate_updates:
+        bound = cfg.client_clip if cfg.client_dp == "client-fixed" else None
+        validator = UpdateValidator(clip_bound=bound, median_factor=cfg.median_factor)
+    train_cfg: dict[str, Any] = {}
+    if cfg.client_dp in ("client-fixed", "client-adaptive"):
+        train_cfg[K.CLIENT_CLIPPING] = cfg.client_dp.removeprefix("client-")
+
     metrics_path = run_dir / "metrics.jsonl"
     accuracy = loss = float("nan")
     first_write = True
+    stopped = ""
     for server_round in range(start, cfg.rounds + 1):
+        if z is not None and cfg.client_epsilon is not None:
+            projected = compose_epsilon(ledger.client_level_history() + [(z, q_clients, 1)],
+                                        delta=cfg.client_delta, accountant=cfg.accountant)  # fmt: skip
+            if projected > cfg.client_epsilon:
+                stopped = (f"client-level budget: round {server_round} would reach epsilon {projected:.4f} "
+                           f"> {cfg.client_epsilon}")  # fmt: skip
+                audit.append("run-stopped", round=server_round, reason="client-budget", detail=stopped)
+                log.warning(stopped)
+                break
         t_round = time.perf_counter()
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-        replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
+        reference = _np_arrays(arrays)
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_cfg)), grid))
+        replies = list(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout))
         trained, declined, failed = _triage(replies)
         report = RoundReport(round=server_round, accuracy=float("nan"), loss=float("nan"), epsilon=0.0)
-        for m in declined:
-            c = m.content[K.CONFIG]
-            ledger.record_decline(round=server_round, client=_client_id(m), reason=str(c[K.REASON]),
+        report.sampled = len(messages)
+        report.late = max(0, report.sampled - len(replies))
+        for msg in declined:
+            c = msg.content[K.CONFIG]
+            ledger.record_decline(round=server_round, client=_client_id(msg), reason=str(c[K.REASON]),
                                   detail=str(c[K.DETAIL]))  # fmt: skip
-            report.declined.append({"client": _client_id(m), "reason": str(c[K.REASON])})
-        for m in failed:
-            report.failed.append({"client": _client_id(m), "reason": m.error.reason})
-        for m in trained:
-            mr = m.content[K.METRICS]
-            report.trained.append(_client_id(m))
+            report.declined.append({"client": _client_id(msg), "reason": str(c[K.REASON])})
+            audit.append("client-declined", round=server_round, client=_client_id(msg), reason=str(c[K.REASON]))
+        for msg in failed:
+            report.failed.append({"client": _client_id(msg), "reason": msg.error.reason})
+            audit.append("client-failed", round=server_round, node_id=msg.metadata.src_node_id,
+                         reason=msg.error.reason)  # fmt: skip
+        for msg in trained:
+            mr = msg.content[K.METRICS]
+            report.trained.append(_client_id(msg))
             if int(mr.get(K.REPLAYED, 0)):
-                report.replayed.append(_client_id(m))
-            if cfg.dp:
+                report.replayed.append(_client_id(msg))
+            if cfg.dp:  # every released update is charged, accepted or not
                 ledger.record(LedgerEntry(
-                    round=server_round, client=_client_id(m), noise_multiplier=float(mr[K.NOISE_MULTIPLIER]),
+                    round=server_round, client=_client_id(msg), noise_multiplier=float(mr[K.NOISE_MULTIPLIER]),
                     sample_rate=float(mr[K.SAMPLE_RATE]), steps=int(mr[K.STEPS]), accountant=cfg.accountant,
                     delta=float(mr[K.DELTA]), epsilon=float(mr[K.EPSILON]),
                 ))  # fmt: skip
-        if trained:
-            new_arrays, _ = strategy.aggregate_train(server_round, trained)
+        accepted = trained
+        if validator is not None and trained:
+            candidates = [(_client_id(msg), msg.metadata.src_node_id, _reply_arrays(msg)) for msg in trained]
+            keep, rejections = validator.validate(candidates, reference)
+            accepted = [trained[i] for i in keep]
+            for r in rejections:
+                report.rejected.append({"client": r.client, "reason": r.reason, "norm": r.norm})
+                audit.append("update-rejected", round=server_round, client=r.client, node_id=r.node_id,
+                             reason=r.reason, norm=r.norm, detail=r.detail)  # fmt: skip
+        for msg in accepted:
+            audit.append("update-accepted", round=server_round, client=_client_id(msg),
+                         norm=update_norm(_reply_arrays(msg), reference))
+        if cfg.attack != "none" and trained:
+            _, report.undefended_accuracy = _evaluate(cfg, _plain_fedavg(trained))
+        if len(accepted) < cfg.min_clients:
+            report.skipped = True
+            audit.append("round-skipped", round=server_round, accepted=len(accepted), min_clients=cfg.min_clients)
+        else:
+            new_arrays, _ = strategy.aggregate_train(server_round, accepted)
             if new_arrays is not None:
                 arrays = new_arrays
+                if z is not None:
+                    # Noise std is z * clip / m; with fewer than m updates in the mean the
+                    # sensitivity grows, so the effective multiplier shrinks: charge that.
+                    z_eff = z * len(accepted) / m
+                    eps = compose_epsilon(ledger.client_level_history() + [(z_eff, q_clients, 1)],
+                                          delta=cfg.client_delta, accountant=cfg.accountant)  # fmt: skip
+                    ledger.record(LedgerEntry(round=server_round, client="*", noise_multiplier=z_eff,
+                                              sample_rate=q_clients, steps=1, accountant=cfg.accountant,
+                                              delta=cfg.client_delta, epsilon=eps, level="client"))  # fmt: skip
         loss, accuracy = _evaluate(cfg, arrays)
         report.accuracy, report.loss, report.epsilon = accuracy, loss, ledger.epsilon
+        report.client_epsilon = ledger.client_level_epsilon
         report.seconds = time.perf_counter() - t_round
-        np_arrays = {k: v.numpy() for k, v in arrays.to_torch_state_dict().items()}
-        ckpt.save(server_round, np_arrays, ledger)
+        ckpt.save(server_round, _np_arrays(arrays), ledger)
+        audit.append("round-finished", round=server_round, accuracy=accuracy, epsilon=ledger.epsilon,
+                     client_epsilon=ledger.client_level_epsilon, accepted=len(accepted))  # fmt: skip
         _append_metrics(metrics_path, report, keep_through=resumed_from if first_write else None)
         first_write = False
         if on_round is not None:
             on_round(report)
         if not trained and declined and len(declined) == len(replies):
-            log.warning("round %d: every client declined (budget spent); stopping", server_round)
+            stopped = f"round {server_round}: every client declined (budget spent)"
+            log.warning(stopped)
             break
 
     if first_write:  # nothing left to run: report the checkpointed model
         loss, accuracy = _evaluate(cfg, arrays)
-    final = {k: v.numpy() for k, v in arrays.to_torch_state_dict().items()}
+    final = _np_arrays(arrays)
     atomic_write_bytes(run_dir / "model.npz", save_npz(final))
+    history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
@@ -221,13 +321,28 @@ def run_rounds(
         "dp": cfg.dp,
         "epsilon": ledger.epsilon if cfg.dp else None,
         "delta": cfg.delta if cfg.dp else None,
+        "client_dp": cfg.client_dp,
+        "client_epsilon": ledger.client_level_epsilon if z is not None else None,
+        "client_delta": cfg.client_delta if z is not None else None,
+        "client_noise_multiplier": z,
         "rounds": cfg.rounds,
+        "rounds_completed": len(history),
         "clients": cfg.num_clients,
+        "aggregator": cfg.aggregator,
+        "attack": cfg.attack,
+        "rejected_updates": sum(len(h.get("rejected", [])) for h in history),
+        "failed_clients": sum(len(h.get("failed", [])) for h in history),
+        "declined": sum(len(h.get("declined", [])) for h in history),
+        "skipped_rounds": [h["round"] for h in history if h.get("skipped")],
+        "undefended_accuracy": history[-1].get("undefended_accuracy") if history else None,
+        "stopped": stopped or None,
         "model_digest": arrays_digest(final),
         "resumed_from_round": resumed_from,
         "seconds": time.perf_counter() - t0,
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    audit.append("run-finished", accuracy=accuracy, epsilon=summary["epsilon"],
+                 client_epsilon=summary["client_epsilon"], model_digest=summary["model_digest"])  # fmt: skip
     return summary
 
 

@@ -1,0 +1,92 @@
+"""Build the round's Flower strategy: an aggregator, optionally wrapped for client-level DP.
+
+Aggregators are Flower's own strategies, registered under string keys. Client-level
+DP (DP-FedAvg, McMahan et al. 2018, arXiv:1710.06963) wraps the aggregator in
+Flower's DP wrappers rather than forking it; adaptive clipping follows Andrew et
+al. 2021 (arXiv:1905.03871).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flwr.serverapp.strategy import (
+    Bulyan,
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
+
+from fedready import constants as K
+from fedready.config import SimulationConfig
+from fedready.errors import ConfigError
+
+__all__ = ["AGGREGATORS", "CLIENT_DP_MODES", "build_strategy", "sampled_clients"]
+
+
+def _common(cfg: SimulationConfig, weight_key: str) -> dict[str, Any]:
+    m = sampled_clients(cfg)
+    return {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": 0.0,  # the server evaluates on its holdout
+        "min_train_nodes": m,
+        "min_available_nodes": cfg.num_clients,
+        "weighted_by_key": weight_key,
+        "arrayrecord_key": K.ARRAYS,
+        "configrecord_key": K.CONFIG,
+    }
+
+
+# name -> builder(cfg, common kwargs). Unknown names are refused by SimulationConfig.
+AGGREGATORS: dict[str, Callable[[SimulationConfig, dict[str, Any]], Strategy]] = {
+    "fedavg": lambda cfg, kw: FedAvg(**kw),
+    "median": lambda cfg, kw: FedMedian(**kw),
+    "trimmed-mean": lambda cfg, kw: FedTrimmedAvg(**kw, beta=cfg.trim_beta),
+    "krum": lambda cfg, kw: Krum(**kw, num_malicious_nodes=cfg.num_malicious),
+    "multikrum": lambda cfg, kw: MultiKrum(**kw, num_malicious_nodes=cfg.num_malicious,
+                                           num_nodes_to_select=max(1, sampled_clients(cfg) - cfg.num_malicious)),
+    "bulyan": lambda cfg, kw: Bulyan(**kw, num_malicious_nodes=cfg.num_malicious),
+}  # fmt: skip
+
+CLIENT_DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
+
+
+def sampled_clients(cfg: SimulationConfig) -> int:
+    """Clients sampled per round (Flower's FedAvg samples ``int(fraction * N)``, at least 1)."""
+    return max(1, int(cfg.fraction_train * cfg.num_clients))
+
+
+def build_strategy(cfg: SimulationConfig, noise_multiplier: float | None) -> Strategy:
+    """Return the aggregator for ``cfg``, wrapped in Flower's DP wrapper if client-level DP is on.
+
+    Parameters
+    ----------
+    cfg : SimulationConfig
+        The run configuration.
+    noise_multiplier : float or None
+        Client-level noise multiplier z (noise std = z * clip / sampled clients);
+        required when ``cfg.client_dp`` is not ``"off"``.
+    """
+    if cfg.client_dp == "off":
+        return AGGREGATORS[cfg.aggregator](cfg, _common(cfg, K.NUM_EXAMPLES))
+    if noise_multiplier is None:
+        raise ConfigError("client-noise-multiplier", "client-level DP needs a noise multiplier or --client-epsilon")
+    # The DP mean must be unweighted: a client's influence is bounded by the clip, not its size.
+    inner = FedAvg(**_common(cfg, K.UNIFORM_WEIGHT))
+    m = sampled_clients(cfg)
+    if cfg.client_dp == "server-fixed":
+        return DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier, cfg.client_clip, m)
+    if cfg.client_dp == "client-fixed":
+        return DifferentialPrivacyClientSideFixedClipping(inner, noise_multiplier, cfg.client_clip, m)
+    adaptive = {"initial_clipping_norm": cfg.client_clip, "target_clipped_quantile": cfg.clip_quantile}
+    if cfg.client_dp == "server-adaptive":
+        return DifferentialPrivacyServerSideAdaptiveClipping(inner, noise_multiplier, m, **adaptive)
+    return DifferentialPrivacyClientSideAdaptiveClipping(inner, noise_multiplier, m, **adaptive)

@@ -1,0 +1,100 @@
+"""Hostile, failing and slow clients, and client-level DP, end to end through Flower."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from fedready import constants as K
+from fedready.privacy.ledger import Ledger
+from fedready.server.audit import verify_chain
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path, name, *args, timeout=900):
+    tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")  # private Ray temp dir, stopped afterwards
+    env = {**__import__("os").environ, "TMPDIR": tmp, "RAY_TMPDIR": tmp}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fedready.cli", "simulate", "--out", str(tmp_path), "--name", name,
+                               "--json", *args], capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
+    finally:
+        subprocess.run(["pkill", "-9", "-f", tmp], check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / name
+    rounds = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    audit = [json.loads(x) for x in (run / "audit.jsonl").read_text().splitlines()]
+    return json.loads(proc.stdout), rounds, audit, run
+
+
+def test_scaled_updates_are_rejected_and_fedavg_collapse_is_reported(tmp_path):
+    # 2 of 10 clients send x100-scaled updates; the median-norm check is the defence.
+    summary, rounds, audit, _ = _run(tmp_path, "scale", "--rounds", "8", "--attack", "scale",
+                                     "--attack-fraction", "0.2")  # fmt: skip
+    assert summary["accuracy"] >= 0.83
+    assert summary["undefended_accuracy"] < 0.80  # plain FedAvg on the same updates collapses
+    assert all(len(r["rejected"]) == 2 for r in rounds)
+    attackers = {x["client"] for r in rounds for x in r["rejected"]}
+    assert len(attackers) == 2
+    rejected = [a for a in audit if a["event"] == "update-rejected"]
+    assert {a["reason"] for a in rejected} == {K.REJECT_NORM_MEDIAN}
+    assert all(a["norm"] > 0 for a in rejected)
+
+
+def test_nan_updates_and_dropout_never_crash_a_round(tmp_path):
+    summary, rounds, audit, run = _run(
+        tmp_path, "faults", "--clients", "10", "--rounds", "4", "--partitioner", "iid", "--attack", "nan",
+        "--attack-fraction", "0.1", "--dropout", "0.3", "--local-steps", "2", "--batch-size", "256",
+    )  # fmt: skip
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]  # every round completed
+    rejected = [a for a in audit if a["event"] == "update-rejected"]
+    assert rejected and {a["reason"] for a in rejected} == {K.REJECT_NON_FINITE}
+    assert len({a["client"] for a in rejected}) == 1  # names the one broken client
+    dropped = sum(len(r["failed"]) for r in rounds)
+    assert dropped > 0 and summary["failed_clients"] == dropped
+    # privacy is charged only to clients whose update actually reached the server
+    ledger = Ledger.load(run / "ledger.json")
+    for r in rounds:
+        charged = sorted(e.client for e in ledger.entries if e.round == r["round"])
+        assert charged == sorted(r["trained"])
+    assert verify_chain(run / "audit.jsonl") == (True, None)
+
+
+def test_slow_client_is_left_behind_by_the_round_timeout(tmp_path):
+    summary, rounds, _, _ = _run(tmp_path, "slow", "--clients", "4", "--rounds", "2", "--partitioner", "iid",
+                                 "--slow-fraction", "0.25", "--round-timeout", "40", "--local-steps", "1")  # fmt: skip
+    assert [r["late"] for r in rounds] == [1, 1]
+    assert all(len(r["trained"]) == 3 for r in rounds)
+
+
+def test_client_level_epsilon_matches_opacus_for_100_clients(tmp_path):
+    # 100 clients, 10 sampled per round, 50 rounds, z = 1.0, delta 1e-5 (DP-FedAvg only).
+    summary, rounds, _, run = _run(
+        tmp_path, "cl", "--clients", "100", "--fraction-train", "0.1", "--rounds", "50", "--no-dp",
+        "--client-dp", "server-fixed", "--client-noise-multiplier", "1.0", "--client-delta", "1e-5",
+        "--partitioner", "iid", "--local-steps", "1", "--batch-size", "64", "--lr", "0.5",
+    )  # fmt: skip
+    independent = RDPAccountant()
+    independent.history = [(1.0, 0.1, 50)]
+    expected = independent.get_epsilon(delta=1e-5)
+    assert summary["client_epsilon"] == pytest.approx(expected, rel=0.01)
+    assert all(len(r["trained"]) == 10 for r in rounds)
+    ledger = Ledger.load(run / "ledger.json")
+    assert ledger.client_level_epsilon == summary["client_epsilon"]
+    assert ledger.epsilon == 0.0  # no sample-level DP in this run
+
+
+def test_client_level_budget_stops_the_run_cleanly(tmp_path):
+    summary, rounds, audit, run = _run(
+        tmp_path, "budget", "--clients", "4", "--rounds", "3", "--budget-rounds", "2", "--partitioner", "iid",
+        "--client-dp", "client-fixed", "--client-epsilon", "8", "--client-delta", "1e-3", "--local-steps", "1",
+    )  # fmt: skip
+    assert summary["rounds_completed"] == 2 and "client-level budget" in summary["stopped"]
+    assert 0 < summary["client_epsilon"] <= 8.0
+    assert json.loads((run / "checkpoint.json").read_text())["round"] == 2
+    assert any(a["event"] == "run-stopped" for a in audit)
