@@ -124,23 +124,38 @@ def _reply(msg: Message, arrays: dict[str, np.ndarray], metrics: dict) -> Messag
     return Message(content=RecordDict({K.ARRAYS: rec, K.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> Message:
-    """Train on the local shard and reply with the update, or decline."""
-    cfg = SimulationConfig.from_run_config({**dict(context.run_config), **overrides})
-    pid = int(context.node_config["partition-id"])
-    run_dir = overrides.get(K.RUN_DIR) or context.run_config.get(K.RUN_DIR)
-    store = _Store(context, Path(str(run_dir)) / "clients" / str(pid) if run_dir else None)
-    server_round = int(msg.content[K.CONFIG][K.SERVER_ROUND])
-    global_arrays = msg.content[K.ARRAYS].to_numpy_ndarrays()
-    names = list(msg.content[K.ARRAYS].keys())
-    in_digest = arrays_digest(dict(zip(names, global_arrays, strict=True)))
+@dataclass(frozen=True)
+class Decline:
+    """A client's refusal to train this round, with a reason code the server logs."""
 
+    reason: str
+    detail: str
+
+
+def resolve_config(context: Context, overrides: dict[str, Any]) -> tuple[SimulationConfig, str | None]:
+    """The run's config and run folder as this client sees them."""
+    cfg = SimulationConfig.from_run_config({**dict(context.run_config), **overrides})
+    run_dir = overrides.get(K.RUN_DIR) or context.run_config.get(K.RUN_DIR)
+    return cfg, str(run_dir) if run_dir else None
+
+
+def local_update(
+    cfg: SimulationConfig, context: Context, run_dir: str | None, server_round: int,
+    global_arrays: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:
+    """One round of local training on this client's shard: the update and its metrics, or a decline.
+
+    Shared by the message-API ClientApp and the SecAgg+ (legacy NumPyClient) path.
+    """
+    pid = int(context.node_config["partition-id"])
+    store = _Store(context, Path(run_dir) / "clients" / str(pid) if run_dir else None)
+    in_digest = arrays_digest(global_arrays)
     state = store.load()
     if state.rounds and state.rounds[-1] == server_round and state.last_input_digest == in_digest:
         cached = store.cached_reply()
         if cached is not None:
             arrays, metrics = cached
-            return _reply(msg, arrays, {**metrics, K.REPLAYED: 1})
+            return arrays, {**metrics, K.REPLAYED: 1}
 
     if drops_out(cfg, pid, server_round):
         raise ClientDropped(f"client {pid} dropped out of round {server_round} (simulated, p={cfg.dropout})")
@@ -155,17 +170,17 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     noise, rate = 0.0, 1.0 / batches
     if cfg.dp:
         if cfg.delta >= 1.0 / n:
-            return _decline(msg, pid, "delta-too-large", f"delta {cfg.delta} >= 1/n = {1 / n:.3g} for {n} rows")
+            return Decline("delta-too-large", f"delta {cfg.delta} >= 1/n = {1 / n:.3g} for {n} rows")
         noise = _noise_multiplier(cfg.epsilon, cfg.delta, rate, cfg.planned_rounds * steps, cfg.accountant)
         projected = compose_epsilon(state.history() + [(noise, rate, steps)], delta=cfg.delta,
                                     accountant=cfg.accountant)  # fmt: skip
         if projected > cfg.epsilon:
             spent = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant)
-            return _decline(msg, pid, K.BUDGET_EXHAUSTED,
-                            f"epsilon would reach {projected:.4f} > budget {cfg.epsilon} (spent {spent:.4f})")
+            return Decline(K.BUDGET_EXHAUSTED,
+                           f"epsilon would reach {projected:.4f} > budget {cfg.epsilon} (spent {spent:.4f})")
 
     model = create_model(cfg.model, shard.x_train.shape[1])
-    model.load_state_dict(msg.content[K.ARRAYS].to_torch_state_dict())
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
     result = train(
         model, shard.x_train, y_train,
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr_at(server_round), momentum=cfg.momentum,
@@ -173,13 +188,11 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
         noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
         history=state.history(), accountant=cfg.accountant, max_steps=steps,
     )  # fmt: skip
+    state.rounds.append(server_round)
     if cfg.dp:
-        state.rounds.append(server_round)
         state.noise.append(noise)
         state.rate.append(rate)
         state.steps.append(result.steps)
-    else:
-        state.rounds.append(server_round)
     state.last_input_digest = in_digest
     eps = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant) if cfg.dp else 0.0
     metrics = {
@@ -189,10 +202,22 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     }  # fmt: skip
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if attacker:
-        reference = dict(zip(names, global_arrays, strict=True))
-        arrays = apply_attack(cfg.attack, arrays, reference, scale=cfg.attack_scale)
+        arrays = apply_attack(cfg.attack, arrays, global_arrays, scale=cfg.attack_scale)
     store.save(state, arrays, metrics)
-    return _reply(msg, arrays, metrics)
+    return arrays, metrics
+
+
+def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> Message:
+    """Train on the local shard and reply with the update, or decline."""
+    cfg, run_dir = resolve_config(context, overrides)
+    server_round = int(msg.content[K.CONFIG][K.SERVER_ROUND])
+    record = msg.content[K.ARRAYS]
+    global_arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
+    out = local_update(cfg, context, run_dir, server_round, global_arrays)
+    pid = int(context.node_config["partition-id"])
+    if isinstance(out, Decline):
+        return _decline(msg, pid, out.reason, out.detail)
+    return _reply(msg, *out)
 
 
 def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -56,6 +56,12 @@ class SimulationConfig(BaseModel):
     client_delta: float = Field(1e-5, gt=0, lt=1)  # client-level delta, below 1/num_clients
     client_clip: float = Field(1.0, gt=0)  # L2 bound on each client's update (initial bound if adaptive)
     clip_quantile: float = Field(0.5, ge=0, le=1)  # adaptive clipping: target share of unclipped updates
+    # secure aggregation (SecAgg+, Bell et al. 2020); combines with client-side clipping DP only
+    secagg: bool = False
+    secagg_shares: int = Field(3, ge=2)  # shares of each client's secret, among its neighbours
+    secagg_threshold: int = Field(2, ge=2)  # shares needed to reconstruct; tolerates shares - threshold dropouts
+    secagg_clip_range: float = Field(8.0, gt=0)  # every model value is clipped to +-this before quantisation
+    secagg_quantization: int = Field(4194304, ge=2)  # quantisation levels over [-clip_range, clip_range]
     # robustness: validation, aggregation, hostile and failing clients
     aggregator: Literal["fedavg", "median", "trimmed-mean", "krum", "multikrum", "bulyan"] = "fedavg"
     trim_beta: float = Field(0.2, gt=0, lt=0.5)  # trimmed-mean: share cut from each end
@@ -133,6 +139,15 @@ def _cross_checks(cfg: SimulationConfig) -> None:
             raise ConfigError("aggregator", "client-level DP needs the (unweighted) mean: use --aggregator fedavg")
         if cfg.client_delta >= 1.0 / cfg.num_clients:
             raise ConfigError("client-delta", f"must be below 1/num_clients = {1.0 / cfg.num_clients:.3g}")
+    if cfg.secagg:
+        if cfg.client_dp not in ("off", "client-fixed"):
+            raise ConfigError("secagg", "the server never sees an update under SecAgg+; use --client-dp client-fixed")
+        if cfg.aggregator != "fedavg" or cfg.attack != "none" or cfg.slow_fraction > 0:
+            raise ConfigError("secagg", "SecAgg+ reveals only the sum: use --aggregator fedavg, no attack scenarios")
+        if cfg.secagg_threshold > cfg.secagg_shares:
+            raise ConfigError("secagg-threshold", f"{cfg.secagg_threshold} exceeds --secagg-shares {cfg.secagg_shares}")
+        if cfg.secagg_shares > m:
+            raise ConfigError("secagg-shares", f"{cfg.secagg_shares} exceeds the {m} clients sampled per round")
     if cfg.attack != "none" and cfg.attack_fraction == 0:
         raise ConfigError("attack-fraction", f"attack '{cfg.attack}' needs --attack-fraction > 0")
     if cfg.aggregator in ("krum", "multikrum") and m <= 2 * cfg.num_malicious + 2:

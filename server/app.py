@@ -310,9 +310,19 @@ def run_rounds(
 
     if first_write:  # nothing left to run: report the checkpointed model
         loss, accuracy = _evaluate(cfg, arrays)
-    final = _np_arrays(arrays)
+    return write_summary(cfg, run_dir, _np_arrays(arrays), ledger, audit, accuracy=accuracy, loss=loss,
+                         noise_multiplier=z, stopped=stopped, resumed_from=resumed_from, t0=t0)  # fmt: skip
+
+
+def write_summary(
+    cfg: SimulationConfig, run_dir: Path, final: dict[str, np.ndarray], ledger: Ledger, audit: AuditLog, *,
+    accuracy: float, loss: float, noise_multiplier: float | None, stopped: str, resumed_from: int, t0: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Write ``model.npz`` and ``summary.json`` for a finished run and return the summary."""
     atomic_write_bytes(run_dir / "model.npz", save_npz(final))
+    metrics_path = run_dir / "metrics.jsonl"
     history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    z = noise_multiplier
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
@@ -325,6 +335,7 @@ def run_rounds(
         "client_epsilon": ledger.client_level_epsilon if z is not None else None,
         "client_delta": cfg.client_delta if z is not None else None,
         "client_noise_multiplier": z,
+        "secagg": cfg.secagg,
         "rounds": cfg.rounds,
         "rounds_completed": len(history),
         "clients": cfg.num_clients,

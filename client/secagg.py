@@ -1,0 +1,62 @@
+"""The client half of secure aggregation: a Flower NumPyClient behind ``secaggplus_mod``.
+
+In Flower 1.42 SecAgg+ runs through the legacy ``DefaultWorkflow`` +
+``SecAggPlusWorkflow`` path, which speaks the NumPyClient protocol; this module
+adapts fedready's local training (:func:`fedready.client.app.local_update`, the
+same code the message-API ClientApp runs) to it.
+
+Notes
+-----
+Mod order matters: ``secaggplus_mod`` comes first and ``fixedclipping_mod`` after
+it (closer to the app), so the update is clipped *before* it is masked. The
+server only ever receives masked vectors and reconstructs their sum; it cannot
+clip, validate or inspect any single update (Bell et al. 2020, "Secure
+single-server aggregation with (poly)logarithmic overhead", CCS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.client import Client, ClientApp, NumPyClient
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.common import Context
+
+from fedready import constants as K
+from fedready.client.app import Decline, local_update, resolve_config
+from fedready.models import create_model
+from fedready.simulations.federated import holdout
+
+__all__ = ["make_secagg_client_app"]
+
+
+class _SecAggClient(NumPyClient):
+    def __init__(self, context: Context, overrides: dict[str, Any]) -> None:
+        self.ctx = context
+        self.overrides = overrides
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        torch.set_num_threads(1)
+        cfg, run_dir = resolve_config(self.ctx, self.overrides)
+        names = list(create_model(cfg.model, holdout()[0].shape[1]).state_dict())
+        global_arrays = dict(zip(names, parameters, strict=True))
+        out = local_update(cfg, self.ctx, run_dir, int(config[K.SERVER_ROUND]), global_arrays)
+        if isinstance(out, Decline):
+            # The legacy protocol has no decline; SecAgg+ treats the error as a dropout.
+            raise RuntimeError(f"declined: {out.reason}: {out.detail}")
+        arrays, metrics = out
+        # Under client-level DP the mean must be unweighted; SecAgg+ weighs by this number.
+        weight = 1 if cfg.client_dp != "off" else int(metrics[K.NUM_EXAMPLES])
+        return [arrays[k] for k in names], weight, metrics
+
+
+def make_secagg_client_app(overrides: dict[str, Any], *, client_clipping: bool) -> ClientApp:
+    """A ClientApp for the SecAgg+ workflow (``client_clipping``: add Flower's fixedclipping_mod)."""
+
+    def client_fn(context: Context) -> Client:
+        return _SecAggClient(context, dict(overrides)).to_client()
+
+    mods = [secaggplus_mod, fixedclipping_mod] if client_clipping else [secaggplus_mod]
+    return ClientApp(client_fn=client_fn, mods=mods)
