@@ -22,7 +22,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from fedready.errors import ConfigError
 
-__all__ = ["ACCOUNTANTS", "calibrate_noise", "compose_epsilon"]
+__all__ = ["ACCOUNTANTS", "calibrate_noise", "compose_epsilon", "flower_client_epsilon"]
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -95,3 +95,43 @@ def compose_epsilon(history: Iterable[Sequence[float]], *, delta: float, account
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(acc.get_epsilon(delta=delta))
+
+
+def flower_client_epsilon(releases: Iterable[tuple[float, int]], *, population: int, delta: float) -> float:
+    """Client-level epsilon from Flower's own accountant (``flwr.serverapp.RdpAccountant``).
+
+    Flower's DP strategy wrappers account only fixed clipping without sampling
+    amplification; its accountant itself handles Poisson-sampled Gaussian events,
+    which is how fedready feeds it every released round (any clipping mode).
+
+    Parameters
+    ----------
+    releases : iterable of (noise_multiplier, sampled_clients)
+        One entry per released round.
+    population : int
+        Total number of clients.
+    delta : float
+        Client-level delta.
+    """
+    import logging
+
+    from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+
+    items = list(releases)
+    if not items:
+        return 0.0
+    full = all(m >= population for _, m in items)
+    method = SamplingMethod.NO_AMPLIFICATION if full else SamplingMethod.POISSON
+    acc = RdpAccountant(PrivacyConfig(target_delta=delta, population_size=population,
+                                      neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                                      sampling_method=method))  # fmt: skip
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # dp-accounting warns for RDP orders it skips
+    try:
+        for z, m in items:
+            acc.compose(GaussianPrivacyEvent(noise_multiplier=z, sample_size=min(m, population),
+                                             population_size=population))  # fmt: skip
+        return float(acc.get_epsilon(delta))
+    finally:
+        absl.setLevel(level)

@@ -28,7 +28,7 @@ from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.models import create_model
-from fedready.privacy.accounting import calibrate_noise, compose_epsilon
+from fedready.privacy.accounting import calibrate_noise, compose_epsilon, flower_client_epsilon
 from fedready.privacy.ledger import Ledger, LedgerEntry
 from fedready.server.audit import AuditLog
 from fedready.server.strategies import build_strategy, sampled_clients
@@ -335,6 +335,10 @@ def write_summary(
         "client_epsilon": ledger.client_level_epsilon if z is not None else None,
         "client_delta": cfg.client_delta if z is not None else None,
         "client_noise_multiplier": z,
+        # the same releases through Flower's own accountant, as a cross-check
+        "client_epsilon_flower": flower_client_epsilon(
+            [(nm, round(q * cfg.num_clients)) for nm, q, _ in ledger.client_level_history()],
+            population=cfg.num_clients, delta=cfg.client_delta) if z is not None else None,
         "secagg": cfg.secagg,
         "rounds": cfg.rounds,
         "rounds_completed": len(history),

@@ -96,7 +96,8 @@ def run_secagg_rounds(
     z = client_noise_multiplier(cfg)
     m = sampled_clients(cfg)
     q_clients = m / cfg.num_clients
-    book: dict[str, Any] = {"report": None, "first": True, "accuracy": float("nan"), "loss": float("nan")}
+    book: dict[str, Any] = {"report": None, "first": True, "accuracy": float("nan"), "loss": float("nan"),
+                            "t": time.perf_counter()}  # fmt: skip
 
     def on_fit(r: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]) -> None:
         server_round = offset + r
@@ -138,11 +139,12 @@ def run_secagg_rounds(
         loss, accuracy = _evaluate(cfg, record)
         report.accuracy, report.loss, report.epsilon = accuracy, loss, ledger.epsilon
         report.client_epsilon = ledger.client_level_epsilon
+        report.seconds = time.perf_counter() - book["t"]
         ckpt.save(server_round, arrays, ledger)
         audit.append("round-finished", round=server_round, accuracy=accuracy, epsilon=ledger.epsilon,
                      client_epsilon=ledger.client_level_epsilon, accepted=len(report.trained))  # fmt: skip
         _append_metrics(run_dir / "metrics.jsonl", report, keep_through=offset if book["first"] else None)
-        book.update(first=False, accuracy=accuracy, loss=loss, current=arrays)
+        book.update(first=False, accuracy=accuracy, loss=loss, current=arrays, t=time.perf_counter())
         if on_round is not None:
             on_round(report)
         return loss, {"accuracy": accuracy}

@@ -68,3 +68,12 @@ def test_invalid_calibration_inputs_name_the_field(kwargs, field):
     with pytest.raises(ConfigError) as e:
         calibrate_noise(**args)
     assert e.value.field == field
+
+
+@pytest.mark.parametrize(("sampled", "population"), [(10, 10), (10, 100), (5, 40)])
+def test_client_level_accounting_agrees_with_flowers_accountant(sampled, population):
+    from fedready.privacy.accounting import flower_client_epsilon
+
+    ours = compose_epsilon([(1.0, sampled / population, 50)], delta=1e-5)
+    flowers = flower_client_epsilon([(1.0, sampled)] * 50, population=population, delta=1e-5)
+    assert ours == pytest.approx(flowers, rel=0.01)

@@ -83,6 +83,7 @@ def test_client_level_epsilon_matches_opacus_for_100_clients(tmp_path):
     independent.history = [(1.0, 0.1, 50)]
     expected = independent.get_epsilon(delta=1e-5)
     assert summary["client_epsilon"] == pytest.approx(expected, rel=0.01)
+    assert summary["client_epsilon_flower"] == pytest.approx(expected, rel=0.01)  # Flower's accountant agrees
     assert all(len(r["trained"]) == 10 for r in rounds)
     ledger = Ledger.load(run / "ledger.json")
     assert ledger.client_level_epsilon == summary["client_epsilon"]
