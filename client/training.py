@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -21,6 +23,19 @@ class TrainResult:
     steps: int
     loss: float
     history: list[tuple[float, float, int]]  # Opacus accountant history after training
+
+
+# Per-sample gradients held at once (parameters x examples) before a batch is split into chunks:
+# about 200 MB of float32, which keeps each simulated client well under a gigabyte.
+_MAX_PER_SAMPLE_VALUES = 50_000_000
+
+
+def _physical_batch(model: nn.Module, batch_size: int) -> int | None:
+    """Physical chunk size for DP-SGD on a large model, or None when a batch fits in one go."""
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if params * batch_size * 1.3 <= _MAX_PER_SAMPLE_VALUES:  # Poisson batches run ~30% over the mean
+        return None
+    return max(16, _MAX_PER_SAMPLE_VALUES // params)
 
 
 def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator) -> DataLoader:
@@ -80,19 +95,29 @@ def train(
     module.train()
     steps, total = 0, 0.0
     budget = max_steps if max_steps is not None else epochs * len(loader)
-    while steps < budget:
-        for xb, yb in loader:
-            if steps >= budget:
-                break
-            opt.zero_grad(set_to_none=True)
-            out = module(xb)
-            # Poisson sampling can draw an empty batch: it is still a step (noise is
-            # still added and accounted), with a zero loss instead of a NaN mean.
-            loss = criterion(out, yb) if len(xb) else out.sum()
-            loss.backward()
-            opt.step()
-            steps += 1
-            total += float(loss.detach())
+    with contextlib.ExitStack() as stack:
+        physical = _physical_batch(model, batch_size) if engine is not None else None
+        if physical is not None:
+            # Opacus keeps one per-sample gradient per parameter and example: split each Poisson
+            # batch into physical chunks; the optimizer steps (and noises) once per logical batch.
+            loader = stack.enter_context(
+                BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical, optimizer=opt)
+            )
+        while steps < budget:
+            for xb, yb in loader:
+                if steps >= budget:
+                    break
+                opt.zero_grad(set_to_none=True)
+                out = module(xb)
+                # Poisson sampling can draw an empty batch: it is still a step (noise is
+                # still added and accounted), with a zero loss instead of a NaN mean.
+                loss = criterion(out, yb) if len(xb) else out.sum()
+                loss.backward()
+                opt.step()
+                if physical is not None and opt._is_last_step_skipped:  # a chunk, not yet the logical step
+                    continue
+                steps += 1
+                total += float(loss.detach())
     hist = [tuple(h) for h in engine.accountant.history] if engine is not None else list(history or [])
     return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist)  # type: ignore[arg-type]
 
