@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -25,17 +23,19 @@ class TrainResult:
     history: list[tuple[float, float, int]]  # Opacus accountant history after training
 
 
-# Per-sample gradients held at once (parameters x examples) before a batch is split into chunks:
-# about 200 MB of float32, which keeps each simulated client well under a gigabyte.
-_MAX_PER_SAMPLE_VALUES = 50_000_000
+# Above this many per-sample gradient values (parameters x expected batch) DP-SGD switches to
+# Opacus' ghost clipping: per-sample norms without materialising per-sample gradients.
+_GHOST_ABOVE = 50_000_000
 
 
-def _physical_batch(model: nn.Module, batch_size: int) -> int | None:
-    """Physical chunk size for DP-SGD on a large model, or None when a batch fits in one go."""
+def _ghost_clipping(model: nn.Module, batch_size: int) -> bool:
+    """Whether DP-SGD on ``model`` should use ghost clipping (Li et al. 2021, arXiv:2110.05679).
+
+    The clipping and noise are the same as with per-sample gradients (a test checks the
+    resulting updates agree), at a fraction of the memory and time for wide Linear layers.
+    """
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if params * batch_size * 1.3 <= _MAX_PER_SAMPLE_VALUES:  # Poisson batches run ~30% over the mean
-        return None
-    return max(16, _MAX_PER_SAMPLE_VALUES // params)
+    return params * batch_size > _GHOST_ABOVE
 
 
 def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator) -> DataLoader:
@@ -78,12 +78,15 @@ def train(
     criterion = nn.CrossEntropyLoss()
     module: nn.Module = model
     engine = None
+    extra: dict = {}
     if noise_multiplier is not None:
         engine = PrivacyEngine(accountant=accountant)
         engine.accountant.history = list(history or [])
+        ghost = _ghost_clipping(model, batch_size)
+        extra = {"criterion": criterion, "grad_sample_mode": "ghost"} if ghost else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # secure_mode advice; simulations use a seeded RNG
-            module, opt, loader = engine.make_private(
+            private = engine.make_private(
                 module=model,
                 optimizer=opt,
                 data_loader=loader,
@@ -91,33 +94,28 @@ def train(
                 max_grad_norm=max_grad_norm,
                 poisson_sampling=True,
                 noise_generator=gen,
+                **extra,
             )
+        if ghost:  # the criterion comes back wrapped: its backward clips per sample
+            module, opt, criterion, loader = private
+        else:
+            module, opt, loader = private
     module.train()
     steps, total = 0, 0.0
     budget = max_steps if max_steps is not None else epochs * len(loader)
-    with contextlib.ExitStack() as stack:
-        physical = _physical_batch(model, batch_size) if engine is not None else None
-        if physical is not None:
-            # Opacus keeps one per-sample gradient per parameter and example: split each Poisson
-            # batch into physical chunks; the optimizer steps (and noises) once per logical batch.
-            loader = stack.enter_context(
-                BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical, optimizer=opt)
-            )
-        while steps < budget:
-            for xb, yb in loader:
-                if steps >= budget:
-                    break
-                opt.zero_grad(set_to_none=True)
-                out = module(xb)
-                # Poisson sampling can draw an empty batch: it is still a step (noise is
-                # still added and accounted), with a zero loss instead of a NaN mean.
-                loss = criterion(out, yb) if len(xb) else out.sum()
-                loss.backward()
-                opt.step()
-                if physical is not None and opt._is_last_step_skipped:  # a chunk, not yet the logical step
-                    continue
-                steps += 1
-                total += float(loss.detach())
+    while steps < budget:
+        for xb, yb in loader:
+            if steps >= budget:
+                break
+            opt.zero_grad(set_to_none=True)
+            out = module(xb)
+            # Poisson sampling can draw an empty batch: it is still a step (noise is
+            # still added and accounted), with a zero loss instead of a NaN mean.
+            loss = criterion(out, yb) if len(xb) or extra else out.sum()
+            loss.backward()
+            opt.step()
+            steps += 1
+            total += float(loss.detach())
     hist = [tuple(h) for h in engine.accountant.history] if engine is not None else list(history or [])
     return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist)  # type: ignore[arg-type]
 
