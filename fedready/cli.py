@@ -51,7 +51,7 @@ def simulate(
     local_steps: Annotated[int | None, typer.Option(help="SGD steps per round; 0 = whole epochs. [default: 3]")] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round when --local-steps 0.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Expected Poisson batch size. [default: 1024]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local learning rate at round 1. [default: 6.0 with DP, 1.0 without]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Local learning rate at round 1. [default: 6.0 with DP, 1.0 without or for mlp-large]")] = None,
     lr_schedule: Annotated[str | None, typer.Option(help="constant | cosine. [default: cosine]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
     accountant: Annotated[str | None, typer.Option(help="rdp | prv. [default: rdp]")] = None,

@@ -40,7 +40,7 @@ class SimulationConfig(BaseModel):
     local_epochs: int = Field(1, ge=1)  # epochs per round (when local_steps is unset)
     local_steps: int | None = Field(3, ge=1)  # fixed SGD steps per round (None: local_epochs); less drift under skew
     batch_size: int = Field(1024, ge=1)  # expected Poisson batch (rows)
-    lr: float = Field(None, gt=0)  # local SGD rate at round 1 (default: 6.0 DP, 1.0 non-DP)
+    lr: float = Field(None, gt=0)  # local SGD rate at round 1 (default: 6.0 DP, 1.0 non-DP or mlp-large)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # decay of the local rate over the planned rounds
     momentum: float = Field(0.0, ge=0, lt=1)
     # sample-level differential privacy (per client, for the whole training)
@@ -82,7 +82,9 @@ class SimulationConfig(BaseModel):
         # Clipped DP-SGD steps have norm <= max_grad_norm, so DP takes a larger rate than
         # plain SGD, whose unclipped gradients diverge at that rate.
         if isinstance(data, dict) and data.get("lr") is None:
-            data = {**data, "lr": 6.0 if data.get("dp", True) else 1.0}
+            # 3x256 ReLU layers diverge at the small models' DP rate; 1.0 suits both regimes there
+            deep = data.get("model") == "mlp-large"
+            data = {**data, "lr": 1.0 if deep or not data.get("dp", True) else 6.0}
         return data
 
     @field_validator("epsilon")
