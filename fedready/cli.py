@@ -223,6 +223,59 @@ def check_ledger(run: Path, *, rel_tol: float = 0.01) -> dict[str, Any]:
             "declines": len(led.declines), "clients": clients, "ok": ok}  # fmt: skip
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="Operator signing keys.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option(help="Folder for signing.key (private, mode 0600) and signing.pub.")],
+    name: Annotated[str, typer.Option(help="File stem of the key pair.")] = "signing",
+) -> None:
+    """Create an ECDSA P-256 key pair for signing artifacts."""
+    from fedready.registry import generate_keys
+
+    try:
+        priv, pub = generate_keys(out, name=name)
+    except FedreadyError as e:
+        raise _fail(e) from None
+    err.print(f"private key {priv} (keep it offline), public key {pub} (give it to devices)")
+
+
+@app.command()
+def package(
+    run: Annotated[Path, typer.Argument(help="A run folder written by fedready simulate.")],
+    key: Annotated[Path, typer.Option(help="Operator private key (PEM) that signs the artifact.")],
+    version: Annotated[str, typer.Option(help="Artifact version, e.g. 1.0.0; immutable once written.")],
+    out: Annotated[Path, typer.Option(help="Folder of artifacts; the artifact goes to OUT/VERSION.")] = Path("artifacts"),
+    parent_version: Annotated[str | None, typer.Option(help="Version this model replaces (recorded in provenance).")] = None,
+) -> None:
+    """Write a signed, versioned artifact (ONNX model, schema, provenance, reports) for a run."""
+    from fedready.registry import package_run
+
+    try:
+        path, new = package_run(run, key=key, version=version, out=out, parent_version=parent_version)
+    except FedreadyError as e:
+        raise _fail(e) from None
+    err.print(f"{'packaged' if new else 'already packaged, unchanged'}: {path}")
+    typer.echo(str(path))
+
+
+@app.command()
+def verify(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    public_key: Annotated[Path, typer.Option(help="Operator public key (PEM).")],
+) -> None:
+    """Check every file of an artifact against its signature (exit 1 naming what differs)."""
+    from fedready.registry import verify_artifact
+
+    try:
+        prov = verify_artifact(artifact, public_key=public_key)
+    except FedreadyError as e:
+        raise _fail(e) from None
+    err.print(f"verified {artifact}: version {prov.version}, run {prov.run_id}, model {prov.model_digest}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

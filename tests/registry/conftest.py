@@ -1,0 +1,81 @@
+"""Shared registry fixtures: operator keys, a run folder, and one signed artifact per session.
+
+``fake_run`` writes a run folder without Ray (a freshly initialised model, a real config and
+ledger layout) so unit tests stay fast; ``sim_run`` is a real 3-round simulation, used only by
+the slow end-to-end tests (parity with the torch model, ``fedready reproduce``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+SMALL = ["--clients", "4", "--partitioner", "iid", "--local-steps", "2", "--batch-size", "256", "--lr", "1.0"]
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    """Two operator key pairs: ``operator`` signs, ``other`` is an attacker's key."""
+    from fedready.registry import generate_keys
+
+    base = tmp_path_factory.mktemp("keys")
+    return {name: generate_keys(base, name=name) for name in ("operator", "other")}
+
+
+def write_fake_run(run: Path, *, seed: int = 0) -> Path:
+    """A run folder as ``fedready simulate`` leaves it, with an untrained model (no Ray)."""
+    from fedready.config import make_config
+    from fedready.data import adult_schema
+    from fedready.encoding import FeatureEncoder
+    from fedready.modelio import arrays_digest, save_npz
+    from fedready.models import create_model
+
+    run.mkdir(parents=True)
+    cfg = make_config(rounds=3, seed=seed)
+    width = FeatureEncoder(adult_schema()).width
+    arrays = {k: v.detach().numpy() for k, v in create_model(cfg.model, width, seed=seed).state_dict().items()}
+    (run / "model.npz").write_bytes(save_npz(arrays))
+    (run / "config.json").write_text(json.dumps({"config": cfg.model_dump()}, sort_keys=True))
+    (run / "summary.json").write_text(json.dumps({"run_id": run.name, "model_digest": arrays_digest(arrays),
+                                                  "accuracy": 0.5, "epsilon": 1.0, "run_dir": str(run)}))  # fmt: skip
+    (run / "ledger.json").write_text(json.dumps({"accountant": "rdp", "delta": 1e-5, "dp": True, "epsilon": 1.0,
+                                                 "clients": {"0": 1.0}, "entries": [], "declines": []}))  # fmt: skip
+    return run
+
+
+@pytest.fixture(scope="session")
+def fake_run(tmp_path_factory):
+    return write_fake_run(tmp_path_factory.mktemp("runs") / "fake")
+
+
+@pytest.fixture(scope="session")
+def artifact(fake_run, keys, tmp_path_factory):
+    """``fake_run`` packaged as version 1.0.0 and signed by the operator key (treat as read-only)."""
+    from fedready.registry import package_run
+
+    path, _ = package_run(fake_run, key=keys["operator"][0], version="1.0.0", out=tmp_path_factory.mktemp("art"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sim_run(tmp_path_factory):
+    """A real 3-round private simulation (about 30 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("simruns")
+    tmp = tempfile.mkdtemp(prefix="frr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "TMPDIR": tmp, "RAY_TMPDIR": tmp}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fedready.cli", "simulate", *SMALL, "--rounds", "3", "--out",
+                               str(out), "--name", "sim", "--json"], capture_output=True, text=True, timeout=600,
+                              env=env)  # fmt: skip
+    finally:
+        subprocess.run(["pkill", "-9", "-f", tmp], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "sim"
