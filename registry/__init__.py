@@ -6,5 +6,23 @@ imports the training stack, and only inside :func:`package_run`.
 """
 
 from fedready.registry._artifact import Provenance, generate_keys, package_run, verify_artifact
+from fedready.registry._edge import EdgeAgent, UpdateResult, in_canary
+from fedready.registry._predict import Predictor, read_rows
+from fedready.registry._registry import CHANNELS, DEFAULT_EXPIRY, ROLES, Channel, Registry
 
-__all__ = ["Provenance", "generate_keys", "package_run", "verify_artifact"]
+__all__ = [
+    "CHANNELS",
+    "DEFAULT_EXPIRY",
+    "ROLES",
+    "Channel",
+    "EdgeAgent",
+    "Predictor",
+    "Provenance",
+    "Registry",
+    "UpdateResult",
+    "generate_keys",
+    "in_canary",
+    "package_run",
+    "read_rows",
+    "verify_artifact",
+]
