@@ -187,7 +187,10 @@ class EdgeAgent:
             updater = self._updater(repo, root_file)
             updater.refresh()
             doc, taken = self._channel(updater, channel, device_id)
-        version = check_version(str(doc.get("version", "")), field="channel version")
+        try:
+            version = check_version(str(doc.get("version", "")), field="channel version")
+        except ConfigError as e:  # the channel document is untrusted input here, not the caller's mistake
+            raise IntegrityError(f"channel {taken} names an unsafe version ({e}); refused") from e
         active = state.get("active")
         if version == active:
             return UpdateResult(version=version, previous=state.get("previous"), channel=taken, changed=False)
