@@ -355,10 +355,12 @@ class Registry:
         prefix = artifact_target(target, "")
         files = {k[len(prefix) :]: v.hashes["sha256"] for k, v in self._load("targets").signed.targets.items()
                  if k.startswith(prefix)}  # fmt: skip
+        gates = self.provenance(target).evaluation
+        # A rollback may restore a model whose gates never passed: it stays marked as forced.
         doc = Channel.from_dict({**current.to_dict(), "version": target, "files": files, "approver": approver,
                                  "promoted_at": _now().isoformat(), "previous": list(current.previous[:-1]),
-                                 "forced": False, "reason": reason or None,
-                                 "gates": self.provenance(target).evaluation})  # fmt: skip
+                                 "forced": gates != "passed", "reason": f"rollback: {reason or 'no reason given'}",
+                                 "gates": gates})  # fmt: skip
         self._commit({channel_target(channel): canonical_json(doc.to_dict()).encode()})
         self.audit.append("rollback", channel=channel, version=target, replaced=current.version, approver=approver,
                           reason=reason)  # fmt: skip
