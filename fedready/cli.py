@@ -487,6 +487,41 @@ def edge_rollback(home: Home) -> None:
     err.print(f"rolled back to {version}")
 
 
+@edge_app.command("install")
+def edge_install(
+    artifact: Annotated[Path, typer.Argument(help="A signed artifact folder.")],
+    home: Home,
+    public_key: Annotated[Path | None, typer.Option(help="Operator signing public key (first use only).")] = None,
+) -> None:
+    """Verify a local artifact and make it active (offline provisioning, no registry)."""
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        version = EdgeAgent(home).install(artifact, public_key=public_key)
+    err.print(f"installed {version}")
+
+
+@edge_app.command("serve")
+def edge_serve(
+    home: Home,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
+    max_batch: Annotated[int, typer.Option(help="Rows per model call; 1 turns micro-batching off.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch.")] = 2.0,
+    defer_low: Annotated[float | None, typer.Option(help="Uncertainty band low end: answer 'deferred'.")] = None,
+    defer_high: Annotated[float | None, typer.Option(help="Uncertainty band high end.")] = None,
+    review_queue: Annotated[Path | None, typer.Option(help="JSON lines of deferred rows. [default: HOME/review-queue.jsonl]")] = None,
+) -> None:
+    """Serve the active model over HTTP (POST /predict) with dynamic micro-batching."""
+    from fedready.registry import EdgeServer, ServeConfig
+
+    with _errors():
+        cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, defer_low=defer_low,
+                          defer_high=defer_high, review_queue=review_queue)  # fmt: skip
+        server = EdgeServer(home, cfg)
+    server.serve_forever(on_ready=lambda url: err.print(f"serving {server.predictor.version} on {url}/predict"))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -9,6 +9,7 @@ from fedready.registry._artifact import Provenance, generate_keys, package_run, 
 from fedready.registry._edge import EdgeAgent, UpdateResult, in_canary
 from fedready.registry._predict import Predictor, read_rows
 from fedready.registry._registry import CHANNELS, DEFAULT_EXPIRY, ROLES, Channel, Registry
+from fedready.registry._serve import EdgeServer, ServeConfig
 
 __all__ = [
     "CHANNELS",
@@ -16,9 +17,11 @@ __all__ = [
     "ROLES",
     "Channel",
     "EdgeAgent",
+    "EdgeServer",
     "Predictor",
     "Provenance",
     "Registry",
+    "ServeConfig",
     "UpdateResult",
     "generate_keys",
     "in_canary",

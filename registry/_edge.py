@@ -194,13 +194,38 @@ class EdgeAgent:
         active = state.get("active")
         if version == active:
             return UpdateResult(version=version, previous=state.get("previous"), channel=taken, changed=False)
+        self._activate(lambda staging: self._fetch(updater, repo, version, doc.get("files", {}), staging),
+                       version=version, key=key,
+                       state={"device_id": device_id, "repo": repo, "channel": channel, "source_channel": taken,
+                              "last_action": "update"})  # fmt: skip
+        return UpdateResult(version=version, previous=active, channel=taken, changed=True)
+
+    def install(self, artifact: Path, *, public_key: Path | None = None) -> str:
+        """Verify a local artifact folder and make it active (offline provisioning); return its version.
+
+        Raises
+        ------
+        IntegrityError
+            If the artifact does not verify with the trusted key (the active model is kept).
+        """
+        artifact = Path(artifact)
+        if not artifact.is_dir():
+            raise ConfigError("artifact", f"{artifact} is not an artifact folder")
+        key = self._provision("signing.pub", public_key, "--public-key")
+        version = verify_artifact(artifact, public_key=key).version
+        self._activate(lambda staging: shutil.copytree(artifact, staging, dirs_exist_ok=True), version=version,
+                       key=key, state={"last_action": "install", "source": str(artifact)})  # fmt: skip
+        return version
+
+    def _activate(self, fill: Any, *, version: str, key: Path, state: dict[str, Any]) -> None:
+        """Fill a staging folder, verify it, then swap it in (the one place a model becomes active)."""
         self.models.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.models, prefix=".staging-"))
         try:
-            self._fetch(updater, repo, version, doc.get("files", {}), staging)
+            fill(staging)
             prov = verify_artifact(staging, public_key=key)
             if prov.version != version:
-                raise IntegrityError(f"channel {taken} names version {version} but the artifact is {prov.version}")
+                raise IntegrityError(f"expected version {version} but the artifact is {prov.version}")
             Predictor(staging)  # it must load and match its schema before it may serve
             final = self.models / version
             if final.exists():
@@ -208,11 +233,11 @@ class EdgeAgent:
             staging.rename(final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self._save({"device_id": device_id, "repo": repo, "channel": channel, "active": version,
-                    "previous": active, "source_channel": taken, "updated_at": time.time(),
-                    "last_action": "update"})  # fmt: skip
-        self._prune(keep={version, active})
-        return UpdateResult(version=version, previous=active, channel=taken, changed=True)
+        old = self.state()
+        active = old.get("active")
+        previous = active if active != version else old.get("previous")
+        self._save({**old, **state, "active": version, "previous": previous, "updated_at": time.time()})
+        self._prune(keep={version, previous})
 
     def _download_json(self, updater: Any, target: str) -> dict[str, Any] | None:
         info = updater.get_targetinfo(target)
