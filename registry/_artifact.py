@@ -41,6 +41,7 @@ __all__ = [
     "generate_keys",
     "package_run",
     "payload_digests",
+    "sign_artifact",
     "verify_artifact",
 ]
 
@@ -207,8 +208,6 @@ def package_run(
     ConfigError
         If the run folder is incomplete, the key unreadable, or the version taken by other bytes.
     """
-    import model_signing
-
     from fedready.compression import export_run
     from fedready.data import adult_schema
 
@@ -275,12 +274,7 @@ def package_run(
                 return target, False
             raise ConfigError("version", f"{version} already exists in {out} with different contents; a version "
                                          "is immutable, package under a new --version")  # fmt: skip
-        hashing = model_signing.hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
-        try:
-            signer = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)
-        except ValueError as e:
-            raise ConfigError("key", f"{key} is not an ECDSA private key in PEM ({e})") from e
-        signer.set_hashing_config(hashing).sign(staging, staging / SIGNATURE_FILE)
+        sign_artifact(staging, key=key)
         try:
             os.rename(staging, target)  # atomic; fails if another writer created the version meanwhile
         except OSError as e:
@@ -288,6 +282,25 @@ def package_run(
         return target, True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def sign_artifact(folder: Path, *, key: Path) -> Path:
+    """Sign every file in ``folder`` (except an old ``model.sig``) with ``key``; return the bundle path.
+
+    Raises
+    ------
+    ConfigError
+        If ``key`` is not an ECDSA private key in PEM.
+    """
+    import model_signing
+
+    hashing = model_signing.hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
+    try:
+        signer = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)
+    except ValueError as e:
+        raise ConfigError("key", f"{key} is not an ECDSA private key in PEM ({e})") from e
+    signer.set_hashing_config(hashing).sign(folder, Path(folder) / SIGNATURE_FILE)
+    return Path(folder) / SIGNATURE_FILE
 
 
 def _sha256_text(text: str) -> str:

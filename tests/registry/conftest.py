@@ -31,23 +31,9 @@ def keys(tmp_path_factory):
 
 def write_fake_run(run: Path, *, seed: int = 0) -> Path:
     """A run folder as ``fedready simulate`` leaves it, with an untrained model (no Ray)."""
-    from fedready.config import make_config
-    from fedready.data import adult_schema
-    from fedready.encoding import FeatureEncoder
-    from fedready.modelio import arrays_digest, save_npz
-    from fedready.models import create_model
+    from fedready.registry._demo import write_demo_run
 
-    run.mkdir(parents=True)
-    cfg = make_config(rounds=3, seed=seed)
-    width = FeatureEncoder(adult_schema()).width
-    arrays = {k: v.detach().numpy() for k, v in create_model(cfg.model, width, seed=seed).state_dict().items()}
-    (run / "model.npz").write_bytes(save_npz(arrays))
-    (run / "config.json").write_text(json.dumps({"config": cfg.model_dump()}, sort_keys=True))
-    (run / "summary.json").write_text(json.dumps({"run_id": run.name, "model_digest": arrays_digest(arrays),
-                                                  "accuracy": 0.5, "epsilon": 1.0, "run_dir": str(run)}))  # fmt: skip
-    (run / "ledger.json").write_text(json.dumps({"accountant": "rdp", "delta": 1e-5, "dp": True, "epsilon": 1.0,
-                                                 "clients": {"0": 1.0}, "entries": [], "declines": []}))  # fmt: skip
-    return run
+    return write_demo_run(run, seed=seed)
 
 
 @pytest.fixture(scope="session")
