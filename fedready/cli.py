@@ -522,6 +522,32 @@ def edge_serve(
     server.serve_forever(on_ready=lambda url: err.print(f"serving {server.predictor.version} on {url}/predict"))
 
 
+@app.command()
+def reproduce(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder of a simulation-trained model.")],
+    public_key: Annotated[Path | None, typer.Option(help="Verify the artifact with this key first.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Keep the re-run in OUT/reproduce-VERSION (default: discarded).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Re-run an artifact's recorded configuration and check the model digest matches (exit 1 if not)."""
+    from fedready.registry import reproduce_artifact
+
+    with _errors():
+        report = reproduce_artifact(artifact, public_key=public_key, out=out)
+    if json_out:
+        _echo_json(report)
+    ok = report["match"] and report["config_matches"]
+    verdict = "[green]matches[/]" if ok else "[red]MISMATCH[/]"
+    if report["config_matches"]:
+        err.print(f"{report['version']}: recorded {report['recorded_digest']}, reproduced "
+                  f"{report['reproduced_digest']}: {verdict}")  # fmt: skip
+    else:
+        err.print(f"{report['version']}: {verdict}: the recorded config.json is not the one the model was trained "
+                  "with (its digest differs from provenance.json); nothing was re-run")  # fmt: skip
+    if not ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

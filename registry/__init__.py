@@ -9,6 +9,7 @@ from fedready.registry._artifact import Provenance, generate_keys, package_run, 
 from fedready.registry._edge import EdgeAgent, UpdateResult, in_canary
 from fedready.registry._predict import Predictor, read_rows
 from fedready.registry._registry import CHANNELS, DEFAULT_EXPIRY, ROLES, Channel, Registry
+from fedready.registry._reproduce import reproduce_artifact
 from fedready.registry._serve import EdgeServer, ServeConfig
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "in_canary",
     "package_run",
     "read_rows",
+    "reproduce_artifact",
     "verify_artifact",
 ]

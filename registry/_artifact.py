@@ -16,7 +16,6 @@ loads a file nobody signed.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedready.errors import ConfigError, IntegrityError
-from fedready.registry._canonical import canonical_json, check_version, file_sha256, read_json, write_json
+from fedready.registry._canonical import check_version, file_sha256, json_digest, read_json, write_json
 
 __all__ = [
     "MODEL_FILE",
@@ -257,7 +256,7 @@ def package_run(
             version=version,
             run_id=summary.get("run_id", run.name),
             model_digest=summary["model_digest"],
-            config_digest="sha256:" + _sha256_text(canonical_json(config.get("config", config))),
+            config_digest=json_digest(config.get("config", config)),
             schema_digest=schema_digest,
             fedready_version=_version_of("fedready"),
             git_commit=_git_commit(),
@@ -301,10 +300,6 @@ def sign_artifact(folder: Path, *, key: Path) -> Path:
         raise ConfigError("key", f"{key} is not an ECDSA private key in PEM ({e})") from e
     signer.set_hashing_config(hashing).sign(folder, Path(folder) / SIGNATURE_FILE)
     return Path(folder) / SIGNATURE_FILE
-
-
-def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def payload_digests(artifact: Path) -> dict[str, str]:

@@ -11,7 +11,15 @@ from typing import Any
 from fedready._io import atomic_write_text
 from fedready.errors import ConfigError, IntegrityError
 
-__all__ = ["canonical_json", "check_version", "file_sha256", "read_json", "safe_relpath", "write_json"]
+__all__ = [
+    "canonical_json",
+    "check_version",
+    "file_sha256",
+    "json_digest",
+    "read_json",
+    "safe_relpath",
+    "write_json",
+]
 
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
 
@@ -19,6 +27,11 @@ _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
 def canonical_json(obj: Any) -> str:
     """Return ``obj`` as JSON with sorted keys and a trailing newline (stable bytes for hashing)."""
     return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def json_digest(obj: Any) -> str:
+    """Return ``sha256:<hex>`` of ``obj``'s canonical JSON."""
+    return "sha256:" + hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
 def write_json(path: Path, obj: Any) -> None:

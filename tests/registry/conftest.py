@@ -50,19 +50,23 @@ def artifact(fake_run, keys, tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def sim_run(tmp_path_factory):
-    """A real 3-round private simulation (about 30 s on 2 cores)."""
-    out = tmp_path_factory.mktemp("simruns")
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``fedready ARGS`` in a subprocess with a private Ray temp dir, cleaned up afterwards."""
     tmp = tempfile.mkdtemp(prefix="frr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "TMPDIR": tmp, "RAY_TMPDIR": tmp}
     try:
-        proc = subprocess.run([sys.executable, "-m", "fedready.cli", "simulate", *SMALL, "--rounds", "3", "--out",
-                               str(out), "--name", "sim", "--json"], capture_output=True, text=True, timeout=600,
-                              env=env)  # fmt: skip
+        return subprocess.run([sys.executable, "-m", "fedready.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=timeout, env=env)  # fmt: skip
     finally:
         subprocess.run(["pkill", "-9", "-f", tmp], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sim_run(tmp_path_factory):
+    """A real 3-round private simulation (30 to 50 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("simruns")
+    proc = run_cli("simulate", *SMALL, "--rounds", "3", "--out", out, "--name", "sim", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "sim"
 
