@@ -144,3 +144,12 @@ def test_unreachable_registry_keeps_model(fleet):
     with pytest.raises(TransportError, match="cannot fetch"):
         _update(device, server)
     _still_serves(device, "1.0.0")
+
+
+def test_device_follows_key_rotation(fleet):
+    reg, server, device = fleet
+    for role in ("root", "targets", "snapshot", "timestamp"):
+        reg.rotate_key(role)
+    reg.promote("2.0.0", channel="stable", approver="alice")
+    assert _update(device, server).version == "2.0.0"  # walked root 2..5, trusts the new keys
+    assert json.loads((device.home / "tuf" / "root.json").read_text())["signed"]["version"] == 5
