@@ -34,6 +34,9 @@ def _fail(e: FedreadyError) -> typer.Exit:
     return typer.Exit(2 if isinstance(e, ConfigError) else 1)
 
 
+_TRAINING_STACK = {"torch", "flwr", "opacus", "onnx", "ray"}
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn a :class:`FedreadyError` raised inside into its one-line message and exit code."""
@@ -41,6 +44,11 @@ def _errors() -> Iterator[None]:
         yield
     except FedreadyError as e:
         raise _fail(e) from None
+    except ModuleNotFoundError as e:  # a lean edge install running an operator command
+        if (e.name or "").split(".")[0] not in _TRAINING_STACK:
+            raise
+        raise _fail(ConfigError("install", f"this command needs the training stack ({e.name} is not installed); "
+                                           "pip install -c constraints.txt 'fedready[train]'")) from None  # fmt: skip
 
 
 def _new_run_dir(out: Path) -> Path:

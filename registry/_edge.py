@@ -25,6 +25,8 @@ import hashlib
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,33 +281,25 @@ class EdgeAgent:
                 shutil.rmtree(d, ignore_errors=True)
 
 
-class _tuf_errors:
-    """Translate python-tuf's exceptions into fedready's, with the attack they indicate."""
+@contextmanager
+def _tuf_errors(repo: str) -> Iterator[None]:
+    """Translate python-tuf's exceptions into fedready's, naming the attack they indicate."""
+    from tuf.api import exceptions as tex
 
-    def __init__(self, repo: str) -> None:
-        self.repo = repo
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
-        from tuf.api import exceptions as tex
-
-        if exc is None or isinstance(exc, IntegrityError | ConfigError):
-            return False
-        if isinstance(exc, tex.ExpiredMetadataError):
-            raise IntegrityError(f"registry metadata has expired (freeze attack or a stale mirror): {exc}") from exc
-        if isinstance(exc, tex.BadVersionNumberError):
-            raise IntegrityError(f"registry metadata is older than what this device has seen "
-                                 f"(rollback attack or a stale mirror): {exc}") from exc  # fmt: skip
-        if isinstance(exc, tex.LengthOrHashMismatchError):
-            raise IntegrityError(f"a downloaded file does not match its signed hash or length: {exc}") from exc
-        if isinstance(exc, tex.UnsignedMetadataError):
-            raise IntegrityError(f"registry metadata is not signed by the trusted keys: {exc}") from exc
-        if isinstance(exc, tex.DownloadLengthMismatchError):
-            raise IntegrityError(f"a downloaded file is longer than its signed length: {exc}") from exc
-        if isinstance(exc, tex.RepositoryError):
-            raise IntegrityError(f"registry metadata refused: {type(exc).__name__}: {exc}") from exc
-        if isinstance(exc, tex.DownloadError | OSError):
-            raise TransportError(f"cannot fetch from {self.repo}: {type(exc).__name__}: {exc}") from exc
-        return False
+    try:
+        yield
+    except tex.ExpiredMetadataError as e:
+        raise IntegrityError(f"registry metadata has expired (freeze attack or a stale mirror): {e}") from e
+    except tex.BadVersionNumberError as e:
+        raise IntegrityError(f"registry metadata is older than what this device has seen "
+                             f"(rollback attack or a stale mirror): {e}") from e  # fmt: skip
+    except tex.LengthOrHashMismatchError as e:
+        raise IntegrityError(f"a downloaded file does not match its signed hash or length: {e}") from e
+    except tex.UnsignedMetadataError as e:
+        raise IntegrityError(f"registry metadata is not signed by the trusted keys: {e}") from e
+    except tex.DownloadLengthMismatchError as e:
+        raise IntegrityError(f"a downloaded file is longer than its signed length: {e}") from e
+    except tex.RepositoryError as e:
+        raise IntegrityError(f"registry metadata refused: {type(e).__name__}: {e}") from e
+    except (tex.DownloadError, OSError) as e:
+        raise TransportError(f"cannot fetch from {repo}: {type(e).__name__}: {e}") from e
