@@ -23,6 +23,21 @@ class TrainResult:
     history: list[tuple[float, float, int]]  # Opacus accountant history after training
 
 
+# Above this many per-sample gradient values (parameters x expected batch) DP-SGD switches to
+# Opacus' ghost clipping: per-sample norms without materialising per-sample gradients.
+_GHOST_ABOVE = 50_000_000
+
+
+def _ghost_clipping(model: nn.Module, batch_size: int) -> bool:
+    """Whether DP-SGD on ``model`` should use ghost clipping (Li et al. 2021, arXiv:2110.05679).
+
+    The clipping and noise are the same as with per-sample gradients (a test checks the
+    resulting updates agree), at a fraction of the memory and time for wide Linear layers.
+    """
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return params * batch_size > _GHOST_ABOVE
+
+
 def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator) -> DataLoader:
     ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
     return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator)
@@ -63,12 +78,15 @@ def train(
     criterion = nn.CrossEntropyLoss()
     module: nn.Module = model
     engine = None
+    extra: dict = {}
     if noise_multiplier is not None:
         engine = PrivacyEngine(accountant=accountant)
         engine.accountant.history = list(history or [])
+        ghost = _ghost_clipping(model, batch_size)
+        extra = {"criterion": criterion, "grad_sample_mode": "ghost"} if ghost else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # secure_mode advice; simulations use a seeded RNG
-            module, opt, loader = engine.make_private(
+            private = engine.make_private(
                 module=model,
                 optimizer=opt,
                 data_loader=loader,
@@ -76,7 +94,12 @@ def train(
                 max_grad_norm=max_grad_norm,
                 poisson_sampling=True,
                 noise_generator=gen,
+                **extra,
             )
+        if ghost:  # the criterion comes back wrapped: its backward clips per sample
+            module, opt, criterion, loader = private
+        else:
+            module, opt, loader = private
     module.train()
     steps, total = 0, 0.0
     budget = max_steps if max_steps is not None else epochs * len(loader)
@@ -88,7 +111,7 @@ def train(
             out = module(xb)
             # Poisson sampling can draw an empty batch: it is still a step (noise is
             # still added and accounted), with a zero loss instead of a NaN mean.
-            loss = criterion(out, yb) if len(xb) else out.sum()
+            loss = criterion(out, yb) if len(xb) or extra else out.sum()
             loss.backward()
             opt.step()
             steps += 1

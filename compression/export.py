@@ -22,7 +22,16 @@ from fedready._io import atomic_write_bytes
 from fedready.errors import IntegrityError
 from fedready.modelio import load_npz
 
-__all__ = ["INPUT", "LOGITS", "PROBABILITIES", "export_run", "mlp_layers", "mlp_to_onnx", "onnx_predict_proba"]
+__all__ = [
+    "INPUT",
+    "LOGITS",
+    "PROBABILITIES",
+    "export_run",
+    "mlp_layers",
+    "mlp_to_onnx",
+    "onnx_predict_proba",
+    "session",
+]
 
 INPUT = "features"
 LOGITS = "logits"
@@ -105,15 +114,21 @@ def mlp_to_onnx(
     return model
 
 
-def onnx_predict_proba(model: bytes | onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Return ``P(y = 1)`` for each row of ``x`` using ONNX Runtime on the CPU."""
+def session(model: bytes | onnx.ModelProto, *, threads: int = 1):
+    """An ONNX Runtime CPU session; one intra-op thread by default, as on a small device."""
     import onnxruntime as ort
 
     data = model if isinstance(model, bytes) else model.SerializeToString()
     opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    (proba,) = sess.run([PROBABILITIES], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_predict_proba(model: bytes | onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Return ``P(y = 1)`` for each row of ``x`` using ONNX Runtime on the CPU."""
+    (proba,) = session(model).run([PROBABILITIES], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})
     return proba[:, 1]
 
 

@@ -9,26 +9,27 @@ from torch import nn
 
 from fedready.errors import ConfigError
 
-__all__ = ["create_model", "model_names"]
+__all__ = ["build_mlp", "create_model", "model_names"]
 
 
-def _mlp(in_features: int, widths: tuple[int, ...]) -> nn.Module:
+def build_mlp(in_features: int, widths: tuple[int, ...], *, classes: int = 2) -> nn.Module:
+    """A ``nn.Sequential`` of Linear layers with ReLU between them (hidden ``widths``)."""
     layers: list[nn.Module] = []
     prev = in_features
     for w in widths:
         layers += [nn.Linear(prev, w), nn.ReLU()]
         prev = w
-    layers.append(nn.Linear(prev, 2))
+    layers.append(nn.Linear(prev, classes))
     return nn.Sequential(*layers)
 
 
 # name -> builder(in_features). Opacus computes per-sample gradients for Linear layers
 # natively, so every model here is made of Linear + elementwise activations only.
 _MODELS: dict[str, Callable[[int], nn.Module]] = {
-    "logreg": lambda d: _mlp(d, ()),
-    "mlp": lambda d: _mlp(d, (16,)),  # default: small, so DP noise has few coordinates to hit
-    "mlp-wide": lambda d: _mlp(d, (64,)),
-    "mlp-large": lambda d: _mlp(d, (256, 256, 256)),  # the teacher worth compressing
+    "logreg": lambda d: build_mlp(d, ()),
+    "mlp": lambda d: build_mlp(d, (16,)),  # default: small, so DP noise has few coordinates to hit
+    "mlp-wide": lambda d: build_mlp(d, (64,)),
+    "mlp-large": lambda d: build_mlp(d, (256, 256, 256)),  # the teacher worth compressing
 }
 
 

@@ -367,7 +367,11 @@ def make_server_app(
     on_round: Callable[[RoundReport], None] | None = None,
     on_summary: Callable[[dict[str, Any]], None] | None = None,
 ) -> ServerApp:
-    """Return a ServerApp reading ``context.run_config`` updated by ``overrides``."""
+    """Return a ServerApp reading ``context.run_config`` updated by ``overrides``.
+
+    The same app runs plain rounds (:func:`run_rounds`) and, when the configuration asks
+    for ``secagg``, SecAgg+ rounds (:func:`fedready.server.secagg.run_secagg_rounds`).
+    """
     fixed = dict(overrides or {})
     server_app = ServerApp()
 
@@ -376,7 +380,12 @@ def make_server_app(
         merged = {**dict(context.run_config), **fixed}
         cfg = SimulationConfig.from_run_config(merged)
         run_dir = Path(str(merged.get(K.RUN_DIR) or f"runs/flwr-{context.run_id}")).resolve()
-        summary = run_rounds(grid, cfg, run_dir, on_round=on_round)
+        if cfg.secagg:  # SecAgg+ runs through Flower's legacy workflow (server/secagg.py)
+            from fedready.server.secagg import run_secagg_rounds
+
+            summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round)
+        else:
+            summary = run_rounds(grid, cfg, run_dir, on_round=on_round)
         if on_summary is not None:
             on_summary(summary)
 

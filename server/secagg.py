@@ -33,7 +33,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 
 from fedready import constants as K
 from fedready.config import SimulationConfig
@@ -53,7 +53,7 @@ from fedready.server.audit import AuditLog
 from fedready.server.strategies import sampled_clients
 from fedready.simulations.federated import holdout
 
-__all__ = ["make_secagg_server_app", "run_secagg_rounds"]
+__all__ = ["run_secagg_rounds"]
 
 log = logging.getLogger(__name__)
 
@@ -174,27 +174,4 @@ def run_secagg_rounds(
         loss, accuracy = _evaluate(cfg, record)
     return write_summary(cfg, run_dir, final, ledger, audit, accuracy=accuracy, loss=loss, noise_multiplier=z,
                          stopped="", resumed_from=offset, t0=t0)  # fmt: skip
-
-
-def make_secagg_server_app(
-    overrides: dict[str, Any],
-    *,
-    on_round: Callable[[RoundReport], None] | None = None,
-    on_summary: Callable[[dict[str, Any]], None] | None = None,
-) -> ServerApp:
-    """A ServerApp that runs ``overrides``' configuration through SecAgg+."""
-    server_app = ServerApp()
-
-    @server_app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        merged = {**dict(context.run_config), **overrides}
-        cfg = SimulationConfig.from_run_config(merged)
-        run_dir = Path(str(merged.get(K.RUN_DIR) or f"runs/flwr-{context.run_id}")).resolve()
-        summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round)
-        if on_summary is not None:
-            on_summary(summary)
-
-    return server_app
-
-
 

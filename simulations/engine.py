@@ -85,14 +85,12 @@ def simulate(
 
     overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir)}
     result: dict[str, Any] = {}
-    if cfg.secagg:
+    server_app = make_server_app(overrides, on_round=on_round, on_summary=result.update)
+    if cfg.secagg:  # SecAgg+ speaks the legacy NumPyClient protocol on the client side
         from fedready.client.secagg import make_secagg_client_app
-        from fedready.server.secagg import make_secagg_server_app
 
-        server_app = make_secagg_server_app(overrides, on_round=on_round, on_summary=result.update)
         client_app = make_secagg_client_app(overrides, client_clipping=cfg.client_dp == "client-fixed")
     else:
-        server_app = make_server_app(overrides, on_round=on_round, on_summary=result.update)
         client_app = make_client_app(overrides)
     init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
     if ray_address:

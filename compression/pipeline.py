@@ -1,0 +1,284 @@
+"""``fedready compress``: build the edge variants, measure them, gate them, pick the smallest that passes.
+
+Data: the server's public holdout (Adult's test split) is split once, by seed, into a
+*transfer* half (distillation, fine-tuning after pruning, static-quantisation calibration;
+features only, the teacher supplies the targets) and an *evaluation* half on which every
+variant, the fp32 teacher included, is measured and gated. No variant is ever measured on
+rows it was fitted to, and no client data is touched (see :mod:`fedready.compression.variants`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedready.compression.export import mlp_layers, mlp_to_onnx, onnx_predict_proba
+from fedready.compression.measure import measure_speed
+from fedready.compression.variants import (
+    Layers,
+    Variant,
+    count,
+    distil,
+    fine_tune,
+    prune_structured,
+    prune_unstructured,
+    quantize,
+)
+from fedready.errors import ConfigError, IntegrityError
+from fedready.modelio import load_npz
+
+__all__ = ["CompressionOptions", "GateOutcome", "build_variants", "compress", "public_split", "select"]
+
+OUT_DIR = "compression"
+SELECTED = "selected.onnx"
+
+
+@dataclass(frozen=True)
+class CompressionOptions:
+    """Knobs of ``fedready compress`` (defaults are what the README's numbers use)."""
+
+    student_widths: tuple[int, ...] = (64,)
+    prune_keep: float = 0.25  # structured: share of hidden units kept
+    sparsity: float = 0.5  # unstructured: share of weights zeroed
+    epochs: int = 30  # distillation and fine-tuning epochs over the transfer set
+    seed: int = 0
+    transfer_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.transfer_share < 1.0:
+            raise ConfigError("transfer-share", f"must be in (0, 1), got {self.transfer_share}")
+        if self.epochs < 1:
+            raise ConfigError("epochs", f"must be at least 1, got {self.epochs}")
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """One gate's verdict on one variant."""
+
+    name: str
+    value: float | None
+    limit: float
+    passed: bool
+
+
+@dataclass
+class Measured:
+    variant: Variant
+    size: int
+    speed: dict[str, float]
+    accuracy: float
+    agreement: float  # share of evaluation rows whose label equals the fp32 teacher's
+    metrics: dict[str, Any] = field(default_factory=dict)
+    gates: list[GateOutcome] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+
+def public_split(n: int, *, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` into (transfer, evaluation) index arrays, sorted, by a seeded permutation."""
+    perm = np.random.default_rng(np.random.SeedSequence([seed, 0xC0DE])).permutation(n)
+    k = int(round(share * n))
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
+def _variant(name: str, layers: Layers, steps: tuple[str, ...], **details: Any) -> Variant:
+    total, nonzero = count(layers)
+    return Variant(name, mlp_to_onnx(layers).SerializeToString(), steps, total, nonzero, details)
+
+
+def _quantised(base: Variant, layers: Layers, mode: str, calibration: np.ndarray) -> Variant:
+    data = quantize(mlp_to_onnx(layers), mode=mode, calibration=calibration)
+    return Variant(f"{base.name}+int8-{mode}" if base.name != "fp32" else f"int8-{mode}", data,
+                   (*base.steps, f"int8-{mode}"), base.parameters, base.nonzero, dict(base.details))  # fmt: skip
+
+
+def build_variants(teacher: Layers, x_transfer: np.ndarray, opts: CompressionOptions) -> list[Variant]:
+    """Build the default family of variants from ``teacher`` using only the public transfer rows."""
+    fit = dict(epochs=opts.epochs, seed=opts.seed)
+    out: list[Variant] = []
+    fp32 = _variant("fp32", teacher, ())
+    out += [fp32, _quantised(fp32, teacher, "dynamic", x_transfer), _quantised(fp32, teacher, "static", x_transfer)]
+
+    pruned, masks = prune_unstructured(teacher, sparsity=opts.sparsity)
+    pruned = fine_tune(pruned, teacher, x_transfer, masks=masks, **fit)
+    out.append(_variant(f"prune-unstructured-{opts.sparsity:g}", pruned, ("prune-unstructured", "fine-tune")))
+
+    if len(teacher) > 1:  # structured pruning needs hidden units
+        slim = fine_tune(prune_structured(teacher, keep=opts.prune_keep), teacher, x_transfer, **fit)
+        v = _variant(f"prune-structured-{opts.prune_keep:g}", slim, ("prune-structured", "fine-tune"))
+        out += [v, _quantised(v, slim, "static", x_transfer)]
+
+    widths = "x".join(str(w) for w in opts.student_widths)
+    student = distil(teacher, x_transfer, widths=opts.student_widths, **fit)
+    s = _variant(f"student-{widths}", student, ("distil",), widths=list(opts.student_widths))
+    out += [s, _quantised(s, student, "dynamic", x_transfer), _quantised(s, student, "static", x_transfer)]
+    # the full chain: distil, then prune, then quantise
+    slim_student = fine_tune(prune_structured(student, keep=0.5), teacher, x_transfer, **fit)
+    ss = _variant(f"student-{widths}+prune-structured-0.5", slim_student, ("distil", "prune-structured", "fine-tune"))
+    out += [ss, _quantised(ss, slim_student, "static", x_transfer)]
+    return out
+
+
+def select(measured: Sequence[Measured]) -> Measured | None:
+    """The smallest variant on disk that passes every gate (ties: higher accuracy), or None."""
+    passing = [m for m in measured if m.passed]
+    return min(passing, key=lambda m: (m.size, -m.accuracy, m.variant.name)) if passing else None
+
+
+Assess = Callable[[Callable[[np.ndarray], np.ndarray]], tuple[dict[str, Any], list[GateOutcome]]]
+
+
+def measure(
+    variants: Sequence[Variant], x_eval: np.ndarray, y_eval: np.ndarray, assess: Assess, *, timing: bool = True
+) -> list[Measured]:
+    """Measure every variant on the evaluation rows and run ``assess`` (metrics + gates) on it.
+
+    ``assess`` receives a ``predict_proba(x) -> P(y=1)`` function of the variant and returns the
+    evaluation metrics and gate outcomes, the same suite ``fedready evaluate`` runs.
+    """
+    fp32 = next(v for v in variants if not v.steps)
+    ref = onnx_predict_proba(fp32.onnx, x_eval) >= 0.5
+    out = []
+    for v in variants:
+        p = onnx_predict_proba(v.onnx, x_eval)
+        label = p >= 0.5
+        metrics, gates = assess(lambda x, _m=v.onnx: onnx_predict_proba(_m, x))
+        speed = measure_speed(v.onnx, x_eval) if timing else {}
+        out.append(Measured(v, len(v.onnx), dict(speed), float(np.mean(label == y_eval)),
+                            float(np.mean(label == ref)), metrics, list(gates)))  # fmt: skip
+    return out
+
+
+def _table(measured: Sequence[Measured], chosen: Measured | None) -> str:
+    base = next(m for m in measured if not m.variant.steps)
+    head = ("| variant | size (KB) | x smaller | params | non-zero | p50 µs | p95 µs | rows/s @256 | accuracy "
+            "| Δ acc (pt) | agrees with fp32 | gates |")  # fmt: skip
+    lines = [head, "|" + "---|" * 12]
+    for m in measured:
+        failed = [g.name for g in m.gates if not g.passed]
+        mark = " **selected**" if m is chosen else ""
+        s = m.speed
+        lines.append(
+            f"| {m.variant.name}{mark} | {m.size / 1024:.1f} | {base.size / m.size:.1f} | {m.variant.parameters:,} "
+            f"| {m.variant.nonzero:,} | {s.get('p50_us', float('nan')):.1f} | {s.get('p95_us', float('nan')):.1f} "
+            f"| {s.get('rows_per_s', float('nan')):,.0f} | {m.accuracy:.2%} "
+            f"| {100 * (m.accuracy - base.accuracy):+.2f} "
+            f"| {m.agreement:.2%} | {'pass' if not failed else 'FAIL: ' + ', '.join(failed)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(measured: Sequence[Measured], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in measured:
+        ax.scatter(m.size / 1024, 100 * m.accuracy, marker="o" if m.passed else "x", color="C0" if m.passed else "C3")
+        ax.annotate(m.variant.name, (m.size / 1024, 100 * m.accuracy), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("ONNX file size (KB, log scale)")
+    ax.set_ylabel("accuracy on the evaluation half (%)")
+    ax.set_title("Size vs accuracy (o passes every gate, x fails one)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compress(
+    run_dir: str | Path, *, assess: Assess, options: CompressionOptions | None = None,
+    x: np.ndarray, y: np.ndarray, timing: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Build, measure and gate the variants of ``run_dir``'s model; write ``run_dir/compression/``.
+
+    ``x``, ``y`` are the server's public holdout (encoded). The folder is built beside the
+    run and renamed into place, so it is written whole or not at all. Returns the report
+    that is also written to ``compression/compression.json``.
+    """
+    opts = options or CompressionOptions()
+    run = Path(run_dir)
+    npz = run / "model.npz"
+    if not npz.exists():
+        raise IntegrityError(f"{npz} does not exist; run `fedready simulate` to completion first")
+    teacher = mlp_layers(load_npz(npz.read_bytes()))
+    tr, ev = public_split(len(x), share=opts.transfer_share, seed=opts.seed)
+    variants = build_variants(teacher, x[tr], opts)
+    measured = measure(variants, x[ev], y[ev], assess, timing=timing)
+    chosen = select(measured)
+    base = next(m for m in measured if not m.variant.steps)
+    report = {
+        "run": run.name,
+        "options": {**opts.__dict__, "student_widths": list(opts.student_widths)},
+        "data": {
+            "transfer_rows": int(len(tr)),
+            "evaluation_rows": int(len(ev)),
+            "source": "server public holdout (Adult test split); transfer half: features only",
+        },  # fmt: skip
+        "privacy": "post-processing of the DP model on public data only: the ledger's epsilon still holds",
+        "selected": chosen.variant.name if chosen else None,
+        "reason": None
+        if chosen
+        else "no variant passes every gate: "
+        + "; ".join(
+            f"{m.variant.name}: " + ", ".join(f"{g.name}={g.value} (limit {g.limit})" for g in m.gates if not g.passed)
+            for m in measured
+        ),  # fmt: skip
+        "variants": [
+            {
+                "name": m.variant.name,
+                "steps": list(m.variant.steps),
+                "file": f"{m.variant.name}.onnx",
+                "bytes": m.size,
+                "smaller_than_fp32": base.size / m.size,
+                "parameters": m.variant.parameters,
+                "nonzero_parameters": m.variant.nonzero,
+                **m.speed,
+                "accuracy": m.accuracy,
+                "accuracy_delta_points": 100 * (m.accuracy - base.accuracy),
+                "label_agreement_with_fp32": m.agreement,
+                "metrics": m.metrics,
+                "gates": [g.__dict__ for g in m.gates],
+                "passed": m.passed,
+                **m.variant.details,
+            }  # fmt: skip
+            for m in measured
+        ],
+    }
+    target = run / OUT_DIR
+    tmp = Path(tempfile.mkdtemp(dir=run, prefix=f".{OUT_DIR}."))
+    try:
+        for m in measured:
+            (tmp / f"{m.variant.name}.onnx").write_bytes(m.variant.onnx)
+        if chosen is not None:
+            (tmp / SELECTED).write_bytes(chosen.variant.onnx)
+        (tmp / "compression.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=float) + "\n")
+        (tmp / "compression.md").write_text(
+            f"# Compression of {run.name}\n\n{_table(measured, chosen)}\n"
+            f"Selected: **{report['selected'] or 'none'}**{'' if chosen else ' — ' + str(report['reason'])}\n"
+        )
+        _plot(measured, tmp / "size_vs_accuracy.png")
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=run, prefix=f".{OUT_DIR}.old."))
+            os.replace(target, old / OUT_DIR)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report["table"] = _table(measured, chosen)
+    return report

@@ -1,0 +1,236 @@
+"""Edge variants of a trained MLP: pruning, distillation and int8 quantisation.
+
+Every step here sees only the server's public transfer set and the (already private)
+global model, never a client's data, so each variant is post-processing of the DP
+model and the ledger's epsilon still holds (Dwork & Roth 2014, Prop. 2.1). A step
+that touched client data would have to be accounted like a training round.
+
+Fine-tuning and distillation fit the teacher's soft labels (Hinton et al. 2015,
+arXiv:1503.02531) rather than the transfer set's own labels, so the public labels
+are only ever used to *measure* variants.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from fedready.compression.export import INPUT, mlp_layers, mlp_to_onnx
+from fedready.errors import ConfigError
+
+__all__ = [
+    "Layers",
+    "Variant",
+    "distil",
+    "fine_tune",
+    "prune_structured",
+    "prune_unstructured",
+    "quantize",
+]
+
+Layers = list[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One candidate edge model: its ONNX bytes and how it was made."""
+
+    name: str
+    onnx: bytes
+    steps: tuple[str, ...]
+    parameters: int  # weights and biases that are stored (zeros of unstructured pruning included)
+    nonzero: int
+    details: dict = field(default_factory=dict)
+
+
+def count(layers: Layers) -> tuple[int, int]:
+    """Return (stored parameters, non-zero parameters)."""
+    total = sum(w.size + b.size for w, b in layers)
+    nonzero = sum(int(np.count_nonzero(w)) + int(np.count_nonzero(b)) for w, b in layers)
+    return total, nonzero
+
+
+def _torch_mlp(layers: Layers):
+    import torch
+    from torch import nn
+
+    mods: list[nn.Module] = []
+    for i, (w, b) in enumerate(layers):
+        lin = nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w))
+            lin.bias.copy_(torch.from_numpy(b))
+        mods.append(lin)
+        if i < len(layers) - 1:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+def _layers_of(model) -> Layers:
+    return mlp_layers({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+
+
+def teacher_logits(layers: Layers, x: np.ndarray) -> np.ndarray:
+    """The teacher's logits on ``x`` (NumPy forward pass, float32)."""
+    h = x.astype(np.float32)
+    for i, (w, b) in enumerate(layers):
+        h = h @ w.T + b
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0.0)
+    return h
+
+
+def fine_tune(
+    student: Layers, teacher: Layers, x: np.ndarray, *, epochs: int, seed: int, lr: float = 3e-3,
+    temperature: float = 2.0, masks: Sequence[np.ndarray | None] | None = None, batch_size: int = 256,
+) -> Layers:  # fmt: skip
+    """Fit ``student`` to ``teacher``'s soft labels on the public transfer set ``x``.
+
+    ``masks`` (one per layer, or None) keep pruned weights at zero during fine-tuning,
+    through ``torch.nn.utils.prune.custom_from_mask``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.utils import prune
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = _torch_mlp(student)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for lin, mask in zip(linears, masks or [None] * len(linears), strict=True):
+        if mask is not None:
+            prune.custom_from_mask(lin, "weight", torch.from_numpy(mask.astype(np.float32)))
+    xt = torch.from_numpy(x.astype(np.float32))
+    soft = torch.softmax(torch.from_numpy(teacher_logits(teacher, x)) / temperature, dim=1)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = max(1, len(x) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for s in range(steps_per_epoch):
+                idx = order[s * batch_size : (s + 1) * batch_size]
+                log_p = F.log_softmax(model(xt[idx]) / temperature, dim=1)
+                loss = F.kl_div(log_p, soft[idx], reduction="batchmean") * temperature**2
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+    for lin in linears:
+        if prune.is_pruned(lin):
+            prune.remove(lin, "weight")
+    return _layers_of(model)
+
+
+def prune_unstructured(layers: Layers, *, sparsity: float) -> tuple[Layers, list[np.ndarray]]:
+    """Zero the ``sparsity`` share of weights with the smallest magnitude, across all layers.
+
+    Uses ``torch.nn.utils.prune.global_unstructured`` (L1). The matrices keep their shape, so
+    the dense ONNX file does not shrink: this variant saves multiply-adds on sparse kernels
+    and compresses well, not bytes on disk. Returns the pruned layers and their masks.
+    """
+    import torch
+    from torch.nn.utils import prune
+
+    if not 0.0 < sparsity < 1.0:
+        raise ConfigError("sparsity", f"must be in (0, 1), got {sparsity}")
+    model = _torch_mlp(layers)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    prune.global_unstructured([(m, "weight") for m in linears], pruning_method=prune.L1Unstructured, amount=sparsity)
+    masks = [m.weight_mask.detach().numpy().copy() for m in linears]
+    for m in linears:
+        prune.remove(m, "weight")
+    return _layers_of(model), masks
+
+
+def prune_structured(layers: Layers, *, keep: float) -> Layers:
+    """Remove hidden units so each hidden layer keeps ``keep`` of its units; the model really shrinks.
+
+    A unit's importance is the product of the L2 norms of its incoming and outgoing
+    weights (what it can contribute to the next layer); the least important units are
+    deleted together with their rows, biases and the next layer's columns.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ConfigError("keep", f"must be in (0, 1], got {keep}")
+    out = [(w.copy(), b.copy()) for w, b in layers]
+    for i in range(len(out) - 1):
+        w, b = out[i]
+        w_next, b_next = out[i + 1]
+        score = np.linalg.norm(w, axis=1) * np.linalg.norm(w_next, axis=0)
+        k = max(1, int(round(keep * w.shape[0])))
+        kept = np.sort(np.argsort(-score, kind="stable")[:k])
+        out[i] = (w[kept], b[kept])
+        out[i + 1] = (w_next[:, kept], b_next)
+    return out
+
+
+def distil(
+    teacher: Layers, x: np.ndarray, *, widths: Sequence[int], epochs: int, seed: int, lr: float = 3e-3
+) -> Layers:
+    """Train a fresh student MLP with hidden ``widths`` on the teacher's soft labels over ``x``."""
+    import torch
+
+    if not widths or any(w < 1 for w in widths):
+        raise ConfigError("student-widths", f"need one or more positive widths, got {list(widths)}")
+    from fedready.models import build_mlp
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        init = _layers_of(build_mlp(teacher[0][0].shape[1], tuple(widths), classes=teacher[-1][0].shape[0]))
+    return fine_tune(init, teacher, x, epochs=epochs, seed=seed, lr=lr)
+
+
+def quantize(model: onnx.ModelProto, *, mode: str, calibration: np.ndarray | None = None) -> bytes:
+    """Quantise weights (and, for ``static``, activations) to int8 with ONNX Runtime's tools.
+
+    ``dynamic`` quantises weights ahead of time and activations per batch at run time;
+    ``static`` (QDQ format, per-channel weights) fixes activation ranges from
+    ``calibration`` rows, which must come from public data, never a client's.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self, rows: np.ndarray) -> None:
+            self._it = iter([{INPUT: rows[i : i + 256]} for i in range(0, len(rows), 256)])
+
+        def get_next(self) -> dict | None:
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d, "in.onnx"), Path(d, "out.onnx")
+        onnx.save(model, src)
+        import logging
+
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT warns via root
+        if mode == "dynamic":
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        elif mode == "static":
+            if calibration is None or len(calibration) == 0:
+                raise ConfigError("calibration", "static quantisation needs public calibration rows")
+            quantize_static(
+                src, dst, _Reader(calibration.astype(np.float32)), quant_format=QuantFormat.QDQ, per_channel=True,
+                weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
+            )  # fmt: skip
+        else:
+            raise ConfigError("quantization", f"unknown mode '{mode}'; expected one of: dynamic, static")
+        data = dst.read_bytes()
+        for leftover in Path(d).glob("*"):
+            os.unlink(leftover)
+    return data
+
+
+def to_onnx(layers: Layers) -> onnx.ModelProto:
+    """Export ``layers`` (fp32) to ONNX."""
+    return mlp_to_onnx(layers)

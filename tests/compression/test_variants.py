@@ -1,0 +1,101 @@
+"""Variants built from a really trained teacher: shapes, sparsity, fidelity of int8 and students."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedready.compression import mlp_layers, mlp_to_onnx, onnx_predict_proba
+from fedready.compression.pipeline import public_split
+from fedready.compression.variants import (
+    count,
+    distil,
+    fine_tune,
+    prune_structured,
+    prune_unstructured,
+    quantize,
+    teacher_logits,
+)
+from fedready.errors import ConfigError
+from fedready.models import create_model
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A 3x256 teacher trained centrally for two epochs (a stand-in for a federated global model)."""
+    from fedready.simulations.federated import _encoded_train, holdout
+
+    x, y, _ = _encoded_train()
+    torch.manual_seed(0)
+    model = create_model("mlp-large", x.shape[1], seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(2):
+        for idx in torch.randperm(len(x)).split(256):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    layers = mlp_layers({k: v.detach().numpy() for k, v in model.state_dict().items()})
+    xh, yh = holdout()
+    tr, ev = public_split(len(xh), share=0.5, seed=0)
+    return layers, xh[tr], xh[ev], yh[ev]
+
+
+def _labels(layers, x):
+    return teacher_logits(layers, x).argmax(1)
+
+
+def test_structured_pruning_really_removes_units(trained):
+    layers, *_ = trained
+    slim = prune_structured(layers, keep=0.25)
+    assert [w.shape for w, _ in slim] == [(64, layers[0][0].shape[1]), (64, 64), (64, 64), (2, 64)]
+    assert count(slim)[0] < count(layers)[0] / 8
+    # keeping every unit changes nothing
+    full = prune_structured(layers, keep=1.0)
+    x = np.random.default_rng(0).normal(size=(50, layers[0][0].shape[1])).astype(np.float32)
+    np.testing.assert_allclose(teacher_logits(full, x), teacher_logits(layers, x), rtol=1e-5, atol=1e-5)
+
+
+def test_unstructured_pruning_zeroes_the_share_asked_and_fine_tune_keeps_zeros(trained):
+    layers, x_tr, *_ = trained
+    pruned, masks = prune_unstructured(layers, sparsity=0.5)
+    weights = sum(w.size for w, _ in layers)
+    zeros = sum(int((w == 0).sum()) for w, _ in pruned)
+    assert abs(zeros / weights - 0.5) < 0.01
+    tuned = fine_tune(pruned, layers, x_tr[:1000], masks=masks, epochs=1, seed=0)
+    assert sum(int((w == 0).sum()) for w, _ in tuned) >= zeros
+
+
+def test_int8_variants_agree_with_fp32_labels_on_99_percent(trained):
+    layers, x_tr, x_ev, _ = trained
+    fp32 = mlp_to_onnx(layers)
+    ref = onnx_predict_proba(fp32, x_ev) >= 0.5
+    for mode in ("dynamic", "static"):
+        q = quantize(fp32, mode=mode, calibration=x_tr)
+        assert len(q) < len(fp32.SerializeToString()) / 3
+        agree = np.mean((onnx_predict_proba(q, x_ev) >= 0.5) == ref)
+        assert agree >= 0.99, (mode, agree)
+
+
+def test_distilled_student_follows_the_teacher(trained):
+    layers, x_tr, x_ev, y_ev = trained
+    student = distil(layers, x_tr, widths=(32,), epochs=15, seed=0)
+    assert [w.shape[0] for w, _ in student] == [32, 2]
+    assert np.mean(_labels(student, x_ev) == _labels(layers, x_ev)) > 0.95
+    teacher_acc = np.mean(_labels(layers, x_ev) == y_ev)
+    assert np.mean(_labels(student, x_ev) == y_ev) > teacher_acc - 0.01
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda L, x: prune_structured(L, keep=0.0), "keep"),
+        (lambda L, x: prune_unstructured(L, sparsity=1.0), "sparsity"),
+        (lambda L, x: distil(L, x, widths=(), epochs=1, seed=0), "student-widths"),
+        (lambda L, x: quantize(mlp_to_onnx(L), mode="int4"), "quantization"),
+        (lambda L, x: quantize(mlp_to_onnx(L), mode="static", calibration=None), "calibration"),
+    ],
+)
+def test_bad_options_name_the_field(trained, call, field):
+    layers, x_tr, *_ = trained
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        call(layers, x_tr)
