@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedready.errors import ConfigError, FedreadyError
@@ -30,7 +31,7 @@ def _root() -> None:
 
 
 def _fail(e: FedreadyError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(2 if isinstance(e, ConfigError) else 1)
 
 

@@ -52,6 +52,7 @@ THRESHOLDS_FILE = "thresholds.json"
 CONFIG_FILE = "config.json"
 LEDGER_SUMMARY_FILE = "ledger_summary.json"
 TRAINING_SUMMARY_FILE = "training_summary.json"
+COMPRESSION_FILE = "compression.json"  # written by `fedready compress` (issue 5) when it ran
 # Produced by `fedready evaluate` (issue 4) when it was run; copied as they are.
 _EVALUATION_FILES = ("evaluation.json", "model_card.md", "model_card.html", THRESHOLDS_FILE)
 _RUNTIME_PACKAGES = ("fedready", "flwr", "torch", "opacus", "onnx", "onnxruntime", "model-signing", "tuf")
@@ -153,11 +154,13 @@ def _find(run: Path, name: str, subdirs: tuple[str, ...]) -> Path | None:
 
 def _selected_onnx(run: Path) -> tuple[Path | None, dict[str, Any]]:
     """The compressed model issue 5's ``fedready compress`` selected, if it ran."""
-    report = _find(run, "compression.json", ("compression",))
+    report = _find(run, COMPRESSION_FILE, ("compression",))
     if report is None:
         return None, {"status": "not-run"}
     data = read_json(report, what="compression report")
     selected = data.get("selected") if isinstance(data, dict) else None
+    if not selected:  # compression ran but no variant passed its gates: ship the fp32 model
+        return None, {"status": "none-selected", "reason": data.get("reason") if isinstance(data, dict) else None}
     rel = None
     if isinstance(selected, dict):
         rel = selected.get("path") or selected.get("file") or selected.get("onnx")
@@ -224,6 +227,9 @@ def package_run(
     staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{version}.staging-"))
     try:
         onnx_src, compression = _selected_onnx(run)
+        report = _find(run, COMPRESSION_FILE, ("compression",))
+        if report is not None:
+            shutil.copyfile(report, staging / COMPRESSION_FILE)
         if onnx_src is not None:
             shutil.copyfile(onnx_src, staging / MODEL_FILE)
         else:

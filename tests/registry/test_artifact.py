@@ -110,3 +110,27 @@ def test_cli_verify_exit_codes(artifact, keys, tmp_path):
     assert bad.exit_code == 1 and "schema.json" in bad.output
     wrong = runner.invoke(app, ["verify", str(artifact), "--public-key", str(keys["other"][1])])
     assert wrong.exit_code == 1 and "key mismatch" in wrong.output
+
+
+@pytest.mark.parametrize("selected", ["int8-dynamic", None])
+def test_selected_compressed_model_is_packaged(fake_run, keys, tmp_path, selected):
+    from fedready.compression import mlp_layers, mlp_to_onnx
+    from fedready.modelio import load_npz
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    (run / "compression").mkdir()
+    report = {"selected": selected, "reason": None if selected else "no variant passes every gate"}
+    (run / "compression" / "compression.json").write_text(json.dumps(report))
+    if selected:  # a stand-in for the compressed variant: a valid model whose bytes differ from the fp32 export
+        layers = mlp_layers(load_npz((run / "model.npz").read_bytes()))
+        variant = mlp_to_onnx(layers, metadata={"variant": selected}).SerializeToString()
+        (run / "compression" / "selected.onnx").write_bytes(variant)
+    art, _ = package_run(run, key=keys["operator"][0], version="1.0.0", out=tmp_path / "art")
+    prov = verify_artifact(art, public_key=keys["operator"][1])
+    assert (art / "compression.json").exists()
+    if selected:
+        assert prov.compression["status"] == "selected" and prov.compression["selected"] == selected
+        assert (art / "model.onnx").read_bytes() == (run / "compression" / "selected.onnx").read_bytes()
+    else:
+        assert prov.compression == {"status": "none-selected", "reason": "no variant passes every gate"}
