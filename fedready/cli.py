@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedready.errors import ConfigError, FedreadyError
@@ -28,8 +31,25 @@ def _root() -> None:
 
 
 def _fail(e: FedreadyError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(2 if isinstance(e, ConfigError) else 1)
+
+
+_TRAINING_STACK = {"torch", "flwr", "opacus", "onnx", "ray"}
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn a :class:`FedreadyError` raised inside into its one-line message and exit code."""
+    try:
+        yield
+    except FedreadyError as e:
+        raise _fail(e) from None
+    except ModuleNotFoundError as e:  # a lean edge install running an operator command
+        if (e.name or "").split(".")[0] not in _TRAINING_STACK:
+            raise
+        raise _fail(ConfigError("install", f"this command needs the training stack ({e.name} is not installed); "
+                                           "pip install -c constraints.txt 'fedready[train]'")) from None  # fmt: skip
 
 
 def _new_run_dir(out: Path) -> Path:
@@ -221,6 +241,320 @@ def check_ledger(run: Path, *, rel_tol: float = 0.01) -> dict[str, Any]:
                         "epsilon": last.epsilon, "recomputed": again[client][-1][1]})  # fmt: skip
     return {"path": str(path), "epsilon": led.epsilon, "delta": led.delta, "accountant": led.accountant,
             "declines": len(led.declines), "clients": clients, "ok": ok}  # fmt: skip
+
+keys_app = typer.Typer(no_args_is_help=True, help="Operator signing keys.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option(help="Folder for signing.key (private, mode 0600) and signing.pub.")],
+    name: Annotated[str, typer.Option(help="File stem of the key pair.")] = "signing",
+) -> None:
+    """Create an ECDSA P-256 key pair for signing artifacts."""
+    from fedready.registry import generate_keys
+
+    with _errors():
+        priv, pub = generate_keys(out, name=name)
+    err.print(f"private key {priv} (keep it offline), public key {pub} (give it to devices)")
+
+
+@app.command()
+def package(
+    run: Annotated[Path, typer.Argument(help="A run folder written by fedready simulate.")],
+    key: Annotated[Path, typer.Option(help="Operator private key (PEM) that signs the artifact.")],
+    version: Annotated[str, typer.Option(help="Artifact version, e.g. 1.0.0; immutable once written.")],
+    out: Annotated[Path, typer.Option(help="Folder of artifacts; the artifact goes to OUT/VERSION.")] = Path(
+        "artifacts"
+    ),
+    parent_version: Annotated[
+        str | None, typer.Option(help="Version this model replaces (recorded in provenance).")
+    ] = None,
+) -> None:
+    """Write a signed, versioned artifact (ONNX model, schema, provenance, reports) for a run."""
+    from fedready.registry import package_run
+
+    with _errors():
+        path, new = package_run(run, key=key, version=version, out=out, parent_version=parent_version)
+    err.print(f"{'packaged' if new else 'already packaged, unchanged'}: {path}")
+    typer.echo(str(path))
+
+
+@app.command()
+def verify(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    public_key: Annotated[Path, typer.Option(help="Operator public key (PEM).")],
+) -> None:
+    """Check every file of an artifact against its signature (exit 1 naming what differs)."""
+    from fedready.registry import verify_artifact
+
+    with _errors():
+        prov = verify_artifact(artifact, public_key=public_key)
+    err.print(f"verified {artifact}: version {prov.version}, run {prov.run_id}, model {prov.model_digest}")
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="The model registry: a TUF repository with release channels.")
+app.add_typer(registry_app, name="registry")
+edge_app = typer.Typer(no_args_is_help=True, help="The edge agent: update, predict, serve, roll back on a device.")
+app.add_typer(edge_app, name="edge")
+RegistryPath = Annotated[Path, typer.Argument(help="The registry folder (its repository/ is what you serve).")]
+Home = Annotated[Path, typer.Option(help="The device folder.")]
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, sort_keys=True, default=str))
+
+
+@registry_app.command("init")
+def registry_init(
+    path: RegistryPath,
+    channel: Annotated[list[str] | None, typer.Option(help="Channel names (repeat). [default: canary, stable]")] = None,
+    actor: Annotated[str, typer.Option(help="Who runs this (audit log).")] = "",
+) -> None:
+    """Create a registry: role keys, version-1 TUF metadata, an audit log."""
+    from fedready.registry import CHANNELS, Registry
+
+    with _errors():
+        reg = Registry.init(path, channels=tuple(channel or CHANNELS), actor=actor)
+    err.print(f"registry {reg.path}: serve {reg.repo}; give devices {reg.metadata_dir / '1.root.json'}; "
+              f"keep {reg.keys_dir} offline")  # fmt: skip
+
+
+@registry_app.command("publish")
+def registry_publish(
+    path: RegistryPath,
+    artifact: Annotated[Path, typer.Argument(help="A signed artifact folder (fedready package).")],
+    public_key: Annotated[Path, typer.Option(help="Operator public key the artifact must verify with.")],
+    actor: Annotated[str, typer.Option(help="Who runs this (audit log).")] = "",
+) -> None:
+    """Verify an artifact and add it to the registry (immutable once published)."""
+    from fedready.registry import Registry
+
+    with _errors():
+        version = Registry(path).publish(artifact, public_key=public_key, actor=actor)
+    err.print(f"published {version}")
+
+
+@registry_app.command("promote")
+def registry_promote(
+    path: RegistryPath,
+    version: Annotated[str, typer.Argument(help="A published version.")],
+    channel: Annotated[str, typer.Option(help="canary | stable (or a configured channel).")],
+    approver: Annotated[str, typer.Option(help="Who approved this promotion (recorded).")],
+    rollout: Annotated[
+        float, typer.Option(help="Percent of devices that take a canary (by hash of their id).")
+    ] = 100.0,
+    review_by: Annotated[
+        str | None, typer.Option(help="ISO date the model must be reviewed by. [default: +90 days]")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Promote although gates failed or never ran (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why --force is justified (recorded).")] = None,
+) -> None:
+    """Point a channel at a version; refuses failed or unrun gates without --force --reason."""
+    import datetime as dt
+
+    from fedready.registry import Registry
+
+    with _errors():
+        try:
+            review = dt.date.fromisoformat(review_by) if review_by else None
+        except ValueError as e:
+            raise ConfigError("review-by", f"'{review_by}' is not an ISO date like 2027-03-01") from e
+        doc = Registry(path).promote(version, channel=channel, approver=approver, rollout_percent=rollout,
+                                     review_by=review, force=force, reason=reason)  # fmt: skip
+    forced = f" FORCED ({doc.reason})" if doc.forced else ""
+    err.print(f"{channel} -> {doc.version} ({doc.rollout_percent:g}%), approved by {doc.approver}, "
+              f"review by {doc.review_by}{forced}")  # fmt: skip
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    path: RegistryPath,
+    channel: Annotated[str, typer.Option(help="The channel to point back at its previous version.")],
+    approver: Annotated[str, typer.Option(help="Who approved the rollback (recorded).")],
+    reason: Annotated[str, typer.Option(help="Why (recorded).")] = "",
+) -> None:
+    """Point a channel back at the version it held before its last promotion."""
+    from fedready.registry import Registry
+
+    with _errors():
+        doc = Registry(path).rollback(channel=channel, approver=approver, reason=reason)
+    err.print(f"{channel} -> {doc.version}")
+
+
+@registry_app.command("refresh")
+def registry_refresh(path: RegistryPath) -> None:
+    """Re-sign the timestamp metadata (it expires after one day: run this daily)."""
+    from fedready.registry import Registry
+
+    with _errors():
+        version = Registry(path).refresh()
+    err.print(f"timestamp version {version}")
+
+
+@registry_app.command("rotate-key")
+def registry_rotate_key(
+    path: RegistryPath,
+    role: Annotated[str, typer.Argument(help="root | targets | snapshot | timestamp")],
+    actor: Annotated[str, typer.Option(help="Who runs this (audit log).")] = "",
+) -> None:
+    """Replace one TUF role key; devices follow through the new signed root."""
+    from fedready.registry import Registry
+
+    with _errors():
+        keyid = Registry(path).rotate_key(role, actor=actor)
+    err.print(f"{role} key rotated, new key id {keyid}")
+
+
+@registry_app.command("status")
+def registry_status(
+    path: RegistryPath,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the status as JSON on stdout.")] = False,
+) -> None:
+    """Channels, published versions, metadata expiry; flags models past their review date."""
+    from fedready.registry import Registry
+
+    with _errors():
+        status = Registry(path).status()
+    if json_out:
+        _echo_json(status)
+        return
+    for name, ch in status["channels"].items():
+        if ch is None:
+            typer.echo(f"{name}: (nothing promoted)")
+            continue
+        flag = "  PAST REVIEW DATE" if ch["past_review"] else ""
+        forced = f"  forced: {ch['reason']}" if ch["forced"] else ""
+        typer.echo(f"{name}: {ch['version']} rollout {ch['rollout_percent']:g}% approved by {ch['approver']} "
+                   f"review by {ch['review_by']}{flag}{forced}")  # fmt: skip
+    typer.echo(f"published: {', '.join(status['versions']) or 'none'}")
+    for role, md in status["metadata"].items():
+        typer.echo(f"{role}.json v{md['version']} expires {md['expires']}{'  EXPIRED' if md['expired'] else ''}")
+
+
+@edge_app.command("update")
+def edge_update(
+    repo: Annotated[str, typer.Option(help="Base URL of the served repository/ folder.")],
+    device_id: Annotated[str, typer.Option(help="This device's id (decides canary membership).")],
+    home: Home,
+    channel: Annotated[str, typer.Option(help="Channel to follow.")] = "stable",
+    root: Annotated[Path | None, typer.Option(help="Trusted TUF root.json (first update only).")] = None,
+    public_key: Annotated[Path | None, typer.Option(help="Operator signing public key (first update only).")] = None,
+) -> None:
+    """Fetch, verify (TUF, then model signature) and atomically activate the channel's model."""
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        res = EdgeAgent(home).update(repo=repo, channel=channel, device_id=device_id, root=root,
+                                     public_key=public_key)  # fmt: skip
+    if res.changed:
+        err.print(f"updated {res.previous or '(none)'} -> {res.version} from {res.channel}")
+    else:
+        err.print(f"up to date: {res.version} ({res.channel})")
+
+
+@edge_app.command("predict")
+def edge_predict(
+    home: Home,
+    input: Annotated[
+        Path | None, typer.Argument(help="CSV with a header row, or JSON lines; - or none: stdin.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto | csv | jsonl")] = "auto",
+) -> None:
+    """Predict with the active model: raw rows in, one JSON line per row out."""
+    import sys
+
+    from fedready.registry import EdgeAgent, read_rows
+
+    with _errors():
+        if input is None or str(input) == "-":
+            text = sys.stdin.read()
+        elif not input.is_file():
+            raise ConfigError("input", f"{input} does not exist")
+        else:
+            text = input.read_text(encoding="utf-8")
+        results = EdgeAgent(home).predictor().predict(read_rows(text, fmt=fmt))
+    typer.echo("\n".join(json.dumps(r, sort_keys=True) for r in results))
+
+
+@edge_app.command("status")
+def edge_status(home: Home) -> None:
+    """The device's active and previous model and where the active one came from."""
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        _echo_json(EdgeAgent(home).status())
+
+
+@edge_app.command("rollback")
+def edge_rollback(home: Home) -> None:
+    """Make the previous model active again."""
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        version = EdgeAgent(home).rollback()
+    err.print(f"rolled back to {version}")
+
+
+@edge_app.command("install")
+def edge_install(
+    artifact: Annotated[Path, typer.Argument(help="A signed artifact folder.")],
+    home: Home,
+    public_key: Annotated[Path | None, typer.Option(help="Operator signing public key (first use only).")] = None,
+) -> None:
+    """Verify a local artifact and make it active (offline provisioning, no registry)."""
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        version = EdgeAgent(home).install(artifact, public_key=public_key)
+    err.print(f"installed {version}")
+
+
+@edge_app.command("serve")
+def edge_serve(
+    home: Home,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
+    max_batch: Annotated[int, typer.Option(help="Rows per model call; 1 turns micro-batching off.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch.")] = 2.0,
+    defer_low: Annotated[float | None, typer.Option(help="Uncertainty band low end: answer 'deferred'.")] = None,
+    defer_high: Annotated[float | None, typer.Option(help="Uncertainty band high end.")] = None,
+    review_queue: Annotated[Path | None, typer.Option(help="JSON lines of deferred rows. [default: HOME/review-queue.jsonl]")] = None,
+) -> None:
+    """Serve the active model over HTTP (POST /predict) with dynamic micro-batching."""
+    from fedready.registry import EdgeServer, ServeConfig
+
+    with _errors():
+        cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, defer_low=defer_low,
+                          defer_high=defer_high, review_queue=review_queue)  # fmt: skip
+        server = EdgeServer(home, cfg)
+    server.serve_forever(on_ready=lambda url: err.print(f"serving {server.predictor.version} on {url}/predict"))
+
+
+@app.command()
+def reproduce(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder of a simulation-trained model.")],
+    public_key: Annotated[Path | None, typer.Option(help="Verify the artifact with this key first.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Keep the re-run in OUT/reproduce-VERSION (default: discarded).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Re-run an artifact's recorded configuration and check the model digest matches (exit 1 if not)."""
+    from fedready.registry import reproduce_artifact
+
+    with _errors():
+        report = reproduce_artifact(artifact, public_key=public_key, out=out)
+    if json_out:
+        _echo_json(report)
+    ok = report["match"] and report["config_matches"]
+    verdict = "[green]matches[/]" if ok else "[red]MISMATCH[/]"
+    if report["config_matches"]:
+        err.print(f"{report['version']}: recorded {report['recorded_digest']}, reproduced "
+                  f"{report['reproduced_digest']}: {verdict}")  # fmt: skip
+    else:
+        err.print(f"{report['version']}: {verdict}: the recorded config.json is not the one the model was trained "
+                  "with (its digest differs from provenance.json); nothing was re-run")  # fmt: skip
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

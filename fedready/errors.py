@@ -8,7 +8,7 @@ whose digest differs, a malformed client update).
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FedreadyError", "IntegrityError"]
+__all__ = ["ConfigError", "FedreadyError", "IntegrityError", "TransportError"]
 
 
 class FedreadyError(Exception):
@@ -33,3 +33,7 @@ class ConfigError(FedreadyError, ValueError):
 
 class IntegrityError(FedreadyError):
     """Untrusted input failed an integrity or validity check."""
+
+
+class TransportError(FedreadyError):
+    """A remote (registry, mirror) could not be reached or answered with an error."""

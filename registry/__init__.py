@@ -1,0 +1,33 @@
+"""Signed, versioned artifacts, a TUF registry with release channels, and the edge agent.
+
+Operator side: :func:`generate_keys`, :func:`package_run`, :func:`verify_artifact` and the
+registry (:class:`Registry`). Device side: :class:`EdgeAgent`. Only the operator side
+imports the training stack, and only inside :func:`package_run`.
+"""
+
+from fedready.registry._artifact import Provenance, generate_keys, package_run, verify_artifact
+from fedready.registry._edge import EdgeAgent, UpdateResult, in_canary
+from fedready.registry._predict import Predictor, read_rows
+from fedready.registry._registry import CHANNELS, DEFAULT_EXPIRY, ROLES, Channel, Registry
+from fedready.registry._reproduce import reproduce_artifact
+from fedready.registry._serve import EdgeServer, ServeConfig
+
+__all__ = [
+    "CHANNELS",
+    "DEFAULT_EXPIRY",
+    "ROLES",
+    "Channel",
+    "EdgeAgent",
+    "EdgeServer",
+    "Predictor",
+    "Provenance",
+    "Registry",
+    "ServeConfig",
+    "UpdateResult",
+    "generate_keys",
+    "in_canary",
+    "package_run",
+    "read_rows",
+    "reproduce_artifact",
+    "verify_artifact",
+]

@@ -1,0 +1,376 @@
+"""Signed, versioned model artifacts: operator keys, ``package`` and ``verify``.
+
+An artifact is a folder named after its version. Every file in it is covered by one
+OpenSSF model-signing bundle (``model.sig``: a Sigstore bundle holding a DSSE envelope
+over an in-toto statement that lists each file's sha256), signed with the operator's
+ECDSA P-256 key.
+
+Notes
+-----
+Verification checks the signature against the operator's public key *before* comparing
+any file digest, so a digest list is only trusted once it is known to come from the
+operator. Extra files are refused as well as changed or missing ones: a device never
+loads a file nobody signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fedready.errors import ConfigError, IntegrityError
+from fedready.registry._canonical import check_version, file_sha256, json_digest, read_json, write_json
+
+__all__ = [
+    "MODEL_FILE",
+    "PROVENANCE_FILE",
+    "SCHEMA_FILE",
+    "SIGNATURE_FILE",
+    "THRESHOLDS_FILE",
+    "Provenance",
+    "generate_keys",
+    "package_run",
+    "payload_digests",
+    "sign_artifact",
+    "verify_artifact",
+]
+
+MODEL_FILE = "model.onnx"
+SCHEMA_FILE = "schema.json"
+PROVENANCE_FILE = "provenance.json"
+SIGNATURE_FILE = "model.sig"
+THRESHOLDS_FILE = "thresholds.json"
+CONFIG_FILE = "config.json"
+LEDGER_SUMMARY_FILE = "ledger_summary.json"
+TRAINING_SUMMARY_FILE = "training_summary.json"
+COMPRESSION_FILE = "compression.json"  # written by `fedready compress` (issue 5) when it ran
+# Produced by `fedready evaluate` (issue 4) when it was run; copied as they are.
+_EVALUATION_FILES = ("evaluation.json", "model_card.md", "model_card.html", THRESHOLDS_FILE)
+_RUNTIME_PACKAGES = ("fedready", "flwr", "torch", "opacus", "onnx", "onnxruntime", "model-signing", "tuf")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an artifact came from; written as ``provenance.json`` and covered by the signature.
+
+    Unknown keys read from a newer fedready are kept in ``extra`` and written back unchanged.
+    """
+
+    version: str
+    run_id: str
+    model_digest: str  # sha256 of the trained weights (model.npz arrays), as in summary.json
+    config_digest: str  # sha256 of the canonical run configuration
+    schema_digest: str
+    fedready_version: str | None
+    git_commit: str | None
+    packages: dict[str, str | None]
+    parent_version: str | None
+    evaluation: str  # "passed" | "failed" | "not-run"
+    compression: dict[str, Any]  # {"status": "not-run"} or what compression.json selected
+    data_fingerprints: dict[str, Any] | None  # what clients reported; None: this run recorded none
+    created: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form (``extra`` merged back at the top level)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Provenance:
+        """Build from JSON, keeping unknown keys; a missing key is an :class:`IntegrityError`."""
+        names = [f for f in cls.__dataclass_fields__ if f != "extra"]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise IntegrityError(f"provenance.json lacks {missing}")
+        return cls(**{n: data[n] for n in names}, extra={k: v for k, v in data.items() if k not in names})
+
+    @property
+    def gates_passed(self) -> bool:
+        """True only when an evaluation ran and passed its gates."""
+        return self.evaluation == "passed"
+
+
+def generate_keys(out: Path, *, name: str = "signing") -> tuple[Path, Path]:
+    """Write a new ECDSA P-256 key pair as ``<name>.key`` (PKCS#8 PEM, mode 0600) and ``<name>.pub``.
+
+    Raises
+    ------
+    ConfigError
+        If either file already exists (keys are never overwritten).
+    """
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(out)
+    priv, pub = out / f"{name}.key", out / f"{name}.pub"
+    for p in (priv, pub):
+        if p.exists():
+            raise ConfigError("out", f"{p} already exists; keys are never overwritten, pick another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub.write_bytes(key.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
+    return priv, pub
+
+
+def _git_commit() -> str | None:
+    import fedready
+
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(fedready.__file__).parent, capture_output=True,
+                              text=True, timeout=10, check=False)  # fmt: skip
+    except OSError:
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def _version_of(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _find(run: Path, name: str, subdirs: tuple[str, ...]) -> Path | None:
+    for d in ("", *subdirs):
+        p = run / d / name
+        if p.is_file():
+            return p
+    return None
+
+
+def _selected_onnx(run: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The compressed model issue 5's ``fedready compress`` selected, if it ran."""
+    report = _find(run, COMPRESSION_FILE, ("compression",))
+    if report is None:
+        return None, {"status": "not-run"}
+    data = read_json(report, what="compression report")
+    selected = data.get("selected") if isinstance(data, dict) else None
+    if not selected:  # compression ran but no variant passed its gates: ship the fp32 model
+        return None, {"status": "none-selected", "reason": data.get("reason") if isinstance(data, dict) else None}
+    rel = None
+    if isinstance(selected, dict):
+        rel = selected.get("path") or selected.get("file") or selected.get("onnx")
+    elif isinstance(selected, str) and selected.endswith(".onnx"):
+        rel = selected
+    candidates = [report.parent / rel] if rel else []
+    candidates += [report.parent / "selected.onnx", run / "compression" / "selected.onnx"]
+    for c in candidates:
+        if c.is_file():
+            return c, {"status": "selected", "selected": selected, "source": c.relative_to(run).as_posix()}
+    raise IntegrityError(f"{report} names a selected variant but no ONNX file for it was found in {report.parent}")
+
+
+def _ledger_summary(run: Path) -> dict[str, Any]:
+    led = read_json(run / "ledger.json", what="ledger")
+    keys = ("accountant", "delta", "dp", "epsilon", "client_level_epsilon", "clients")
+    out = {k: led.get(k) for k in keys if k in led}
+    out["entries"] = len(led.get("entries", []))
+    out["declines"] = len(led.get("declines", []))
+    return out
+
+
+def _same_payload(a: Path, b: Path) -> bool:
+    def files(d: Path) -> dict[str, str]:
+        return {p.relative_to(d).as_posix(): file_sha256(p) for p in sorted(d.rglob("*"))
+                if p.is_file() and p.name not in (SIGNATURE_FILE, PROVENANCE_FILE)}  # fmt: skip
+
+    if files(a) != files(b):
+        return False
+    pa, pb = (read_json(d / PROVENANCE_FILE, what="provenance") for d in (a, b))
+    for p in (pa, pb):
+        p.pop("created", None)
+    return pa == pb
+
+
+def package_run(
+    run: Path, *, key: Path, version: str, out: Path, parent_version: str | None = None
+) -> tuple[Path, bool]:
+    """Write the signed artifact ``out/<version>/`` for the run folder ``run``.
+
+    Returns the artifact folder and whether it was newly written. Packaging the same run
+    again under the same version returns the existing folder untouched; anything else under
+    an existing version is refused, because a published version is immutable.
+
+    Raises
+    ------
+    ConfigError
+        If the run folder is incomplete, the key unreadable, or the version taken by other bytes.
+    """
+    from fedready.compression import export_run
+    from fedready.data import adult_schema
+
+    run, out, key = Path(run), Path(out), Path(key)
+    check_version(version)
+    if parent_version is not None:
+        check_version(parent_version, field="parent-version")
+    for name in ("model.npz", "config.json", "summary.json", "ledger.json"):
+        if not (run / name).is_file():
+            raise ConfigError("run", f"{run / name} does not exist; pass a run folder written by fedready simulate")
+    if not key.is_file():
+        raise ConfigError("key", f"{key} does not exist; create one with `fedready keys generate --out DIR`")
+    target = out / version
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{version}.staging-"))
+    try:
+        onnx_src, compression = _selected_onnx(run)
+        report = _find(run, COMPRESSION_FILE, ("compression",))
+        if report is not None:
+            shutil.copyfile(report, staging / COMPRESSION_FILE)
+        if onnx_src is not None:
+            shutil.copyfile(onnx_src, staging / MODEL_FILE)
+        else:
+            export_run(run, staging / MODEL_FILE)
+        evaluation = "not-run"
+        for name in _EVALUATION_FILES:
+            src = _find(run, name, ("evaluation",))
+            if src is not None:
+                shutil.copyfile(src, staging / name)
+        if (staging / "evaluation.json").exists():
+            ev = read_json(staging / "evaluation.json", what="evaluation report")
+            evaluation = "passed" if ev.get("passed") is True else "failed"
+        schema_src = _find(run, SCHEMA_FILE, ())
+        schema = adult_schema() if schema_src is None else None
+        if schema is not None:
+            write_json(staging / SCHEMA_FILE, schema.to_dict())
+            schema_digest = schema.digest()
+        else:
+            from fedready.schema import DataSchema
+
+            assert schema_src is not None
+            shutil.copyfile(schema_src, staging / SCHEMA_FILE)
+            schema_digest = DataSchema.model_validate(read_json(schema_src, what="schema")).digest()
+        config = read_json(run / "config.json", what="run config")
+        write_json(staging / CONFIG_FILE, config)
+        summary = read_json(run / "summary.json", what="run summary")
+        write_json(staging / TRAINING_SUMMARY_FILE, {k: v for k, v in summary.items() if k != "run_dir"})
+        write_json(staging / LEDGER_SUMMARY_FILE, _ledger_summary(run))
+        prov = Provenance(
+            version=version,
+            run_id=summary.get("run_id", run.name),
+            model_digest=summary["model_digest"],
+            config_digest=json_digest(config.get("config", config)),
+            schema_digest=schema_digest,
+            fedready_version=_version_of("fedready"),
+            git_commit=_git_commit(),
+            packages={p: _version_of(p) for p in _RUNTIME_PACKAGES},
+            parent_version=parent_version,
+            evaluation=evaluation,
+            compression=compression,
+            data_fingerprints=summary.get("data_fingerprints"),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        write_json(staging / PROVENANCE_FILE, prov.to_dict())
+        if target.exists():
+            if _same_payload(staging, target):
+                return target, False
+            raise ConfigError("version", f"{version} already exists in {out} with different contents; a version "
+                                         "is immutable, package under a new --version")  # fmt: skip
+        sign_artifact(staging, key=key)
+        try:
+            os.rename(staging, target)  # atomic; fails if another writer created the version meanwhile
+        except OSError as e:
+            raise ConfigError("version", f"{version} was written to {out} concurrently; package again") from e
+        return target, True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def sign_artifact(folder: Path, *, key: Path) -> Path:
+    """Sign every file in ``folder`` (except an old ``model.sig``) with ``key``; return the bundle path.
+
+    Raises
+    ------
+    ConfigError
+        If ``key`` is not an ECDSA private key in PEM.
+    """
+    import model_signing
+
+    hashing = model_signing.hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
+    try:
+        signer = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)
+    except ValueError as e:
+        raise ConfigError("key", f"{key} is not an ECDSA private key in PEM ({e})") from e
+    signer.set_hashing_config(hashing).sign(folder, Path(folder) / SIGNATURE_FILE)
+    return Path(folder) / SIGNATURE_FILE
+
+
+def payload_digests(artifact: Path) -> dict[str, str]:
+    """File name -> sha256 hex as listed in the artifact's signature payload (not verified here)."""
+    bundle = read_json(Path(artifact) / SIGNATURE_FILE, what="signature")
+    try:
+        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        return {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise IntegrityError(f"{artifact / SIGNATURE_FILE} is not a model-signing bundle ({e})") from e
+
+
+def verify_artifact(artifact: Path, *, public_key: Path) -> Provenance:
+    """Check that every file of ``artifact`` matches its signature by ``public_key``.
+
+    Returns the artifact's provenance.
+
+    Raises
+    ------
+    ConfigError
+        If the artifact folder or the key file does not exist.
+    IntegrityError
+        Naming the file that differs (expected and actual sha256), the extra or missing
+        file, or the key that does not match.
+    """
+    import model_signing
+
+    artifact, public_key = Path(artifact), Path(public_key)
+    if not artifact.is_dir():
+        raise ConfigError("artifact", f"{artifact} is not an artifact folder")
+    if not public_key.is_file():
+        raise ConfigError("public-key", f"{public_key} does not exist")
+    sig = artifact / SIGNATURE_FILE
+    if not sig.is_file():
+        raise IntegrityError(f"{artifact}: {SIGNATURE_FILE} is missing; the artifact is unsigned")
+    try:
+        verifier = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key)
+    except ValueError as e:
+        raise ConfigError("public-key", f"{public_key} is not an ECDSA public key in PEM ({e})") from e
+    try:
+        verifier.verify(artifact, sig)
+    except ValueError as e:
+        raise IntegrityError(_explain(artifact, public_key, str(e))) from e
+    except Exception as e:  # noqa: BLE001 -- sigstore raises its own types for malformed bundles
+        raise IntegrityError(f"{artifact}: {SIGNATURE_FILE} could not be verified ({type(e).__name__}: {e})") from e
+    return Provenance.from_dict(read_json(artifact / PROVENANCE_FILE, what="provenance"))
+
+
+def _explain(artifact: Path, public_key: Path, message: str) -> str:
+    if "Key mismatch" in message:
+        return (f"{artifact}: signed by a different key than {public_key} (key mismatch); "
+                "refusing an artifact the operator did not sign")  # fmt: skip
+    if "Signature mismatch" not in message:
+        return f"{artifact}: signature verification failed ({message})"
+    # The bundle's signature checked out, so its digest list is the operator's: name what differs.
+    signed = payload_digests(artifact)
+    actual = {p.relative_to(artifact).as_posix(): p for p in sorted(artifact.rglob("*"))
+              if p.is_file() and p.name != SIGNATURE_FILE}  # fmt: skip
+    for name in sorted(signed):
+        if name not in actual:
+            return f"{artifact}: file '{name}' is signed but missing"
+        got = file_sha256(actual[name])
+        if got != signed[name]:
+            return f"{artifact}: file '{name}' differs from the signed one (expected sha256 {signed[name]}, got {got})"
+    extra = sorted(set(actual) - set(signed))
+    if extra:
+        return f"{artifact}: file '{extra[0]}' is not covered by the signature"
+    return f"{artifact}: signature verification failed ({message})"

@@ -1,0 +1,42 @@
+"""A run folder with an untrained model, for demos, benchmarks and tests (NumPy only, no Ray, no torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedready.config import make_config
+from fedready.data import adult_schema
+from fedready.encoding import FeatureEncoder
+from fedready.modelio import arrays_digest, save_npz
+
+__all__ = ["write_demo_run"]
+
+
+def write_demo_run(run: Path, *, seed: int = 0, hidden: int = 16) -> Path:
+    """Write ``run`` as ``fedready simulate`` leaves it, holding a randomly initialised MLP.
+
+    Files: ``model.npz`` (the ``mlp`` layout: ``0.weight``, ``0.bias``, ``2.weight``,
+    ``2.bias``), ``config.json``, ``summary.json`` (with the model digest) and ``ledger.json``.
+    """
+    run = Path(run)
+    run.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    width = FeatureEncoder(adult_schema()).width
+    arrays = {
+        "0.weight": rng.normal(0, 1 / np.sqrt(width), (hidden, width)).astype(np.float32),
+        "0.bias": np.zeros(hidden, np.float32),
+        "2.weight": rng.normal(0, 1 / np.sqrt(hidden), (2, hidden)).astype(np.float32),
+        "2.bias": np.zeros(2, np.float32),
+    }
+    cfg = make_config(rounds=3, seed=seed)
+    (run / "model.npz").write_bytes(save_npz(arrays))
+    (run / "config.json").write_text(json.dumps({"config": cfg.model_dump()}, sort_keys=True))
+    summary = {"run_id": run.name, "model_digest": arrays_digest(arrays), "accuracy": None, "epsilon": None}
+    (run / "summary.json").write_text(json.dumps(summary, sort_keys=True))
+    ledger = {"accountant": "rdp", "delta": 1e-5, "dp": True, "epsilon": None, "clients": {}, "entries": [],
+              "declines": []}  # fmt: skip
+    (run / "ledger.json").write_text(json.dumps(ledger, sort_keys=True))
+    return run

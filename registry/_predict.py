@@ -1,0 +1,134 @@
+"""Serving one artifact with ONNX Runtime: raw rows in, thresholded predictions out.
+
+Imports only NumPy, pydantic and ONNX Runtime, so it runs on the lean edge install.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedready.encoding import FeatureEncoder
+from fedready.errors import ConfigError, IntegrityError
+from fedready.registry._artifact import MODEL_FILE, PROVENANCE_FILE, SCHEMA_FILE, THRESHOLDS_FILE
+from fedready.registry._canonical import read_json
+from fedready.schema import DataSchema
+
+__all__ = ["Predictor", "read_rows"]
+
+_INPUT, _PROBABILITIES = "features", "probabilities"  # fedready.compression.export's names (no onnx import here)
+
+
+class Predictor:
+    """The model of one artifact folder, ready to predict.
+
+    Parameters
+    ----------
+    artifact : Path
+        A verified artifact folder (model.onnx, schema.json, optional thresholds.json).
+
+    Raises
+    ------
+    IntegrityError
+        If the model does not load or its input width differs from the schema's encoding.
+    """
+
+    def __init__(self, artifact: Path) -> None:
+        import onnxruntime as ort
+
+        self.artifact = Path(artifact)
+        try:
+            self.schema = DataSchema.model_validate(read_json(self.artifact / SCHEMA_FILE, what="schema"))
+        except ValueError as e:
+            raise IntegrityError(f"{self.artifact / SCHEMA_FILE} is not a valid schema ({e})") from e
+        self.encoder = FeatureEncoder(self.schema)
+        self.version = read_json(self.artifact / PROVENANCE_FILE, what="provenance").get("version")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = 1  # small MLPs: threads cost more than they save, and devices are small
+        try:
+            self.session = ort.InferenceSession(str(self.artifact / MODEL_FILE), opts,
+                                                providers=["CPUExecutionProvider"])  # fmt: skip
+        except Exception as e:  # noqa: BLE001 -- onnxruntime raises bare RuntimeError subclasses of its own
+            raise IntegrityError(f"{self.artifact / MODEL_FILE} does not load in ONNX Runtime ({e})") from e
+        width = self.session.get_inputs()[0].shape[1]
+        if width != self.encoder.width:
+            raise IntegrityError(f"model expects {width} features but the schema encodes {self.encoder.width}")
+        self.thresholds = _Thresholds.load(self.artifact / THRESHOLDS_FILE)
+        self.positive, self.negative = self.schema.target.positive[0], self.schema.target.negative[0]
+
+    def probabilities(self, rows: list[Mapping[str, Any]]) -> np.ndarray:
+        """P(positive) for each raw row (column name -> raw value, as in the CSV)."""
+        if not rows:
+            return np.zeros(0, dtype=np.float32)
+        cols = {c.name: np.array([str(r.get(c.name, "")).strip() for r in rows]) for c in self.schema.features}
+        x = self.encoder.transform(cols)
+        (proba,) = self.session.run([_PROBABILITIES], {_INPUT: x})
+        return proba[:, 1]
+
+    def predict(self, rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """One result per row: probability, threshold applied, 0/1 prediction and label."""
+        out = []
+        for row, p in zip(rows, self.probabilities(rows), strict=True):
+            t = self.thresholds.for_row(row)
+            yes = bool(p >= t)
+            out.append({"probability": round(float(p), 6), "threshold": t, "prediction": int(yes),
+                        "label": self.positive if yes else self.negative, "version": self.version})  # fmt: skip
+        return out
+
+
+class _Thresholds:
+    """Per-group decision thresholds from ``thresholds.json`` (issue 4), or 0.5 everywhere."""
+
+    def __init__(self, attribute: str | None, by_group: dict[str, float], default: float) -> None:
+        self.attribute, self.by_group, self.default = attribute, by_group, default
+
+    @classmethod
+    def load(cls, path: Path) -> _Thresholds:
+        if not path.exists():
+            return cls(None, {}, 0.5)
+        data = read_json(path, what="thresholds")
+        try:
+            by_group = {str(k): float(v) for k, v in data.get("thresholds", {}).items()}
+            return cls(data.get("attribute"), by_group, float(data.get("default", 0.5)))
+        except (AttributeError, TypeError, ValueError) as e:
+            raise IntegrityError(f"{path} is not a thresholds file ({e})") from e
+
+    def for_row(self, row: Mapping[str, Any]) -> float:
+        if self.attribute is None:
+            return self.default
+        return self.by_group.get(str(row.get(self.attribute, "")).strip(), self.default)
+
+
+def read_rows(text: str, *, fmt: str = "auto") -> list[dict[str, Any]]:
+    """Parse CSV (with a header row) or JSON lines into row dicts.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown format or a malformed JSON line.
+    """
+    if fmt == "auto":
+        fmt = "jsonl" if text.lstrip().startswith("{") else "csv"
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
+        return [{k.strip(): v for k, v in r.items() if k is not None} for r in reader if any(r.values())]
+    if fmt == "jsonl":
+        rows = []
+        for n, line in enumerate(_nonblank(text.splitlines()), start=1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ConfigError("input", f"line {n} is not JSON ({e})") from e
+        return rows
+    raise ConfigError("format", f"unknown format '{fmt}'; expected one of: auto, csv, jsonl")
+
+
+def _nonblank(lines: Iterable[str]) -> Iterable[str]:
+    return (line for line in lines if line.strip())
