@@ -260,6 +260,14 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         torch.set_num_threads(1)  # one core per virtual client; Ray runs several side by side
         return handle_train(msg, context, fixed)
 
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        from fedready.evaluation.federated import handle_query
+
+        cfg, _ = resolve_config(context, fixed)
+        return handle_query(msg, cfg, int(context.node_config["partition-id"]))
+
     return client_app
 
 

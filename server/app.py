@@ -367,7 +367,12 @@ def make_server_app(
     on_round: Callable[[RoundReport], None] | None = None,
     on_summary: Callable[[dict[str, Any]], None] | None = None,
 ) -> ServerApp:
-    """Return a ServerApp reading ``context.run_config`` updated by ``overrides``."""
+    """Return a ServerApp reading ``context.run_config`` updated by ``overrides``.
+
+    With ``fedready.mode = "evaluate"`` in the run config the app trains nothing: it asks
+    every client for group confusion counts on the run's final model
+    (:func:`fedready.evaluation.federated.run_federated_evaluation`).
+    """
     fixed = dict(overrides or {})
     server_app = ServerApp()
 
@@ -376,7 +381,12 @@ def make_server_app(
         merged = {**dict(context.run_config), **fixed}
         cfg = SimulationConfig.from_run_config(merged)
         run_dir = Path(str(merged.get(K.RUN_DIR) or f"runs/flwr-{context.run_id}")).resolve()
-        summary = run_rounds(grid, cfg, run_dir, on_round=on_round)
+        if merged.get(K.MODE) == K.MODE_EVALUATE:
+            from fedready.evaluation.federated import run_federated_evaluation
+
+            summary = run_federated_evaluation(grid, cfg, run_dir)
+        else:
+            summary = run_rounds(grid, cfg, run_dir, on_round=on_round)
         if on_summary is not None:
             on_summary(summary)
 
