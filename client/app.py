@@ -140,7 +140,10 @@ def resolve_config(context: Context, overrides: dict[str, Any]) -> tuple[Simulat
 
 
 def local_update(
-    cfg: SimulationConfig, context: Context, run_dir: str | None, server_round: int,
+    cfg: SimulationConfig,
+    context: Context,
+    run_dir: str | None,
+    server_round: int,
     global_arrays: dict[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:
     """One round of local training on this client's shard: the update and its metrics, or a decline.
@@ -176,8 +179,9 @@ def local_update(
                                     accountant=cfg.accountant)  # fmt: skip
         if projected > cfg.epsilon:
             spent = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant)
-            return Decline(K.BUDGET_EXHAUSTED,
-                           f"epsilon would reach {projected:.4f} > budget {cfg.epsilon} (spent {spent:.4f})")
+            return Decline(
+                K.BUDGET_EXHAUSTED, f"epsilon would reach {projected:.4f} > budget {cfg.epsilon} (spent {spent:.4f})"
+            )
 
     model = create_model(cfg.model, shard.x_train.shape[1])
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})

@@ -272,8 +272,12 @@ def run_rounds(
                 audit.append("update-rejected", round=server_round, client=r.client, node_id=r.node_id,
                              reason=r.reason, norm=r.norm, detail=r.detail)  # fmt: skip
         for msg in accepted:
-            audit.append("update-accepted", round=server_round, client=_client_id(msg),
-                         norm=update_norm(_reply_arrays(msg), reference))
+            audit.append(
+                "update-accepted",
+                round=server_round,
+                client=_client_id(msg),
+                norm=update_norm(_reply_arrays(msg), reference),
+            )
         if cfg.attack != "none" and trained:
             _, report.undefended_accuracy = _evaluate(cfg, _plain_fedavg(trained))
         if len(accepted) < cfg.min_clients:
@@ -338,7 +342,11 @@ def write_summary(
         # the same releases through Flower's own accountant, as a cross-check
         "client_epsilon_flower": flower_client_epsilon(
             [(nm, round(q * cfg.num_clients)) for nm, q, _ in ledger.client_level_history()],
-            population=cfg.num_clients, delta=cfg.client_delta) if z is not None else None,
+            population=cfg.num_clients,
+            delta=cfg.client_delta,
+        )
+        if z is not None
+        else None,
         "secagg": cfg.secagg,
         "rounds": cfg.rounds,
         "rounds_completed": len(history),

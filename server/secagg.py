@@ -195,6 +195,3 @@ def make_secagg_server_app(
             on_summary(summary)
 
     return server_app
-
-
-

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import (
     FedTrimmedAvg,
     Krum,
     MultiKrum,
+    QFedAvg,
     Strategy,
 )
 
@@ -54,6 +55,9 @@ AGGREGATORS: dict[str, Callable[[SimulationConfig, dict[str, Any]], Strategy]] =
     "multikrum": lambda cfg, kw: MultiKrum(**kw, num_malicious_nodes=cfg.num_malicious,
                                            num_nodes_to_select=max(1, sampled_clients(cfg) - cfg.num_malicious)),
     "bulyan": lambda cfg, kw: Bulyan(**kw, num_malicious_nodes=cfg.num_malicious),
+    # q-FFL (Li et al. 2020, arXiv:1905.10497): weights clients by loss^q for a fairer spread of accuracy.
+    # L = 1 / (round-1 local learning rate); clients already report their mean training loss.
+    "qfedavg": lambda cfg, kw: QFedAvg(**kw, client_learning_rate=cfg.lr, q=cfg.qffl_q, train_loss_key=K.TRAIN_LOSS),
 }  # fmt: skip
 
 CLIENT_DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
