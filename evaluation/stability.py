@@ -26,6 +26,7 @@ __all__ = [
     "GAUSSIAN_SCALES",
     "PERTURBATIONS",
     "apply_perturbation",
+    "check_perturbation",
     "churn",
     "default_perturbations",
     "perturbation_report",
@@ -101,6 +102,15 @@ def apply_perturbation(table: Table, schema: DataSchema, name: str, *, seed: int
         raise ConfigError("perturbation", f"unknown perturbation '{name}'; expected <kind>-<arg> with kind one of: "
                                           f"{', '.join(PERTURBATIONS)}")  # fmt: skip
     return fn(table, schema, arg, np.random.default_rng([seed, sum(name.encode())]))
+
+
+def check_perturbation(schema: DataSchema, name: str, *, field: str = "perturbation") -> None:
+    """Raise ConfigError (naming ``field``) if ``name`` is not a valid perturbation for ``schema``."""
+    empty = Table({c.name: np.asarray([], dtype=str) for c in schema.columns})
+    try:
+        apply_perturbation(empty, schema, name)
+    except ConfigError as e:
+        raise ConfigError(field, str(e).removeprefix("perturbation: ")) from e
 
 
 def default_perturbations(schema: DataSchema) -> list[str]:
