@@ -367,6 +367,119 @@ def check_ledger(run: Path, *, rel_tol: float = 0.01) -> dict[str, Any]:
             "declines": len(led.declines), "clients": clients, "ok": ok}  # fmt: skip
 
 
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    gate: Annotated[Path | None, typer.Option(help="Gate policy TOML. [default: the shipped default policy]")] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="A previous run: report version churn against its model.")
+    ] = None,
+    seeds: Annotated[
+        int,
+        typer.Option(help="Retrain with this many seeds in total for seed stability (each is a full run; 0 = off)."),
+    ] = 0,
+    federated: Annotated[
+        bool, typer.Option("--federated/--no-federated", help="Ask the run's clients for group counts (on).")
+    ] = True,
+    data: Annotated[
+        Path | None, typer.Option(help="Evaluate on this CSV instead of Adult's test split (needs --schema).")
+    ] = None,
+    schema: Annotated[Path | None, typer.Option(help="Declared schema TOML of --data.")] = None,
+    mitigate: Annotated[
+        str | None,
+        typer.Option(help="Sensitive attribute for threshold post-processing. [default: the schema's first]"),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Fairness, stability, calibration, mitigation and explanations for a run; check the gates; write the model card.
+
+    Exit code 0 when every gate passes, 1 when any fails, 2 for a bad policy or option.
+    """
+    from fedready.evaluation import evaluate_run
+
+    try:
+        report = evaluate_run(run, policy=gate, baseline=baseline, seeds=seeds, federated=federated, data=data,
+                              schema=schema, mitigate=mitigate)  # fmt: skip
+    except FedreadyError as e:
+        raise _fail(e) from None
+    if json_out:
+        typer.echo(json.dumps(report, sort_keys=True))
+    else:
+        _print_gates(report)
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+def _num(v: Any) -> str:
+    return "undefined" if v is None else f"{v:.4f}"
+
+
+def _print_gates(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"release gates: {report['policy']['name']} on {report['run_id']}")
+    table.add_column("gate", no_wrap=True)
+    for col in ("measured", "limit", "result"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for g in report["gates"]:
+        verdict = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
+        table.add_row(g["gate"], _num(g["measured"]), _num(g["limit"]), verdict)
+    Console().print(table)
+    m = report.get("mitigation")
+    lines = [f"accuracy {report['metrics']['accuracy']:.4f}, ECE {report['calibration']['ece']:.4f}"]
+    if m:
+        lines.append(
+            f"post-processing ({m['attribute']}): EOD {m['eod_before']:.4f} -> {m['eod_after']:.4f}, "
+            f"accuracy {m['accuracy_before']:.4f} -> {m['accuracy_after']:.4f} on the held-out half"
+        )
+    run = Path(report["run"])
+    lines.append(f"wrote {run / 'evaluation.json'}, {run / 'model_card.html'}, {run / 'model_card.md'}")
+    for line in lines:
+        err.print(line, highlight=False)
+    for g in report["gates"]:
+        if not g["passed"]:
+            err.print(f"[bold red]gate failed:[/] {g['gate']}: measured {_num(g['measured'])}, limit {_num(g['limit'])}"
+                      + (f" ({g['note']})" if g["note"] else ""), highlight=False)  # fmt: skip
+
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    row: Annotated[int, typer.Option(help="Row index (0-based) in Adult's test split, or in --csv.")] = 0,
+    csv: Annotated[
+        Path | None, typer.Option(help="Explain a row of this CSV instead (needs --schema unless it is Adult-shaped).")
+    ] = None,
+    schema: Annotated[Path | None, typer.Option(help="Declared schema TOML of --csv. [default: Adult's]")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON on stdout.")] = False,
+) -> None:
+    """Why the model decided as it did for one input: attributions and the nearest actionable counterfactual."""
+    from fedready.evaluation import explain_run_row
+
+    try:
+        out = explain_run_row(run, row=row, csv=csv, schema=schema)
+    except FedreadyError as e:
+        raise _fail(e) from None
+    if json_out:
+        typer.echo(json.dumps(out, sort_keys=True))
+        return
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"row {row}: the model decides [bold]{out['decision']}[/] (p(positive) {out['probability_positive']:.3f})",
+              highlight=False)  # fmt: skip
+    table = Table(title="integrated gradients per feature (towards the decision; + pushes for it)")
+    for col in ("feature", "value", "attribution"):
+        table.add_column(col, justify="left" if col != "attribution" else "right")
+    for name, a in out["attributions"].items():
+        table.add_row(name, out["values"][name], f"{a:+.4f}")
+    con.print(table)
+    cf = out["counterfactual"]
+    if cf is None:
+        con.print(f"no change of at most two actionable features ({', '.join(out['actionable'])}) flips the decision")
+    else:
+        con.print(cf["sentence"] + f" (p(positive) {cf['probability_positive']:.3f})", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
