@@ -74,6 +74,10 @@ GATES: dict[str, Gate] = {
     "min_demographic_parity_ratio": Gate("min", "attribute", _fair("demographic_parity_ratio"),
                                          "demographic parity ratio"),
     "min_worst_group_accuracy": Gate("min", "attribute", _fair("worst_group_accuracy"), "worst group's accuracy"),
+    "max_mitigated_equalized_odds_difference": Gate(
+        "max", "attribute", lambda r, attr: _get(r, "mitigation", "eod_after")
+        if _get(r, "mitigation", "attribute") == attr else None,
+        "equalized odds difference after the stored post-processing (held-out half)"),
     "max_flip_rate": Gate("max", "perturbation", _pert("flip_rate"), "decisions flipped by the perturbation"),
     "max_accuracy_drop": Gate("max", "perturbation", _pert("accuracy_drop"), "accuracy lost to the perturbation"),
 }  # fmt: skip

@@ -5,7 +5,7 @@ blank) and are re-encoded with the schema, so they mean the same for any data se
 They are registered under string kinds; a named perturbation is ``<kind>-<arg>``:
 
 * ``gaussian-<s>``: every numeric feature gets N(0, (s * declared range)^2) noise,
-  clipped back to the range;
+  clipped back to the range (for ``log1p`` columns in log space, where the encoder works);
 * ``missing-<column>``: the column is dropped to missing (categorical: the
   encoder's unknown slot; numeric, which has no missing slot: the declared minimum);
 * ``swap-<column>``: 10% of rows get another declared category of the column.
@@ -45,8 +45,11 @@ def _gaussian(table: Table, schema: DataSchema, arg: str, rng: np.random.Generat
     out = dict(table.columns)
     for col in schema.features:
         if isinstance(col, NumericColumn):
-            x = table.columns[col.name].astype(np.float64)
-            out[col.name] = np.clip(x + rng.normal(0.0, scale * (col.max - col.min), len(x)), col.min, col.max)
+            x = np.clip(table.columns[col.name].astype(np.float64), col.min, col.max)
+            # Noise in the scale the encoder sees: log1p columns (dollars) get multiplicative noise.
+            fwd, inv = (np.log1p, np.expm1) if col.transform == "log1p" else (lambda v: v, lambda v: v)
+            lo, hi = fwd(col.min), fwd(col.max)
+            out[col.name] = np.clip(inv(fwd(x) + rng.normal(0.0, scale * (hi - lo), len(x))), col.min, col.max)
     return out
 
 

@@ -418,7 +418,7 @@ def _print_gates(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"release gates: {report['policy']['name']} on {report['run_id']}")
-    table.add_column("gate", no_wrap=True)
+    table.add_column("gate", overflow="fold")
     for col in ("measured", "limit", "result"):
         table.add_column(col, justify="right", no_wrap=True)
     for g in report["gates"]:
