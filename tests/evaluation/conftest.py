@@ -1,0 +1,32 @@
+"""One short federated run, trained and evaluated once per test session (the slow tests share it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# 4 clients with label skew, 4 rounds of one local epoch, no DP: about 30 s with the evaluation.
+SHORT_RUN = ["--clients", "4", "--rounds", "4", "--no-dp", "--local-steps", "0", "--batch-size", "256"]
+
+
+def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TMPDIR": str(tmp), "RAY_TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "fedready.cli", *args], capture_output=True, text=True,
+                          timeout=900, env=env)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A finished short run and its ``evaluation.json`` (written by ``fedready evaluate``)."""
+    tmp = tmp_path_factory.mktemp("eval-run")
+    sim = _cli("simulate", *SHORT_RUN, "--out", str(tmp), "--name", "short", "--json", tmp=tmp)
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    run = tmp / "short"
+    ev = _cli("evaluate", str(run), "--json", tmp=tmp)
+    assert ev.returncode in (0, 1), ev.stderr[-3000:]
+    return run, json.loads((run / "evaluation.json").read_text())
