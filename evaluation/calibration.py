@@ -35,8 +35,10 @@ def calibration_report(y_true: np.ndarray, p_positive: np.ndarray, *, bins: int 
     for b in range(bins):
         m = which == b
         n = int(m.sum())
-        row = {"low": float(edges[b]), "high": float(edges[b + 1]), "count": n,
-               "confidence": float(conf[m].mean()) if n else None, "accuracy": float(correct[m].mean()) if n else None}  # fmt: skip
+        row = {
+            "low": float(edges[b]), "high": float(edges[b + 1]), "count": n,
+            "confidence": float(conf[m].mean()) if n else None, "accuracy": float(correct[m].mean()) if n else None,
+        }  # fmt: skip
         if n:
             ece += n / len(y) * abs(row["accuracy"] - row["confidence"])
         table.append(row)

@@ -158,8 +158,9 @@ def load_policy(path: str | Path | None, schema: DataSchema) -> Policy:
             limits.append((name, "", _limit(field, value)))
             continue
         if not isinstance(value, dict) or not value:
-            raise ConfigError(field, f"'{name}' takes a table of {gate.keyed_by} = limit, e.g. "
-                                     f"[gates.{name}] {'sex' if gate.keyed_by == 'attribute' else 'gaussian-0.1'} = 0.1")  # fmt: skip
+            example = "sex" if gate.keyed_by == "attribute" else '"gaussian-0.1"'
+            raise ConfigError(field, f"'{name}' takes a table of {gate.keyed_by} = limit, e.g. [gates.{name}] "
+                                     f"{example} = 0.1")  # fmt: skip
         for key, lim in value.items():
             if gate.keyed_by == "attribute" and key not in schema.sensitive:
                 raise ConfigError(f"{field}.{key}", f"unknown sensitive attribute '{key}'; the schema declares: "
