@@ -415,15 +415,16 @@ def _num(v: Any) -> str:
 
 
 def _print_gates(report: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"release gates: {report['policy']['name']} on {report['run_id']}")
+    table = Table(title=escape(f"release gates: {report['policy']['name']} on {report['run_id']}"))
     table.add_column("gate", overflow="fold")
     for col in ("measured", "limit", "result"):
         table.add_column(col, justify="right", no_wrap=True)
     for g in report["gates"]:
         verdict = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
-        table.add_row(g["gate"], _num(g["measured"]), _num(g["limit"]), verdict)
+        table.add_row(escape(g["gate"]), _num(g["measured"]), _num(g["limit"]), verdict)
     Console().print(table)
     m = report.get("mitigation")
     lines = [f"accuracy {report['metrics']['accuracy']:.4f}, ECE {report['calibration']['ece']:.4f}"]
@@ -438,8 +439,8 @@ def _print_gates(report: dict[str, Any]) -> None:
         err.print(line, highlight=False)
     for g in report["gates"]:
         if not g["passed"]:
-            err.print(f"[bold red]gate failed:[/] {g['gate']}: measured {_num(g['measured'])}, limit {_num(g['limit'])}"
-                      + (f" ({g['note']})" if g["note"] else ""), highlight=False)  # fmt: skip
+            err.print(f"[bold red]gate failed:[/] {escape(g['gate'])}: measured {_num(g['measured'])}, "
+                      f"limit {_num(g['limit'])}" + (f" ({g['note']})" if g["note"] else ""), highlight=False)  # fmt: skip
 
 
 @app.command()

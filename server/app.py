@@ -377,9 +377,10 @@ def make_server_app(
 ) -> ServerApp:
     """Return a ServerApp reading ``context.run_config`` updated by ``overrides``.
 
-    With ``fedready.mode = "evaluate"`` in the run config the app trains nothing: it asks
-    every client for group confusion counts on the run's final model
-    (:func:`fedready.evaluation.federated.run_federated_evaluation`).
+    After training, the app asks every client for group confusion counts on the final
+    model (:func:`fedready.evaluation.federated.run_federated_evaluation`, written to
+    ``federated_eval.json``). With ``fedready.mode = "evaluate"`` in the run config it
+    trains nothing and only asks (for runs whose counts are missing or stale).
     """
     fixed = dict(overrides or {})
     server_app = ServerApp()
@@ -395,6 +396,10 @@ def make_server_app(
             summary = run_federated_evaluation(grid, cfg, run_dir)
         else:
             summary = run_rounds(grid, cfg, run_dir, on_round=on_round)
+            # While the clients are up: their group counts on the final model (fedready evaluate reuses them).
+            from fedready.evaluation.federated import run_federated_evaluation
+
+            run_federated_evaluation(grid, cfg, run_dir)
         if on_summary is not None:
             on_summary(summary)
 
