@@ -189,8 +189,13 @@ def evaluate_run(
     pred = (scores > 0.5).astype(np.int64)
     groups = {a: group_labels(ev.schema, a, ev.table.columns[a]).astype(str) for a in attrs}
 
+    base_blocks = {c.name: encoder.transform_column(c.name, ev.table.columns[c.name]) for c in ev.schema.features}
+
     def predict_raw(columns: dict[str, np.ndarray]) -> np.ndarray:
-        return rm.predict(encoder.transform(columns))
+        # Perturbations change one or a few columns: re-encode only those (same arrays are reused).
+        parts = [base_blocks[c.name] if columns[c.name] is ev.table.columns[c.name]
+                 else encoder.transform_column(c.name, columns[c.name]) for c in ev.schema.features]  # fmt: skip
+        return rm.predict(np.concatenate(parts, axis=1).astype(np.float32))
 
     report: dict[str, Any] = {
         "run": str(run_dir), "run_id": rm.summary.get("run_id", run_dir.name), "model_digest": rm.digest,
