@@ -56,8 +56,9 @@ def _csv(path, n=600, seed=0, one_class=False):
     return path
 
 
-@pytest.fixture()
-def loans(tmp_path):
+@pytest.fixture(scope="module")
+def loans(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("loans")
     schema_path = tmp_path / "schema.toml"
     schema_path.write_text(SCHEMA)
     schema = load_schema(schema_path)
@@ -65,7 +66,7 @@ def loans(tmp_path):
     table = read_csv(csv, schema)
     x, y = FeatureEncoder(schema).transform(table.columns), table.labels(schema)
     model = create_model("logreg", x.shape[1], seed=0)
-    train(model, x, y, epochs=30, batch_size=64, lr=0.5, momentum=0.0, seed=0)
+    train(model, x, y, epochs=10, batch_size=64, lr=0.5, momentum=0.0, seed=0)
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     run = tmp_path / "run"
     run.mkdir()
