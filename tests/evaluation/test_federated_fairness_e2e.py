@@ -44,7 +44,8 @@ def _pooled(run):
 def test_federated_counts_equal_fairlearn_on_pooled_predictions(evaluated_run):
     run, report = evaluated_run
     fed = json.loads((run / "federated_eval.json").read_text())
-    assert fed["model_digest"] == report["model_digest"] and fed["clients_answered"] == 4
+    assert fed["model_digest"] == report["model_digest"]
+    assert fed["clients_answered"] == load_run(run).cfg.num_clients and not fed["clients_failed"]
     y, p, attrs, per_client = _pooled(run)
     assert set(fed["fairness"]) == set(adult_schema().sensitive) == set(attrs)
     for attr, g in attrs.items():
