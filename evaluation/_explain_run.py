@@ -8,7 +8,7 @@ from typing import Any
 from fedready.data import adult_schema, load_adult, read_csv
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
-from fedready.evaluation._model import load_run
+from fedready.evaluation._model import check_width, load_run
 from fedready.evaluation.explain import explain_row
 from fedready.schema import load_schema
 
@@ -31,10 +31,7 @@ def explain_run_row(
     if not 0 <= row < len(table):
         raise ConfigError("row", f"must be in [0, {len(table)}) for {csv or 'the Adult test split'}, got {row}")
     encoder = FeatureEncoder(sch)
-    first = next(v for k, v in rm.arrays.items() if k.endswith("weight"))
-    if first.shape[1] != encoder.width:
-        raise ConfigError("schema", f"the model takes {first.shape[1]} inputs but schema '{sch.name}' encodes "
-                                    f"{encoder.width}; pass the schema the model was trained with")  # fmt: skip
+    check_width(rm.arrays, sch)
     values = {k: str(v[row]) for k, v in table.columns.items()}
     out = explain_row(rm.module, sch, values, encoder.transform(table.columns).mean(axis=0))
     out["row"] = row

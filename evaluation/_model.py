@@ -12,11 +12,22 @@ import torch
 from torch import nn
 
 from fedready.config import SimulationConfig
+from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError, IntegrityError
 from fedready.modelio import arrays_digest, load_npz
 from fedready.models import create_model
+from fedready.schema import DataSchema
 
-__all__ = ["RunModel", "load_run", "model_from_arrays"]
+__all__ = ["RunModel", "check_width", "load_run", "model_from_arrays"]
+
+
+def check_width(arrays: dict[str, np.ndarray], schema: DataSchema) -> None:
+    """Raise ConfigError if the model's input width differs from what ``schema`` encodes."""
+    width = FeatureEncoder(schema).width
+    first = next(v for k, v in arrays.items() if k.endswith("weight"))
+    if first.shape[1] != width:
+        raise ConfigError("schema", f"the model takes {first.shape[1]} inputs but schema '{schema.name}' "
+                                    f"encodes {width}; pass the schema the model was trained with")  # fmt: skip
 
 
 def model_from_arrays(name: str, arrays: dict[str, np.ndarray]) -> nn.Module:

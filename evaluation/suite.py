@@ -13,7 +13,7 @@ from fedready._io import atomic_write_text
 from fedready.data import ADULT_SHA256, Table, adult_schema, load_adult, read_csv
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
-from fedready.evaluation._model import RunModel, load_run
+from fedready.evaluation._model import RunModel, check_width, load_run
 from fedready.evaluation.calibration import calibration_report
 from fedready.evaluation.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
 from fedready.evaluation.gates import check_gates, load_policy
@@ -68,14 +68,6 @@ def load_eval_data(csv: Path | None = None, schema_path: Path | None = None) -> 
         raise ConfigError("data", f"label column '{schema.target.column}' holds {only}; accuracy-based fairness, "
                                   "calibration and thresholds need both classes")  # fmt: skip
     return EvalData(table, schema, y, source, digest)
-
-
-def _check_width(rm: RunModel, data: EvalData) -> None:
-    width = FeatureEncoder(data.schema).width
-    first = next(v for k, v in rm.arrays.items() if k.endswith("weight"))
-    if first.shape[1] != width:
-        raise ConfigError("schema", f"the model takes {first.shape[1]} inputs but schema '{data.schema.name}' "
-                                    f"encodes {width}; pass the schema the model was trained with")  # fmt: skip
 
 
 def _with_empty_groups(fair: dict[str, Any], schema: DataSchema) -> dict[str, Any]:
@@ -179,7 +171,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     rm = load_run(run_dir)
     ev = load_eval_data(data, schema)
-    _check_width(rm, ev)
+    check_width(rm.arrays, ev.schema)
     pol = load_policy(policy, ev.schema)
     attrs = sensitive_attributes(ev.schema)
     mitigate_attr = sensitive_attributes(ev.schema, [mitigate])[0] if mitigate else (attrs[0] if attrs else None)
@@ -215,7 +207,7 @@ def evaluate_run(
                                                                  names=names)}  # fmt: skip
     if baseline is not None:
         other = load_run(baseline)
-        _check_width(other, ev)
+        check_width(other.arrays, ev.schema)
         stab["churn"] = churn(pred, other.predict(x))
         stab["baseline"] = str(baseline)
     if seeds > 1:
