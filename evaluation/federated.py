@@ -94,7 +94,8 @@ def sum_replies(replies: list[dict[str, Any]]) -> dict[str, Any]:
             if table.size != 4 * len(group_names(schema, attr)) or (table < 0).any():
                 raise IntegrityError(f"client {r[K.PARTITION_ID]}: malformed counts for '{attr}'")
             sums[attr] = sums.get(attr, 0) + table.reshape(-1, 4)
-    return {"counts": {a: t.tolist() for a, t in sums.items()}, "per_client": per_client}
+    ordered = [a for a in schema.sensitive if a in sums] + sorted(set(sums) - set(schema.sensitive))
+    return {"counts": {a: sums[a].tolist() for a in ordered}, "per_client": per_client}
 
 
 def _query_all(grid: Grid, arrays: ArrayRecord, num_clients: int, timeout: float) -> list[Message]:
