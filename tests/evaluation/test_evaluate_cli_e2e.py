@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
-def _evaluate(run, policy):
-    # --no-federated is not needed: the session's federated counts are cached for this model digest.
-    return runner.invoke(app, ["evaluate", str(run), "--gate", str(policy)], terminal_width=200)
+def _evaluate(run, policy, *extra):
+    # The run's federated counts are already in federated_eval.json for this model digest: no Flower start.
+    return runner.invoke(app, ["evaluate", str(run), "--gate", str(policy), *extra], terminal_width=200)
 
 
 def test_gate_below_measured_value_fails_with_name_value_and_limit(evaluated_run, tmp_path):
@@ -41,10 +41,11 @@ def test_passing_policy_exits_0(evaluated_run, tmp_path):
     acc = report["metrics"]["accuracy"]
     ece = report["calibration"]["ece"]
     policy = tmp_path / "lenient.toml"
-    policy.write_text(f"[gates]\nmin_accuracy = {acc - 0.01:.4f}\nmax_ece = {ece + 0.01:.4f}\n"
+    policy.write_text(f"[gates]\nmin_accuracy = {acc - 0.01:.4f}\nmax_ece = {ece + 0.01:.4f}\nmax_churn = 0.0\n"
                       '[gates.max_flip_rate]\n"missing-occupation" = 1.0\n')  # fmt: skip
-    result = _evaluate(run, policy)
+    result = _evaluate(run, policy, "--baseline", str(run))  # the same model: no decision changes
     assert result.exit_code == 0, result.output
+    assert "max_churn" in result.stdout
     assert "gate failed" not in result.stderr
     assert "min_accuracy" in result.stdout and "pass" in result.stdout
 
