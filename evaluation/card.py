@@ -173,6 +173,10 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
         eps = [f"sample-level DP-SGD (Opacus): epsilon {_num(pv['epsilon'], 3)} at delta {pv['delta']:g} "
                f"(max over clients, composed over every round, {pv['accountant']} accountant; target "
                f"{_num(pv['target_epsilon'], 3)})"]  # fmt: skip
+        if pv["per_client_epsilon"]:
+            per = pv["per_client_epsilon"].values()
+            eps.append(f"per client (ledger): epsilon from {min(per):.3f} to {max(per):.3f} over "
+                       f"{len(pv['per_client_epsilon'])} clients")  # fmt: skip
     else:
         eps = ["no sample-level differential privacy: records are not protected by DP"]
     if pv["client_epsilon"] is not None:

@@ -89,7 +89,8 @@ def _privacy(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         if e.get("level", "sample") == "sample":
             per_client[e["client"]] = max(per_client.get(e["client"], 0.0), e["epsilon"])
     return {
-        "dp": summary.get("dp"), "epsilon": summary.get("epsilon"), "delta": summary.get("delta"),
+        "dp": summary.get("dp"), "delta": summary.get("delta"),
+        "epsilon": led.get("epsilon", summary.get("epsilon")) if summary.get("dp") else None,  # from the ledger
         "accountant": led.get("accountant"), "target_epsilon": led.get("target_epsilon"),
         "client_dp": summary.get("client_dp"), "client_epsilon": summary.get("client_epsilon"),
         "client_delta": summary.get("client_delta"), "per_client_epsilon": per_client,
