@@ -300,11 +300,13 @@ def run_rounds(
         report.accuracy, report.loss, report.epsilon = accuracy, loss, ledger.epsilon
         report.client_epsilon = ledger.client_level_epsilon
         report.seconds = time.perf_counter() - t_round
+        # The round's metrics line goes first: a crash between the two writes leaves a line past the
+        # checkpoint, which the resumed run trims (keep_through), never a checkpoint without its line.
+        _append_metrics(metrics_path, report, keep_through=resumed_from if first_write else None)
+        first_write = False
         ckpt.save(server_round, _np_arrays(arrays), ledger)
         audit.append("round-finished", round=server_round, accuracy=accuracy, epsilon=ledger.epsilon,
                      client_epsilon=ledger.client_level_epsilon, accepted=len(accepted))  # fmt: skip
-        _append_metrics(metrics_path, report, keep_through=resumed_from if first_write else None)
-        first_write = False
         if on_round is not None:
             on_round(report)
         if not trained and declined and len(declined) == len(replies):
