@@ -140,7 +140,10 @@ def resolve_config(context: Context, overrides: dict[str, Any]) -> tuple[Simulat
 
 
 def local_update(
-    cfg: SimulationConfig, context: Context, run_dir: str | None, server_round: int,
+    cfg: SimulationConfig,
+    context: Context,
+    run_dir: str | None,
+    server_round: int,
     global_arrays: dict[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:
     """One round of local training on this client's shard: the update and its metrics, or a decline.
@@ -176,8 +179,9 @@ def local_update(
                                     accountant=cfg.accountant)  # fmt: skip
         if projected > cfg.epsilon:
             spent = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant)
-            return Decline(K.BUDGET_EXHAUSTED,
-                           f"epsilon would reach {projected:.4f} > budget {cfg.epsilon} (spent {spent:.4f})")
+            return Decline(
+                K.BUDGET_EXHAUSTED, f"epsilon would reach {projected:.4f} > budget {cfg.epsilon} (spent {spent:.4f})"
+            )
 
     model = create_model(cfg.model, shard.x_train.shape[1])
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
@@ -259,6 +263,14 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     def _train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)  # one core per virtual client; Ray runs several side by side
         return handle_train(msg, context, fixed)
+
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        from fedready.evaluation.federated import handle_query
+
+        cfg, _ = resolve_config(context, fixed)
+        return handle_query(msg, cfg, int(context.node_config["partition-id"]))
 
     return client_app
 

@@ -60,13 +60,21 @@ def _new_run_dir(out: Path) -> Path:
 def simulate(
     clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 10]")] = None,
     rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,
-    partitioner: Annotated[str | None, typer.Option(help="iid | dirichlet | sensitive | quantity. [default: dirichlet]")] = None,
+    partitioner: Annotated[
+        str | None, typer.Option(help="iid | dirichlet | sensitive | quantity. [default: dirichlet]")
+    ] = None,
     alpha: Annotated[float | None, typer.Option(help="Dirichlet skew (smaller = more skewed). [default: 0.5]")] = None,
-    skew_attribute: Annotated[str | None, typer.Option(help="Sensitive attribute for --partitioner sensitive. [default: sex]")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")] = None,
+    skew_attribute: Annotated[
+        str | None, typer.Option(help="Sensitive attribute for --partitioner sensitive. [default: sex]")
+    ] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")
+    ] = None,
     delta: Annotated[float | None, typer.Option(help="Per-client delta, below 1/n. [default: 1e-5]")] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Sample-level DP-SGD (on by default).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for partitioning, initialisation and sampling. [default: 0]")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for partitioning, initialisation and sampling. [default: 0]")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="logreg | mlp | mlp-wide | mlp-large. [default: mlp]")] = None,
     local_steps: Annotated[int | None, typer.Option(help="SGD steps per round; 0 = whole epochs. [default: 3]")] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round when --local-steps 0.")] = None,
@@ -75,34 +83,161 @@ def simulate(
     lr_schedule: Annotated[str | None, typer.Option(help="constant | cosine. [default: cosine]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
     accountant: Annotated[str | None, typer.Option(help="rdp | prv. [default: rdp]")] = None,
-    fraction_train: Annotated[float | None, typer.Option(help="Share of clients sampled per round. [default: 1.0]")] = None,
-    budget_rounds: Annotated[int | None, typer.Option(help="Rounds the budget is spread over. [default: --rounds]")] = None,
-    client_dp: Annotated[str | None, typer.Option(help="Client-level DP: off | server-fixed | server-adaptive | client-fixed | client-adaptive.", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    client_epsilon: Annotated[float | None, typer.Option(help="Target client-level epsilon (calibrates the noise; run budget).", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    client_noise_multiplier: Annotated[float | None, typer.Option(help="Client-level noise multiplier z (instead of --client-epsilon).", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    client_delta: Annotated[float | None, typer.Option(help="Client-level delta, below 1/clients. [default: 1e-5]", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    client_clip: Annotated[float | None, typer.Option(help="L2 bound on each update (initial bound if adaptive). [default: 1.0]", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    clip_quantile: Annotated[float | None, typer.Option(help="Adaptive clipping target quantile. [default: 0.5]", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    secagg: Annotated[bool | None, typer.Option("--secagg/--no-secagg", help="Secure aggregation with SecAgg+.", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    secagg_shares: Annotated[int | None, typer.Option(help="SecAgg+ shares per secret. [default: 3]", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    secagg_threshold: Annotated[int | None, typer.Option(help="SecAgg+ reconstruction threshold. [default: 2]", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    secagg_clip_range: Annotated[float | None, typer.Option(help="SecAgg+ value range before quantisation. [default: 8.0]", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    secagg_quantization: Annotated[int | None, typer.Option(help="SecAgg+ quantisation levels. [default: 4194304]", rich_help_panel="Client-level DP and SecAgg+")] = None,
-    aggregator: Annotated[str | None, typer.Option(help="fedavg | median | trimmed-mean | krum | multikrum | bulyan.", rich_help_panel="Robustness and scenarios")] = None,
-    trim_beta: Annotated[float | None, typer.Option(help="Trimmed mean: share cut at each end. [default: 0.2]", rich_help_panel="Robustness and scenarios")] = None,
-    num_malicious: Annotated[int | None, typer.Option(help="Krum/Bulyan: assumed attackers per round. [default: 0]", rich_help_panel="Robustness and scenarios")] = None,
-    validate: Annotated[bool | None, typer.Option("--validate/--no-validate", help="Reject malformed or outsized updates (on).", rich_help_panel="Robustness and scenarios")] = None,
-    median_factor: Annotated[float | None, typer.Option(help="Reject norms above this x the round median. [default: 10]", rich_help_panel="Robustness and scenarios")] = None,
-    min_clients: Annotated[int | None, typer.Option(help="Skip a round with fewer accepted updates. [default: 1]", rich_help_panel="Robustness and scenarios")] = None,
-    round_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for replies. [default: 600]", rich_help_panel="Robustness and scenarios")] = None,
-    attack: Annotated[str | None, typer.Option(help="none | sign-flip | scale | nan | zero | label-flip.", rich_help_panel="Robustness and scenarios")] = None,
-    attack_fraction: Annotated[float | None, typer.Option(help="Share of attacking clients.", rich_help_panel="Robustness and scenarios")] = None,
-    attack_scale: Annotated[float | None, typer.Option(help="Factor for --attack scale. [default: 100]", rich_help_panel="Robustness and scenarios")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Per-round probability a client drops out.", rich_help_panel="Robustness and scenarios")] = None,
-    slow_fraction: Annotated[float | None, typer.Option(help="Share of clients slower than the round timeout.", rich_help_panel="Robustness and scenarios")] = None,
+    fraction_train: Annotated[
+        float | None, typer.Option(help="Share of clients sampled per round. [default: 1.0]")
+    ] = None,
+    budget_rounds: Annotated[
+        int | None, typer.Option(help="Rounds the budget is spread over. [default: --rounds]")
+    ] = None,
+    client_dp: Annotated[
+        str | None,
+        typer.Option(
+            help="Client-level DP: off | server-fixed | server-adaptive | client-fixed | client-adaptive.",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    client_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Target client-level epsilon (calibrates the noise; run budget).",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    client_noise_multiplier: Annotated[
+        float | None,
+        typer.Option(
+            help="Client-level noise multiplier z (instead of --client-epsilon).",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    client_delta: Annotated[
+        float | None,
+        typer.Option(
+            help="Client-level delta, below 1/clients. [default: 1e-5]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    client_clip: Annotated[
+        float | None,
+        typer.Option(
+            help="L2 bound on each update (initial bound if adaptive). [default: 1.0]",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    clip_quantile: Annotated[
+        float | None,
+        typer.Option(
+            help="Adaptive clipping target quantile. [default: 0.5]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    secagg: Annotated[
+        bool | None,
+        typer.Option(
+            "--secagg/--no-secagg",
+            help="Secure aggregation with SecAgg+.",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    secagg_shares: Annotated[
+        int | None,
+        typer.Option(help="SecAgg+ shares per secret. [default: 3]", rich_help_panel="Client-level DP and SecAgg+"),
+    ] = None,
+    secagg_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="SecAgg+ reconstruction threshold. [default: 2]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    secagg_clip_range: Annotated[
+        float | None,
+        typer.Option(
+            help="SecAgg+ value range before quantisation. [default: 8.0]",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    secagg_quantization: Annotated[
+        int | None,
+        typer.Option(
+            help="SecAgg+ quantisation levels. [default: 4194304]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    aggregator: Annotated[
+        str | None,
+        typer.Option(
+            help="fedavg | median | trimmed-mean | krum | multikrum | bulyan | qfedavg.",
+            rich_help_panel="Robustness and scenarios",
+        ),
+    ] = None,
+    qffl_q: Annotated[
+        float | None,
+        typer.Option(
+            help="q-FFL fairness exponent for --aggregator qfedavg. [default: 0.1]",
+            rich_help_panel="Robustness and scenarios",
+        ),
+    ] = None,
+    trim_beta: Annotated[
+        float | None,
+        typer.Option(
+            help="Trimmed mean: share cut at each end. [default: 0.2]", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    num_malicious: Annotated[
+        int | None,
+        typer.Option(
+            help="Krum/Bulyan: assumed attackers per round. [default: 0]", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    validate: Annotated[
+        bool | None,
+        typer.Option(
+            "--validate/--no-validate",
+            help="Reject malformed or outsized updates (on).",
+            rich_help_panel="Robustness and scenarios",
+        ),
+    ] = None,
+    median_factor: Annotated[
+        float | None,
+        typer.Option(
+            help="Reject norms above this x the round median. [default: 10]", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    min_clients: Annotated[
+        int | None,
+        typer.Option(
+            help="Skip a round with fewer accepted updates. [default: 1]", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    round_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for replies. [default: 600]", rich_help_panel="Robustness and scenarios"),
+    ] = None,
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            help="none | sign-flip | scale | nan | zero | label-flip.", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    attack_fraction: Annotated[
+        float | None, typer.Option(help="Share of attacking clients.", rich_help_panel="Robustness and scenarios")
+    ] = None,
+    attack_scale: Annotated[
+        float | None,
+        typer.Option(help="Factor for --attack scale. [default: 100]", rich_help_panel="Robustness and scenarios"),
+    ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(help="Per-round probability a client drops out.", rich_help_panel="Robustness and scenarios"),
+    ] = None,
+    slow_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of clients slower than the round timeout.", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Parent folder for new runs.")] = Path("runs"),
     name: Annotated[str | None, typer.Option(help="Run folder name (default: sim-<time>-<id>).")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")
+    ] = None,
     ray_address: Annotated[str | None, typer.Option(help="Existing Ray cluster address (ray start --head).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
@@ -118,7 +253,7 @@ def simulate(
         "clip_quantile": clip_quantile, "secagg": secagg, "secagg_shares": secagg_shares,
         "secagg_threshold": secagg_threshold, "secagg_clip_range": secagg_clip_range,
         "secagg_quantization": secagg_quantization, "aggregator": aggregator, "trim_beta": trim_beta,
-        "num_malicious": num_malicious, "validate_updates": validate, "median_factor": median_factor,
+        "num_malicious": num_malicious, "qffl_q": qffl_q, "validate_updates": validate, "median_factor": median_factor,
         "min_clients": min_clients, "round_timeout": round_timeout, "attack": attack,
         "attack_fraction": attack_fraction, "attack_scale": attack_scale, "dropout": dropout,
         "slow_fraction": slow_fraction,
@@ -133,7 +268,9 @@ def simulate(
     if json_out:
         typer.echo(json.dumps(summary, sort_keys=True))
     else:
-        eps = f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary["dp"] else "no sample-level DP"
+        eps = (
+            f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary["dp"] else "no sample-level DP"
+        )
         if summary["client_epsilon"] is not None:
             eps += f", client-level epsilon {summary['client_epsilon']:.3f} (delta {summary['client_delta']:g})"
         err.print(f"accuracy {summary['accuracy']:.4f}, {eps}, {summary['seconds']:.0f} s -> {summary['run_dir']}")
@@ -150,7 +287,12 @@ def simulate(
 
 
 def run_simulate(
-    given: dict[str, Any], *, out: Path, name: str | None, resume: Path | None, ray_address: str | None,
+    given: dict[str, Any],
+    *,
+    out: Path,
+    name: str | None,
+    resume: Path | None,
+    ray_address: str | None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Validate options, then start or resume a simulation (the body of ``fedready simulate``)."""
@@ -555,6 +697,120 @@ def reproduce(
                   "with (its digest differs from provenance.json); nothing was re-run")  # fmt: skip
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    gate: Annotated[Path | None, typer.Option(help="Gate policy TOML. [default: the shipped default policy]")] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="A previous run: report version churn against its model.")
+    ] = None,
+    seeds: Annotated[
+        int,
+        typer.Option(help="Retrain with this many seeds in total for seed stability (each is a full run; 0 = off)."),
+    ] = 0,
+    federated: Annotated[
+        bool, typer.Option("--federated/--no-federated", help="Ask the run's clients for group counts (on).")
+    ] = True,
+    data: Annotated[
+        Path | None, typer.Option(help="Evaluate on this CSV instead of Adult's test split (needs --schema).")
+    ] = None,
+    schema: Annotated[Path | None, typer.Option(help="Declared schema TOML of --data.")] = None,
+    mitigate: Annotated[
+        str | None,
+        typer.Option(help="Sensitive attribute for threshold post-processing. [default: the schema's first]"),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Fairness, stability, calibration, mitigation and explanations for a run; check the gates; write the model card.
+
+    Exit code 0 when every gate passes, 1 when any fails, 2 for a bad policy or option.
+    """
+    from fedready.evaluation import evaluate_run
+
+    try:
+        report = evaluate_run(run, policy=gate, baseline=baseline, seeds=seeds, federated=federated, data=data,
+                              schema=schema, mitigate=mitigate)  # fmt: skip
+    except FedreadyError as e:
+        raise _fail(e) from None
+    if json_out:
+        typer.echo(json.dumps(report, sort_keys=True))
+    else:
+        _print_gates(report)
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+def _num(v: Any) -> str:
+    return "undefined" if v is None else f"{v:.4f}"
+
+
+def _print_gates(report: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"release gates: {report['policy']['name']} on {report['run_id']}"))
+    table.add_column("gate", overflow="fold")
+    for col in ("measured", "limit", "result"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for g in report["gates"]:
+        verdict = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
+        table.add_row(escape(g["gate"]), _num(g["measured"]), _num(g["limit"]), verdict)
+    Console().print(table)
+    m = report.get("mitigation")
+    lines = [f"accuracy {report['metrics']['accuracy']:.4f}, ECE {report['calibration']['ece']:.4f}"]
+    if m:
+        lines.append(
+            f"post-processing ({m['attribute']}): EOD {m['eod_before']:.4f} -> {m['eod_after']:.4f}, "
+            f"accuracy {m['accuracy_before']:.4f} -> {m['accuracy_after']:.4f} on the held-out half"
+        )
+    run = Path(report["run"])
+    lines.append(f"wrote {run / 'evaluation.json'}, {run / 'model_card.html'}, {run / 'model_card.md'}")
+    for line in lines:
+        err.print(line, highlight=False)
+    for g in report["gates"]:
+        if not g["passed"]:
+            err.print(f"[bold red]gate failed:[/] {escape(g['gate'])}: measured {_num(g['measured'])}, "
+                      f"limit {_num(g['limit'])}" + (f" ({g['note']})" if g["note"] else ""), highlight=False)  # fmt: skip
+
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    row: Annotated[int, typer.Option(help="Row index (0-based) in Adult's test split, or in --csv.")] = 0,
+    csv: Annotated[
+        Path | None, typer.Option(help="Explain a row of this CSV instead (needs --schema unless it is Adult-shaped).")
+    ] = None,
+    schema: Annotated[Path | None, typer.Option(help="Declared schema TOML of --csv. [default: Adult's]")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON on stdout.")] = False,
+) -> None:
+    """Why the model decided as it did for one input: attributions and the nearest actionable counterfactual."""
+    from fedready.evaluation import explain_run_row
+
+    try:
+        out = explain_run_row(run, row=row, csv=csv, schema=schema)
+    except FedreadyError as e:
+        raise _fail(e) from None
+    if json_out:
+        typer.echo(json.dumps(out, sort_keys=True))
+        return
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"row {row}: the model decides [bold]{out['decision']}[/] (p(positive) {out['probability_positive']:.3f})",
+              highlight=False)  # fmt: skip
+    table = Table(title="integrated gradients per feature (towards the decision; + pushes for it)")
+    for col in ("feature", "value", "attribution"):
+        table.add_column(col, justify="left" if col != "attribution" else "right")
+    for name, a in out["attributions"].items():
+        table.add_row(name, out["values"][name], f"{a:+.4f}")
+    con.print(table)
+    cf = out["counterfactual"]
+    if cf is None:
+        con.print(f"no change of at most two actionable features ({', '.join(out['actionable'])}) flips the decision")
+    else:
+        con.print(cf["sentence"] + f" (p(positive) {cf['probability_positive']:.3f})", highlight=False)
 
 
 def main() -> None:

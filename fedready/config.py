@@ -63,7 +63,8 @@ class SimulationConfig(BaseModel):
     secagg_clip_range: float = Field(8.0, gt=0)  # every model value is clipped to +-this before quantisation
     secagg_quantization: int = Field(4194304, ge=2)  # quantisation levels over [-clip_range, clip_range]
     # robustness: validation, aggregation, hostile and failing clients
-    aggregator: Literal["fedavg", "median", "trimmed-mean", "krum", "multikrum", "bulyan"] = "fedavg"
+    aggregator: Literal["fedavg", "median", "trimmed-mean", "krum", "multikrum", "bulyan", "qfedavg"] = "fedavg"
+    qffl_q: float = Field(0.1, ge=0)  # q-FFL fairness exponent for aggregator=qfedavg (0 = FedAvg)
     trim_beta: float = Field(0.2, gt=0, lt=0.5)  # trimmed-mean: share cut from each end
     num_malicious: int = Field(0, ge=0)  # krum / multikrum / bulyan: assumed attackers per round
     validate_updates: bool = True  # reject malformed or outsized updates before aggregation

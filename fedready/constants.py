@@ -46,3 +46,13 @@ REJECT_NON_FINITE = "non-finite"
 REJECT_NORM_CLIP = "norm-above-clip-bound"
 REJECT_NORM_MEDIAN = "norm-above-round-median"
 REJECT_REASONS = (REJECT_SHAPE, REJECT_DTYPE, REJECT_NON_FINITE, REJECT_NORM_CLIP, REJECT_NORM_MEDIAN)
+
+# Federated evaluation: an "evaluate" message carries the model and a query; the client
+# answers with per-group confusion counts on its local validation split (never rows).
+MODE = "fedready.mode"  # run-config key: absent = train, MODE_EVALUATE = query the clients only
+MODE_EVALUATE = "evaluate"
+QUERY = "query"
+QUERY_GROUP_COUNTS = "group-counts"
+COUNTS_PREFIX = "counts/"  # + attribute: flat [tp, fp, tn, fn] per group, in schema order
+VAL_ROWS = "val-rows"
+VAL_CORRECT = "val-correct"

@@ -69,15 +69,17 @@ class FeatureEncoder:
         out[np.arange(len(raw)), codes] = 1.0
         return out
 
+    def transform_column(self, name: str, raw: np.ndarray) -> np.ndarray:
+        """Encode one feature column's raw values into its block of the design matrix (float64)."""
+        col = self.schema.column(name)
+        raw = np.asarray(raw)
+        return self._numeric(col, raw) if isinstance(col, NumericColumn) else self._categorical(col, raw.astype(str))
+
     def transform(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """Encode ``columns`` (name -> 1-D array of raw values) into a float32 matrix."""
         parts = []
         for col in self.schema.features:
             if col.name not in columns:
                 raise IntegrityError(f"column '{col.name}' is missing from the input")
-            raw = np.asarray(columns[col.name])
-            if isinstance(col, NumericColumn):
-                parts.append(self._numeric(col, raw))
-            else:
-                parts.append(self._categorical(col, raw.astype(str)))
+            parts.append(self.transform_column(col.name, columns[col.name]))
         return np.concatenate(parts, axis=1).astype(np.float32)

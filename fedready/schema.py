@@ -110,6 +110,11 @@ class DataSchema(_Strict):
             raise ValueError("column names repeat")
         if self.target.column in names:
             raise ValueError(f"target '{self.target.column}' must not also be a feature column")
+        protected = [c.name for c in self.columns if c.actionable and c.name in self.sensitive]
+        if protected:
+            raise ValueError(
+                f"sensitive column(s) {protected} cannot be actionable: a counterfactual never changes them"
+            )
         for key, values in (("sensitive", self.sensitive), ("ignore", self.ignore)):
             unknown = [v for v in values if v not in names]
             if unknown:

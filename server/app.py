@@ -272,8 +272,12 @@ def run_rounds(
                 audit.append("update-rejected", round=server_round, client=r.client, node_id=r.node_id,
                              reason=r.reason, norm=r.norm, detail=r.detail)  # fmt: skip
         for msg in accepted:
-            audit.append("update-accepted", round=server_round, client=_client_id(msg),
-                         norm=update_norm(_reply_arrays(msg), reference))
+            audit.append(
+                "update-accepted",
+                round=server_round,
+                client=_client_id(msg),
+                norm=update_norm(_reply_arrays(msg), reference),
+            )
         if cfg.attack != "none" and trained:
             _, report.undefended_accuracy = _evaluate(cfg, _plain_fedavg(trained))
         if len(accepted) < cfg.min_clients:
@@ -296,11 +300,13 @@ def run_rounds(
         report.accuracy, report.loss, report.epsilon = accuracy, loss, ledger.epsilon
         report.client_epsilon = ledger.client_level_epsilon
         report.seconds = time.perf_counter() - t_round
+        # The round's metrics line goes first: a crash between the two writes leaves a line past the
+        # checkpoint, which the resumed run trims (keep_through), never a checkpoint without its line.
+        _append_metrics(metrics_path, report, keep_through=resumed_from if first_write else None)
+        first_write = False
         ckpt.save(server_round, _np_arrays(arrays), ledger)
         audit.append("round-finished", round=server_round, accuracy=accuracy, epsilon=ledger.epsilon,
                      client_epsilon=ledger.client_level_epsilon, accepted=len(accepted))  # fmt: skip
-        _append_metrics(metrics_path, report, keep_through=resumed_from if first_write else None)
-        first_write = False
         if on_round is not None:
             on_round(report)
         if not trained and declined and len(declined) == len(replies):
@@ -338,7 +344,11 @@ def write_summary(
         # the same releases through Flower's own accountant, as a cross-check
         "client_epsilon_flower": flower_client_epsilon(
             [(nm, round(q * cfg.num_clients)) for nm, q, _ in ledger.client_level_history()],
-            population=cfg.num_clients, delta=cfg.client_delta) if z is not None else None,
+            population=cfg.num_clients,
+            delta=cfg.client_delta,
+        )
+        if z is not None
+        else None,
         "secagg": cfg.secagg,
         "rounds": cfg.rounds,
         "rounds_completed": len(history),
@@ -371,6 +381,11 @@ def make_server_app(
 
     The same app runs plain rounds (:func:`run_rounds`) and, when the configuration asks
     for ``secagg``, SecAgg+ rounds (:func:`fedready.server.secagg.run_secagg_rounds`).
+
+    After training, the app asks every client for group confusion counts on the final
+    model (:func:`fedready.evaluation.federated.run_federated_evaluation`, written to
+    ``federated_eval.json``). With ``fedready.mode = "evaluate"`` in the run config it
+    trains nothing and only asks (for runs whose counts are missing or stale).
     """
     fixed = dict(overrides or {})
     server_app = ServerApp()
@@ -380,12 +395,20 @@ def make_server_app(
         merged = {**dict(context.run_config), **fixed}
         cfg = SimulationConfig.from_run_config(merged)
         run_dir = Path(str(merged.get(K.RUN_DIR) or f"runs/flwr-{context.run_id}")).resolve()
-        if cfg.secagg:  # SecAgg+ runs through Flower's legacy workflow (server/secagg.py)
+        if merged.get(K.MODE) == K.MODE_EVALUATE:
+            from fedready.evaluation.federated import run_federated_evaluation
+
+            summary = run_federated_evaluation(grid, cfg, run_dir)
+        elif cfg.secagg:  # SecAgg+ runs through Flower's legacy workflow (server/secagg.py)
             from fedready.server.secagg import run_secagg_rounds
 
             summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round)
         else:
             summary = run_rounds(grid, cfg, run_dir, on_round=on_round)
+            # While the clients are up: their group counts on the final model (fedready evaluate reuses them).
+            from fedready.evaluation.federated import run_federated_evaluation
+
+            run_federated_evaluation(grid, cfg, run_dir)
         if on_summary is not None:
             on_summary(summary)
 

@@ -140,10 +140,10 @@ def run_secagg_rounds(
         report.accuracy, report.loss, report.epsilon = accuracy, loss, ledger.epsilon
         report.client_epsilon = ledger.client_level_epsilon
         report.seconds = time.perf_counter() - book["t"]
-        ckpt.save(server_round, arrays, ledger)
+        _append_metrics(run_dir / "metrics.jsonl", report, keep_through=offset if book["first"] else None)
+        ckpt.save(server_round, arrays, ledger)  # after the metrics line, as in server.app
         audit.append("round-finished", round=server_round, accuracy=accuracy, epsilon=ledger.epsilon,
                      client_epsilon=ledger.client_level_epsilon, accepted=len(report.trained))  # fmt: skip
-        _append_metrics(run_dir / "metrics.jsonl", report, keep_through=offset if book["first"] else None)
         book.update(first=False, accuracy=accuracy, loss=loss, current=arrays, t=time.perf_counter())
         if on_round is not None:
             on_round(report)

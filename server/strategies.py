@@ -8,9 +8,11 @@ al. 2021 (arXiv:1905.03871).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     Bulyan,
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -22,6 +24,7 @@ from flwr.serverapp.strategy import (
     FedTrimmedAvg,
     Krum,
     MultiKrum,
+    QFedAvg,
     Strategy,
 )
 
@@ -45,6 +48,25 @@ def _common(cfg: SimulationConfig, weight_key: str) -> dict[str, Any]:
     }
 
 
+class _QFedAvgFloat32(QFedAvg):
+    """Flower's QFedAvg, with the new global model cast back to the previous one's dtypes.
+
+    QFedAvg divides by a float64 sum, so its result is float64; the next round's updates
+    (float32) would then be rejected by update validation as a dtype mismatch.
+    """
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self.current_arrays is not None
+        dtypes = {k: a.numpy().dtype for k, a in self.current_arrays.items()}
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:
+            return arrays, metrics
+        values = zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True)
+        return ArrayRecord({k: Array(np.asarray(v, dtype=dtypes[k])) for k, v in values}), metrics
+
+
 # name -> builder(cfg, common kwargs). Unknown names are refused by SimulationConfig.
 AGGREGATORS: dict[str, Callable[[SimulationConfig, dict[str, Any]], Strategy]] = {
     "fedavg": lambda cfg, kw: FedAvg(**kw),
@@ -54,6 +76,10 @@ AGGREGATORS: dict[str, Callable[[SimulationConfig, dict[str, Any]], Strategy]] =
     "multikrum": lambda cfg, kw: MultiKrum(**kw, num_malicious_nodes=cfg.num_malicious,
                                            num_nodes_to_select=max(1, sampled_clients(cfg) - cfg.num_malicious)),
     "bulyan": lambda cfg, kw: Bulyan(**kw, num_malicious_nodes=cfg.num_malicious),
+    # q-FFL (Li et al. 2020, arXiv:1905.10497): weights clients by loss^q for a fairer spread of accuracy.
+    # L = 1 / (round-1 local learning rate); clients already report their mean training loss.
+    "qfedavg": lambda cfg, kw: _QFedAvgFloat32(**kw, client_learning_rate=cfg.lr, q=cfg.qffl_q,
+                                               train_loss_key=K.TRAIN_LOSS),
 }  # fmt: skip
 
 CLIENT_DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")

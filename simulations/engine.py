@@ -21,7 +21,7 @@ from fedready.config import SimulationConfig, make_config
 from fedready.errors import ConfigError
 from fedready.simulations.federated import partition_sizes
 
-__all__ = ["check_config", "load_run_config", "simulate"]
+__all__ = ["check_config", "federated_evaluate", "load_run_config", "simulate"]
 
 CONFIG_FILE = "config.json"
 
@@ -71,8 +71,6 @@ def simulate(
         Address of an existing Ray cluster (``ray start --head``); default: a
         local Ray instance started for this run.
     """
-    from flwr.simulation import run_simulation  # heavy import, deferred for fast CLI errors
-
     from fedready.client.app import make_client_app
     from fedready.server.app import make_server_app
 
@@ -92,6 +90,37 @@ def simulate(
         client_app = make_secagg_client_app(overrides, client_clipping=cfg.client_dp == "client-fixed")
     else:
         client_app = make_client_app(overrides)
+    _run(server_app, client_app, cfg.num_clients, ray_address)
+    if not result:
+        raise RuntimeError(f"the simulation ended without a summary; see the logs in {run_dir}")
+    return result
+
+
+def federated_evaluate(run_dir: Path, *, ray_address: str | None = None) -> dict[str, Any]:
+    """Ask every client of a finished run for group confusion counts on its final model.
+
+    Starts the same ServerApp and ClientApp as :func:`simulate`, with the run config
+    key ``fedready.mode = "evaluate"``: the server sends one ``evaluate`` message per
+    client and sums the replies (:mod:`fedready.evaluation.federated`). Always uses
+    the plain message path, also for runs trained under SecAgg+ (only counts travel).
+    """
+    from fedready.client.app import make_client_app
+    from fedready.server.app import make_server_app
+
+    run_dir = Path(run_dir).resolve()
+    cfg = load_run_config(run_dir)
+    overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir), K.MODE: K.MODE_EVALUATE}
+    result: dict[str, Any] = {}
+    server_app = make_server_app(overrides, on_summary=result.update)
+    _run(server_app, make_client_app(overrides), cfg.num_clients, ray_address)
+    if not result:
+        raise RuntimeError(f"the federated evaluation ended without a result; see the logs in {run_dir}")
+    return result
+
+
+def _run(server_app: Any, client_app: Any, num_clients: int, ray_address: str | None) -> None:
+    from flwr.simulation import run_simulation  # heavy import, deferred for fast CLI errors
+
     init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
     if ray_address:
         init_args["address"] = ray_address
@@ -102,8 +131,5 @@ def simulate(
         logging.getLogger(name).setLevel(logging.ERROR)  # known notices (run_simulation deprecation, no fed-eval)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                        backend_config=backend_config)  # fmt: skip
-    if not result:
-        raise RuntimeError(f"the simulation ended without a summary; see the logs in {run_dir}")
-    return result

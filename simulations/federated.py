@@ -16,7 +16,7 @@ from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
 from fedready.simulations.partitioners import create_partitioner
 
-__all__ = ["ClientShard", "client_shard", "holdout", "partition_sizes"]
+__all__ = ["ClientShard", "client_shard", "client_validation_attributes", "holdout", "partition_sizes"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,15 @@ def client_shard(cfg: SimulationConfig, partition_id: int) -> ClientShard:
     x, y, _ = _encoded_train()
     tr, va = _local_split(cfg, partition_id)
     return ClientShard(partition_id, x[tr], y[tr], x[va], y[va])
+
+
+def client_validation_attributes(cfg: SimulationConfig, partition_id: int) -> dict[str, np.ndarray]:
+    """Raw values of every sensitive attribute on client ``partition_id``'s validation rows."""
+    if not 0 <= partition_id < cfg.num_clients:
+        raise ConfigError("partition-id", f"must be in [0, {cfg.num_clients}), got {partition_id}")
+    _, _, attrs = _encoded_train()
+    _, va = _local_split(cfg, partition_id)
+    return {a: v[va] for a, v in attrs.items()}
 
 
 def partition_sizes(cfg: SimulationConfig) -> list[int]:

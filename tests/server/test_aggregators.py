@@ -79,3 +79,21 @@ def test_impossible_combinations_are_refused(cfg, field):
     with pytest.raises(ConfigError) as e:
         make_config(**cfg)
     assert e.value.field == field
+
+
+def test_qfedavg_keeps_the_global_models_dtype():
+    """QFedAvg's float64 result would make every later float32 update a dtype mismatch."""
+    from flwr.app import ConfigRecord
+
+    strategy = build_strategy(make_config(num_clients=2, aggregator="qfedavg"), None)
+    strategy.current_arrays = ArrayRecord([np.zeros(3, dtype=np.float32)])
+    replies = []
+    for loss, value in ((0.5, 1.0), (1.5, -1.0)):
+        content = RecordDict({K.ARRAYS: ArrayRecord([np.full(3, value, dtype=np.float32)]),
+                              K.METRICS: MetricRecord({K.NUM_EXAMPLES: 10, K.TRAIN_LOSS: loss}),
+                              K.CONFIG: ConfigRecord({})})  # fmt: skip
+        replies.append(Message(content=content, dst_node_id=0, message_type="train"))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    (out,) = arrays.to_numpy_ndarrays()
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+    assert out[0] < 0  # the higher-loss client (pushing to -1) weighs more under q-FFL

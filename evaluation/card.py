@@ -1,0 +1,320 @@
+"""The model card: Markdown and a self-contained HTML page (plots embedded as base64 PNG).
+
+Both are rendered from one list of sections, each a list of blocks (paragraph,
+bullet list, table, figure), so the two formats cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from fedready._io import atomic_write_text
+
+__all__ = ["SECTIONS", "render_html", "render_markdown", "write_model_card"]
+
+SECTIONS = (
+    "Intended use",
+    "Training data provenance",
+    "Privacy guarantees",
+    "Metrics on the benchmark",
+    "Metrics per slice",
+    "Federated fairness",
+    "Stability",
+    "Calibration",
+    "Fairness mitigation",
+    "Explanations",
+    "Gate results",
+    "Known limitations",
+)
+
+Block = tuple[str, Any]  # ("p", text) | ("ul", [text]) | ("table", (header, rows)) | ("img", (alt, png bytes))
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "undefined"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _figure(draw: Any, alt: str) -> Block:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    draw(fig, ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return ("img", (alt, buf.getvalue()))
+
+
+def _plot_history(r: dict[str, Any]) -> Block | None:
+    hist = r["training"]["history"]
+    if not hist:
+        return None
+
+    def draw(fig: Any, ax: Any) -> None:
+        rounds = [h["round"] for h in hist]
+        ax.plot(rounds, [h["accuracy"] for h in hist], color="tab:blue", label="accuracy")
+        ax.set_xlabel("round")
+        ax.set_ylabel("holdout accuracy", color="tab:blue")
+        if r["privacy"]["dp"]:
+            ax2 = ax.twinx()
+            ax2.plot(rounds, [h["epsilon"] for h in hist], color="tab:red")
+            ax2.set_ylabel("epsilon spent", color="tab:red")
+        ax.set_title("accuracy and epsilon per round")
+
+    return _figure(draw, "accuracy and epsilon per round")
+
+
+def _plot_groups(r: dict[str, Any]) -> Block:
+    def draw(fig: Any, ax: Any) -> None:
+        labels, acc, tpr, fpr = [], [], [], []
+        for attr, entry in r["fairness"].items():
+            for g, m in entry["groups"].items():
+                if m["count"]:
+                    labels.append(f"{attr}={g}")
+                    acc.append(m["accuracy"] or 0)
+                    tpr.append(m["tpr"] or 0)
+                    fpr.append(m["fpr"] or 0)
+        idx = range(len(labels))
+        w = 0.27
+        ax.bar([i - w for i in idx], acc, w, label="accuracy")
+        ax.bar(list(idx), tpr, w, label="TPR")
+        ax.bar([i + w for i in idx], fpr, w, label="FPR")
+        ax.set_xticks(list(idx), labels, rotation=45, ha="right", fontsize=7)
+        ax.legend(fontsize=7)
+        ax.set_title("per-group metrics (benchmark)")
+
+    return _figure(draw, "per-group metrics")
+
+
+def _plot_reliability(r: dict[str, Any]) -> Block:
+    def draw(fig: Any, ax: Any) -> None:
+        bins = [b for b in r["calibration"]["bins"] if b["count"]]
+        ax.plot([0.5, 1], [0.5, 1], "k--", lw=1, label="perfect")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label="model")
+        ax.set_xlabel("confidence of the predicted class")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"reliability diagram (ECE {r['calibration']['ece']:.4f})")
+        ax.legend(fontsize=7)
+
+    return _figure(draw, "reliability diagram")
+
+
+def _plot_perturbations(r: dict[str, Any]) -> Block:
+    def draw(fig: Any, ax: Any) -> None:
+        p = r["stability"]["perturbations"]
+        g = sorted((float(k.split("-", 1)[1]), v) for k, v in p.items() if k.startswith("gaussian-"))
+        ax.plot([s for s, _ in g], [v["accuracy_drop"] for _, v in g], "o-", label="accuracy drop")
+        ax.plot([s for s, _ in g], [v["flip_rate"] for _, v in g], "s-", label="flip rate")
+        ax.set_xlabel("Gaussian noise std (share of the declared range)")
+        ax.set_title("perturbation curves")
+        ax.legend(fontsize=7)
+
+    return _figure(draw, "perturbation curves")
+
+
+def _plot_importance(r: dict[str, Any]) -> Block:
+    def draw(fig: Any, ax: Any) -> None:
+        items = list(r["importance"].items())[::-1]
+        ax.barh([k for k, _ in items], [v for _, v in items])
+        ax.set_xlabel("accuracy drop when shuffled")
+        ax.set_title("permutation importance (benchmark)")
+        ax.tick_params(axis="y", labelsize=7)
+
+    return _figure(draw, "permutation importance")
+
+
+def _fair_table(fair: dict[str, Any]) -> list[Block]:
+    out: list[Block] = []
+    for attr, e in fair.items():
+        rows = [[g, str(m["count"]), _num(m["accuracy"]), _num(m["selection_rate"]), _num(m["tpr"]), _num(m["fpr"])]
+                for g, m in e["groups"].items()]  # fmt: skip
+        out.append(("table", (["group of " + attr, "rows", "accuracy", "selection rate", "TPR", "FPR"], rows)))
+        out.append(("p", f"{attr}: demographic parity difference {_num(e['demographic_parity_difference'])}, "
+                         f"ratio {_num(e['demographic_parity_ratio'])}; equalized odds difference "
+                         f"{_num(e['equalized_odds_difference'])}; equal opportunity difference "
+                         f"{_num(e['equal_opportunity_difference'])}; worst-group accuracy "
+                         f"{_num(e['worst_group_accuracy'])}."
+                         + (f" Undefined (no members or no positives/negatives): {', '.join(e['undefined_groups'])}."
+                            if e["undefined_groups"] else "")))  # fmt: skip
+    return out
+
+
+def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
+    """The card's content as (heading, blocks), in :data:`SECTIONS` order."""
+    pv, tr, d = r["privacy"], r["training"], r["data"]
+    s: dict[str, list[Block]] = {k: [] for k in SECTIONS}
+    s["Intended use"] = [
+        ("p", f"Binary classifier '{r['model']}' for the '{d['schema']}' schema (target: the schema's declared "
+              "label), trained by federated learning. Intended for research on private federated training and as a "
+              "decision aid reviewed by a person, not for automated decisions about individuals' credit, "
+              "employment or benefits. Decisions differ across protected groups (see Metrics per slice)."),
+    ]  # fmt: skip
+    s["Training data provenance"] = [("ul", [
+        f"schema '{d['schema']}', digest {d['schema_digest']}",
+        f"federation: {tr['clients']} clients, partitioner '{tr['partitioner']}' (alpha {tr['alpha']}), "
+        f"seed {tr['seed']}, each client keeps {tr['val_fraction']:.0%} of its rows for local validation",
+        f"training: {tr['rounds']} rounds, aggregator '{tr['aggregator']}'",
+        f"benchmark: {d['source']}, {d['rows']} rows, digest {d['digest']}",
+        f"model digest {r['model_digest']}",
+    ])]  # fmt: skip
+    if pv["dp"]:
+        eps = [f"sample-level DP-SGD (Opacus): epsilon {_num(pv['epsilon'], 3)} at delta {pv['delta']:g} "
+               f"(max over clients, composed over every round, {pv['accountant']} accountant; target "
+               f"{_num(pv['target_epsilon'], 3)})"]  # fmt: skip
+        if pv["per_client_epsilon"]:
+            per = pv["per_client_epsilon"].values()
+            eps.append(f"per client (ledger): epsilon from {min(per):.3f} to {max(per):.3f} over "
+                       f"{len(pv['per_client_epsilon'])} clients")  # fmt: skip
+    else:
+        eps = ["no sample-level differential privacy: records are not protected by DP"]
+    if pv["client_epsilon"] is not None:
+        eps.append(f"client-level DP ({pv['client_dp']}): epsilon {_num(pv['client_epsilon'], 3)} "
+                   f"at delta {pv['client_delta']:g}")  # fmt: skip
+    eps.append(f"declined rounds (budget): {pv['declines']}; secure aggregation: {'yes' if pv['secagg'] else 'no'}")
+    eps.append("the ledger (ledger.json) can be recomputed with `fedready ledger RUN`")
+    s["Privacy guarantees"] = [("ul", eps)]
+    img = _plot_history(r)
+    s["Metrics on the benchmark"] = [
+        ("table", (["metric", "value"], [["accuracy", _num(r["metrics"]["accuracy"])], ["rows", str(d["rows"])],
+                                         ["positive rate", _num(d["positive_rate"])]])),
+    ] + ([img] if img else [])  # fmt: skip
+    s["Metrics per slice"] = _fair_table(r["fairness"]) + [_plot_groups(r)]
+    fed = r.get("federated")
+    if fed:
+        ca = fed["client_accuracy"]
+        s["Federated fairness"] = [
+            ("p", f"Computed federatedly: each of {fed['clients_answered']} clients counted (tp, fp, tn, fn) per group "
+                  "on its own validation split; the server summed the counts. No row left a client."),
+            *_fair_table(fed["fairness"]),
+            ("p", f"Accuracy across clients: std {_num(ca['std'])}, worst client {ca['worst_client']} "
+                  f"({_num(ca['worst_accuracy'])}), mean of the worst 10% {_num(ca['worst_10pct_accuracy'])}."),
+            ("table", (["client", "validation accuracy"], [[c, _num(a)] for c, a in ca["clients"].items()])),
+        ]  # fmt: skip
+    else:
+        s["Federated fairness"] = [("p", "Not computed (evaluation on external data or --no-federated).")]
+    st = r["stability"]
+    rows = [[k, _num(v["accuracy_drop"]), _num(v["flip_rate"])] for k, v in st["perturbations"].items()]
+    s["Stability"] = [("table", (["perturbation", "accuracy drop", "flip rate"], rows)), _plot_perturbations(r)]
+    if "churn" in st:
+        s["Stability"].append(
+            ("p", f"Version churn against {st['baseline']}: {_num(st['churn'])} of decisions change.")
+        )
+    if "seeds" in st:
+        sd = st["seeds"]
+        s["Stability"].append(("p", f"Seed stability over {sd['models']} retrains: accuracy std "
+                                    f"{_num(sd['accuracy_std'])}, rows on which the models disagree "
+                                    f"{_num(sd['disagreement_rate'])}."))  # fmt: skip
+    cal = r["calibration"]
+    s["Calibration"] = [("p", f"Expected calibration error {_num(cal['ece'])}, Brier score {_num(cal['brier'])}."),
+                        _plot_reliability(r)]  # fmt: skip
+    m = r.get("mitigation")
+    if m:
+        f2 = m["folds"]["fit_b_measure_a"]
+        s["Fairness mitigation"] = [
+            ("p", f"Post-processing per group of '{m['attribute']}' ({m['method']}), stored as thresholds.json. "
+                  f"Fitted on half A of the benchmark, measured on the other half B ({m['rows_measured']} rows):"),
+            ("table", (["", "before", "after"], [
+                ["accuracy", _num(m["accuracy_before"]), _num(m["accuracy_after"])],
+                [f"equalized odds difference ({m['attribute']})", _num(m["eod_before"]), _num(m["eod_after"])]])),
+            ("p", f"Accuracy cost {m['accuracy_cost_points']:.2f} points; swapped fold: EOD {_num(f2['eod_before'])} "
+                  f"-> {_num(f2['eod_after'])}, cost {f2['accuracy_cost_points']:.2f} points."),
+        ]  # fmt: skip
+    else:
+        s["Fairness mitigation"] = [("p", "No sensitive attribute declared: nothing to mitigate.")]
+    s["Explanations"] = [
+        ("p", "Global feature importance: the accuracy lost when one column is shuffled across the benchmark's rows. "
+              "Per-decision attributions and counterfactuals: `fedready explain RUN --row N`."),
+        _plot_importance(r),
+    ]  # fmt: skip
+    s["Gate results"] = [
+        ("p", f"Policy '{r['policy']['name']}' (version {r['policy']['version']}): "
+              f"{'all gates pass' if r['passed'] else 'some gates FAIL'}."),
+        ("table", (["gate", "measured", "limit", "result"],
+                   [[g["gate"], _num(g["measured"]), _num(g["limit"]), "pass" if g["passed"] else "FAIL " + g["note"]]
+                    for g in r["gates"]])),
+    ]  # fmt: skip
+    s["Known limitations"] = [("ul", [
+        "Adult is 1994 US census data: the world has changed; do not read decisions as about today's people.",
+        "Small groups (e.g. some race categories) have few rows: their metrics are noisy.",
+        "Federated counts are released without noise and describe validation splits, not training data.",
+        "Differential privacy protects records in clients' training data, not the benchmark or validation rows.",
+        "Post-processing uses the protected attribute at decision time and randomises some decisions.",
+        "Counterfactuals change one or two actionable columns independently (e.g. education and education-num "
+        "are not kept consistent) and say what moves the model, not what is feasible for a person.",
+    ])]  # fmt: skip
+    return [(k, s[k]) for k in SECTIONS]
+
+
+def render_markdown(r: dict[str, Any], sections: list[tuple[str, list[Block]]]) -> str:
+    """Markdown card (figures are referenced by title; the HTML card embeds them)."""
+    out = [f"# Model card: {r['run_id']}", ""]
+    for title, blocks in sections:
+        out += [f"## {title}", ""]
+        for kind, body in blocks:
+            if kind == "p":
+                out += [body, ""]
+            elif kind == "ul":
+                out += [f"- {x}" for x in body] + [""]
+            elif kind == "table":
+                head, rows = body
+                out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                out += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+            elif kind == "img":
+                out += [f"*Figure: {body[0]} (embedded in model_card.html)*", ""]
+    return "\n".join(out)
+
+
+def render_html(r: dict[str, Any], sections: list[tuple[str, list[Block]]]) -> str:
+    """Self-contained HTML card: inline CSS, every plot a base64 PNG data URI."""
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>Model card: {e(r['run_id'])}</title>",
+           "<style>body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+           "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.2rem .5rem;"
+           "text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}"
+           "img{max-width:100%}.fail{color:#b00;font-weight:bold}.pass{color:#070}</style></head><body>",
+           f"<h1>Model card: {e(r['run_id'])}</h1>"]  # fmt: skip
+    for title, blocks in sections:
+        out.append(f"<h2>{e(title)}</h2>")
+        for kind, body in blocks:
+            if kind == "p":
+                out.append(f"<p>{e(body)}</p>")
+            elif kind == "ul":
+                out.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in body) + "</ul>")
+            elif kind == "table":
+                head, rows = body
+                cells = ["<tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
+                for row in rows:
+                    tds = []
+                    for c in row:
+                        cls = ' class="fail"' if c.startswith("FAIL") else ' class="pass"' if c == "pass" else ""
+                        tds.append(f"<td{cls}>{e(c)}</td>")
+                    cells.append("<tr>" + "".join(tds) + "</tr>")
+                out.append("<table>" + "".join(cells) + "</table>")
+            elif kind == "img":
+                alt, png = body
+                out.append(f'<figure><img alt="{e(alt)}" src="data:image/png;base64,'
+                           f'{base64.b64encode(png).decode()}"><figcaption>{e(alt)}</figcaption></figure>')  # fmt: skip
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_model_card(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
+    """Write ``model_card.md`` and ``model_card.html`` into ``run_dir``."""
+    sections = build_sections(report)
+    md, page = run_dir / "model_card.md", run_dir / "model_card.html"
+    atomic_write_text(md, render_markdown(report, sections) + "\n")
+    atomic_write_text(page, render_html(report, sections) + "\n")
+    return md, page

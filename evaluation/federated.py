@@ -1,0 +1,156 @@
+"""Federated fairness: clients count, the server sums.
+
+The server sends the global model in a Flower ``evaluate`` message with the query
+``group-counts``; each client predicts on its own local validation split and
+answers with a (tp, fp, tn, fn) table per group of every sensitive attribute,
+plus its number of correct predictions and rows. No row, score or label leaves a
+client, only counts. The summed counts give exactly the metrics one would get on
+the pooled predictions (:mod:`fedready.evaluation.fairness`).
+
+Notes
+-----
+The counts are released without noise: they describe each client's validation
+split, not its training data, but a small group's counts can still be revealing.
+Deployments that need it should add noise to the counts (not done here).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedready import constants as K
+from fedready._io import atomic_write_text
+from fedready.config import SimulationConfig
+from fedready.data import adult_schema
+from fedready.errors import IntegrityError
+from fedready.evaluation._model import model_from_arrays
+from fedready.evaluation.fairness import (
+    client_spread,
+    confusion_counts,
+    fairness_from_counts,
+    group_labels,
+    group_names,
+)
+from fedready.modelio import arrays_digest, load_npz
+
+__all__ = ["FEDERATED_FILE", "local_group_counts", "run_federated_evaluation", "sum_replies"]
+
+FEDERATED_FILE = "federated_eval.json"
+
+
+def local_group_counts(cfg: SimulationConfig, partition_id: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A client's answer to the ``group-counts`` query, as MetricRecord content.
+
+    Returns
+    -------
+    dict
+        ``counts/<attribute>``: flat list ``[tp, fp, tn, fn]`` per group in
+        :func:`~fedready.evaluation.fairness.group_names` order; ``val-rows``,
+        ``val-correct``, ``partition-id``.
+    """
+    from fedready.simulations.federated import client_shard, client_validation_attributes
+
+    schema = adult_schema()
+    shard = client_shard(cfg, partition_id)
+    model = model_from_arrays(cfg.model, arrays)
+    import torch
+
+    with torch.no_grad():
+        pred = model(torch.from_numpy(shard.x_val)).argmax(1).numpy()
+    out: dict[str, Any] = {K.PARTITION_ID: partition_id, K.VAL_ROWS: int(len(shard.y_val)),
+                           K.VAL_CORRECT: int((pred == shard.y_val).sum())}  # fmt: skip
+    for attr, raw in client_validation_attributes(cfg, partition_id).items():
+        names = group_names(schema, attr)
+        table = confusion_counts(shard.y_val, pred, group_labels(schema, attr, raw), names)
+        out[K.COUNTS_PREFIX + attr] = [int(v) for v in table.reshape(-1)]
+    return out
+
+
+def sum_replies(replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the clients' count tables and keep each client's (correct, rows).
+
+    Raises
+    ------
+    IntegrityError
+        If a reply's count tables disagree in shape with the schema or hold negatives.
+    """
+    schema = adult_schema()
+    sums: dict[str, np.ndarray] = {}
+    per_client: dict[str, tuple[int, int]] = {}
+    for r in replies:
+        per_client[str(int(r[K.PARTITION_ID]))] = (int(r[K.VAL_CORRECT]), int(r[K.VAL_ROWS]))
+        for key, flat in r.items():
+            if not key.startswith(K.COUNTS_PREFIX):
+                continue
+            attr = key.removeprefix(K.COUNTS_PREFIX)
+            table = np.asarray(flat, dtype=np.int64)
+            if table.size != 4 * len(group_names(schema, attr)) or (table < 0).any():
+                raise IntegrityError(f"client {r[K.PARTITION_ID]}: malformed counts for '{attr}'")
+            sums[attr] = sums.get(attr, 0) + table.reshape(-1, 4)
+    ordered = [a for a in schema.sensitive if a in sums] + sorted(set(sums) - set(schema.sensitive))
+    return {"counts": {a: sums[a].tolist() for a in ordered}, "per_client": per_client}
+
+
+def _query_all(grid: Grid, arrays: ArrayRecord, num_clients: int, timeout: float) -> list[Message]:
+    deadline = time.monotonic() + timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < num_clients and time.monotonic() < deadline:
+        time.sleep(0.5)
+        nodes = list(grid.get_node_ids())
+    messages = [
+        Message(content=RecordDict({K.ARRAYS: arrays, K.CONFIG: ConfigRecord({K.QUERY: K.QUERY_GROUP_COUNTS})}),
+                dst_node_id=node, message_type=MessageType.EVALUATE)
+        for node in nodes
+    ]  # fmt: skip
+    return list(grid.send_and_receive(messages=messages, timeout=timeout))
+
+
+def run_federated_evaluation(grid: Grid, cfg: SimulationConfig, run_dir: Path) -> dict[str, Any]:
+    """Ask every client for group counts on the run's final model; write ``federated_eval.json``.
+
+    Returns
+    -------
+    dict
+        Summed counts, metrics per attribute, per-client accuracy spread, failed clients,
+        and the model digest the counts belong to.
+    """
+    import torch
+
+    arrays = load_npz((run_dir / "model.npz").read_bytes())
+    record = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+    replies = _query_all(grid, record, cfg.num_clients, cfg.round_timeout)
+    ok = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
+    failed = [m.error.reason for m in replies if m.has_error()]
+    summed = sum_replies(ok)
+    schema = adult_schema()
+    counts = {a: np.asarray(t) for a, t in summed["counts"].items()}
+    result = {
+        "model_digest": arrays_digest(arrays),
+        "clients_answered": len(ok),
+        "clients_failed": failed,
+        "counts": summed["counts"],
+        "group_names": {a: group_names(schema, a) for a in counts},
+        "fairness": fairness_from_counts(counts, schema),
+        "client_accuracy": client_spread(summed["per_client"]),
+        "per_client_counts": {c: {"correct": v[0], "rows": v[1]} for c, v in summed["per_client"].items()},
+    }
+    atomic_write_text(run_dir / FEDERATED_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def handle_query(msg: Message, cfg: SimulationConfig, partition_id: int) -> Message:
+    """Answer an ``evaluate`` message (client side)."""
+    query = str(msg.content[K.CONFIG].get(K.QUERY, ""))
+    if query != K.QUERY_GROUP_COUNTS:
+        raise ValueError(f"unknown query '{query}'; expected one of: {K.QUERY_GROUP_COUNTS}")
+    record = msg.content[K.ARRAYS]
+    arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
+    return Message(content=RecordDict({K.METRICS: MetricRecord(local_group_counts(cfg, partition_id, arrays))}),
+                   reply_to=msg)  # fmt: skip

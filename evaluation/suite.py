@@ -1,0 +1,260 @@
+"""``fedready evaluate``: every suite on one run, the gates, ``evaluation.json`` and the model card."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedready._io import atomic_write_text
+from fedready.data import ADULT_SHA256, Table, adult_schema, load_adult, read_csv
+from fedready.encoding import FeatureEncoder
+from fedready.errors import ConfigError
+from fedready.evaluation._model import RunModel, check_width, load_run
+from fedready.evaluation.calibration import calibration_report
+from fedready.evaluation.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
+from fedready.evaluation.gates import check_gates, load_policy
+from fedready.evaluation.mitigation import apply_thresholds, fit_thresholds, split_halves
+from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
+from fedready.schema import DataSchema, load_schema
+
+__all__ = ["EvalData", "evaluate_run", "load_eval_data"]
+
+EVALUATION_FILE = "evaluation.json"
+THRESHOLDS_FILE = "thresholds.json"
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Labelled rows to evaluate on, their schema and where they came from."""
+
+    table: Table
+    schema: DataSchema
+    y: np.ndarray
+    source: str
+    data_digest: str
+
+    @property
+    def x(self) -> np.ndarray:
+        return FeatureEncoder(self.schema).transform(self.table.columns)
+
+
+def load_eval_data(csv: Path | None = None, schema_path: Path | None = None) -> EvalData:
+    """The benchmark: Adult's test split by default, or a CSV with its declared schema.
+
+    Raises
+    ------
+    ConfigError
+        If a CSV comes without a schema, or the label column holds a single class.
+    """
+    if csv is None:
+        schema, table = adult_schema(), load_adult("test")
+        source, digest = "UCI Adult test split (adult.test, 16,281 rows; the server's public holdout)", \
+            "sha256:" + ADULT_SHA256["test"]  # fmt: skip
+    else:
+        if schema_path is None:
+            raise ConfigError("schema", "a --data CSV needs its declared schema: pass --schema schema.toml")
+        import hashlib
+
+        schema = load_schema(schema_path)
+        table = read_csv(csv, schema)
+        source, digest = str(csv), "sha256:" + hashlib.sha256(Path(csv).read_bytes()).hexdigest()
+    y = table.labels(schema)
+    if len(y) == 0 or len(np.unique(y)) < 2:
+        only = "no rows" if len(y) == 0 else f"only the class {'positive' if y[0] else 'negative'}"
+        raise ConfigError("data", f"label column '{schema.target.column}' holds {only}; accuracy-based fairness, "
+                                  "calibration and thresholds need both classes")  # fmt: skip
+    return EvalData(table, schema, y, source, digest)
+
+
+def _with_empty_groups(fair: dict[str, Any], schema: DataSchema) -> dict[str, Any]:
+    """Declared groups without members appear explicitly, every metric 'undefined' (None)."""
+    for attr, entry in fair.items():
+        for g in group_names(schema, attr):
+            if g not in entry["groups"] and not g.startswith("<"):
+                entry["groups"][g] = {"count": 0, "accuracy": None, "selection_rate": None, "tpr": None, "fpr": None}
+                entry["undefined_groups"].append(g)
+    return fair
+
+
+def _privacy(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    led_path = run_dir / "ledger.json"
+    led = json.loads(led_path.read_text()) if led_path.exists() else {}
+    entries = led.get("entries", [])
+    per_client: dict[str, float] = {}
+    for e in entries:
+        if e.get("level", "sample") == "sample":
+            per_client[e["client"]] = max(per_client.get(e["client"], 0.0), e["epsilon"])
+    return {
+        "dp": summary.get("dp"), "delta": summary.get("delta"),
+        "epsilon": led.get("epsilon", summary.get("epsilon")) if summary.get("dp") else None,  # from the ledger
+        "accountant": led.get("accountant"), "target_epsilon": led.get("target_epsilon"),
+        "client_dp": summary.get("client_dp"), "client_epsilon": summary.get("client_epsilon"),
+        "client_delta": summary.get("client_delta"), "per_client_epsilon": per_client,
+        "declines": len(led.get("declines", [])), "secagg": summary.get("secagg"),
+    }  # fmt: skip
+
+
+def _mitigation(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, attribute: str, seed: int) -> dict[str, Any]:
+    """Cross-fitted threshold post-processing: fit on half A, measure on half B (and the swap)."""
+    from fairlearn.metrics import equalized_odds_difference
+
+    a, b = split_halves(y, groups, seed=seed)
+    folds = {}
+    rules = {}
+    for name, fit, test in (("fit_a_measure_b", a, b), ("fit_b_measure_a", b, a)):
+        rule = fit_thresholds(scores[fit], y[fit], groups[fit], attribute=attribute)
+        rules[name] = rule
+        before = (scores[test] > 0.5).astype(np.int64)
+        after = apply_thresholds(scores[test], groups[test], rule, seed=seed)
+        eod_b = float(equalized_odds_difference(y[test], before, sensitive_features=groups[test]))
+        eod_a = float(equalized_odds_difference(y[test], after, sensitive_features=groups[test]))
+        acc_b, acc_a = float((before == y[test]).mean()), float((after == y[test]).mean())
+        folds[name] = {"rows_fit": len(fit), "rows_measured": len(test), "accuracy_before": acc_b,
+                       "accuracy_after": acc_a, "accuracy_cost_points": 100 * (acc_b - acc_a),
+                       "eod_before": eod_b, "eod_after": eod_a,
+                       "eod_reduction": 1 - eod_a / eod_b if eod_b > 0 else None}  # fmt: skip
+    return {"attribute": attribute, "method": "fairlearn ThresholdOptimizer(equalized_odds), randomised",
+            "stored_rule": "fit_a_measure_b", "seed": seed, "folds": folds, "rule": rules["fit_a_measure_b"],
+            **folds["fit_a_measure_b"]}  # fmt: skip
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    p = run_dir / "metrics.jsonl"
+    if not p.exists():
+        return []
+    return [{k: h.get(k) for k in ("round", "accuracy", "epsilon", "client_epsilon")}
+            for h in map(json.loads, p.read_text().splitlines())]  # fmt: skip
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    policy: str | Path | None = None,
+    baseline: str | Path | None = None,
+    seeds: int = 0,
+    federated: bool = True,
+    data: Path | None = None,
+    schema: Path | None = None,
+    mitigate: str | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Run every suite on a finished run, check the gates and write the report and model card.
+
+    Parameters
+    ----------
+    run_dir : path
+        A finished ``fedready simulate`` run.
+    policy : path, optional
+        Gate policy TOML (default: the shipped ``default_policy.toml``).
+    baseline : path, optional
+        A previous run: report version churn against its model.
+    seeds : int
+        Retrain the run's configuration with this many seeds in total (the run itself
+        counts as one; 0 or 1: off) and report seed stability. Each retrain is a full run.
+    federated : bool
+        Ask the run's clients for group counts on their validation splits (embedded Adult only).
+    data, schema : path, optional
+        Evaluate on a CSV with its declared schema instead of Adult's test split.
+    mitigate : str, optional
+        Sensitive attribute for the threshold post-processing (default: the schema's first).
+
+    Returns
+    -------
+    dict
+        The report written to ``evaluation.json``.
+    """
+    from fedready.evaluation.explain import permutation_importance
+
+    run_dir = Path(run_dir)
+    rm = load_run(run_dir)
+    ev = load_eval_data(data, schema)
+    check_width(rm.arrays, ev.schema)
+    pol = load_policy(policy, ev.schema)
+    attrs = sensitive_attributes(ev.schema)
+    mitigate_attr = sensitive_attributes(ev.schema, [mitigate])[0] if mitigate else (attrs[0] if attrs else None)
+    encoder = FeatureEncoder(ev.schema)
+    x, y = encoder.transform(ev.table.columns), ev.y
+    scores = rm.predict_proba(x)
+    pred = (scores > 0.5).astype(np.int64)
+    groups = {a: group_labels(ev.schema, a, ev.table.columns[a]).astype(str) for a in attrs}
+
+    base_blocks = {c.name: encoder.transform_column(c.name, ev.table.columns[c.name]) for c in ev.schema.features}
+
+    def predict_raw(columns: dict[str, np.ndarray]) -> np.ndarray:
+        # Perturbations change one or a few columns: re-encode only those (same arrays are reused).
+        parts = [base_blocks[c.name] if columns[c.name] is ev.table.columns[c.name]
+                 else encoder.transform_column(c.name, columns[c.name]) for c in ev.schema.features]  # fmt: skip
+        return rm.predict(np.concatenate(parts, axis=1).astype(np.float32))
+
+    report: dict[str, Any] = {
+        "run": str(run_dir), "run_id": rm.summary.get("run_id", run_dir.name), "model_digest": rm.digest,
+        "model": rm.cfg.model, "policy": {"name": pol.name, "version": pol.version, "path": str(policy or "default")},
+        "data": {"source": ev.source, "digest": ev.data_digest, "rows": len(y), "schema": ev.schema.name,
+                 "schema_digest": ev.schema.digest(), "positive_rate": float(y.mean())},
+        "training": {"clients": rm.cfg.num_clients, "rounds": rm.summary.get("rounds_completed"),
+                     "partitioner": rm.cfg.partitioner, "alpha": rm.cfg.alpha, "aggregator": rm.cfg.aggregator,
+                     "seed": rm.cfg.seed, "val_fraction": rm.cfg.val_fraction, "history": _history(run_dir)},
+        "metrics": {"accuracy": float((pred == y).mean()), "rows": len(y)},
+        "privacy": _privacy(run_dir, rm.summary),
+    }  # fmt: skip
+    report["fairness"] = _with_empty_groups(holdout_fairness(y, pred, groups), ev.schema)
+    report["calibration"] = calibration_report(y, scores)
+    names = list(dict.fromkeys(default_perturbations(ev.schema) + pol.perturbations()))
+    stab: dict[str, Any] = {"perturbations": perturbation_report(ev.table, ev.schema, y, predict_raw, groups,
+                                                                 names=names)}  # fmt: skip
+    if baseline is not None:
+        other = load_run(baseline)
+        check_width(other.arrays, ev.schema)
+        stab["churn"] = churn(pred, other.predict(x))
+        stab["baseline"] = str(baseline)
+    if seeds > 1:
+        stab["seeds"] = {**seed_stability([pred] + [m.predict(x) for m in _retrain(rm, seeds)], y),
+                         "seeds": list(range(rm.cfg.seed, rm.cfg.seed + seeds))}  # fmt: skip
+    report["stability"] = stab
+    report["federated"] = _federated(rm) if federated and data is None else None
+    if mitigate_attr is not None:
+        report["mitigation"] = _mitigation(scores, y, groups[mitigate_attr], mitigate_attr, seed=0)
+    report["importance"] = permutation_importance(ev.table, ev.schema, y, predict_raw)
+    results = check_gates(pol, report)
+    report["gates"] = [r.to_dict() for r in results]
+    report["passed"] = all(r.passed for r in results)
+    if write:
+        from fedready.evaluation.card import write_model_card
+
+        if "mitigation" in report:
+            rule = {**report["mitigation"]["rule"], "model_digest": rm.digest,
+                    "fitted_on": "half A of the benchmark (stratified by group and label, seed 0)"}  # fmt: skip
+            atomic_write_text(run_dir / THRESHOLDS_FILE, json.dumps(rule, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(run_dir / EVALUATION_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_model_card(report, run_dir)
+    return report
+
+
+def _federated(rm: RunModel) -> dict[str, Any]:
+    """Federated group counts for this model: reuse ``federated_eval.json`` if it matches, else ask the clients."""
+    from fedready.evaluation.federated import FEDERATED_FILE
+    from fedready.simulations.engine import federated_evaluate
+
+    p = rm.run_dir / FEDERATED_FILE
+    if p.exists():
+        cached = json.loads(p.read_text())
+        if cached.get("model_digest") == rm.digest:
+            return cached
+    return federated_evaluate(rm.run_dir)
+
+
+def _retrain(rm: RunModel, seeds: int) -> list[RunModel]:
+    """Retrain the run's configuration with the next ``seeds - 1`` seeds (each a full run, cached)."""
+    from fedready.simulations.engine import simulate
+
+    out = []
+    for s in range(rm.cfg.seed + 1, rm.cfg.seed + seeds):
+        d = rm.run_dir / "seeds" / f"seed-{s}"
+        if not (d / "summary.json").exists():
+            simulate(rm.cfg.model_copy(update={"seed": s}), d)
+        out.append(load_run(d))
+    return out

@@ -1,0 +1,40 @@
+"""One short federated run, trained and evaluated once per test session (the slow tests share it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# 4 clients with label skew, 3 rounds of 40 local SGD steps, no DP: about a minute with the evaluation.
+SHORT_RUN = ["--clients", "4", "--rounds", "3", "--no-dp", "--local-steps", "40", "--batch-size", "64", "--lr", "0.1"]
+
+
+def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TMPDIR": str(tmp), "RAY_TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "fedready.cli", *args], capture_output=True, text=True,
+                          timeout=900, env=env)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A finished short run and its ``evaluation.json`` (written by ``fedready evaluate``).
+
+    ``FEDREADY_EVAL_RUN=runs/<name>`` evaluates that run instead (how the README's default-run
+    numbers were checked against fairlearn).
+    """
+    tmp = tmp_path_factory.mktemp("eval-run")
+    given = os.environ.get("FEDREADY_EVAL_RUN")  # check an existing run instead, e.g. the default 50-round one
+    if given:
+        run = Path(given)
+    else:
+        sim = _cli("simulate", *SHORT_RUN, "--out", str(tmp), "--name", "short", "--json", tmp=tmp)
+        assert sim.returncode == 0, sim.stderr[-3000:]
+        run = tmp / "short"
+    ev = _cli("evaluate", str(run), "--json", tmp=tmp)
+    assert ev.returncode in (0, 1), ev.stderr[-3000:]
+    return run, json.loads((run / "evaluation.json").read_text())

@@ -1,0 +1,103 @@
+"""Federated fairness numbers equal fairlearn's on the pooled predictions, on a real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fairlearn.metrics import (
+    MetricFrame,
+    demographic_parity_difference,
+    demographic_parity_ratio,
+    equal_opportunity_difference,
+    equalized_odds_difference,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
+)
+from sklearn.metrics import accuracy_score
+
+from fedready.data import adult_schema
+from fedready.evaluation._model import load_run
+from fedready.evaluation.fairness import group_labels
+from fedready.simulations.federated import client_shard, client_validation_attributes
+
+pytestmark = pytest.mark.slow
+TOL = 1e-9
+
+
+def _pooled(run):
+    rm = load_run(run)
+    ys, preds, attrs, per_client = [], [], {}, {}
+    for pid in range(rm.cfg.num_clients):
+        shard = client_shard(rm.cfg, pid)
+        p = rm.predict(shard.x_val)
+        ys.append(shard.y_val)
+        preds.append(p)
+        per_client[str(pid)] = float((p == shard.y_val).mean())
+        for a, raw in client_validation_attributes(rm.cfg, pid).items():
+            attrs.setdefault(a, []).append(group_labels(adult_schema(), a, raw))
+    return np.concatenate(ys), np.concatenate(preds), {a: np.concatenate(v) for a, v in attrs.items()}, per_client
+
+
+def test_federated_counts_equal_fairlearn_on_pooled_predictions(evaluated_run):
+    run, report = evaluated_run
+    fed = json.loads((run / "federated_eval.json").read_text())
+    assert fed["model_digest"] == report["model_digest"]
+    assert fed["clients_answered"] == load_run(run).cfg.num_clients and not fed["clients_failed"]
+    y, p, attrs, per_client = _pooled(run)
+    assert set(fed["fairness"]) == set(adult_schema().sensitive) == set(attrs)
+    for attr, g in attrs.items():
+        mine = fed["fairness"][attr]
+        undefined = set(mine["undefined_groups"])
+        # fairlearn scores a rate with a zero denominator as 0.0; we call it undefined and leave it out.
+        mf = MetricFrame(metrics={"accuracy": accuracy_score, "selection_rate": selection_rate,
+                                  "tpr": true_positive_rate, "fpr": false_positive_rate},
+                         y_true=y, y_pred=p, sensitive_features=g)  # fmt: skip
+        for name, row in mf.by_group.iterrows():
+            ours = mine["groups"][name]
+            assert ours["count"] == int((g == name).sum())
+            for metric in ("accuracy", "selection_rate"):
+                assert ours[metric] == pytest.approx(row[metric], abs=TOL)
+            for metric in ("tpr", "fpr"):
+                if ours[metric] is None:
+                    assert name in undefined and row[metric] == 0.0
+                else:
+                    assert ours[metric] == pytest.approx(row[metric], abs=TOL)
+        ref = {
+            "demographic_parity_difference": demographic_parity_difference(y, p, sensitive_features=g),
+            "demographic_parity_ratio": demographic_parity_ratio(y, p, sensitive_features=g),
+            "worst_group_accuracy": mf.group_min()["accuracy"],
+        }
+        if not undefined:
+            ref["equalized_odds_difference"] = equalized_odds_difference(y, p, sensitive_features=g)
+            ref["equal_opportunity_difference"] = equal_opportunity_difference(y, p, sensitive_features=g)
+        else:  # the same rule from fairlearn's per-group rates, leaving out zero denominators
+            pos = {n: (y[g == n] == 1).any() for n in mf.by_group.index}
+            neg = {n: (y[g == n] == 0).any() for n in mf.by_group.index}
+            tpr = mf.by_group["tpr"][[n for n in mf.by_group.index if pos[n]]]
+            fpr = mf.by_group["fpr"][[n for n in mf.by_group.index if neg[n]]]
+            ref["equal_opportunity_difference"] = tpr.max() - tpr.min()
+            ref["equalized_odds_difference"] = max(tpr.max() - tpr.min(), fpr.max() - fpr.min())
+        for key, value in ref.items():
+            assert mine[key] == pytest.approx(value, abs=TOL), (attr, key)
+    spread = fed["client_accuracy"]
+    for c, acc in per_client.items():
+        assert spread["clients"][c] == pytest.approx(acc, abs=TOL)
+    values = np.array(list(per_client.values()))
+    assert spread["std"] == pytest.approx(values.std(), abs=TOL)
+    assert spread["worst_accuracy"] == pytest.approx(values.min(), abs=TOL)
+
+
+def test_holdout_fairness_is_fairlearn_metricframe(evaluated_run):
+    from fedready.data import load_adult
+    from fedready.simulations.federated import holdout
+
+    run, report = evaluated_run
+    x, y = holdout()
+    p = load_run(run).predict(x)
+    sex = load_adult("test").columns["sex"]
+    assert report["metrics"]["accuracy"] == pytest.approx(float((p == y).mean()), abs=TOL)
+    assert report["fairness"]["sex"]["equalized_odds_difference"] == pytest.approx(
+        equalized_odds_difference(y, p, sensitive_features=sex), abs=TOL)  # fmt: skip

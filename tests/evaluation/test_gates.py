@@ -1,0 +1,61 @@
+"""The gate registry and policy loading: complete, loud on unknown keys, undefined values fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedready.errors import ConfigError
+from fedready.evaluation.gates import GATES, check_gates, default_policy_path, load_policy
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "policy.toml"
+    p.write_text(text)
+    return p
+
+
+def test_default_policy_ships_and_loads(adult_schema):
+    assert default_policy_path().exists()
+    policy = load_policy(None, adult_schema)
+    names = {g for g, _, _ in policy.limits}
+    assert {"min_accuracy", "max_equalized_odds_difference", "max_ece", "max_epsilon", "max_flip_rate"} <= names
+
+
+def test_every_registered_gate_loads_and_reads_a_report(adult_schema, tmp_path):
+    lines = ["[gates]"] + [f"{n} = 0.5" for n, g in GATES.items() if not g.keyed_by]
+    for n, g in GATES.items():
+        if g.keyed_by:
+            lines += [f"[gates.{n}]", "sex = 0.5" if g.keyed_by == "attribute" else '"gaussian-0.1" = 0.5']
+    policy = load_policy(_write(tmp_path, "\n".join(lines)), adult_schema)
+    assert {g for g, _, _ in policy.limits} == set(GATES)
+    results = check_gates(policy, {})  # an empty report: every measurement undefined
+    assert len(results) == len(GATES)
+    assert all(not r.passed and r.measured is None and r.note.startswith("undefined") for r in results)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[gates]\nmax_accuracy = 0.9", "gates.max_accuracy"),
+        ("[gates.max_equalized_odds_difference]\nreligion = 0.1", "gates.max_equalized_odds_difference.religion"),
+        ("[gates]\nmax_equalized_odds_difference = 0.1", "gates.max_equalized_odds_difference"),
+        ("[gates.min_accuracy]\nsex = 0.1", "gates.min_accuracy"),
+        ('[gates.max_flip_rate]\n"missing-salary" = 0.1', "gates.max_flip_rate.missing-salary"),
+        ('[gates.max_flip_rate]\n"blur-0.1" = 0.1', "gates.max_flip_rate.blur-0.1"),
+        ("[gates]\nmin_accuracy = true", "gates.min_accuracy"),
+        ("colour = 'red'\n[gates]\nmin_accuracy = 0.8", "colour"),
+        ("name = 'x'", "gates"),
+    ],
+)
+def test_bad_policy_names_the_key(adult_schema, tmp_path, text, field):
+    with pytest.raises(ConfigError) as e:
+        load_policy(_write(tmp_path, text), adult_schema)
+    assert e.value.field == field
+
+
+def test_limits_compare_in_the_gates_direction(adult_schema, tmp_path):
+    policy = load_policy(_write(tmp_path, "[gates]\nmin_accuracy = 0.8\nmax_ece = 0.05"), adult_schema)
+    report = {"metrics": {"accuracy": 0.8}, "calibration": {"ece": 0.06}}
+    by = {r.gate: r for r in check_gates(policy, report)}
+    assert by["min_accuracy"].passed and by["min_accuracy"].measured == 0.8
+    assert not by["max_ece"].passed and by["max_ece"].limit == 0.05
