@@ -259,8 +259,6 @@ def simulate(
         "slow_fraction": slow_fraction,
     }  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
-    if given.get("local_steps") == 0:
-        given["local_steps"] = None  # whole epochs
     try:
         summary = run_simulate(given, out=out, name=name, resume=resume, ray_address=ray_address, quiet=json_out)
     except FedreadyError as e:

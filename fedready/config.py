@@ -37,8 +37,8 @@ class SimulationConfig(BaseModel):
     seed: int = 0
     # model and local training
     model: str = "mlp"
-    local_epochs: int = Field(1, ge=1)  # epochs per round (when local_steps is unset)
-    local_steps: int | None = Field(3, ge=1)  # fixed SGD steps per round (None: local_epochs); less drift under skew
+    local_epochs: int = Field(1, ge=1)  # epochs per round (when local_steps is 0)
+    local_steps: int = Field(3, ge=0)  # fixed SGD steps per round (0: local_epochs); less drift under skew
     batch_size: int = Field(1024, ge=1)  # expected Poisson batch (rows)
     lr: float = Field(None, gt=0)  # local SGD rate at round 1 (default: 6.0 DP, 1.0 non-DP or mlp-large)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # decay of the local rate over the planned rounds
