@@ -33,9 +33,10 @@ from fedready.compression.variants import (
     quantize,
 )
 from fedready.errors import ConfigError, IntegrityError
+from fedready.evaluation.gates import GateResult
 from fedready.modelio import load_npz
 
-__all__ = ["CompressionOptions", "GateOutcome", "build_variants", "compress", "public_split", "select"]
+__all__ = ["CompressionOptions", "build_variants", "compress", "compress_run", "public_split", "select"]
 
 OUT_DIR = "compression"
 SELECTED = "selected.onnx"
@@ -59,16 +60,6 @@ class CompressionOptions:
             raise ConfigError("epochs", f"must be at least 1, got {self.epochs}")
 
 
-@dataclass(frozen=True)
-class GateOutcome:
-    """One gate's verdict on one variant."""
-
-    name: str
-    value: float | None
-    limit: float
-    passed: bool
-
-
 @dataclass
 class Measured:
     variant: Variant
@@ -77,7 +68,7 @@ class Measured:
     accuracy: float
     agreement: float  # share of evaluation rows whose label equals the fp32 teacher's
     metrics: dict[str, Any] = field(default_factory=dict)
-    gates: list[GateOutcome] = field(default_factory=list)
+    gates: list[GateResult] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -135,7 +126,7 @@ def select(measured: Sequence[Measured]) -> Measured | None:
     return min(passing, key=lambda m: (m.size, -m.accuracy, m.variant.name)) if passing else None
 
 
-Assess = Callable[[Callable[[np.ndarray], np.ndarray]], tuple[dict[str, Any], list[GateOutcome]]]
+Assess = Callable[[Callable[[np.ndarray], np.ndarray]], tuple[dict[str, Any], list[GateResult]]]
 
 
 def measure(
@@ -165,7 +156,7 @@ def _table(measured: Sequence[Measured], chosen: Measured | None) -> str:
             "| Δ acc (pt) | agrees with fp32 | gates |")  # fmt: skip
     lines = [head, "|" + "---|" * 12]
     for m in measured:
-        failed = [g.name for g in m.gates if not g.passed]
+        failed = [g.gate for g in m.gates if not g.passed]
         mark = " **selected**" if m is chosen else ""
         s = m.speed
         lines.append(
@@ -196,6 +187,14 @@ def _plot(measured: Sequence[Measured], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _why_none(measured: Sequence[Measured]) -> str:
+    fails = [
+        f"{m.variant.name}: " + ", ".join(f"{g.gate}={g.measured} (limit {g.limit})" for g in m.gates if not g.passed)
+        for m in measured
+    ]
+    return "no variant passes every gate: " + "; ".join(fails)
 
 
 def compress(
@@ -229,13 +228,7 @@ def compress(
         },  # fmt: skip
         "privacy": "post-processing of the DP model on public data only: the ledger's epsilon still holds",
         "selected": chosen.variant.name if chosen else None,
-        "reason": None
-        if chosen
-        else "no variant passes every gate: "
-        + "; ".join(
-            f"{m.variant.name}: " + ", ".join(f"{g.name}={g.value} (limit {g.limit})" for g in m.gates if not g.passed)
-            for m in measured
-        ),  # fmt: skip
+        "reason": None if chosen else _why_none(measured),
         "variants": [
             {
                 "name": m.variant.name,
@@ -250,7 +243,7 @@ def compress(
                 "accuracy_delta_points": 100 * (m.accuracy - base.accuracy),
                 "label_agreement_with_fp32": m.agreement,
                 "metrics": m.metrics,
-                "gates": [g.__dict__ for g in m.gates],
+                "gates": [g.to_dict() for g in m.gates],
                 "passed": m.passed,
                 **m.variant.details,
             }  # fmt: skip
@@ -282,3 +275,59 @@ def compress(
         raise
     report["table"] = _table(measured, chosen)
     return report
+
+
+def compress_run(
+    run_dir: str | Path, *, policy: str | Path | None = None, options: CompressionOptions | None = None,
+    timing: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """``fedready compress RUN --gate POLICY``: variants gated by the same suites as ``fedready evaluate``.
+
+    Every variant (the fp32 teacher included) is assessed on the evaluation half of Adult's test
+    split: accuracy, fairness, calibration, perturbations and cross-fitted threshold
+    post-processing, then the policy's gates. The privacy section is the run's ledger (every
+    variant is post-processing). Gates on the clients' own accuracy cannot be re-measured
+    without the clients: the variants inherit the teacher's federated numbers, marked so.
+    """
+    from fedready.evaluation.fairness import sensitive_attributes
+    from fedready.evaluation.gates import check_gates, load_policy
+    from fedready.evaluation.suite import EVALUATION_FILE, EvalData, _privacy, assess_predictor, load_eval_data
+
+    opts = options or CompressionOptions()
+    run = Path(run_dir)
+    ev = load_eval_data()
+    pol = load_policy(policy, ev.schema)
+    x = ev.x
+    _, keep = public_split(len(ev.y), share=opts.transfer_share, seed=opts.seed)
+    sub = EvalData(ev.table.take(keep), ev.schema, ev.y[keep], ev.source + " (evaluation half)", ev.data_digest)
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    privacy = _privacy(run, summary)
+    teacher_eval = run / EVALUATION_FILE
+    federated = json.loads(teacher_eval.read_text()).get("federated") if teacher_eval.exists() else None
+    if federated is not None:
+        federated = {**federated, "inherited_from": "the fp32 teacher (clients are not asked again per variant)"}
+    attrs = sensitive_attributes(ev.schema)
+
+    def assess(predict: Callable[[np.ndarray], np.ndarray]) -> tuple[dict[str, Any], list[GateResult]]:
+        suites, _ = assess_predictor(predict, sub, pol, mitigate=attrs[0] if attrs else None)
+        report = {**suites, "privacy": privacy, "federated": federated}
+        return _compact(report), check_gates(pol, report)
+
+    return compress(run, assess=assess, options=opts, x=x, y=ev.y, timing=timing)
+
+
+def _compact(report: dict[str, Any]) -> dict[str, Any]:
+    """The per-variant numbers worth keeping in ``compression.json`` (the full suites are large)."""
+    fair = {a: {k: v for k, v in f.items() if k != "groups"} for a, f in report["fairness"].items()}
+    pert = {n: {k: v for k, v in p.items() if k in ("accuracy_drop", "flip_rate")}
+            for n, p in report["stability"]["perturbations"].items()}  # fmt: skip
+    mit = report.get("mitigation")
+    return {
+        "fairness": fair,
+        "calibration": {k: report["calibration"][k] for k in ("ece", "brier")},
+        "perturbations": pert,
+        "mitigation": {k: mit[k] for k in ("attribute", "eod_before", "eod_after", "accuracy_cost_points")}
+        if mit
+        else None,
+        "mitigation_rule": mit["rule"] if mit else None,
+    }

@@ -18,16 +18,14 @@ measured on half B; the swapped fold is reported too, as a check.
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
 
 from fedready.errors import ConfigError
+from fedready.thresholds import positive_probability
 
 __all__ = ["apply_thresholds", "fit_thresholds", "positive_probability", "split_halves"]
-
-_OPS = {">": operator.gt, "<": operator.lt}
 
 
 def _scores_estimator() -> Any:
@@ -73,20 +71,6 @@ def fit_thresholds(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, *, att
             "p_ignore": float(b.get("p_ignore", 0.0)), "prediction_constant": float(b.get("prediction_constant", 0.0)),
         }  # fmt: skip
     return {"attribute": attribute, "constraint": "equalized_odds", "score": "p(positive)", "groups": rules}
-
-
-def positive_probability(scores: np.ndarray, groups: np.ndarray, rule: dict[str, Any]) -> np.ndarray:
-    """Probability of a positive decision per row under a stored rule (NumPy only).
-
-    A group the rule does not know keeps the plain decision ``score > 0.5``.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    out = (s > 0.5).astype(np.float64)
-    for g, r in rule["groups"].items():
-        m = groups == g
-        p = r["p0"] * _OPS[r["op0"]](s[m], r["t0"]) + r["p1"] * _OPS[r["op1"]](s[m], r["t1"])
-        out[m] = r["p_ignore"] * r["prediction_constant"] + (1 - r["p_ignore"]) * p
-    return out
 
 
 def apply_thresholds(scores: np.ndarray, groups: np.ndarray, rule: dict[str, Any], *, seed: int = 0) -> np.ndarray:

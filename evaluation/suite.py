@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from fedready.errors import ConfigError
 from fedready.evaluation._model import RunModel, check_width, load_run
 from fedready.evaluation.calibration import calibration_report
 from fedready.evaluation.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
-from fedready.evaluation.gates import check_gates, load_policy
+from fedready.evaluation.gates import Policy, check_gates, load_policy
 from fedready.evaluation.mitigation import apply_thresholds, fit_thresholds, split_halves
 from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
 from fedready.schema import DataSchema, load_schema
@@ -130,6 +131,42 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
             for h in map(json.loads, p.read_text().splitlines())]  # fmt: skip
 
 
+def assess_predictor(
+    predict_proba: Callable[[np.ndarray], np.ndarray], ev: EvalData, policy: Policy, *, mitigate: str | None
+) -> tuple[dict[str, Any], Callable[[dict[str, np.ndarray]], np.ndarray]]:
+    """The model-dependent suites for any predictor of ``P(y = 1)`` over encoded rows.
+
+    Accuracy, holdout fairness (fairlearn), calibration, perturbations and the cross-fitted
+    threshold post-processing on ``ev``. ``fedready evaluate`` runs it on the PyTorch global
+    model and ``fedready compress`` on every ONNX variant, so both gate the same numbers.
+    Returns the report sections and a ``predict(raw columns) -> 0/1`` function.
+    """
+    attrs = sensitive_attributes(ev.schema)
+    encoder = FeatureEncoder(ev.schema)
+    x, y = encoder.transform(ev.table.columns), ev.y
+    scores = np.asarray(predict_proba(x), dtype=np.float64)
+    pred = (scores > 0.5).astype(np.int64)
+    groups = {a: group_labels(ev.schema, a, ev.table.columns[a]).astype(str) for a in attrs}
+    base_blocks = {c.name: encoder.transform_column(c.name, ev.table.columns[c.name]) for c in ev.schema.features}
+
+    def predict_raw(columns: dict[str, np.ndarray]) -> np.ndarray:
+        # Perturbations change one or a few columns: re-encode only those (same arrays are reused).
+        parts = [base_blocks[c.name] if columns[c.name] is ev.table.columns[c.name]
+                 else encoder.transform_column(c.name, columns[c.name]) for c in ev.schema.features]  # fmt: skip
+        return (np.asarray(predict_proba(np.concatenate(parts, axis=1).astype(np.float32))) > 0.5).astype(np.int64)
+
+    names = list(dict.fromkeys(default_perturbations(ev.schema) + policy.perturbations()))
+    out: dict[str, Any] = {
+        "metrics": {"accuracy": float((pred == y).mean()), "rows": len(y)},
+        "fairness": _with_empty_groups(holdout_fairness(y, pred, groups), ev.schema),
+        "calibration": calibration_report(y, scores),
+        "stability": {"perturbations": perturbation_report(ev.table, ev.schema, y, predict_raw, groups, names=names)},
+    }
+    if mitigate is not None:
+        out["mitigation"] = _mitigation(scores, y, groups[mitigate], mitigate, seed=0)
+    return out, predict_raw
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -176,20 +213,7 @@ def evaluate_run(
     pol = load_policy(policy, ev.schema)
     attrs = sensitive_attributes(ev.schema)
     mitigate_attr = sensitive_attributes(ev.schema, [mitigate])[0] if mitigate else (attrs[0] if attrs else None)
-    encoder = FeatureEncoder(ev.schema)
-    x, y = encoder.transform(ev.table.columns), ev.y
-    scores = rm.predict_proba(x)
-    pred = (scores > 0.5).astype(np.int64)
-    groups = {a: group_labels(ev.schema, a, ev.table.columns[a]).astype(str) for a in attrs}
-
-    base_blocks = {c.name: encoder.transform_column(c.name, ev.table.columns[c.name]) for c in ev.schema.features}
-
-    def predict_raw(columns: dict[str, np.ndarray]) -> np.ndarray:
-        # Perturbations change one or a few columns: re-encode only those (same arrays are reused).
-        parts = [base_blocks[c.name] if columns[c.name] is ev.table.columns[c.name]
-                 else encoder.transform_column(c.name, columns[c.name]) for c in ev.schema.features]  # fmt: skip
-        return rm.predict(np.concatenate(parts, axis=1).astype(np.float32))
-
+    x, y = ev.x, ev.y
     report: dict[str, Any] = {
         "run": str(run_dir), "run_id": rm.summary.get("run_id", run_dir.name), "model_digest": rm.digest,
         "model": rm.cfg.model, "policy": {"name": pol.name, "version": pol.version, "path": str(policy or "default")},
@@ -198,14 +222,12 @@ def evaluate_run(
         "training": {"clients": rm.cfg.num_clients, "rounds": rm.summary.get("rounds_completed"),
                      "partitioner": rm.cfg.partitioner, "alpha": rm.cfg.alpha, "aggregator": rm.cfg.aggregator,
                      "seed": rm.cfg.seed, "val_fraction": rm.cfg.val_fraction, "history": _history(run_dir)},
-        "metrics": {"accuracy": float((pred == y).mean()), "rows": len(y)},
         "privacy": _privacy(run_dir, rm.summary),
     }  # fmt: skip
-    report["fairness"] = _with_empty_groups(holdout_fairness(y, pred, groups), ev.schema)
-    report["calibration"] = calibration_report(y, scores)
-    names = list(dict.fromkeys(default_perturbations(ev.schema) + pol.perturbations()))
-    stab: dict[str, Any] = {"perturbations": perturbation_report(ev.table, ev.schema, y, predict_raw, groups,
-                                                                 names=names)}  # fmt: skip
+    suites, predict_raw = assess_predictor(rm.predict_proba, ev, pol, mitigate=mitigate_attr)
+    report.update(suites)
+    pred = (rm.predict_proba(x) > 0.5).astype(np.int64)
+    stab = report["stability"]
     if baseline is not None:
         other = load_run(baseline)
         check_width(other.arrays, ev.schema)
@@ -214,10 +236,7 @@ def evaluate_run(
     if seeds > 1:
         stab["seeds"] = {**seed_stability([pred] + [m.predict(x) for m in _retrain(rm, seeds)], y),
                          "seeds": list(range(rm.cfg.seed, rm.cfg.seed + seeds))}  # fmt: skip
-    report["stability"] = stab
     report["federated"] = _federated(rm) if federated and data is None else None
-    if mitigate_attr is not None:
-        report["mitigation"] = _mitigation(scores, y, groups[mitigate_attr], mitigate_attr, seed=0)
     report["importance"] = permutation_importance(ev.table, ev.schema, y, predict_raw)
     results = check_gates(pol, report)
     report["gates"] = [r.to_dict() for r in results]

@@ -19,6 +19,7 @@ from fedready.errors import ConfigError, IntegrityError
 from fedready.registry._artifact import MODEL_FILE, PROVENANCE_FILE, SCHEMA_FILE, THRESHOLDS_FILE
 from fedready.registry._canonical import read_json
 from fedready.schema import DataSchema
+from fedready.thresholds import positive_probability, row_uniform
 
 __all__ = ["Predictor", "read_rows"]
 
@@ -76,18 +77,24 @@ class Predictor:
         """One result per row: probability, threshold applied, 0/1 prediction and label."""
         out = []
         for row, p in zip(rows, self.probabilities(rows), strict=True):
-            t = self.thresholds.for_row(row)
-            yes = bool(p >= t)
-            out.append({"probability": round(float(p), 6), "threshold": t, "prediction": int(yes),
+            yes, basis = self.thresholds.decide(row, float(p))
+            out.append({"probability": round(float(p), 6), **basis, "prediction": int(yes),
                         "label": self.positive if yes else self.negative, "version": self.version})  # fmt: skip
         return out
 
 
 class _Thresholds:
-    """Per-group decision thresholds from ``thresholds.json`` (issue 4), or 0.5 everywhere."""
+    """The decision rule from ``thresholds.json``, or ``p >= 0.5`` everywhere.
 
-    def __init__(self, attribute: str | None, by_group: dict[str, float], default: float) -> None:
-        self.attribute, self.by_group, self.default = attribute, by_group, default
+    Two formats: the randomised equalized-odds rule ``fedready evaluate`` fits (``groups``
+    with ``t0/t1/p0/p1/p_ignore``, applied with :func:`fedready.thresholds.positive_probability`
+    and one draw fixed by the row's content), or plain per-group cut-offs an operator writes
+    by hand (``{"attribute": ..., "thresholds": {group: cut-off}, "default": 0.5}``).
+    """
+
+    def __init__(self, attribute: str | None, by_group: dict[str, float], default: float,
+                 rule: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.attribute, self.by_group, self.default, self.rule = attribute, by_group, default, rule
 
     @classmethod
     def load(cls, path: Path) -> _Thresholds:
@@ -95,15 +102,23 @@ class _Thresholds:
             return cls(None, {}, 0.5)
         data = read_json(path, what="thresholds")
         try:
+            if "groups" in data:
+                for g in data["groups"].values():
+                    [float(g[k]) for k in ("t0", "t1", "p0", "p1", "p_ignore", "prediction_constant")]
+                return cls(str(data["attribute"]), {}, 0.5, rule=data)
             by_group = {str(k): float(v) for k, v in data.get("thresholds", {}).items()}
             return cls(data.get("attribute"), by_group, float(data.get("default", 0.5)))
-        except (AttributeError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise IntegrityError(f"{path} is not a thresholds file ({e})") from e
 
-    def for_row(self, row: Mapping[str, Any]) -> float:
-        if self.attribute is None:
-            return self.default
-        return self.by_group.get(str(row.get(self.attribute, "")).strip(), self.default)
+    def decide(self, row: Mapping[str, Any], p: float) -> tuple[bool, dict[str, float]]:
+        """The decision for one row with score ``p`` and what it was based on."""
+        group = str(row.get(self.attribute, "")).strip() if self.attribute else ""
+        if self.rule is not None:
+            q = float(positive_probability(np.array([p]), np.array([group]), self.rule)[0])
+            return q >= row_uniform(row) if 0.0 < q < 1.0 else q == 1.0, {"positive_probability": q}
+        t = self.by_group.get(group, self.default) if self.attribute else self.default
+        return bool(p >= t), {"threshold": t}
 
 
 def read_rows(text: str, *, fmt: str = "auto") -> list[dict[str, Any]]:
