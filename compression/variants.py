@@ -32,6 +32,7 @@ __all__ = [
     "prune_structured",
     "prune_unstructured",
     "quantize",
+    "temperature_scale",
 ]
 
 Layers = list[tuple[np.ndarray, np.ndarray]]
@@ -229,6 +230,38 @@ def quantize(model: onnx.ModelProto, *, mode: str, calibration: np.ndarray | Non
         for leftover in Path(d).glob("*"):
             os.unlink(leftover)
     return data
+
+
+def temperature_scale(layers: Layers, x: np.ndarray, y: np.ndarray) -> tuple[Layers, float]:
+    """Fit one temperature ``T`` on labelled public rows and fold it into the last layer.
+
+    Temperature scaling (Guo et al. 2017, arXiv:1706.04599) divides the logits by ``T`` chosen
+    to minimise the negative log-likelihood; it never changes which class has the larger
+    logit, so accuracy is untouched while the probabilities become calibrated. Dividing the
+    last layer's weights and bias by ``T`` gives the same logits, so the exported graph is
+    unchanged in shape and size. DP training tends to leave models miscalibrated.
+    """
+    logits = teacher_logits(layers, x).astype(np.float64)
+    z = logits - logits.max(axis=1, keepdims=True)
+    y = np.asarray(y, dtype=np.int64)
+
+    def nll(t: float) -> float:
+        s = z / t
+        return float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(y)), y]))
+
+    lo, hi = np.log(0.05), np.log(20.0)  # golden-section search over log T
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    for _ in range(60):
+        if nll(np.exp(a)) < nll(np.exp(b)):
+            hi, b = b, a
+            a = hi - g * (hi - lo)
+        else:
+            lo, a = a, b
+            b = lo + g * (hi - lo)
+    t = float(np.exp((lo + hi) / 2))
+    w, b_last = layers[-1]
+    return [*layers[:-1], ((w / t).astype(np.float32), (b_last / t).astype(np.float32))], t
 
 
 def to_onnx(layers: Layers) -> onnx.ModelProto:

@@ -79,7 +79,10 @@ def simulate(
     local_steps: Annotated[int | None, typer.Option(help="SGD steps per round; 0 = whole epochs. [default: 3]")] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round when --local-steps 0.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Expected Poisson batch size. [default: 1024]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local learning rate at round 1. [default: 6.0 with DP, 1.0 without or for mlp-large]")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Local learning rate at round 1. [default: 6.0 with DP, 1.0 without or for mlp-large]"),
+    ] = None,
     lr_schedule: Annotated[str | None, typer.Option(help="constant | cosine. [default: cosine]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
     accountant: Annotated[str | None, typer.Option(help="rdp | prv. [default: rdp]")] = None,
@@ -382,6 +385,7 @@ def check_ledger(run: Path, *, rel_tol: float = 0.01) -> dict[str, Any]:
     return {"path": str(path), "epsilon": led.epsilon, "delta": led.delta, "accountant": led.accountant,
             "declines": len(led.declines), "clients": clients, "ok": ok}  # fmt: skip
 
+
 keys_app = typer.Typer(no_args_is_help=True, help="Operator signing keys.")
 app.add_typer(keys_app, name="keys")
 
@@ -659,7 +663,9 @@ def edge_serve(
     max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch.")] = 2.0,
     defer_low: Annotated[float | None, typer.Option(help="Uncertainty band low end: answer 'deferred'.")] = None,
     defer_high: Annotated[float | None, typer.Option(help="Uncertainty band high end.")] = None,
-    review_queue: Annotated[Path | None, typer.Option(help="JSON lines of deferred rows. [default: HOME/review-queue.jsonl]")] = None,
+    review_queue: Annotated[
+        Path | None, typer.Option(help="JSON lines of deferred rows. [default: HOME/review-queue.jsonl]")
+    ] = None,
 ) -> None:
     """Serve the active model over HTTP (POST /predict) with dynamic micro-batching."""
     from fedready.registry import EdgeServer, ServeConfig
@@ -675,7 +681,9 @@ def edge_serve(
 def reproduce(
     artifact: Annotated[Path, typer.Argument(help="An artifact folder of a simulation-trained model.")],
     public_key: Annotated[Path | None, typer.Option(help="Verify the artifact with this key first.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Keep the re-run in OUT/reproduce-VERSION (default: discarded).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Keep the re-run in OUT/reproduce-VERSION (default: discarded).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Re-run an artifact's recorded configuration and check the model digest matches (exit 1 if not)."""
@@ -738,6 +746,48 @@ def evaluate(
         _print_gates(report)
     if not report["passed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def compress(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (best trained with --model mlp-large).")],
+    gate: Annotated[Path | None, typer.Option(help="Gate policy TOML. [default: the shipped default policy]")] = None,
+    student_widths: Annotated[
+        str, typer.Option(help="Hidden widths of the distilled student, e.g. 64 or 32,32.")
+    ] = "64",
+    prune_keep: Annotated[float, typer.Option(help="Structured pruning: share of hidden units kept.")] = 0.25,
+    sparsity: Annotated[float, typer.Option(help="Unstructured pruning: share of weights zeroed.")] = 0.5,
+    epochs: Annotated[int, typer.Option(help="Distillation and fine-tuning epochs over the public transfer set.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the transfer/evaluation split and of training.")] = 0,
+    timing: Annotated[bool, typer.Option("--timing/--no-timing", help="Measure latency and throughput (on).")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print compression.json on stdout.")] = False,
+) -> None:
+    """Build edge variants (int8, pruned, distilled, chained), gate each one, select the smallest that passes.
+
+    Writes RUN/compression/ (every variant's ONNX, compression.json, compression.md, size_vs_accuracy.png,
+    selected.onnx and its thresholds.json). Exit code 0 when a variant is selected, 1 when none passes.
+    """
+    with _errors():
+        try:
+            widths = tuple(int(w) for w in student_widths.split(","))
+        except ValueError:
+            raise ConfigError(
+                "student-widths", f"expected comma-separated integers like 64 or 32,32, got '{student_widths}'"
+            ) from None
+        from fedready.compression.pipeline import CompressionOptions, compress_run
+
+        opts = CompressionOptions(
+            student_widths=widths, prune_keep=prune_keep, sparsity=sparsity, epochs=epochs, seed=seed
+        )
+        report = compress_run(run, policy=gate, options=opts, timing=timing)
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in report.items() if k != "table"}, sort_keys=True, default=float))
+    else:
+        typer.echo(report["table"])
+    if report["selected"] is None:
+        err.print(f"[bold red]no variant selected:[/] {report['reason']}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    err.print(f"selected {report['selected']} -> {run / 'compression' / 'selected.onnx'}")
 
 
 def _num(v: Any) -> str:

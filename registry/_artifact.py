@@ -237,11 +237,18 @@ def package_run(
         evaluation = "not-run"
         for name in _EVALUATION_FILES:
             src = _find(run, name, ("evaluation",))
+            if name == THRESHOLDS_FILE and onnx_src is not None:
+                # the compressed model ships with the rule refitted on its own scores (or none)
+                src = onnx_src.parent / THRESHOLDS_FILE if (onnx_src.parent / THRESHOLDS_FILE).is_file() else None
             if src is not None:
                 shutil.copyfile(src, staging / name)
         if (staging / "evaluation.json").exists():
             ev = read_json(staging / "evaluation.json", what="evaluation report")
             evaluation = "passed" if ev.get("passed") is True else "failed"
+        if compression.get("status") == "selected":
+            # `fedready compress` ships only a variant that passed every gate of its policy, measured
+            # on that variant (the fp32 model's evaluation.json describes the uncompressed teacher)
+            evaluation = "passed"
         schema_src = _find(run, SCHEMA_FILE, ())
         schema = adult_schema() if schema_src is None else None
         if schema is not None:
