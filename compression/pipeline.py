@@ -41,7 +41,16 @@ from fedready.errors import ConfigError, IntegrityError
 from fedready.evaluation.gates import GateResult
 from fedready.modelio import load_npz
 
-__all__ = ["CompressionOptions", "build_variants", "compress", "compress_run", "public_split", "select"]
+__all__ = [
+    "CompressionOptions",
+    "build_variants",
+    "compress",
+    "compress_run",
+    "gate_assessor",
+    "measure",
+    "public_split",
+    "select",
+]
 
 OUT_DIR = "compression"
 SELECTED = "selected.onnx"
@@ -312,27 +321,22 @@ def compress(
     return report
 
 
-def compress_run(
-    run_dir: str | Path, *, policy: str | Path | None = None, options: CompressionOptions | None = None,
-    timing: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    """``fedready compress RUN --gate POLICY``: variants gated by the same suites as ``fedready evaluate``.
+def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tuple[Assess, np.ndarray, np.ndarray]:
+    """The ``assess`` function ``fedready compress`` gates variants with, and the benchmark (x, y).
 
-    Every variant (the fp32 teacher included) is assessed on the evaluation half of Adult's test
-    split: accuracy, fairness, calibration, perturbations and cross-fitted threshold
-    post-processing, then the policy's gates. The privacy section is the run's ledger (every
-    variant is post-processing). Gates on the clients' own accuracy cannot be re-measured
-    without the clients: the variants inherit the teacher's federated numbers, marked so.
+    Each variant is assessed on Adult's test split by the suites of ``fedready evaluate``
+    (accuracy, fairness, calibration, perturbations, cross-fitted threshold post-processing),
+    then the policy's gates. The privacy section is the run's ledger (every variant is
+    post-processing). Gates on the clients' own accuracy cannot be re-measured without the
+    clients: the variants inherit the teacher's federated numbers, marked so.
     """
     from fedready.evaluation.fairness import sensitive_attributes
     from fedready.evaluation.gates import check_gates, load_policy
     from fedready.evaluation.suite import EVALUATION_FILE, _privacy, assess_predictor, load_eval_data
 
-    opts = options or CompressionOptions()
     run = Path(run_dir)
     ev = load_eval_data()
     pol = load_policy(policy, ev.schema)
-    x = ev.x
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     privacy = _privacy(run, summary)
     teacher_eval = run / EVALUATION_FILE
@@ -346,7 +350,16 @@ def compress_run(
         report = {**suites, "privacy": privacy, "federated": federated}
         return _compact(report), check_gates(pol, report)
 
-    return compress(run, assess=assess, options=opts, x=x, y=ev.y, timing=timing)
+    return assess, ev.x, ev.y
+
+
+def compress_run(
+    run_dir: str | Path, *, policy: str | Path | None = None, options: CompressionOptions | None = None,
+    timing: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """``fedready compress RUN --gate POLICY``: build, gate and select (see :func:`gate_assessor`)."""
+    assess, x, y = gate_assessor(run_dir, policy)
+    return compress(run_dir, assess=assess, options=options or CompressionOptions(), x=x, y=y, timing=timing)
 
 
 def _compact(report: dict[str, Any]) -> dict[str, Any]:

@@ -99,3 +99,32 @@ def test_bad_options_name_the_field(trained, call, field):
     layers, x_tr, *_ = trained
     with pytest.raises(ConfigError, match=f"^{field}:"):
         call(layers, x_tr)
+
+
+def test_unfair_variant_is_not_selected_even_when_smallest(trained, tmp_path):
+    """A tiny model that decides by sex alone is the smallest file; the fairness gate keeps it out."""
+    from fedready.compression.pipeline import gate_assessor, measure, select
+    from fedready.compression.variants import Variant
+    from fedready.data import adult_schema
+    from fedready.encoding import FeatureEncoder
+
+    layers, *_ = trained
+    names = FeatureEncoder(adult_schema()).feature_names
+    w = np.zeros((2, len(names)), dtype=np.float32)
+    w[1, names.index("sex=Male")] = 5.0  # men: positive, women: negative, whatever else they are
+    unfair = mlp_to_onnx([(w, np.array([0.0, 0.0], dtype=np.float32))]).SerializeToString()
+    fair = mlp_to_onnx(layers).SerializeToString()
+    assert len(unfair) < len(fair)
+    variants = [
+        Variant("fp32", fair, (), *count(layers)),
+        Variant("sex-only", unfair, ("hand-made",), 2 * len(names), 1),
+    ]
+    policy = tmp_path / "fair.toml"
+    policy.write_text("[gates.max_equalized_odds_difference]\nsex = 0.3\n")
+    assess, x, y = gate_assessor(tmp_path, policy)
+    measured = measure(variants, x, y, assess, timing=False)
+    by_name = {m.variant.name: m for m in measured}
+    failed = [g for g in by_name["sex-only"].gates if not g.passed]
+    assert [g.gate for g in failed] == ["max_equalized_odds_difference[sex]"] and failed[0].measured > 0.3
+    assert by_name["fp32"].passed
+    assert select(measured).variant.name == "fp32"

@@ -1,0 +1,66 @@
+"""`fedready compress` end to end on a short real run."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedready.cli import app
+from fedready.compression import onnx_predict_proba
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    args = ["simulate", "--clients", "3", "--rounds", "3", "--model", "mlp-wide", "--no-dp", "--partitioner", "iid",
+            "--local-steps", "20", "--batch-size", "128", "--lr", "0.3", "--out", str(out), "--name", "r",
+            "--json"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return out / "r"
+
+
+def _compress(run, policy, *extra):
+    return CliRunner().invoke(app, ["compress", str(run), "--gate", str(policy), "--epochs", "3", "--no-timing",
+                                    *extra], terminal_width=200)  # fmt: skip
+
+
+def test_selects_the_smallest_passing_variant_and_writes_everything(run, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text("[gates]\nmin_accuracy = 0.75\n")
+    res = _compress(run, policy, "--student-widths", "8")
+    assert res.exit_code == 0, res.output
+    folder = run / "compression"
+    report = json.loads((folder / "compression.json").read_text())
+    passing = [v for v in report["variants"] if v["passed"]]
+    smallest = min(passing, key=lambda v: v["bytes"])
+    assert report["selected"] == smallest["name"]
+    assert (folder / "selected.onnx").read_bytes() == (folder / smallest["file"]).read_bytes()
+    assert (folder / "compression.md").read_text().count("\n|") >= len(report["variants"])
+    assert (folder / "size_vs_accuracy.png").stat().st_size > 10_000
+    assert json.loads((folder / "thresholds.json").read_text())["attribute"] == "sex"
+    assert {"fp32", "int8-dynamic", "int8-static", "student-8"} <= {v["name"] for v in report["variants"]}
+    # every variant file is real ONNX that predicts like the report says
+    from fedready.simulations.federated import holdout
+
+    x, y = holdout()
+    p = onnx_predict_proba((folder / "selected.onnx").read_bytes(), x)
+    assert abs(float(np.mean((p >= 0.5) == y)) - smallest["accuracy"]) < 1e-9
+
+
+def test_no_variant_passing_exits_1_and_says_why(run, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text("[gates]\nmin_accuracy = 0.99\n")
+    res = _compress(run, policy)
+    assert res.exit_code == 1
+    assert "no variant passes every gate" in res.stderr and "min_accuracy" in res.stderr
+    assert json.loads((run / "compression" / "compression.json").read_text())["selected"] is None
+    assert not (run / "compression" / "selected.onnx").exists()
+
+
+def test_bad_option_is_one_line_exit_2(run):
+    res = CliRunner().invoke(app, ["compress", str(run), "--student-widths", "wide"])
+    assert res.exit_code == 2 and "student-widths" in res.stderr and "Traceback" not in res.output
