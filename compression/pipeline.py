@@ -39,7 +39,7 @@ from fedready.compression.variants import (
 )
 from fedready.errors import ConfigError, IntegrityError
 from fedready.evaluation.gates import GateResult
-from fedready.modelio import load_npz
+from fedready.modelio import arrays_digest, load_npz
 
 __all__ = [
     "CompressionOptions",
@@ -256,6 +256,7 @@ def compress(
     base = next(m for m in measured if m.variant.name == "fp32")
     report = {
         "run": run.name,
+        "model_digest": arrays_digest(load_npz(npz.read_bytes())),
         "options": {**opts.__dict__, "student_widths": list(opts.student_widths)},
         "data": {
             "transfer_rows": int(len(tr)),

@@ -333,6 +333,30 @@ def run_simulate(
 
 
 @app.command()
+def pipeline(
+    out: Annotated[Path, typer.Option(help="Folder for the run, keys, artifacts, registry and device.")] = Path("fedready-demo"),
+    model: Annotated[str, typer.Option(help="Global model; mlp-large is the teacher worth compressing.")] = "mlp-large",
+    rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed. [default: 0]")] = None,
+    version: Annotated[str, typer.Option(help="Artifact version to package and publish.")] = "1.0.0",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary of every step as JSON on stdout.")] = False,
+) -> None:
+    """The whole job on the embedded data: train, evaluate, compress, sign, publish, update a device and predict.
+
+    Run it again after a failure: it resumes the training and redoes or re-checks the later steps.
+    """
+    from fedready.pipeline import run_pipeline
+
+    given = {k: v for k, v in {"model": model, "rounds": rounds, "epsilon": epsilon, "seed": seed}.items() if v is not None}
+    with _errors():
+        result = run_pipeline(out, given=given, version=version, say=lambda m: err.print(m, markup=False, highlight=False),
+                              simulate=run_simulate)  # fmt: skip
+    if json_out:
+        _echo_json(result)
+
+
+@app.command()
 def ledger(
     run: Annotated[Path, typer.Argument(help="A run folder (or its ledger.json).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the check as JSON on stdout.")] = False,

@@ -1,0 +1,139 @@
+"""``fedready pipeline``: the whole job on the embedded data, end to end, resumable.
+
+train (private federated run) -> evaluate (suites, gates, model card) -> compress (edge
+variants, gated, smallest passing selected) -> sign (package + verify) -> publish (TUF
+registry, canary then stable) -> device (edge update over HTTP, predict raw rows), then
+``fedready edge serve`` serves the device's model. Every step is idempotent: running the
+command again after a failure picks up where it stopped (the training resumes from its
+checkpoint, finished steps are skipped or verified again).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_pipeline"]
+
+DEVICE_ID = "device-0001"
+
+
+@contextmanager
+def _static_server(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` on 127.0.0.1 (a stand-in for the operator's static host or object store)."""
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def run_pipeline(
+    out: Path, *, given: dict[str, Any], version: str, say: Callable[[str], None],
+    simulate: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """Run every step into ``out`` and return a summary of what each produced.
+
+    ``simulate`` is the CLI's ``run_simulate`` (progress bar included); ``given`` its options.
+    """
+    from fedready.compression.pipeline import compress_run
+    from fedready.data import load_adult
+    from fedready.evaluation import evaluate_run
+    from fedready.registry import EdgeAgent, Registry, generate_keys, package_run, verify_artifact
+
+    out = Path(out)
+    run = out / "runs" / "pipeline"
+    result: dict[str, Any] = {"out": str(out)}
+
+    say("1/6 train: private federated run on the embedded UCI Adult")
+    if (run / "summary.json").exists():
+        summary = json.loads((run / "summary.json").read_text())
+        say(f"    already trained: {run}")
+    else:
+        resume = run if (run / "config.json").exists() else None
+        summary = simulate(given, out=run.parent, name=None if resume else run.name, resume=resume, ray_address=None)
+    result["train"] = {k: summary[k] for k in ("accuracy", "epsilon", "delta", "model_digest", "run_dir")}
+    say(f"    accuracy {summary['accuracy']:.4f}, epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})")
+
+    say("2/6 evaluate: fairness, stability, calibration, gates, model card")
+    done = run / "evaluation.json"
+    report = json.loads(done.read_text()) if done.exists() else None
+    if report is None or report.get("model_digest") != summary["model_digest"]:
+        report = evaluate_run(run)
+    else:
+        say("    already evaluated (same model digest)")
+    failed = [g["gate"] for g in report["gates"] if not g["passed"]]
+    result["evaluate"] = {"passed": report["passed"], "failed": failed}
+    say(f"    global model: {'all gates pass' if not failed else 'fails ' + ', '.join(failed)}; "
+        f"model card {run / 'model_card.html'}")  # fmt: skip
+
+    say("3/6 compress: edge variants, each gated with the same policy")
+    done = run / "compression" / "compression.json"
+    comp = json.loads(done.read_text()) if done.exists() else None
+    if comp is None or comp.get("model_digest") != summary["model_digest"]:
+        comp = compress_run(run)
+    else:
+        say("    already compressed (same model digest)")
+    chosen = next((v for v in comp["variants"] if v["name"] == comp["selected"]), None)
+    fp32 = next(v for v in comp["variants"] if v["name"] == "fp32")
+    result["compress"] = {"selected": comp["selected"], "reason": comp["reason"]}
+    if chosen is None:
+        say(f"    no variant passes: {comp['reason']}; the fp32 model ships and promotion will need --force")
+    else:
+        result["compress"].update(bytes=chosen["bytes"], fp32_bytes=fp32["bytes"], accuracy=chosen["accuracy"],
+                                  fp32_accuracy=fp32["accuracy"])  # fmt: skip
+        say(f"    selected {chosen['name']}: {chosen['bytes'] / 1024:.1f} KB "
+            f"({fp32['bytes'] / chosen['bytes']:.0f}x smaller than fp32), accuracy {chosen['accuracy']:.4f} "
+            f"(fp32 {fp32['accuracy']:.4f})")  # fmt: skip
+
+    say("4/6 sign: package the artifact with the operator key and verify it")
+    keys = out / "keys"
+    priv, pub = keys / "signing.key", keys / "signing.pub"
+    if not priv.exists():
+        generate_keys(keys)
+    artifact, _ = package_run(run, key=priv, version=version, out=out / "artifacts")
+    prov = verify_artifact(artifact, public_key=pub)
+    result["sign"] = {"artifact": str(artifact), "gates": prov.evaluation}
+    say(f"    {artifact} verified (gates {prov.evaluation})")
+
+    say("5/6 publish: TUF registry, canary then stable")
+    reg_dir = out / "registry"
+    fresh = not (reg_dir / "repository" / "metadata" / "root.json").exists()
+    reg = Registry.init(reg_dir, actor="pipeline") if fresh else Registry(reg_dir)
+    reg.publish(artifact, public_key=pub, actor="pipeline")
+    ok = prov.evaluation == "passed"
+    why = None if ok else "pipeline demo: no variant passed the default gates"
+    for channel in ("canary", "stable"):
+        reg.promote(version, channel=channel, approver="pipeline", rollout_percent=100.0, force=not ok, reason=why)
+    say(f"    canary and stable -> {version}; serve {reg.repo} from any static host")
+
+    say("6/6 device: edge update over HTTP (TUF + signature checks), predict raw rows")
+    device = out / "device"
+    with _static_server(reg.repo) as url:
+        agent = EdgeAgent(device)
+        res = agent.update(repo=url, channel="stable", device_id=DEVICE_ID,
+                           root=reg.metadata_dir / "1.root.json", public_key=pub)  # fmt: skip
+    table = load_adult("test")
+    rows = [{c: str(table.columns[c][i]) for c in table.columns} for i in range(5)]
+    preds = agent.predictor().predict(rows)
+    result["device"] = {"home": str(device), "version": res.version, "predictions": preds}
+    for row, p in zip(rows, preds, strict=True):
+        who = f"age {row['age']:>3} {row['sex']:<6} {row['occupation'][:18]:<18}"
+        say(f"    {who} -> {p['label']} (p={p['probability']:.3f})")
+    say(f"serve it: fedready edge serve --home {device}")
+    return result
