@@ -350,7 +350,7 @@ def pipeline(
 
     given = {k: v for k, v in {"model": model, "rounds": rounds, "epsilon": epsilon, "seed": seed}.items() if v is not None}
     with _errors():
-        result = run_pipeline(out, given=given, version=version, say=lambda m: err.print(m, markup=False, highlight=False),
+        result = run_pipeline(out, given=given, version=version, say=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True),
                               simulate=run_simulate)  # fmt: skip
     if json_out:
         _echo_json(result)
