@@ -360,7 +360,15 @@ def compress_run(
 ) -> dict[str, Any]:  # fmt: skip
     """``fedready compress RUN --gate POLICY``: build, gate and select (see :func:`gate_assessor`)."""
     assess, x, y = gate_assessor(run_dir, policy)
-    return compress(run_dir, assess=assess, options=options or CompressionOptions(), x=x, y=y, timing=timing)
+    report = compress(run_dir, assess=assess, options=options or CompressionOptions(), x=x, y=y, timing=timing)
+    evaluation = Path(run_dir) / "evaluation.json"
+    if evaluation.exists():  # the model card gains its "Edge variants" section
+        from fedready.evaluation.card import write_model_card
+
+        card = json.loads(evaluation.read_text())
+        card["compression"] = {"selected": report["selected"], "variants": report["variants"]}
+        write_model_card(card, Path(run_dir))
+    return report
 
 
 def _compact(report: dict[str, Any]) -> dict[str, Any]:

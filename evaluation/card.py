@@ -28,6 +28,7 @@ SECTIONS = (
     "Fairness mitigation",
     "Explanations",
     "Gate results",
+    "Edge variants",
     "Known limitations",
 )
 
@@ -245,6 +246,19 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
                    [[g["gate"], _num(g["measured"]), _num(g["limit"]), "pass" if g["passed"] else "FAIL " + g["note"]]
                     for g in r["gates"]])),
     ]  # fmt: skip
+    comp = r.get("compression")
+    if comp:
+        s["Edge variants"] = [
+            ("p", "Built by `fedready compress` from this model using only the server's public data (distillation, "
+                  "pruning, int8 quantisation, temperature scaling): post-processing of the DP model, so the privacy "
+                  "guarantees above still hold. Each variant was gated with the same policy; the smallest passing "
+                  f"one ships: {comp['selected'] or 'none passed'}."),
+            ("table", (["variant", "KB", "accuracy", "gates"],
+                       [[v["name"], f"{v['bytes'] / 1024:.1f}", _num(v["accuracy"]), "pass" if v["passed"] else "FAIL"]
+                        for v in comp["variants"]])),
+        ]  # fmt: skip
+    else:
+        s["Edge variants"] = [("p", "Not compressed yet: `fedready compress RUN` builds and gates edge variants.")]
     s["Known limitations"] = [("ul", [
         "Adult is 1994 US census data: the world has changed; do not read decisions as about today's people.",
         "Small groups (e.g. some race categories) have few rows: their metrics are noisy.",
