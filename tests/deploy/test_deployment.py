@@ -137,7 +137,7 @@ def federation(tmp_path_factory):
                 break
             time.sleep(1)
         assert "registered" in reg.stdout, reg.stdout + reg.stderr
-        for priv, pub in certs.node_keys[1:3]:
+        for _priv, pub in certs.node_keys[1:3]:
             reg = subprocess.run([flwr, "supernode", "register", str(pub), "fedready"], env=env,
                                  capture_output=True, text=True, timeout=60)  # fmt: skip
             assert "registered" in reg.stdout, reg.stdout + reg.stderr
