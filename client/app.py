@@ -18,6 +18,7 @@ spend the budget twice.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.client.training import train
 from fedready.config import SimulationConfig
+from fedready.deploy.site import Site, site_from_node_config
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.models import create_model
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon
@@ -45,6 +47,8 @@ from fedready.simulations.scenarios import ClientDropped, apply_attack, attacker
 __all__ = ["app", "make_client_app"]
 
 _STATE_KEY = "fedready.privacy"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,17 +115,20 @@ def _train_seed(seed: int, partition_id: int, server_round: int) -> int:
     return int(np.random.SeedSequence([seed, partition_id, server_round]).generate_state(1)[0])
 
 
-def _decline(msg: Message, pid: int, reason: str, detail: str) -> Message:
+def _decline(msg: Message, pid: int, reason: str, detail: str, extra: dict[str, Any] | None = None) -> Message:
     content = RecordDict({
         K.METRICS: MetricRecord({K.NUM_EXAMPLES: 0, K.DECLINED: 1, K.PARTITION_ID: pid}),
-        K.CONFIG: ConfigRecord({K.REASON: reason, K.DETAIL: detail}),
+        K.CONFIG: ConfigRecord({K.REASON: reason, K.DETAIL: detail, **(extra or {})}),
     })  # fmt: skip
     return Message(content=content, reply_to=msg)
 
 
-def _reply(msg: Message, arrays: dict[str, np.ndarray], metrics: dict) -> Message:
+def _reply(msg: Message, arrays: dict[str, np.ndarray], metrics: dict, extra: dict[str, Any] | None = None) -> Message:
     rec = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-    return Message(content=RecordDict({K.ARRAYS: rec, K.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    content = RecordDict({K.ARRAYS: rec, K.METRICS: MetricRecord(metrics)})
+    if extra:  # a deployed client's data fingerprint, for provenance
+        content[K.CONFIG] = ConfigRecord(extra)
+    return Message(content=content, reply_to=msg)
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,12 @@ def local_update(
     Shared by the message-API ClientApp and the SecAgg+ (legacy NumPyClient) path.
     """
     pid = int(context.node_config["partition-id"])
-    store = _Store(context, Path(run_dir) / "clients" / str(pid) if run_dir else None)
+    site = site_from_node_config(context.node_config)
+    if site is not None:  # a deployed client keeps its state on its own premises, never in the server's run folder
+        folder: Path | None = site.limits.state_dir / f"run-{context.run_id}"
+    else:
+        folder = Path(run_dir) / "clients" / str(pid) if run_dir else None
+    store = _Store(context, folder)
     in_digest = arrays_digest(global_arrays)
     state = store.load()
     if state.rounds and state.rounds[-1] == server_round and state.last_input_digest == in_digest:
@@ -164,9 +176,17 @@ def local_update(
         raise ClientDropped(f"client {pid} dropped out of round {server_round} (simulated, p={cfg.dropout})")
     if is_slow(cfg, pid):
         time.sleep(cfg.round_timeout + 1.0)  # simulated straggler: the server has moved on
+    if site is not None and not site.report.ok:
+        return Decline(K.CONTRACT_VIOLATION, site.report.summary())
+    if site is not None and not cfg.dp:
+        return Decline(K.LOCAL_LIMIT, "the coordinator asked for a run without DP; local limits need DP-SGD")
     attacker = pid in attackers(cfg)
-    shard = client_shard(cfg, pid)
-    y_train = 1 - shard.y_train if attacker and cfg.attack == "label-flip" else shard.y_train
+    if site is not None:
+        x_train, y_train = _site_train(site, cfg)
+    else:
+        shard = client_shard(cfg, pid)
+        x_train, y_train = shard.x_train, shard.y_train
+    y_train = 1 - y_train if attacker and cfg.attack == "label-flip" else y_train
     n = len(y_train)
     batches = max(1, math.ceil(n / cfg.batch_size))
     steps = cfg.local_steps or cfg.local_epochs * batches
@@ -182,11 +202,16 @@ def local_update(
             return Decline(
                 K.BUDGET_EXHAUSTED, f"epsilon would reach {projected:.4f} > budget {cfg.epsilon} (spent {spent:.4f})"
             )
+        if site is not None:  # the organisation's own lifetime limits, whatever the coordinator asked
+            refusal = site.privacy_refusal(requested_delta=cfg.delta, accountant=cfg.accountant,
+                                           step=(noise, rate, steps))  # fmt: skip
+            if refusal is not None:
+                return Decline(*refusal)
 
-    model = create_model(cfg.model, shard.x_train.shape[1])
+    model = create_model(cfg.model, x_train.shape[1])
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
     result = train(
-        model, shard.x_train, y_train,
+        model, x_train, y_train,
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr_at(server_round), momentum=cfg.momentum,
         seed=_train_seed(cfg.seed, pid, server_round),
         noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
@@ -198,6 +223,8 @@ def local_update(
         state.rate.append(rate)
         state.steps.append(result.steps)
     state.last_input_digest = in_digest
+    if site is not None and cfg.dp:
+        site.record_release(run=str(context.run_id), server_round=server_round, step=(noise, rate, result.steps))
     eps = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant) if cfg.dp else 0.0
     metrics = {
         K.NUM_EXAMPLES: n, K.UNIFORM_WEIGHT: 1, K.PARTITION_ID: pid, K.TRAIN_LOSS: result.loss,
@@ -219,9 +246,32 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     global_arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
     out = local_update(cfg, context, run_dir, server_round, global_arrays)
     pid = int(context.node_config["partition-id"])
+    site = site_from_node_config(context.node_config)
+    extra = dict(site.fingerprint) if site is not None else None
+    if site is not None:
+        _audit_round(site, str(context.run_id), server_round, out)
     if isinstance(out, Decline):
-        return _decline(msg, pid, out.reason, out.detail)
-    return _reply(msg, *out)
+        return _decline(msg, pid, out.reason, out.detail, extra)
+    return _reply(msg, *out, extra)
+
+
+def _site_train(site: Site, cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
+    local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed)
+    return local.x_train, local.y_train
+
+
+def _audit_round(site: Site, run: str, server_round: int, out: tuple[dict, dict] | Decline) -> None:
+    """The client's own record of the round; a contract violation keeps its full report here."""
+    if isinstance(out, Decline):
+        report = site.report.lines() if out.reason == K.CONTRACT_VIOLATION else []
+        for line in report:
+            log.warning("data contract: %s", line)
+        site.audit.append("round-declined", run=run, round=server_round, reason=out.reason, detail=out.detail,
+                          report=report)  # fmt: skip
+    else:
+        metrics = out[1]
+        site.audit.append("round-trained", run=run, round=server_round, rows=metrics[K.NUM_EXAMPLES],
+                          run_epsilon=metrics[K.EPSILON], replayed=metrics[K.REPLAYED])  # fmt: skip
 
 
 def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -270,7 +320,9 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         from fedready.evaluation.federated import handle_query
 
         cfg, _ = resolve_config(context, fixed)
-        return handle_query(msg, cfg, int(context.node_config["partition-id"]))
+        site = site_from_node_config(context.node_config)
+        local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed) if site is not None else None
+        return handle_query(msg, cfg, int(context.node_config["partition-id"]), local)
 
     return client_app
 

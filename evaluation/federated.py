@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -31,6 +31,9 @@ from fedready.config import SimulationConfig
 from fedready.data import adult_schema
 from fedready.errors import IntegrityError
 from fedready.evaluation._model import model_from_arrays
+
+if TYPE_CHECKING:
+    from fedready.deploy.site import LocalData
 from fedready.evaluation.fairness import (
     client_spread,
     confusion_counts,
@@ -45,8 +48,13 @@ __all__ = ["FEDERATED_FILE", "local_group_counts", "run_federated_evaluation", "
 FEDERATED_FILE = "federated_eval.json"
 
 
-def local_group_counts(cfg: SimulationConfig, partition_id: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+def local_group_counts(
+    cfg: SimulationConfig, partition_id: int, arrays: dict[str, np.ndarray], local: LocalData | None = None
+) -> dict[str, Any]:
     """A client's answer to the ``group-counts`` query, as MetricRecord content.
+
+    ``local`` is a deployed client's own validation split; without it the simulated
+    shard of ``partition_id`` is used.
 
     Returns
     -------
@@ -58,15 +66,20 @@ def local_group_counts(cfg: SimulationConfig, partition_id: int, arrays: dict[st
     from fedready.simulations.federated import client_shard, client_validation_attributes
 
     schema = adult_schema()
-    shard = client_shard(cfg, partition_id)
+    if local is not None:
+        x_val, y_val, attributes = local.x_val, local.y_val, local.val_attributes
+    else:
+        shard = client_shard(cfg, partition_id)
+        x_val, y_val = shard.x_val, shard.y_val
+        attributes = client_validation_attributes(cfg, partition_id)
     model = model_from_arrays(cfg.model, arrays)
     import torch
 
     with torch.no_grad():
-        pred = model(torch.from_numpy(shard.x_val)).argmax(1).numpy()
-    out: dict[str, Any] = {K.PARTITION_ID: partition_id, K.VAL_ROWS: int(len(shard.y_val)),
-                           K.VAL_CORRECT: int((pred == shard.y_val).sum())}  # fmt: skip
-    for attr, raw in client_validation_attributes(cfg, partition_id).items():
+        pred = model(torch.from_numpy(x_val)).argmax(1).numpy()
+    out: dict[str, Any] = {K.PARTITION_ID: partition_id, K.VAL_ROWS: int(len(y_val)),
+                           K.VAL_CORRECT: int((pred == y_val).sum())}  # fmt: skip
+    for attr, raw in attributes.items():
         names = group_names(schema, attr)
         table = confusion_counts(shard.y_val, pred, group_labels(schema, attr, raw), names)
         out[K.COUNTS_PREFIX + attr] = [int(v) for v in table.reshape(-1)]
@@ -145,12 +158,12 @@ def run_federated_evaluation(grid: Grid, cfg: SimulationConfig, run_dir: Path) -
     return result
 
 
-def handle_query(msg: Message, cfg: SimulationConfig, partition_id: int) -> Message:
+def handle_query(msg: Message, cfg: SimulationConfig, partition_id: int, local: LocalData | None = None) -> Message:
     """Answer an ``evaluate`` message (client side)."""
     query = str(msg.content[K.CONFIG].get(K.QUERY, ""))
     if query != K.QUERY_GROUP_COUNTS:
         raise ValueError(f"unknown query '{query}'; expected one of: {K.QUERY_GROUP_COUNTS}")
     record = msg.content[K.ARRAYS]
     arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
-    return Message(content=RecordDict({K.METRICS: MetricRecord(local_group_counts(cfg, partition_id, arrays))}),
+    return Message(content=RecordDict({K.METRICS: MetricRecord(local_group_counts(cfg, partition_id, arrays, local))}),
                    reply_to=msg)  # fmt: skip

@@ -56,3 +56,14 @@ QUERY_GROUP_COUNTS = "group-counts"
 COUNTS_PREFIX = "counts/"  # + attribute: flat [tp, fp, tn, fn] per group, in schema order
 VAL_ROWS = "val-rows"
 VAL_CORRECT = "val-correct"
+
+# Deployment (fedready.deploy): reason codes of a deployed client and its data fingerprint
+CONTRACT_VIOLATION = "contract-violation"  # the local data breaks the schema's [contract]
+LOCAL_LIMIT = "local-privacy-limit"  # the coordinator asks for more than the client's local limits allow
+SCHEMA_DIGEST = "schema-digest"  # ConfigRecord keys of the fingerprint in every deployed reply
+DATA_ROWS = "data-rows"
+DATA_SHA256 = "data-sha256"
+# node config keys of a deployed SuperNode (set by `fedready client`)
+NODE_DATA = "data-path"
+NODE_SCHEMA = "schema-path"
+NODE_LIMITS = "limits-path"

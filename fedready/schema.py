@@ -19,6 +19,7 @@ from fedready.errors import ConfigError
 
 __all__ = [
     "CategoricalColumn",
+    "DataContract",
     "DataSchema",
     "NumericColumn",
     "Target",
@@ -80,6 +81,36 @@ class Target(_Strict):
     negative: list[str] = Field(min_length=1)
 
 
+class DataContract(_Strict):
+    """What a data holder promises about its rows, checked before training (``[contract]``).
+
+    Rates are shares of rows in [0, 1]. The declared vocabularies and ranges of the
+    columns are part of the contract: a value outside them counts as invalid.
+    """
+
+    min_rows: int = Field(1, ge=1)  # rows in the local file
+    max_missing_rate: float = Field(0.0, ge=0, le=1)  # per column, unless overridden in missing_rate
+    missing_rate: dict[str, float] = {}  # column -> its own maximum missing share
+    max_invalid_rate: float = Field(0.0, ge=0, le=1)  # values outside the vocabulary or range, unparseable numbers
+    min_positive_rate: float = Field(0.0, ge=0, le=1)  # label balance: share of positive labels
+    max_positive_rate: float = Field(1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _rates(self) -> DataContract:
+        bad = {k: v for k, v in self.missing_rate.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"missing_rate values must be shares in [0, 1], got {bad}")
+        if self.min_positive_rate > self.max_positive_rate:
+            raise ValueError(
+                f"min_positive_rate ({self.min_positive_rate}) exceeds max_positive_rate ({self.max_positive_rate})"
+            )
+        return self
+
+    def missing_limit(self, column: str) -> float:
+        """The maximum missing share allowed in ``column``."""
+        return self.missing_rate.get(column, self.max_missing_rate)
+
+
 class DataSchema(_Strict):
     """A declared tabular schema.
 
@@ -94,6 +125,8 @@ class DataSchema(_Strict):
         changed by counterfactuals).
     ignore : list of str
         Declared columns that are not model inputs.
+    contract : DataContract or None
+        Limits a data holder checks its rows against before it trains.
     """
 
     name: str
@@ -102,6 +135,7 @@ class DataSchema(_Strict):
     target: Target
     sensitive: list[str] = []
     ignore: list[str] = []
+    contract: DataContract | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> DataSchema:
@@ -119,6 +153,10 @@ class DataSchema(_Strict):
             unknown = [v for v in values if v not in names]
             if unknown:
                 raise ValueError(f"{key} names unknown column(s) {unknown}; declared: {names}")
+        if self.contract is not None:
+            unknown = [c for c in self.contract.missing_rate if c not in names]
+            if unknown:
+                raise ValueError(f"contract.missing_rate names unknown column(s) {unknown}; declared: {names}")
         return self
 
     @property
@@ -135,7 +173,10 @@ class DataSchema(_Strict):
 
     def to_dict(self) -> dict:
         """Return the schema as plain JSON-compatible data."""
-        return self.model_dump(mode="json")
+        out = self.model_dump(mode="json")
+        if out["contract"] is None:  # a schema without a contract keeps the digest it always had
+            del out["contract"]
+        return out
 
     def digest(self) -> str:
         """Return ``sha256:<hex>`` of the canonical JSON form (sorted keys)."""

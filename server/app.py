@@ -151,6 +151,19 @@ def _plain_fedavg(replies: list[Message]) -> ArrayRecord:
     return ArrayRecord({k: torch.from_numpy(v.astype(np.float32)) for k, v in mean.items()})
 
 
+def _audit_fingerprint(audit: AuditLog, seen: dict[str, tuple], server_round: int, msg: Message) -> None:
+    """Log a deployed client's data fingerprint (schema digest, rows, data digest) when first seen or changed."""
+    config = msg.content.config_records.get(K.CONFIG)
+    if config is None or K.DATA_SHA256 not in config:
+        return
+    client = _client_id(msg)
+    fp = (str(config[K.SCHEMA_DIGEST]), int(config[K.DATA_ROWS]), str(config[K.DATA_SHA256]))
+    if seen.get(client) != fp:
+        seen[client] = fp
+        audit.append("client-data", round=server_round, client=client, node_id=msg.metadata.src_node_id,
+                     schema_digest=fp[0], rows=fp[1], data_sha256=fp[2])  # fmt: skip
+
+
 def client_noise_multiplier(cfg: SimulationConfig) -> float | None:
     """The client-level noise multiplier z: given, or calibrated to ``client_epsilon``.
 
@@ -219,6 +232,7 @@ def run_rounds(
     if cfg.client_dp in ("client-fixed", "client-adaptive"):
         train_cfg[K.CLIENT_CLIPPING] = cfg.client_dp.removeprefix("client-")
 
+    fingerprints: dict[str, tuple] = {}
     metrics_path = run_dir / "metrics.jsonl"
     accuracy = loss = float("nan")
     first_write = True
@@ -246,7 +260,10 @@ def run_rounds(
             ledger.record_decline(round=server_round, client=_client_id(msg), reason=str(c[K.REASON]),
                                   detail=str(c[K.DETAIL]))  # fmt: skip
             report.declined.append({"client": _client_id(msg), "reason": str(c[K.REASON])})
-            audit.append("client-declined", round=server_round, client=_client_id(msg), reason=str(c[K.REASON]))
+            audit.append("client-declined", round=server_round, client=_client_id(msg), reason=str(c[K.REASON]),
+                         detail=str(c[K.DETAIL]))  # fmt: skip
+        for msg in trained + declined:
+            _audit_fingerprint(audit, fingerprints, server_round, msg)
         for msg in failed:
             report.failed.append({"client": _client_id(msg), "reason": msg.error.reason})
             audit.append("client-failed", round=server_round, node_id=msg.metadata.src_node_id,

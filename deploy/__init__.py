@@ -1,0 +1,1 @@
+"""Deployment on Flower's real engine: identities, data contracts, local privacy limits."""

@@ -1,0 +1,129 @@
+"""Checking a local table against its schema's data contract, on the client's premises.
+
+Notes
+-----
+The full report (which column, how many rows, which limit) stays with the data
+holder. What may leave the premises is :meth:`ContractReport.summary`: the names of
+the checks that failed, with no counts and no row content, plus a fingerprint of the
+data (schema digest, row count, sha256 of the file) for provenance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedready.data import Table
+from fedready.schema import CategoricalColumn, DataContract, DataSchema, NumericColumn
+
+__all__ = ["ContractReport", "Violation", "row_validity", "validate_contract"]
+
+_NUMERIC_MISSING = ("", "?", "NA", "nan", "NaN")
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken limit: ``rows`` of ``total`` rows in ``column`` against ``limit``."""
+
+    check: str  # min-rows | missing-rate | invalid-rate | positive-rate
+    column: str
+    rows: int
+    total: int
+    limit: str
+
+    def message(self) -> str:
+        """A readable line for the data holder."""
+        if self.check == "min-rows":
+            return f"{self.rows} rows, contract needs at least {self.limit}"
+        share = self.rows / max(self.total, 1)
+        what = {"missing-rate": "missing", "invalid-rate": "outside the declared values or range",
+                "positive-rate": "positive"}[self.check]  # fmt: skip
+        return f"column '{self.column}': {self.rows} of {self.total} rows ({share:.1%}) {what}, limit {self.limit}"
+
+
+@dataclass(frozen=True)
+class ContractReport:
+    """The outcome of :func:`validate_contract`."""
+
+    rows: int
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every limit holds."""
+        return not self.violations
+
+    def lines(self) -> list[str]:
+        """The readable report, one line per violation (stays on the client)."""
+        return [v.message() for v in self.violations] or [f"{self.rows} rows: contract satisfied"]
+
+    def summary(self) -> str:
+        """What the coordinator is told: failed checks by column, no counts, no rows."""
+        return ", ".join(f"{v.column}:{v.check}" for v in self.violations)
+
+
+def _column_status(col: NumericColumn | CategoricalColumn, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (missing, invalid) for one column's raw string values."""
+    if isinstance(col, CategoricalColumn):
+        missing = np.isin(raw, col.missing_values)
+        return missing, ~missing & ~np.isin(raw, col.categories)
+    missing = np.isin(raw, _NUMERIC_MISSING)
+    values = np.full(len(raw), np.nan)
+    for i, v in enumerate(raw.tolist()):
+        if v not in _NUMERIC_MISSING:
+            try:
+                values[i] = float(v)
+            except ValueError:
+                pass
+    with np.errstate(invalid="ignore"):
+        inside = np.isfinite(values) & (values >= col.min) & (values <= col.max)
+    return missing, ~missing & ~inside
+
+
+def row_validity(table: Table, schema: DataSchema) -> np.ndarray:
+    """Rows a model can train on: every numeric feature parses inside its range and the label is declared.
+
+    Missing or unknown categorical values are fine (they encode to the 'unknown' slot).
+    """
+    ok = np.ones(len(table), dtype=bool)
+    for col in schema.features:
+        if isinstance(col, NumericColumn):
+            missing, invalid = _column_status(col, table.columns[col.name])
+            ok &= ~missing & ~invalid
+    label = table.columns[schema.target.column]
+    return ok & np.isin(label, schema.target.positive + schema.target.negative)
+
+
+def validate_contract(table: Table, schema: DataSchema) -> ContractReport:
+    """Check ``table`` against ``schema.contract`` (a default contract if the schema has none).
+
+    Checks, in order: minimum rows; per column the missing share and the share of values
+    outside the declared vocabulary or range; the share of undeclared labels; the
+    positive-label share.
+    """
+    contract = schema.contract or DataContract()
+    n = len(table)
+    out: list[Violation] = []
+    if n < contract.min_rows:
+        out.append(Violation("min-rows", "*", n, n, str(contract.min_rows)))
+    for col in schema.features:
+        missing, invalid = _column_status(col, table.columns[col.name])
+        limit = contract.missing_limit(col.name)
+        if missing.sum() > limit * n:
+            out.append(Violation("missing-rate", col.name, int(missing.sum()), n, f"{limit:.1%}"))
+        if invalid.sum() > contract.max_invalid_rate * n:
+            out.append(Violation("invalid-rate", col.name, int(invalid.sum()), n, f"{contract.max_invalid_rate:.1%}"))
+    label = table.columns[schema.target.column]
+    pos = np.isin(label, schema.target.positive)
+    declared = pos | np.isin(label, schema.target.negative)
+    if (~declared).sum() > contract.max_invalid_rate * n:
+        out.append(Violation("invalid-rate", schema.target.column, int((~declared).sum()), n,
+                             f"{contract.max_invalid_rate:.1%}"))  # fmt: skip
+    labelled = int(declared.sum())
+    if labelled:
+        rate = pos.sum() / labelled
+        if not contract.min_positive_rate <= rate <= contract.max_positive_rate:
+            out.append(Violation("positive-rate", schema.target.column, int(pos.sum()), labelled,
+                                 f"[{contract.min_positive_rate:.1%}, {contract.max_positive_rate:.1%}]"))  # fmt: skip
+    return ContractReport(rows=n, violations=out)
