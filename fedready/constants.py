@@ -56,3 +56,11 @@ QUERY_GROUP_COUNTS = "group-counts"
 COUNTS_PREFIX = "counts/"  # + attribute: flat [tp, fp, tn, fn] per group, in schema order
 VAL_ROWS = "val-rows"
 VAL_CORRECT = "val-correct"
+
+# Reference profile (monitoring): an "evaluate" message with this query is answered with
+# histograms of the client's training rows over the schema's bins (never rows).
+QUERY_PROFILE = "reference-profile"
+PROFILE_PREFIX = "profile/"  # + "feature/<name>", "scores", "predictions", "labels", "score-positives"
+# run-config keys: noise on the summed profile ("auto": gaussian when DP is on, else none) and its budget
+PROFILE_NOISE = "fedready.profile-noise"
+PROFILE_EPSILON = "fedready.profile-epsilon"
