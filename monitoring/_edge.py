@@ -12,7 +12,6 @@ NumPy only (plus ``prometheus-client`` in the serving process).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -93,8 +92,6 @@ def _append(path: Path, lines: list[dict[str, Any]]) -> None:
     data = "".join(json.dumps(x, sort_keys=True, default=str) + "\n" for x in lines)
     with path.open("a", encoding="utf-8") as f:  # one write per call: lines of concurrent writers do not interleave
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _sum(items: Any) -> Counts | None:
