@@ -173,3 +173,33 @@ def test_monitor_cli_errors(tmp_path, artifact, keys):
     policy.write_text("[monitoring]\nmin_rows = 1000\n")
     _cli("monitor", "--home", home, "--gate", policy)  # too few rows to alert
     _cli("monitor", "--home", home, "--window", 300, code=BREACH_EXIT)
+
+
+@pytest.mark.slow
+def test_a_real_simulation_writes_a_noisy_accounted_profile_that_detects_both_shifts(sim_run):
+    from fedready.data import adult_schema
+    from fedready.monitoring import compare, count_rows
+    from fedready.privacy.ledger import Ledger
+
+    profile = json.loads((sim_run / "reference_profile.json").read_text())
+    assert profile["noise"]["mechanism"] == "gaussian" and profile["clients"] == 4  # DP run: noisy by default
+    led = Ledger.load(sim_run / "ledger.json")
+    (entry,) = [e for e in led.entries if e.level == "profile"]
+    assert entry.epsilon == pytest.approx(profile["noise"]["epsilon"]) and 0.9 < entry.epsilon <= 1.0
+    schema = adult_schema()
+    test = load_adult("test")
+    n = len(test)
+    rng = np.random.default_rng(0)
+    sex = test.columns["sex"]
+    female, male = np.flatnonzero(sex == "Female"), np.flatnonzero(sex == "Male")
+    windows = {
+        "clean": test.columns,
+        "aged": {**test.columns, "age": np.array([f"{float(a) + 10:g}" for a in test.columns["age"]])},
+        "female": test.take(np.concatenate([rng.choice(female, int(0.7 * n)), rng.choice(male, n - int(0.7 * n))])
+                            ).columns,
+    }  # fmt: skip
+    scores = np.full(n, 0.2)
+    reports = {k: compare(profile, count_rows(schema, cols, scores=scores, predictions=np.zeros(n, int)))
+               for k, cols in windows.items()}  # fmt: skip
+    assert max(f["psi"] for f in reports["clean"]["features"].values()) < 0.1
+    assert reports["aged"]["features"]["age"]["psi"] > 0.2 and reports["female"]["features"]["sex"]["psi"] > 0.2
