@@ -43,7 +43,7 @@ from fedready.evaluation.fairness import (
 )
 from fedready.modelio import arrays_digest, load_npz
 
-__all__ = ["FEDERATED_FILE", "local_group_counts", "run_federated_evaluation", "sum_replies"]
+__all__ = ["FEDERATED_FILE", "local_group_counts", "query_all", "run_federated_evaluation", "sum_replies"]
 
 FEDERATED_FILE = "federated_eval.json"
 
@@ -111,14 +111,17 @@ def sum_replies(replies: list[dict[str, Any]]) -> dict[str, Any]:
     return {"counts": {a: sums[a].tolist() for a in ordered}, "per_client": per_client}
 
 
-def _query_all(grid: Grid, arrays: ArrayRecord, num_clients: int, timeout: float) -> list[Message]:
+def query_all(
+    grid: Grid, arrays: ArrayRecord, num_clients: int, timeout: float, query: str = K.QUERY_GROUP_COUNTS
+) -> list[Message]:
+    """Send the model and ``query`` to every connected client (waiting up to ``timeout`` for all to join)."""
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
     while len(nodes) < num_clients and time.monotonic() < deadline:
         time.sleep(0.5)
         nodes = list(grid.get_node_ids())
     messages = [
-        Message(content=RecordDict({K.ARRAYS: arrays, K.CONFIG: ConfigRecord({K.QUERY: K.QUERY_GROUP_COUNTS})}),
+        Message(content=RecordDict({K.ARRAYS: arrays, K.CONFIG: ConfigRecord({K.QUERY: query})}),
                 dst_node_id=node, message_type=MessageType.EVALUATE)
         for node in nodes
     ]  # fmt: skip
@@ -138,7 +141,7 @@ def run_federated_evaluation(grid: Grid, cfg: SimulationConfig, run_dir: Path) -
 
     arrays = load_npz((run_dir / "model.npz").read_bytes())
     record = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-    replies = _query_all(grid, record, cfg.num_clients, cfg.round_timeout)
+    replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout)
     ok = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
     failed = [m.error.reason for m in replies if m.has_error()]
     summed = sum_replies(ok)
@@ -160,10 +163,18 @@ def run_federated_evaluation(grid: Grid, cfg: SimulationConfig, run_dir: Path) -
 
 def handle_query(msg: Message, cfg: SimulationConfig, partition_id: int, local: LocalData | None = None) -> Message:
     """Answer an ``evaluate`` message (client side)."""
+    from fedready.monitoring.federated import local_profile_counts
+
+    answers = {K.QUERY_GROUP_COUNTS: local_group_counts, K.QUERY_PROFILE: local_profile_counts}
     query = str(msg.content[K.CONFIG].get(K.QUERY, ""))
-    if query != K.QUERY_GROUP_COUNTS:
-        raise ValueError(f"unknown query '{query}'; expected one of: {K.QUERY_GROUP_COUNTS}")
+    if query not in answers:
+        raise ValueError(f"unknown query '{query}'; expected one of: {', '.join(answers)}")
     record = msg.content[K.ARRAYS]
     arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
-    return Message(content=RecordDict({K.METRICS: MetricRecord(local_group_counts(cfg, partition_id, arrays, local))}),
+    if local is not None and query == K.QUERY_PROFILE:
+        # a deployed client's profile needs its raw training columns: not wired yet (README: known limits)
+        raise ValueError("reference profiles are not computed by deployed clients yet")
+    metrics = local_group_counts(cfg, partition_id, arrays, local) if query == K.QUERY_GROUP_COUNTS \
+        else answers[query](cfg, partition_id, arrays)  # fmt: skip
+    return Message(content=RecordDict({K.METRICS: MetricRecord(metrics)}),
                    reply_to=msg)  # fmt: skip

@@ -140,9 +140,10 @@ def load_policy(path: str | Path | None, schema: DataSchema) -> Policy:
         raise ConfigError("gate", f"policy file {p} does not exist") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("gate", f"{p} is not valid TOML ({e})") from e
-    unknown_top = sorted(set(raw) - {"name", "version", "gates"})
+    # [monitoring] holds the drift thresholds of `fedready monitor` (fedready.monitoring.MonitoringPolicy)
+    unknown_top = sorted(set(raw) - {"name", "version", "gates", "monitoring"})
     if unknown_top:
-        raise ConfigError(unknown_top[0], f"unknown policy key in {p}; expected: name, version, [gates]")
+        raise ConfigError(unknown_top[0], f"unknown policy key in {p}; expected: name, version, [gates], [monitoring]")
     gates = raw.get("gates")
     if not isinstance(gates, dict) or not gates:
         raise ConfigError("gates", f"{p} declares no [gates] table")

@@ -517,19 +517,30 @@ def registry_promote(
     ] = None,
     force: Annotated[bool, typer.Option(help="Promote although gates failed or never ran (needs --reason).")] = False,
     reason: Annotated[str | None, typer.Option(help="Why --force is justified (recorded).")] = None,
+    min_agreement: Annotated[
+        float | None, typer.Option(help="Refuse unless the shadow report shows at least this agreement (0-1).")
+    ] = None,
+    shadow_report: Annotated[Path | None, typer.Option(help="JSON written by `fedready shadow --out`.")] = None,
 ) -> None:
     """Point a channel at a version; refuses failed or unrun gates without --force --reason."""
     import datetime as dt
 
     from fedready.registry import Registry
+    from fedready.registry._canonical import read_json
 
     with _errors():
         try:
             review = dt.date.fromisoformat(review_by) if review_by else None
         except ValueError as e:
             raise ConfigError("review-by", f"'{review_by}' is not an ISO date like 2027-03-01") from e
+        if shadow_report is not None and not shadow_report.is_file():
+            raise ConfigError(
+                "shadow-report", f"{shadow_report} does not exist; write one with `fedready shadow --out`"
+            )
+        report = read_json(shadow_report, what="shadow report") if shadow_report is not None else None
         doc = Registry(path).promote(version, channel=channel, approver=approver, rollout_percent=rollout,
-                                     review_by=review, force=force, reason=reason)  # fmt: skip
+                                     review_by=review, force=force, reason=reason, min_agreement=min_agreement,
+                                     shadow_report=report)  # fmt: skip
     forced = f" FORCED ({doc.reason})" if doc.forced else ""
     err.print(f"{channel} -> {doc.version} ({doc.rollout_percent:g}%), approved by {doc.approver}, "
               f"review by {doc.review_by}{forced}")  # fmt: skip
@@ -548,6 +559,29 @@ def registry_rollback(
     with _errors():
         doc = Registry(path).rollback(channel=channel, approver=approver, reason=reason)
     err.print(f"{channel} -> {doc.version}")
+
+
+@registry_app.command("auto-rollback")
+def registry_auto_rollback(
+    path: RegistryPath,
+    channel: Annotated[str, typer.Option(help="The channel whose devices' alerts are read (e.g. canary).")],
+    alerts: Annotated[
+        Path, typer.Option(help="Alert JSON lines from `fedready monitor` (devices' files concatenated).")
+    ],
+    min_alerts: Annotated[int, typer.Option(help="Breaches of the current version needed to roll back.")] = 1,
+    approver: Annotated[str, typer.Option(help="Recorded as the rollback's approver.")] = "fedready auto-rollback",
+) -> None:
+    """Roll a channel back when its devices' alerts show a breach of the version it serves (for cron or CI).
+
+    Prints one JSON object with the decision; exit code 0 whether or not it rolled back.
+    """
+    from fedready.registry import Registry
+
+    with _errors():
+        result = Registry(path).auto_rollback(channel=channel, alerts=alerts, min_alerts=min_alerts, approver=approver)
+    _echo_json(result)
+    if result["rolled_back"]:
+        err.print(f"{channel}: {result['replaced']} -> {result['version']} ({result['breaches']} breach(es))")
 
 
 @registry_app.command("refresh")
@@ -628,21 +662,35 @@ def edge_predict(
         Path | None, typer.Argument(help="CSV with a header row, or JSON lines; - or none: stdin.")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto | csv | jsonl")] = "auto",
+    record_inputs: Annotated[
+        bool, typer.Option(help="Also keep the raw rows in HOME/monitoring/inputs.jsonl (summaries are always kept).")
+    ] = False,
 ) -> None:
-    """Predict with the active model: raw rows in, one JSON line per row out."""
-    import sys
-
+    """Predict with the active model: raw rows in, one JSON line per row out (summaries kept for `fedready monitor`)."""
+    from fedready.monitoring import Recorder
     from fedready.registry import EdgeAgent, read_rows
 
     with _errors():
-        if input is None or str(input) == "-":
-            text = sys.stdin.read()
-        elif not input.is_file():
-            raise ConfigError("input", f"{input} does not exist")
-        else:
-            text = input.read_text(encoding="utf-8")
-        results = EdgeAgent(home).predictor().predict(read_rows(text, fmt=fmt))
+        rows = read_rows(_read_input(input), fmt=fmt)
+        predictor = EdgeAgent(home).predictor()
+        t0 = time.perf_counter()
+        results = predictor.predict(rows)
+        latency = time.perf_counter() - t0
+        if rows:
+            Recorder(home, record_inputs=record_inputs).record(predictor.schema, rows, results,
+                                                               version=predictor.version, latency=latency)  # fmt: skip
     typer.echo("\n".join(json.dumps(r, sort_keys=True) for r in results))
+
+
+def _read_input(input: Path | None) -> str:
+    """The text of a CSV / JSON lines file, or of stdin for None or ``-``."""
+    import sys
+
+    if input is None or str(input) == "-":
+        return sys.stdin.read()
+    if not input.is_file():
+        raise ConfigError("input", f"{input} does not exist")
+    return input.read_text(encoding="utf-8")
 
 
 @edge_app.command("status")
@@ -690,13 +738,17 @@ def edge_serve(
     review_queue: Annotated[
         Path | None, typer.Option(help="JSON lines of deferred rows. [default: HOME/review-queue.jsonl]")
     ] = None,
+    record_inputs: Annotated[bool, typer.Option(help="Also keep raw rows in HOME/monitoring/inputs.jsonl.")] = False,
+    monitor_window: Annotated[int, typer.Option(help="Newest rows behind the drift gauges of GET /metrics.")] = 1000,
+    gate: Annotated[Path | None, typer.Option(help="Policy TOML whose [monitoring] table sets the thresholds.")] = None,
 ) -> None:
-    """Serve the active model over HTTP (POST /predict) with dynamic micro-batching."""
+    """Serve the active model over HTTP (POST /predict, GET /metrics) with dynamic micro-batching."""
     from fedready.registry import EdgeServer, ServeConfig
 
     with _errors():
         cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, defer_low=defer_low,
-                          defer_high=defer_high, review_queue=review_queue)  # fmt: skip
+                          defer_high=defer_high, review_queue=review_queue, record_inputs=record_inputs,
+                          monitor_window=monitor_window, gate=gate)  # fmt: skip
         server = EdgeServer(home, cfg)
     server.serve_forever(on_ready=lambda url: err.print(f"serving {server.predictor.version} on {url}/predict"))
 
@@ -1011,6 +1063,97 @@ def client(
     if not report.ok:
         err.print("the client joins but declines every round (reason contract-violation) until the data is fixed")
     _run_foreground(cmd)
+
+
+BREACH_EXIT = 3  # `fedready monitor` found a breach: distinct from errors (1, 2) so cron and CI can act on it
+
+
+@app.command()
+def monitor(
+    home: Home,
+    window: Annotated[int | None, typer.Option(help="Newest rows to compare. [default: all recorded rows]")] = None,
+    gate: Annotated[Path | None, typer.Option(help="Policy TOML whose [monitoring] table sets the thresholds.")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Rows with their outcome (the target column): adds calibration drift.")
+    ] = None,
+    alerts: Annotated[
+        Path | None, typer.Option(help="Alert JSON lines. [default: HOME/monitoring/alerts.jsonl]")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the drift report as JSON on stdout.")] = False,
+) -> None:
+    """Compare the device's recent predictions with the model's reference profile; append alerts on a breach.
+
+    Exit code 3 when a threshold is breached (alerts written), 0 otherwise.
+    """
+    from fedready.monitoring import load_monitoring_policy
+    from fedready.monitoring import monitor as run_monitor
+
+    with _errors():
+        if window is not None and window < 1:
+            raise ConfigError("window", f"must be >= 1 row, got {window}")
+        policy = load_monitoring_policy(gate)
+        labelled = _labelled_rows(home, labels) if labels is not None else None
+        report = run_monitor(home, window=window, policy=policy, labelled=labelled, alerts=alerts)
+    if json_out:
+        _echo_json(report)
+    else:
+        worst = max(report["features"].items(), key=lambda kv: kv[1]["psi"])
+        typer.echo(f"{report['version']} ({report['channel']}): {report['rows']:g} rows; highest PSI {worst[0]} "
+                   f"{worst[1]['psi']:.3f}; prediction PSI {report['prediction']['psi']:.3f}")  # fmt: skip
+        for b in report["breaches"]:
+            typer.echo(f"BREACH {b['kind']} {b['feature'] or ''} {b['metric']} {b['value']:.4f} > {b['threshold']}")
+        if not report["enough_rows"]:
+            typer.echo(f"window below min_rows ({policy.min_rows}): reported, not alerted")
+    if report["breaches"]:
+        err.print(f"{len(report['breaches'])} breach(es) appended to {report['alerts_file']}")
+        raise typer.Exit(BREACH_EXIT)
+
+
+def _labelled_rows(home: Path, path: Path) -> tuple[list[dict[str, Any]], Any]:
+    """Rows of ``path`` with their 0/1 label from the schema's target column."""
+    import numpy as np
+
+    from fedready.registry import EdgeAgent, read_rows
+
+    schema = EdgeAgent(home).predictor().schema
+    rows = read_rows(_read_input(path))
+    target = schema.target
+    pos, neg = set(target.positive), set(target.negative)
+    y = []
+    for n, r in enumerate(rows, start=1):
+        v = str(r.get(target.column, "")).strip().rstrip(".")
+        if v not in pos and v not in neg:
+            raise ConfigError("labels", f"row {n}: '{target.column}' is {v!r}; expected one of {sorted(pos | neg)}")
+        y.append(int(v in pos))
+    return rows, np.array(y, dtype=np.int64)
+
+
+@app.command()
+def shadow(
+    active: Annotated[Path, typer.Option(help="The active model's artifact folder.")],
+    candidate: Annotated[Path, typer.Option(help="The candidate's artifact folder.")],
+    data: Annotated[Path, typer.Option(help="Rows to score (CSV with a header, or JSON lines), e.g. recorded inputs.")],
+    public_key: Annotated[Path | None, typer.Option(help="Verify both artifacts with this key first.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the report (JSON) here, for `registry promote`.")] = None,
+) -> None:
+    """Run a candidate beside the active model on the same rows: agreement overall and per group, score deltas."""
+    from fedready.monitoring import shadow_compare
+    from fedready.registry import read_rows, verify_artifact
+    from fedready.registry._canonical import write_json
+
+    with _errors():
+        for name, folder in (("active", active), ("candidate", candidate)):
+            if not folder.is_dir():
+                raise ConfigError(name, f"{folder} is not an artifact folder")
+            if public_key is not None:
+                verify_artifact(folder, public_key=public_key)
+        rows = read_rows(_read_input(data))
+        if rows and "row" in rows[0] and isinstance(rows[0]["row"], dict):
+            rows = [r["row"] for r in rows]  # HOME/monitoring/inputs.jsonl written by --record-inputs
+        report = shadow_compare(active, candidate, rows)
+        if out is not None:
+            write_json(out, report)
+    _echo_json(report)
 
 
 def main() -> None:

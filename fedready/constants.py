@@ -67,3 +67,10 @@ DATA_SHA256 = "data-sha256"
 NODE_DATA = "data-path"
 NODE_SCHEMA = "schema-path"
 NODE_LIMITS = "limits-path"
+# Reference profile (monitoring): an "evaluate" message with this query is answered with
+# histograms of the client's training rows over the schema's bins (never rows).
+QUERY_PROFILE = "reference-profile"
+PROFILE_PREFIX = "profile/"  # + "feature/<name>", "scores", "predictions", "labels", "score-positives"
+# run-config keys: noise on the summed profile ("auto": gaussian when DP is on, else none) and its budget
+PROFILE_NOISE = "fedready.profile-noise"
+PROFILE_EPSILON = "fedready.profile-epsilon"

@@ -17,7 +17,7 @@ from typing import Any
 from fedready._io import atomic_write_text
 from fedready.privacy.accounting import compose_epsilon
 
-__all__ = ["Ledger", "LedgerEntry", "recompute"]
+__all__ = ["Ledger", "LedgerEntry", "compose_entries", "recompute"]
 
 FORMAT = "fedready-ledger/1"
 
@@ -34,7 +34,7 @@ class LedgerEntry:
     accountant: str
     delta: float
     epsilon: float  # composed over this client's rounds up to and including this one
-    level: str = "sample"  # "sample" (DP-SGD on records) or "client" (DP-FedAvg)
+    level: str = "sample"  # "sample" (DP-SGD on records), "client" (DP-FedAvg) or "profile" (monitoring counts)
 
 
 @dataclass
@@ -86,6 +86,12 @@ class Ledger:
         released = sorted((e for e in self.entries if e.level == "client"), key=lambda e: e.round)
         return [(e.noise_multiplier, e.sample_rate, e.steps) for e in released]
 
+    @property
+    def profile_epsilon(self) -> float:
+        """Epsilon spent on reference profiles (monitoring), composed over every release (0 if none)."""
+        released = [e for e in self.entries if e.level == "profile"]
+        return compose_entries(released) if released else 0.0
+
     def epsilon_after_round(self, r: int) -> float:
         """The run's sample-level epsilon counting only rounds ``<= r``."""
         best: dict[str, float] = {}
@@ -106,6 +112,7 @@ class Ledger:
             "target_epsilon": self.target_epsilon,
             "epsilon": self.epsilon,
             "client_level_epsilon": self.client_level_epsilon,
+            "profile_epsilon": self.profile_epsilon,
             "clients": dict(sorted(self.client_epsilon().items())),
             "entries": [asdict(e) for e in entries],
             "declines": sorted(self.declines, key=lambda d: (d["round"], d["client"])),
@@ -136,6 +143,21 @@ class Ledger:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
+def compose_entries(entries: list[LedgerEntry]) -> float:
+    """Epsilon of a sequence of releases by one party, from their recorded parameters alone.
+
+    Gaussian releases compose with the recorded Opacus accountant; ``laplace`` releases
+    (monitoring profiles, pure DP with ``noise_multiplier = 1 / epsilon``) add up (basic
+    composition, Dwork and Roth 2014, Thm. 3.16), as does the sum of the two parts.
+    """
+    gauss = [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries if e.accountant != "laplace"]
+    pure = sum(e.steps / e.noise_multiplier for e in entries if e.accountant == "laplace")
+    if not gauss:
+        return float(pure)
+    accountants = {e.accountant for e in entries if e.accountant != "laplace"}
+    return pure + compose_epsilon(gauss, delta=entries[-1].delta, accountant=sorted(accountants)[0])
+
+
 def recompute(ledger: Ledger) -> dict[str, list[tuple[int, float]]]:
     """Recompute every entry's epsilon from its recorded parameters alone.
 
@@ -152,9 +174,5 @@ def recompute(ledger: Ledger) -> dict[str, list[tuple[int, float]]]:
         by_client.setdefault(e.client, []).append(e)
     out: dict[str, list[tuple[int, float]]] = {}
     for client, entries in by_client.items():
-        history: list[tuple[float, float, int]] = []
-        out[client] = []
-        for e in entries:
-            history.append((e.noise_multiplier, e.sample_rate, e.steps))
-            out[client].append((e.round, compose_epsilon(history, delta=e.delta, accountant=e.accountant)))
+        out[client] = [(e.round, compose_entries(entries[: i + 1])) for i, e in enumerate(entries)]
     return out

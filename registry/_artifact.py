@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from fedready.errors import ConfigError, IntegrityError
+from fedready.monitoring._profile import PROFILE_FILE  # the reference for drift monitoring, when the run has one
 from fedready.registry._canonical import check_version, file_sha256, json_digest, read_json, write_json
 
 __all__ = [
     "MODEL_FILE",
+    "PROFILE_FILE",
     "PROVENANCE_FILE",
     "SCHEMA_FILE",
     "SIGNATURE_FILE",
@@ -242,6 +244,8 @@ def package_run(
                 src = onnx_src.parent / THRESHOLDS_FILE if (onnx_src.parent / THRESHOLDS_FILE).is_file() else None
             if src is not None:
                 shutil.copyfile(src, staging / name)
+        if (run / PROFILE_FILE).is_file():
+            shutil.copyfile(run / PROFILE_FILE, staging / PROFILE_FILE)
         if (staging / "evaluation.json").exists():
             ev = read_json(staging / "evaluation.json", what="evaluation report")
             evaluation = "passed" if ev.get("passed") is True else "failed"

@@ -39,4 +39,22 @@ def write_demo_run(run: Path, *, seed: int = 0, hidden: int = 16) -> Path:
     ledger = {"accountant": "rdp", "delta": 1e-5, "dp": True, "epsilon": None, "clients": {}, "entries": [],
               "declines": []}  # fmt: skip
     (run / "ledger.json").write_text(json.dumps(ledger, sort_keys=True))
+    _write_profile(run, arrays)
     return run
+
+
+def _write_profile(run: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The reference profile of the demo model on Adult's training split (exact counts, one 'client')."""
+    from fedready.data import load_adult
+    from fedready.monitoring import NoiseRecord, count_rows, profile_document
+
+    schema = adult_schema()
+    table = load_adult("train")
+    x = FeatureEncoder(schema).transform(table.columns).astype(np.float64)
+    hidden = np.maximum(x @ arrays["0.weight"].T + arrays["0.bias"], 0.0)
+    logits = hidden @ arrays["2.weight"].T + arrays["2.bias"]
+    proba = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax of two logits
+    counts = count_rows(schema, table.columns, scores=proba, predictions=(proba >= 0.5).astype(np.int64),
+                        labels=table.labels(schema))  # fmt: skip
+    doc = profile_document(schema, counts, NoiseRecord("none"), model_digest=arrays_digest(arrays), clients=1)
+    (run / "reference_profile.json").write_text(json.dumps(doc, sort_keys=True))

@@ -26,6 +26,7 @@ refresh``), which bounds how long an attacker can freeze a device on stale metad
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,16 +299,24 @@ class Registry:
         review_by: dt.date | None = None,
         force: bool = False,
         reason: str | None = None,
+        min_agreement: float | None = None,
+        shadow_report: dict[str, Any] | None = None,
     ) -> Channel:
         """Point ``channel`` at ``version``.
+
+        With ``min_agreement``, a shadow report (:func:`fedready.monitoring.shadow_compare`) of
+        ``version`` as the candidate must show at least that share of decisions agreeing with the
+        active model (``--force`` does not override this: it is the operator's own bar).
 
         Raises
         ------
         ConfigError
             If the artifact's gates failed or never ran and ``force``/``reason`` are not both
-            given, if ``approver`` is empty, or the rollout is outside (0, 100].
+            given, if ``approver`` is empty, the rollout is outside (0, 100], or the shadow
+            agreement is missing, about another version, or below ``min_agreement``.
         """
         self._check_channel(channel)
+        shadow = _check_shadow(version, min_agreement, shadow_report)
         if not approver.strip():
             raise ConfigError("approver", "every promotion records who approved it; pass --approver NAME")
         if not 0 < rollout_percent <= 100:
@@ -335,7 +344,7 @@ class Registry:
         self._commit({channel_target(channel): canonical_json(doc.to_dict()).encode()})
         self.audit.append("promote", channel=channel, version=version, approver=approver, rollout=rollout_percent,
                           review_by=doc.review_by, forced=doc.forced, reason=doc.reason, gates=prov.evaluation,
-                          replaced=None if current is None else current.version)  # fmt: skip
+                          replaced=None if current is None else current.version, shadow=shadow)  # fmt: skip
         return doc
 
     def rollback(self, *, channel: str, approver: str, reason: str = "") -> Channel:
@@ -365,6 +374,66 @@ class Registry:
         self.audit.append("rollback", channel=channel, version=target, replaced=current.version, approver=approver,
                           reason=reason)  # fmt: skip
         return doc
+
+    def auto_rollback(self, *, channel: str, alerts: Path, min_alerts: int = 1,
+                      approver: str = "fedready auto-rollback") -> dict[str, Any]:  # fmt: skip
+        """Roll ``channel`` back if its devices reported enough breaches of the version it serves now.
+
+        An alert counts when it names this channel and its current version and was raised after
+        that version's promotion (older alerts belong to another rollout). Meant for cron or CI:
+        running it again after a rollback does nothing, because the alerts name the old version.
+
+        Parameters
+        ----------
+        alerts : Path
+            JSON lines written by ``fedready monitor`` (devices' files concatenated).
+        min_alerts : int
+            Breaches needed to act.
+
+        Returns
+        -------
+        dict
+            ``rolled_back``, ``channel``, ``version`` (now served), ``replaced``, ``breaches`` and a
+            summary by kind and feature.
+
+        Raises
+        ------
+        ConfigError
+            If the alerts file is missing, or a rollback is due but the channel has no earlier version.
+        IntegrityError
+            If an alert line is not JSON.
+        """
+        self._check_channel(channel)
+        if min_alerts < 1:
+            raise ConfigError("min-alerts", f"must be >= 1, got {min_alerts}")
+        path = Path(alerts)
+        if not path.is_file():
+            raise ConfigError("alerts", f"{path} does not exist; pass the JSON lines written by `fedready monitor`")
+        current = self.channel(channel)
+        if current is None:
+            return {"rolled_back": False, "channel": channel, "version": None, "replaced": None, "breaches": 0}
+        since = dt.datetime.fromisoformat(current.promoted_at).timestamp()
+        hits: list[dict[str, Any]] = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                alert = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise IntegrityError(f"{path}: line {n} is not JSON ({e})") from e
+            if (alert.get("channel") == channel and alert.get("version") == current.version
+                    and float(alert.get("time", 0)) >= since):  # fmt: skip
+                hits.append(alert)
+        kinds = sorted({f"{a.get('kind')}:{a.get('feature') or a.get('metric')}" for a in hits})
+        out = {"rolled_back": False, "channel": channel, "version": current.version, "replaced": None,
+               "breaches": len(hits), "devices": len({a.get("device_id") for a in hits}), "kinds": kinds}  # fmt: skip
+        if len(hits) < min_alerts:
+            return out
+        reason = f"auto-rollback: {len(hits)} monitoring breach(es) of {current.version} ({', '.join(kinds)})"
+        doc = self.rollback(channel=channel, approver=approver, reason=reason)
+        self.audit.append("auto-rollback", channel=channel, version=doc.version, replaced=current.version,
+                          breaches=len(hits), devices=out["devices"], kinds=kinds, alerts=str(path))  # fmt: skip
+        return {**out, "rolled_back": True, "version": doc.version, "replaced": current.version}
 
     def status(self) -> dict[str, Any]:
         """Channels (flagging past-review models), published versions and metadata expiry."""
@@ -416,6 +485,27 @@ class Registry:
         self.audit.append("rotate-key", role=role, keyid=signer.public_key.keyid, root_version=root.signed.version,
                           actor=actor)  # fmt: skip
         return signer.public_key.keyid
+
+
+def _check_shadow(version: str, min_agreement: float | None, report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The shadow evidence recorded with a promotion (None when no agreement is required)."""
+    if min_agreement is None:
+        return None
+    if not 0 <= min_agreement <= 1:
+        raise ConfigError("min-agreement", f"must be a share in [0, 1], got {min_agreement}")
+    if report is None:
+        raise ConfigError("shadow-report", "--min-agreement needs --shadow-report FILE (written by `fedready shadow`)")
+    if report.get("candidate_version") != version:
+        got = report.get("candidate_version")
+        raise ConfigError("shadow-report", f"the report compares candidate {got!r}, not {version}; "
+                                           f"run `fedready shadow` with the candidate {version}")  # fmt: skip
+    agreement = float(report.get("agreement", -1))
+    if agreement < min_agreement:
+        active, rows = report.get("active_version"), report.get("rows")
+        raise ConfigError("min-agreement", f"{version} agrees with {active} on {agreement:.4f} of {rows} rows, "
+                                           f"below the required {min_agreement}")  # fmt: skip
+    return {"agreement": agreement, "min_agreement": min_agreement, "active": report.get("active_version"),
+            "rows": report.get("rows"), "min_group_agreement": report.get("min_group_agreement")}  # fmt: skip
 
 
 def _new_key(path: Path) -> Any:

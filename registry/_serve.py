@@ -5,7 +5,10 @@ takes the first waiting request, then keeps collecting until ``max_batch`` rows 
 ``max_wait_ms`` has passed, and runs the encoder and ONNX Runtime once for all of them.
 
 Routes: ``POST /predict`` with one row (a JSON object; answered with one result) or a list of
-rows (answered with ``{"results": [...]}``), ``GET /health``.
+rows (answered with ``{"results": [...]}``), ``GET /health``, and ``GET /metrics`` (Prometheus:
+prediction count, latency histogram, drift scores of the newest ``monitor_window`` rows against
+the active model's reference profile). Every batch is summarised into the device's monitoring
+folder (:class:`fedready.monitoring.Recorder`): histograms only, raw rows only with ``record_inputs``.
 
 A prediction whose probability falls inside the uncertainty band ``[defer_low, defer_high]``
 is answered ``"decision": "deferred"`` and the row is appended to the review queue (JSON lines)
@@ -26,11 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from fedready.errors import ConfigError, FedreadyError
+from fedready.monitoring import PROFILE_FILE, Metrics, Recorder, load_monitoring_policy
+from fedready.registry._canonical import read_json
 from fedready.registry._edge import EdgeAgent
 
 __all__ = ["EdgeServer", "ServeConfig"]
 
 _MAX_BODY = 1 << 20
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class ServeConfig:
     defer_low: float | None = None  # uncertainty band: probabilities in [low, high] are deferred
     defer_high: float | None = None
     review_queue: Path | None = None  # JSON lines of deferred rows (default: HOME/review-queue.jsonl)
+    record_inputs: bool = False  # also keep raw rows (HOME/monitoring/inputs.jsonl); summaries are always kept
+    monitor_window: int = 1000  # rows behind the drift gauges of GET /metrics
+    gate: Path | None = None  # policy TOML whose [monitoring] table sets the thresholds
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -54,6 +63,8 @@ class ServeConfig:
             raise ConfigError("defer-low", "give both --defer-low and --defer-high, or neither")
         if self.defer_low is not None and not 0 <= self.defer_low <= self.defer_high <= 1:  # type: ignore[operator]
             raise ConfigError("defer-low", f"need 0 <= low <= high <= 1, got [{self.defer_low}, {self.defer_high}]")
+        if self.monitor_window < 1:
+            raise ConfigError("monitor-window", f"must be >= 1 row, got {self.monitor_window}")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in 0..65535, got {self.port}")
 
@@ -75,6 +86,10 @@ class EdgeServer:
         self.config = config
         self.review_queue = config.review_queue or self.agent.home / "review-queue.jsonl"
         self._state_file = self.agent.home / "device.json"
+        self.recorder = Recorder(self.agent.home, record_inputs=config.record_inputs,
+                                 window_rows=config.monitor_window)  # fmt: skip
+        self.metrics = Metrics()
+        self.policy = load_monitoring_policy(config.gate)
         self._load()
         self._queue: asyncio.Queue[tuple[list[Mapping[str, Any]], asyncio.Future]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,6 +100,8 @@ class EdgeServer:
 
     def _load(self) -> None:
         self.predictor = self.agent.predictor()
+        profile = self.predictor.artifact / PROFILE_FILE
+        self.profile = read_json(profile, what="reference profile") if profile.exists() else None
         self._stamp = self._state_file.stat().st_mtime_ns
 
     def _maybe_reload(self) -> None:
@@ -135,8 +152,12 @@ class EdgeServer:
         self._maybe_reload()
         rows = [r for rs, _ in items for r in rs]
         self.batch_sizes[len(rows)] += 1
+        t0 = time.perf_counter()
         try:
             results = self._decide(rows)
+            latency = time.perf_counter() - t0
+            self.metrics.observe(version=self.predictor.version, rows=len(rows), latency=latency)
+            self.recorder.record(self.predictor.schema, rows, results, version=self.predictor.version, latency=latency)
         except FedreadyError:
             if len(items) == 1:
                 return items[0][1].set_exception(self._error(items[0][0]))
@@ -162,8 +183,11 @@ class EdgeServer:
             calls = sum(self.batch_sizes.values())
             rows = sum(k * v for k, v in self.batch_sizes.items())
             return "200 OK", {"status": "ok", "version": self.predictor.version, "model_calls": calls, "rows": rows}
+        if method == "GET" and path == "/metrics":
+            window = self.recorder.window(self.predictor.version)
+            return "200 OK", self.metrics.render(self.profile, window, self.policy)
         if method != "POST" or path != "/predict":
-            return "404 Not Found", {"error": "use POST /predict or GET /health"}
+            return "404 Not Found", {"error": "use POST /predict, GET /health or GET /metrics"}
         try:
             payload = json.loads(body)
         except json.JSONDecodeError as e:
@@ -199,9 +223,12 @@ class EdgeServer:
                     body = await reader.readexactly(length) if length else b""
                     status, payload = await self._route(parts[0], parts[1], body)
                     keep = headers.get("connection", "").lower() != "close" and parts[2] == "HTTP/1.1"
-                data = json.dumps(payload, sort_keys=True).encode()
+                if isinstance(payload, bytes):
+                    data, kind = payload, _PROMETHEUS_TEXT
+                else:
+                    data, kind = json.dumps(payload, sort_keys=True).encode(), "application/json"
                 close = "" if keep else "Connection: close\r\n"
-                head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(data)}\r\n"
                 writer.write(f"{head}{close}\r\n".encode() + data)
                 await writer.drain()
                 if not keep:

@@ -416,6 +416,7 @@ def make_server_app(
             from fedready.evaluation.federated import run_federated_evaluation
 
             summary = run_federated_evaluation(grid, cfg, run_dir)
+            _reference_profile(grid, cfg, run_dir, merged)
         elif cfg.secagg:  # SecAgg+ runs through Flower's legacy workflow (server/secagg.py)
             from fedready.server.secagg import run_secagg_rounds
 
@@ -426,10 +427,19 @@ def make_server_app(
             from fedready.evaluation.federated import run_federated_evaluation
 
             run_federated_evaluation(grid, cfg, run_dir)
+            _reference_profile(grid, cfg, run_dir, merged)
         if on_summary is not None:
             on_summary(summary)
 
     return server_app
+
+
+def _reference_profile(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: dict[str, Any]) -> None:
+    """The monitoring reference profile of the final model (noisy by default under DP; charged to the ledger)."""
+    from fedready.monitoring.federated import resolve_noise, run_profile_query
+
+    mechanism, epsilon = resolve_noise(run_config, cfg)
+    run_profile_query(grid, cfg, run_dir, mechanism=mechanism, epsilon=epsilon)
 
 
 app = make_server_app()

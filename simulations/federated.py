@@ -16,7 +16,14 @@ from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
 from fedready.simulations.partitioners import create_partitioner
 
-__all__ = ["ClientShard", "client_shard", "client_validation_attributes", "holdout", "partition_sizes"]
+__all__ = [
+    "ClientShard",
+    "client_shard",
+    "client_train_columns",
+    "client_validation_attributes",
+    "holdout",
+    "partition_sizes",
+]
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,19 @@ def client_validation_attributes(cfg: SimulationConfig, partition_id: int) -> di
     _, _, attrs = _encoded_train()
     _, va = _local_split(cfg, partition_id)
     return {a: v[va] for a, v in attrs.items()}
+
+
+@lru_cache(maxsize=1)
+def _train_table() -> dict[str, np.ndarray]:
+    return load_adult("train").columns
+
+
+def client_train_columns(cfg: SimulationConfig, partition_id: int) -> dict[str, np.ndarray]:
+    """Raw values of every column on client ``partition_id``'s training rows (for its reference profile)."""
+    if not 0 <= partition_id < cfg.num_clients:
+        raise ConfigError("partition-id", f"must be in [0, {cfg.num_clients}), got {partition_id}")
+    tr, _ = _local_split(cfg, partition_id)
+    return {k: v[tr] for k, v in _train_table().items()}
 
 
 def partition_sizes(cfg: SimulationConfig) -> list[int]:

@@ -1,0 +1,38 @@
+"""Monitoring: a federated, optionally noisy reference profile; drift on the edge; shadow comparison.
+
+Everything here is NumPy only, so it runs on the lean edge install; the federated query that
+builds the profile lives in :mod:`fedready.monitoring.federated` (training stack).
+"""
+
+from fedready.monitoring._drift import MonitoringPolicy, compare, js_distance, load_monitoring_policy, psi
+from fedready.monitoring._edge import ALERTS_FILE, SUMMARIES_FILE, Metrics, Recorder, load_window, monitor
+from fedready.monitoring._profile import (
+    PROFILE_FILE,
+    Counts,
+    NoiseRecord,
+    count_rows,
+    privatize,
+    profile_document,
+)
+from fedready.monitoring._shadow import shadow_compare
+
+__all__ = [
+    "ALERTS_FILE",
+    "PROFILE_FILE",
+    "SUMMARIES_FILE",
+    "Counts",
+    "Metrics",
+    "MonitoringPolicy",
+    "NoiseRecord",
+    "Recorder",
+    "compare",
+    "count_rows",
+    "js_distance",
+    "load_monitoring_policy",
+    "load_window",
+    "monitor",
+    "privatize",
+    "profile_document",
+    "psi",
+    "shadow_compare",
+]

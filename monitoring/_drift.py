@@ -1,0 +1,164 @@
+"""Drift scores of a window of counts against the reference profile, and their thresholds.
+
+Population stability index (PSI, Yurdakul 2018, "Statistical properties of the population
+stability index") and the Jensen-Shannon distance (base 2, in [0, 1]) per feature; the
+same two on the score histogram; the positive-decision rate; and, when the window has
+labels, the expected calibration error against the reference's.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedready.errors import ConfigError, IntegrityError
+from fedready.monitoring._profile import PROFILE_FORMAT, SCORE_EDGES, Counts
+
+__all__ = ["MonitoringPolicy", "compare", "js_distance", "load_monitoring_policy", "psi"]
+
+_FLOOR = 1e-4  # share given to an empty bucket, so PSI stays finite (a common convention)
+
+
+def _shares(counts: np.ndarray) -> np.ndarray:
+    c = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)  # noisy counts may be negative
+    total = c.sum()
+    p = c / total if total > 0 else np.full(len(c), 1.0 / len(c))
+    p = np.maximum(p, _FLOOR)
+    return p / p.sum()
+
+
+def psi(reference: np.ndarray, window: np.ndarray) -> float:
+    """Population stability index ``sum((q - p) * ln(q / p))`` of two histograms (counts)."""
+    p, q = _shares(reference), _shares(window)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def js_distance(reference: np.ndarray, window: np.ndarray) -> float:
+    """Jensen-Shannon distance (square root of the divergence, base 2): 0 same, 1 disjoint."""
+    p, q = _shares(reference), _shares(window)
+    m = (p + q) / 2
+    div = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
+    return float(np.sqrt(max(div, 0.0)))
+
+
+def _ece(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Expected calibration error from a reliability histogram (bucket midpoints as the score)."""
+    n = np.clip(scores, 0, None)
+    pos = np.clip(positives, 0, None)
+    edges = np.array([0.0, *SCORE_EDGES, 1.0])
+    mid = (edges[:-1] + edges[1:]) / 2
+    total = n.sum()
+    if total <= 0:
+        return 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(n > 0, np.minimum(pos / n, 1.0), mid)
+    return float(np.sum(n / total * np.abs(rate - mid)))
+
+
+class MonitoringPolicy(BaseModel):
+    """Thresholds of ``fedready monitor``: the ``[monitoring]`` table of a gate policy TOML.
+
+    A score above its threshold is a breach (an alert line). PSI conventions: below 0.1 no
+    shift, 0.1 to 0.2 moderate, above 0.2 significant.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    psi_alert: float = Field(0.2, gt=0)  # per feature
+    distance_alert: float = Field(0.2, gt=0, le=1)  # Jensen-Shannon distance per feature (~ PSI 0.3)
+    prediction_psi_alert: float = Field(0.2, gt=0)  # on the score histogram
+    positive_rate_alert: float = Field(0.1, gt=0, le=1)  # absolute change of the positive-decision rate
+    calibration_alert: float = Field(0.05, gt=0, le=1)  # rise of the expected calibration error
+    min_rows: int = Field(200, ge=1)  # smaller windows are reported, never alerted on
+    features: list[str] = []  # only these features (empty: every feature)
+
+
+def load_monitoring_policy(path: str | Path | None) -> MonitoringPolicy:
+    """Read the ``[monitoring]`` table of a gate policy (defaults if ``path`` is None or has none).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, not TOML, or the table has an unknown key or a bad value.
+    """
+    if path is None:
+        return MonitoringPolicy()
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError("gate", f"policy file {p} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("gate", f"{p} is not valid TOML ({e})") from e
+    try:
+        return MonitoringPolicy.model_validate(raw.get("monitoring", {}))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"monitoring.{loc}", f"{p}: {err['msg']} (got {err.get('input')!r})") from e
+
+
+def reference_counts(profile: dict[str, Any]) -> Counts:
+    """The counts of a ``reference_profile.json`` document.
+
+    Raises
+    ------
+    IntegrityError
+        If the document is not a reference profile.
+    """
+    if profile.get("format") != PROFILE_FORMAT:
+        raise IntegrityError(f"not a reference profile (format {profile.get('format')!r}, expected {PROFILE_FORMAT!r})")
+    return Counts.from_dict(profile["counts"])
+
+
+def compare(profile: dict[str, Any], window: Counts, policy: MonitoringPolicy | None = None) -> dict[str, Any]:
+    """Drift of ``window`` against the reference ``profile``, with the breaches of ``policy``.
+
+    Returns
+    -------
+    dict
+        ``features``: name -> ``{psi, distance}``; ``prediction``: score PSI and distance, positive
+        rates; ``calibration`` (window with labels only); ``breaches``: one dict per score above its
+        threshold (``kind``, ``feature``, ``metric``, ``value``, ``threshold``); ``rows``; ``enough_rows``.
+    """
+    policy = policy or MonitoringPolicy()
+    ref = reference_counts(profile)
+    unknown = [f for f in policy.features if f not in ref.features]
+    if unknown:
+        raise ConfigError("monitoring.features", f"unknown feature(s) {unknown}; profile has {sorted(ref.features)}")
+    breaches: list[dict[str, Any]] = []
+
+    def check(kind: str, feature: str | None, metric: str, value: float, threshold: float) -> None:
+        if value > threshold:
+            breaches.append({"kind": kind, "feature": feature, "metric": metric, "value": round(value, 6),
+                             "threshold": threshold})  # fmt: skip
+
+    feats: dict[str, dict[str, float]] = {}
+    for name, counts in window.features.items():
+        if name not in ref.features or len(ref.features[name]) != len(counts):
+            raise IntegrityError(f"feature '{name}': the window's buckets differ from the reference profile's")
+        feats[name] = {"psi": psi(ref.features[name], counts), "distance": js_distance(ref.features[name], counts)}
+        if not policy.features or name in policy.features:
+            check("feature-drift", name, "psi", feats[name]["psi"], policy.psi_alert)
+            check("feature-drift", name, "distance", feats[name]["distance"], policy.distance_alert)
+    rate_ref = float(_shares(ref.predictions)[1])
+    rate_win = float(_shares(window.predictions)[1])
+    prediction = {"psi": psi(ref.scores, window.scores), "distance": js_distance(ref.scores, window.scores),
+                  "positive_rate_reference": rate_ref, "positive_rate_window": rate_win,
+                  "positive_rate_change": rate_win - rate_ref}  # fmt: skip
+    check("prediction-drift", None, "psi", prediction["psi"], policy.prediction_psi_alert)
+    check("prediction-drift", None, "positive_rate_change", abs(rate_win - rate_ref), policy.positive_rate_alert)
+    out: dict[str, Any] = {"rows": window.rows, "features": feats, "prediction": prediction}
+    if window.score_positives is not None and ref.score_positives is not None:
+        ece_ref, ece_win = _ece(ref.scores, ref.score_positives), _ece(window.scores, window.score_positives)
+        labelled = float(window.labels.sum()) if window.labels is not None else 0.0
+        out["calibration"] = {"ece_reference": ece_ref, "ece_window": ece_win, "change": ece_win - ece_ref,
+                              "labelled_rows": labelled}  # fmt: skip
+        check("calibration-drift", None, "ece_change", ece_win - ece_ref, policy.calibration_alert)
+    out["enough_rows"] = window.rows >= policy.min_rows
+    out["breaches"] = breaches if out["enough_rows"] else []
+    return out
