@@ -84,7 +84,9 @@ def test_ledger_composes_over_rounds_and_is_reproducible(reference_run):
         for r, eps in series:
             assert eps == pytest.approx(recorded[r], rel=0.01)
     assert {e.round for e in ledger.entries} == {1, 2, 3, 4}
-    assert len(ledger.entries) == 16  # 4 clients x 4 rounds
+    assert len([e for e in ledger.entries if e.level == "sample"]) == 16  # 4 clients x 4 rounds
+    # plus the monitoring reference profile, released once after training with its own noise (issue 8)
+    assert [e.client for e in ledger.entries if e.level == "profile"] == ["profile"]
 
 
 def test_budget_refusal_is_a_normal_event(tmp_path, ray_tmp):
@@ -159,7 +161,7 @@ def test_ledger_command_verifies_and_catches_tampering(reference_run, tmp_path):
                         text=True, timeout=120)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     report = json.loads(ok.stdout)
-    assert report["ok"] and len(report["clients"]) == 4
+    assert report["ok"] and sorted(c["client"] for c in report["clients"]) == ["0", "1", "2", "3", "profile"]
     data = json.loads((run / "ledger.json").read_text())
     data["entries"][0]["epsilon"] *= 0.5  # under-report one client's first round
     bad = tmp_path / "ledger.json"
