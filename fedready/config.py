@@ -34,6 +34,7 @@ class SimulationConfig(BaseModel):
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (smaller = more skew)
     skew_attribute: str = "sex"  # for partitioner=sensitive
     val_fraction: float = Field(0.1, ge=0, lt=1)  # each client's local validation share
+    min_client_rows: int = Field(20, ge=1)  # fewest rows a partitioner may give a client (lower it for 10,000s)
     seed: int = 0
     # model and local training
     model: str = "mlp"
