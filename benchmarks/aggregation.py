@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 
@@ -30,15 +31,19 @@ from fedready.server.strategies import AGGREGATORS, build_strategy
 RULES = ["fedavg", "median", "trimmed-mean", "krum", "multikrum", "bulyan", "qfedavg"]
 
 
-def _replies(clients: int, params: int, seed: int) -> list[Message]:
+def _updates(clients: int, params: int, seed: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     rows = 1000
     cols = params // rows
+    return [{"0.weight": rng.normal(size=(cols, rows)).astype(np.float32),
+             "0.bias": rng.normal(size=cols).astype(np.float32)} for _ in range(clients)]  # fmt: skip
+
+
+def _replies(updates: list[dict[str, np.ndarray]]) -> list[Message]:
     out = []
-    for i in range(clients):
+    for i, u in enumerate(updates):
         content = RecordDict({
-            K.ARRAYS: ArrayRecord({"0.weight": Array(rng.normal(size=(cols, rows)).astype(np.float32)),
-                                   "0.bias": Array(rng.normal(size=cols).astype(np.float32))}),
+            K.ARRAYS: ArrayRecord({k: Array(v) for k, v in u.items()}),
             K.METRICS: MetricRecord({K.NUM_EXAMPLES: 100 + i, K.UNIFORM_WEIGHT: 1, K.TRAIN_LOSS: 0.5}),
         })  # fmt: skip
         out.append(Message(content=content, dst_node_id=0, message_type=MessageType.TRAIN))
@@ -56,20 +61,27 @@ def main() -> None:
     # Flower stamps every Message with the running task's identity; outside a run, fake one.
     for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
         setattr(TaskIdentity, name, value)
-    replies = _replies(args.clients, args.params, seed=0)
-    n_params = sum(a.numpy().size for a in replies[0].content[K.ARRAYS].values())
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # one INFO line per aggregation
+    updates = _updates(args.clients, args.params, seed=0)
+    n_params = sum(a.size for a in updates[0].values())
     strategies = {}
     for rule in RULES:
         cfg = make_config(num_clients=args.clients, aggregator=rule, num_malicious=args.malicious)
         s = build_strategy(cfg, None)
-        if rule == "qfedavg":  # needs the global model it started the round from
-            s.current_arrays = replies[0].content[K.ARRAYS]
         strategies[rule] = s
-    for s in strategies.values():  # warm-up
-        s.aggregate_train(1, replies)
+
+    def fresh(rule: str) -> list[Message]:
+        """New reply messages (some rules consume the records they aggregate); QFedAvg's round-start model."""
+        if rule == "qfedavg":
+            strategies[rule].current_arrays = ArrayRecord({k: Array(v) for k, v in updates[0].items()})
+        return _replies(updates)
+
+    for rule, s in strategies.items():  # warm-up
+        s.aggregate_train(1, fresh(rule))
     times: dict[str, list[float]] = {r: [] for r in RULES}
     for _ in range(args.repeat):
         for rule, s in strategies.items():
+            replies = fresh(rule)
             t = time.perf_counter()
             s.aggregate_train(1, replies)
             times[rule].append(time.perf_counter() - t)
