@@ -7,8 +7,9 @@
 Each setup is ``clients:fraction`` (rounds from ``--rounds``) or ``clients:ignored:rounds:fraction``.
 For each setup the two commands run alternately ``--repeat`` times, each in a fresh process tree:
 
-* fedready: ``fedready simulate --partitioner iid --min-client-rows 1`` with DP and the ledger on
-  (and checkpoints, update validation, audit log and the final federated evaluation, as always);
+* fedready: ``fedready simulate --partitioner iid --min-client-rows 1 --fraction-evaluate F`` with
+  DP and the ledger on (and checkpoints, update validation, audit log, and the federated evaluation
+  after training, asking the same share F of clients as a round trains);
 * bare: ``benchmarks/bare_flower/app.py`` with the same clients, rounds, sampling fraction, model,
   Poisson batch, local steps, learning rate, clipping bound and the noise multiplier fedready
   calibrates for these clients.
@@ -98,7 +99,8 @@ def measure(clients: int, rounds: int, fraction: float, *, repeat: int, work: Pa
     for i in range(repeat):
         run_dir = work / "runs"
         runs["fedready"].append(run_measured([
-            fedready, "simulate", *common, "--partitioner", "iid", "--min-client-rows", "1", "--epsilon", str(eps),
+            fedready, "simulate", *common, "--partitioner", "iid", "--min-client-rows", "1",
+            "--fraction-evaluate", str(fraction), "--epsilon", str(eps),
             "--delta", str(delta), "--lr", str(lr), "--out", str(run_dir), "--name", f"c{clients}-{i}", "--json",
         ], cwd=work))  # fmt: skip
         runs["bare"].append(run_measured([

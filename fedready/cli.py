@@ -89,6 +89,9 @@ def simulate(
     fraction_train: Annotated[
         float | None, typer.Option(help="Share of clients sampled per round. [default: 1.0]")
     ] = None,
+    fraction_evaluate: Annotated[
+        float | None, typer.Option(help="Share of clients asked for group counts after training. [default: 1.0]")
+    ] = None,
     min_client_rows: Annotated[
         int | None, typer.Option(help="Fewest rows a client may get (lower it for thousands of clients). [default: 20]")
     ] = None,
@@ -254,7 +257,7 @@ def simulate(
         "model": model, "local_epochs": local_epochs, "local_steps": local_steps, "batch_size": batch_size, "lr": lr,
         "lr_schedule": lr_schedule,
         "max_grad_norm": max_grad_norm, "accountant": accountant, "fraction_train": fraction_train,
-        "min_client_rows": min_client_rows,
+        "min_client_rows": min_client_rows, "fraction_evaluate": fraction_evaluate,
         "budget_rounds": budget_rounds, "client_dp": client_dp, "client_epsilon": client_epsilon,
         "client_noise_multiplier": client_noise_multiplier, "client_delta": client_delta, "client_clip": client_clip,
         "clip_quantile": clip_quantile, "secagg": secagg, "secagg_shares": secagg_shares,
