@@ -106,6 +106,7 @@ def make_apps(a: argparse.Namespace) -> tuple[ServerApp, ClientApp]:
         model = create_model(a.model, xh.shape[1], seed=a.seed)
 
         def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            summary.setdefault("eval_at_s", []).append(round(time.perf_counter() - T0, 2))
             model.load_state_dict(arrays.to_torch_state_dict())
             with torch.no_grad():
                 logits = model(torch.from_numpy(xh))
@@ -123,6 +124,7 @@ def make_apps(a: argparse.Namespace) -> tuple[ServerApp, ClientApp]:
 
 
 summary: dict = {}
+T0 = time.perf_counter()
 
 
 def main() -> None:
