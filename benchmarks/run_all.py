@@ -129,7 +129,12 @@ def section_compression(full: bool) -> tuple[list[str], str]:
         train = [FEDREADY, "simulate", "--model", "mlp-large", "--rounds", rounds, "--out", str(tmp), "--name",
                  "teacher", "--json"]  # fmt: skip
         _run(train)
-        _run([FEDREADY, "compress", str(tmp / "teacher"), "--epochs", "30" if full else "5", "--json"])
+        # compress exits 1 when no variant passes the release gates (a short teacher rarely does);
+        # the variants are still written and can be timed.
+        comp = [FEDREADY, "compress", str(tmp / "teacher"), "--epochs", "30" if full else "5", "--json"]
+        subprocess.run(comp, capture_output=True, text=True, timeout=3600, cwd=ROOT)
+        if not (tmp / "teacher" / "compression" / "compression.json").exists():
+            raise RuntimeError("fedready compress wrote no compression/compression.json")
         cmd = [PY, str(HERE / "compression_latency.py"), str(tmp / "teacher"), "--repeats", "5" if full else "3"]
         out, _ = _run(cmd)
         text = "```\n" + out.strip() + "\n```\n\n"
