@@ -71,7 +71,12 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 
 def _cmd(cmd: list[str]) -> str:
-    return " ".join(c.replace(str(ROOT) + "/", "").replace(PY, "python").replace(FEDREADY, "fedready") for c in cmd)
+    def short(c: str) -> str:
+        if c.startswith(tempfile.gettempdir()):
+            return "TEACHER_RUN"  # a temporary run folder, gone after the benchmark
+        return c.replace(str(ROOT) + "/", "").replace(PY, "python").replace(FEDREADY, "fedready")
+
+    return " ".join(short(c) for c in cmd)
 
 
 def section_dp(full: bool) -> tuple[list[str], str]:

@@ -4,8 +4,8 @@
     python benchmarks/scale.py --full                # 10 clients x 10, 1,000 and 10,000 clients x 10 rounds
     python benchmarks/scale.py --setups 10000:1.0:10:0.01 --repeat 1
 
-Each setup is ``clients:fraction`` (rounds from ``--rounds``) or ``clients:ignored:rounds:fraction``.
-For each setup the two commands run alternately ``--repeat`` times, each in a fresh process tree:
+Each setup is ``clients:unused:rounds:fraction``. For each setup the two commands run alternately
+``--repeat`` times (default 2), each in a fresh process tree:
 
 * fedready: ``fedready simulate --partitioner iid --min-client-rows 1 --fraction-evaluate F`` with
   DP and the ledger on (and checkpoints, update validation, audit log, and the federated evaluation
@@ -134,10 +134,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="10 rounds, up to 10,000 clients")
     ap.add_argument("--setups", default=None, help="comma-separated clients:_:rounds:fraction")
-    ap.add_argument("--repeat", type=int, default=None, help="alternating repetitions (default 2 quick, 1 full)")
+    ap.add_argument("--repeat", type=int, default=None, help="alternating repetitions of each setup")
     args = ap.parse_args()
     setups = args.setups.split(",") if args.setups else (FULL if args.full else QUICK)
-    repeat = args.repeat or (1 if args.full else 2)
+    repeat = args.repeat or 2
     work = Path(tempfile.mkdtemp(prefix="fr-scale-"))
     results = []
     try:
