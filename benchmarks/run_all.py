@@ -72,6 +72,8 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 def _cmd(cmd: list[str]) -> str:
     def short(c: str) -> str:
+        if c in (PY, FEDREADY):
+            return "python" if c == PY else "fedready"
         if c.startswith(tempfile.gettempdir()):
             return "TEACHER_RUN"  # a temporary run folder, gone after the benchmark
         return c.replace(str(ROOT) + "/", "").replace(PY, "python").replace(FEDREADY, "fedready")
