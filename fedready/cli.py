@@ -89,6 +89,12 @@ def simulate(
     fraction_train: Annotated[
         float | None, typer.Option(help="Share of clients sampled per round. [default: 1.0]")
     ] = None,
+    fraction_evaluate: Annotated[
+        float | None, typer.Option(help="Share of clients asked for group counts after training. [default: 1.0]")
+    ] = None,
+    min_client_rows: Annotated[
+        int | None, typer.Option(help="Fewest rows a client may get (lower it for thousands of clients). [default: 20]")
+    ] = None,
     budget_rounds: Annotated[
         int | None, typer.Option(help="Rounds the budget is spread over. [default: --rounds]")
     ] = None,
@@ -251,6 +257,7 @@ def simulate(
         "model": model, "local_epochs": local_epochs, "local_steps": local_steps, "batch_size": batch_size, "lr": lr,
         "lr_schedule": lr_schedule,
         "max_grad_norm": max_grad_norm, "accountant": accountant, "fraction_train": fraction_train,
+        "min_client_rows": min_client_rows, "fraction_evaluate": fraction_evaluate,
         "budget_rounds": budget_rounds, "client_dp": client_dp, "client_epsilon": client_epsilon,
         "client_noise_multiplier": client_noise_multiplier, "client_delta": client_delta, "client_clip": client_clip,
         "clip_quantile": clip_quantile, "secagg": secagg, "secagg_shares": secagg_shares,
@@ -334,13 +341,19 @@ def run_simulate(
 
 @app.command()
 def pipeline(
-    out: Annotated[Path, typer.Option(help="Folder for the run, keys, artifacts, registry and device.")] = Path("fedready-demo"),
+    out: Annotated[Path, typer.Option(help="Folder for the run, keys, artifacts, registry and device.")] = Path(
+        "fedready-demo"
+    ),
     model: Annotated[str, typer.Option(help="Global model; mlp-large is the teacher worth compressing.")] = "mlp-large",
     rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed. [default: 0]")] = None,
     version: Annotated[str, typer.Option(help="Artifact version to package and publish.")] = "1.0.0",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the summary of every step as JSON on stdout.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the summary of every step as JSON on stdout.")
+    ] = False,
 ) -> None:
     """The whole job on the embedded data: train, evaluate, compress, sign, publish, update a device and predict.
 
@@ -348,7 +361,9 @@ def pipeline(
     """
     from fedready.pipeline import run_pipeline
 
-    given = {k: v for k, v in {"model": model, "rounds": rounds, "epsilon": epsilon, "seed": seed}.items() if v is not None}
+    given = {
+        k: v for k, v in {"model": model, "rounds": rounds, "epsilon": epsilon, "seed": seed}.items() if v is not None
+    }
     with _errors():
         result = run_pipeline(out, given=given, version=version, say=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True),
                               simulate=run_simulate)  # fmt: skip

@@ -29,11 +29,13 @@ class SimulationConfig(BaseModel):
     rounds: int = Field(50, ge=1)  # server rounds to run
     budget_rounds: int | None = Field(None, ge=1)  # rounds the DP budget is planned over (default: rounds)
     fraction_train: float = Field(1.0, gt=0, le=1)  # share of clients sampled per round
+    fraction_evaluate: float = Field(1.0, gt=0, le=1)  # share asked for group counts after training (seeded)
     # data
     partitioner: str = "dirichlet"  # iid | dirichlet | sensitive | quantity
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (smaller = more skew)
     skew_attribute: str = "sex"  # for partitioner=sensitive
     val_fraction: float = Field(0.1, ge=0, lt=1)  # each client's local validation share
+    min_client_rows: int = Field(20, ge=1)  # fewest rows a partitioner may give a client (lower it for 10,000s)
     seed: int = 0
     # model and local training
     model: str = "mlp"

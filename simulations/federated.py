@@ -46,14 +46,18 @@ def _encoded_train() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
 
 
 @lru_cache(maxsize=4)
-def _partitions(num_clients: int, partitioner: str, alpha: float, attribute: str, seed: int) -> list[np.ndarray]:
+def _partitions(
+    num_clients: int, partitioner: str, alpha: float, attribute: str, seed: int, min_rows: int
+) -> list[np.ndarray]:
     _, y, attrs = _encoded_train()
-    part = create_partitioner(partitioner, alpha=alpha, attribute=attribute)
+    part = create_partitioner(partitioner, alpha=alpha, attribute=attribute, min_size=min_rows)
     return part.partition(labels=y, attributes=attrs, num_partitions=num_clients, seed=seed)
 
 
 def _local_split(cfg: SimulationConfig, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = _partitions(cfg.num_clients, cfg.partitioner, cfg.alpha, cfg.skew_attribute, cfg.seed)[partition_id]
+    idx = _partitions(cfg.num_clients, cfg.partitioner, cfg.alpha, cfg.skew_attribute, cfg.seed, cfg.min_client_rows)[
+        partition_id
+    ]
     rng = np.random.default_rng([cfg.seed, partition_id])
     perm = rng.permutation(idx)
     n_val = int(round(len(perm) * cfg.val_fraction))

@@ -65,7 +65,8 @@ class Partitioner(ABC):
             raise ConfigError(
                 "num_clients",
                 f"{num_partitions} clients need at least {num_partitions * self.min_size} rows "
-                f"({self.min_size} each) but the data has {n}; use at most {n // self.min_size} clients",
+                f"({self.min_size} each) but the data has {n}; use at most {n // self.min_size} clients "
+                "or lower --min-client-rows",
             )
         rng = np.random.default_rng(seed)
         parts = self._assign(labels=labels, attributes=attributes, k=num_partitions, rng=rng)
