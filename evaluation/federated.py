@@ -125,7 +125,7 @@ def query_all(
     grid: Grid, arrays: ArrayRecord, num_clients: int, timeout: float, query: str = K.QUERY_GROUP_COUNTS,
     *, fraction: float = 1.0, seed: int = 0,
 ) -> list[Message]:
-    """Send the model and ``query`` to the connected clients (all, or a seeded ``fraction``), waiting up to ``timeout``."""
+    """Send the model and ``query`` to the connected clients (all, or a seeded ``fraction``)."""
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
     while len(nodes) < num_clients and time.monotonic() < deadline:
