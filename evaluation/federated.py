@@ -122,8 +122,14 @@ def _query_nodes(nodes: list[int], fraction: float, seed: int) -> list[int]:
 
 
 def query_all(
-    grid: Grid, arrays: ArrayRecord, num_clients: int, timeout: float, query: str = K.QUERY_GROUP_COUNTS,
-    *, fraction: float = 1.0, seed: int = 0,
+    grid: Grid,
+    arrays: ArrayRecord,
+    num_clients: int,
+    timeout: float,
+    query: str = K.QUERY_GROUP_COUNTS,
+    *,
+    fraction: float = 1.0,
+    seed: int = 0,
 ) -> list[Message]:
     """Send the model and ``query`` to the connected clients (all, or a seeded ``fraction``)."""
     deadline = time.monotonic() + timeout

@@ -174,4 +174,3 @@ def run_secagg_rounds(
         loss, accuracy = _evaluate(cfg, record)
     return write_summary(cfg, run_dir, final, ledger, audit, accuracy=accuracy, loss=loss, noise_multiplier=z,
                          stopped="", resumed_from=offset, t0=t0)  # fmt: skip
-

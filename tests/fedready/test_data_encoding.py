@@ -96,7 +96,9 @@ def test_schema_digest_is_stable_and_sensitive(adult_schema, tmp_path):
 
 def test_bad_schema_file_names_the_problem(tmp_path):
     p = tmp_path / "s.toml"
-    p.write_text('name = "x"\nsensitive = ["nope"]\n[target]\ncolumn = "y"\npositive=["1"]\nnegative=["0"]\n'
-                 '[[columns]]\nname = "a"\nkind = "numeric"\nmin = 0\nmax = 1\n')
+    p.write_text(
+        'name = "x"\nsensitive = ["nope"]\n[target]\ncolumn = "y"\npositive=["1"]\nnegative=["0"]\n'
+        '[[columns]]\nname = "a"\nkind = "numeric"\nmin = 0\nmax = 1\n'
+    )
     with pytest.raises(ConfigError, match="nope"):
         load_schema(p)
