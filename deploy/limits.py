@@ -14,14 +14,13 @@ declines with ``budget-exhausted`` if it would exceed ``max_epsilon``.
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedready._io import atomic_write_text
+from fedready._io import atomic_write_text, read_toml
 from fedready.errors import ConfigError
 from fedready.privacy.accounting import compose_epsilon
 
@@ -52,12 +51,9 @@ def load_limits(path: str | Path) -> LocalLimits:
         If the file is missing or invalid.
     """
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError("limits", f"file {p} does not exist; write e.g. max_epsilon = 1.0, max_delta = 1e-5") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("limits", f"{p} is not valid TOML ({e})") from e
+    raw = read_toml(
+        p, field="limits", missing=f"file {p} does not exist; write e.g. max_epsilon = 1.0, max_delta = 1e-5"
+    )
     try:
         limits = LocalLimits.model_validate({k.replace("-", "_"): v for k, v in raw.items()})
     except ValidationError as e:

@@ -11,13 +11,13 @@ an empty group) fails its gate, and the report says why.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from fedready._io import read_toml
 from fedready.errors import ConfigError
 from fedready.schema import DataSchema
 
@@ -134,12 +134,7 @@ def load_policy(path: str | Path | None, schema: DataSchema) -> Policy:
     from fedready.evaluation.stability import check_perturbation
 
     p = Path(path) if path is not None else default_policy_path()
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError("gate", f"policy file {p} does not exist") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("gate", f"{p} is not valid TOML ({e})") from e
+    raw = read_toml(p, field="gate", missing=f"policy file {p} does not exist")
     # [monitoring] holds the drift thresholds of `fedready monitor` (fedready.monitoring.MonitoringPolicy)
     unknown_top = sorted(set(raw) - {"name", "version", "gates", "monitoring"})
     if unknown_top:

@@ -28,3 +28,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_toml(path: Path, *, field: str, missing: str) -> dict:
+    """Parse a TOML file; a missing file or bad TOML is a one-line ConfigError naming ``field``.
+
+    ``missing`` is the message for a file that does not exist (what to pass instead).
+    """
+    import tomllib
+
+    from fedready.errors import ConfigError
+
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(field, missing) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(field, f"{p} is not valid TOML ({e})") from e

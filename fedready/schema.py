@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedready._io import read_toml
 from fedready.errors import ConfigError
 
 __all__ = [
@@ -193,12 +193,7 @@ def load_schema(path: str | Path) -> DataSchema:
         If the file is missing or does not describe a valid schema.
     """
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError("schema", f"file {p} does not exist; pass an existing schema TOML") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("schema", f"{p} is not valid TOML ({e})") from e
+    raw = read_toml(p, field="schema", missing=f"file {p} does not exist; pass an existing schema TOML")
     try:
         return DataSchema.model_validate(raw)
     except ValidationError as e:

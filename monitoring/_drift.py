@@ -8,13 +8,13 @@ labels, the expected calibration error against the reference's.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedready._io import read_toml
 from fedready.errors import ConfigError, IntegrityError
 from fedready.monitoring._profile import PROFILE_FORMAT, SCORE_EDGES, Counts
 
@@ -88,12 +88,7 @@ def load_monitoring_policy(path: str | Path | None) -> MonitoringPolicy:
     if path is None:
         return MonitoringPolicy()
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError("gate", f"policy file {p} does not exist") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("gate", f"{p} is not valid TOML ({e})") from e
+    raw = read_toml(p, field="gate", missing=f"policy file {p} does not exist")
     try:
         return MonitoringPolicy.model_validate(raw.get("monitoring", {}))
     except ValidationError as e:
