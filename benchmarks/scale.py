@@ -11,8 +11,9 @@ Each setup is ``clients:unused:rounds:fraction``. For each setup the two command
   DP and the ledger on (and checkpoints, update validation, audit log, and the federated evaluation
   after training, asking the same share F of clients as a round trains);
 * bare: ``benchmarks/bare_flower/app.py`` with the same clients, rounds, sampling fraction, model,
-  Poisson batch, local steps, learning rate, clipping bound and the noise multiplier fedready
-  calibrates for these clients.
+  Poisson batch, local steps, learning rate, clipping bound, Opacus clipping mode and the noise
+  multiplier fedready calibrates for these clients. It exits non-zero if any client reply was an
+  error (so a baseline that trained nothing fails instead of looking fast).
 
 Reported per setup: median wall time of each, ``ratio`` = fedready / bare (targets: <= 1.1 at 10
 clients, <= 1.2 at 10,000), rounds per minute, and peak resident memory summed over the whole
@@ -126,6 +127,7 @@ def measure(clients: int, rounds: int, fraction: float, *, repeat: int, work: Pa
         "fedready_accuracy": runs["fedready"][-1]["result"].get("accuracy"),
         "fedready_epsilon": runs["fedready"][-1]["result"].get("epsilon"),
         "bare_accuracy": runs["bare"][-1]["result"].get("accuracy"),
+        "bare_updates": runs["bare"][-1]["result"].get("updates"),
         "all_seconds": {k: [round(r["seconds"], 2) for r in v] for k, v in runs.items()},
     }
 

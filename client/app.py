@@ -60,17 +60,28 @@ class ClientPrivacyState:
     rate: list[float] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     last_input_digest: str = ""  # global model the last released update was computed from
+    # noise multipliers this client calibrated, by budget and plan: the search takes a fifth of a
+    # second, and the simulation engine may hand the client to a different worker process each round
+    calibrated: dict[str, float] = field(default_factory=dict)
 
     def history(self) -> list[tuple[float, float, int]]:
         return list(zip(self.noise, self.rate, self.steps, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "noise": self.noise, "rate": self.rate, "steps": self.steps,
-                "last_input_digest": self.last_input_digest}  # fmt: skip
+                "last_input_digest": self.last_input_digest, "calibrated": self.calibrated}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClientPrivacyState:
-        return cls(list(d["rounds"]), list(d["noise"]), list(d["rate"]), list(d["steps"]), d["last_input_digest"])
+        return cls(list(d["rounds"]), list(d["noise"]), list(d["rate"]), list(d["steps"]), d["last_input_digest"],
+                   dict(d.get("calibrated", {})))  # fmt: skip
+
+    def noise_for(self, epsilon: float, delta: float, rate: float, steps: int, accountant: str) -> float:
+        """The noise multiplier meeting (epsilon, delta) over ``steps`` at ``rate``: calibrated once, then kept."""
+        key = json.dumps([epsilon, delta, rate, steps, accountant])
+        if key not in self.calibrated:
+            self.calibrated[key] = _noise_multiplier(epsilon, delta, rate, steps, accountant)
+        return self.calibrated[key]
 
 
 class _Store:
@@ -194,7 +205,7 @@ def local_update(
     if cfg.dp:
         if cfg.delta >= 1.0 / n:
             return Decline("delta-too-large", f"delta {cfg.delta} >= 1/n = {1 / n:.3g} for {n} rows")
-        noise = _noise_multiplier(cfg.epsilon, cfg.delta, rate, cfg.planned_rounds * steps, cfg.accountant)
+        noise = state.noise_for(cfg.epsilon, cfg.delta, rate, cfg.planned_rounds * steps, cfg.accountant)
         projected = compose_epsilon(state.history() + [(noise, rate, steps)], delta=cfg.delta,
                                     accountant=cfg.accountant)  # fmt: skip
         if projected > cfg.epsilon:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from opacus import PrivacyEngine
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["TrainResult", "evaluate", "train"]
 
@@ -23,24 +23,43 @@ class TrainResult:
     history: list[tuple[float, float, int]]  # Opacus accountant history after training
 
 
-# Above this many per-sample gradient values (parameters x expected batch) DP-SGD switches to
-# Opacus' ghost clipping: per-sample norms without materialising per-sample gradients.
-_GHOST_ABOVE = 50_000_000
+# How Opacus computes per-sample clipping. "ghost" (Li et al. 2021, arXiv:2110.05679) gets each sample's
+# gradient norm without materialising per-sample gradients; it gives the same clipped, noised update as
+# per-sample "hooks" (tests/client/test_training.py) and is the faster of the two for every model fedready
+# ships (benchmarks/dp_overhead.py: 1.4x a non-private round for the default MLP vs 2.6x with hooks;
+# 1.9x vs 54x for mlp-large).
+GRAD_SAMPLE_MODES = ("ghost", "hooks")
+DEFAULT_GRAD_SAMPLE_MODE = "ghost"
 
 
-def _ghost_clipping(model: nn.Module, batch_size: int) -> bool:
-    """Whether DP-SGD on ``model`` should use ghost clipping (Li et al. 2021, arXiv:2110.05679).
+class _Rows(Dataset):
+    """Training rows as two tensors, fetched a whole batch at a time.
 
-    The clipping and noise are the same as with per-sample gradients (a test checks the
-    resulting updates agree), at a fraction of the memory and time for wide Linear layers.
+    ``TensorDataset`` makes the loader index and stack every row on its own (most of a small
+    model's step); ``__getitems__`` hands over the batch's rows in one indexing operation, in
+    the sampler's order, so the batches (and so the training) are exactly the same.
     """
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return params * batch_size > _GHOST_ABOVE
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.x[idx], self.y[idx]
+
+
+def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # already a batch (``_Rows.__getitems__``); Opacus wraps this for empty Poisson batches
 
 
 def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator) -> DataLoader:
-    ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
-    return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator)
+    return DataLoader(_Rows(x, y), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_as_batch)
 
 
 def train(
@@ -59,6 +78,7 @@ def train(
     history: list[tuple[float, float, int]] | None = None,
     accountant: str = "rdp",
     max_steps: int | None = None,
+    grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` epochs.
 
@@ -67,8 +87,11 @@ def train(
     ``1 / ceil(n / batch_size)``, per-sample clipping to ``max_grad_norm`` and
     Gaussian noise. The accountant starts from ``history`` so epsilon composes
     over every round the client took part in; the returned history includes the
-    steps taken here.
+    steps taken here. ``grad_sample_mode`` picks how Opacus clips per sample
+    (``"ghost"`` or ``"hooks"``: the same update, at different speeds).
     """
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
     gen = torch.Generator().manual_seed(seed)
     loader = _loader(x, y, batch_size, gen)
     if optimizer == "adam":
@@ -82,7 +105,7 @@ def train(
     if noise_multiplier is not None:
         engine = PrivacyEngine(accountant=accountant)
         engine.accountant.history = list(history or [])
-        ghost = _ghost_clipping(model, batch_size)
+        ghost = grad_sample_mode == "ghost"
         extra = {"criterion": criterion, "grad_sample_mode": "ghost"} if ghost else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # secure_mode advice; simulations use a seeded RNG
@@ -100,6 +123,11 @@ def train(
             module, opt, criterion, loader = private
         else:
             module, opt, loader = private
+        # Opacus's loader deep-copies the first batch only to learn what an empty Poisson batch looks
+        # like; tell it up front (our two tensors with no rows) and save the copy on every round.
+        collate, rows = getattr(loader, "collate_fn", None), loader.dataset
+        if isinstance(rows, _Rows) and getattr(collate, "first_batch", False) is None:
+            collate.first_batch = (rows.x[:0], rows.y[:0])
     module.train()
     steps, total = 0, 0.0
     budget = max_steps if max_steps is not None else epochs * len(loader)
@@ -115,7 +143,7 @@ def train(
             loss.backward()
             opt.step()
             steps += 1
-            total += float(loss.detach())
+            total += float(loss.detach()) if len(xb) else 0.0  # ghost's wrapped loss of nothing is NaN
     hist = [tuple(h) for h in engine.accountant.history] if engine is not None else list(history or [])
     return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist)  # type: ignore[arg-type]
 

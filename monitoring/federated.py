@@ -112,7 +112,11 @@ def resolve_noise(run_config: dict[str, Any], cfg: SimulationConfig) -> tuple[st
 def run_profile_query(
     grid: Any, cfg: SimulationConfig, run_dir: Path, *, mechanism: str, epsilon: float
 ) -> dict[str, Any] | None:
-    """Ask every client for profile counts on the run's final model; write ``reference_profile.json``.
+    """Ask every client (or ``cfg.fraction_evaluate`` of them) for profile counts on the final model.
+
+    Writes ``reference_profile.json``. The sample is the same seeded share the group-count
+    evaluation asks: with 10,000 simulated clients, asking each one would cost more than the
+    whole training (one message per client).
 
     A profile already written for the same model is kept (asking again would spend budget twice).
 
@@ -132,7 +136,8 @@ def run_profile_query(
     if target.exists() and json.loads(target.read_text()).get("model_digest") == digest:
         return None
     record = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-    replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, query=K.QUERY_PROFILE)
+    replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, query=K.QUERY_PROFILE,
+                        fraction=cfg.fraction_evaluate, seed=cfg.seed)  # fmt: skip
     ok = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
     if not ok:  # e.g. deployed clients, which do not answer profile queries yet: no profile, nothing spent
         log.warning("no client answered the reference-profile query; the run ships without a profile")

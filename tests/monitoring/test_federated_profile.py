@@ -133,3 +133,19 @@ def test_laplace_profile_is_recomputed_as_pure_dp(cfg, run_dir):
     led = Ledger.load(run_dir / "ledger.json")
     assert led.profile_epsilon == pytest.approx(0.5)
     assert recompute(led)["profile"] == [(1, pytest.approx(0.5))]
+
+
+def test_profile_asks_the_same_seeded_share_as_the_group_count_evaluation(cfg, run_dir):
+    # with thousands of simulated clients, asking every one would cost more than the training itself
+    sampled = cfg.model_copy(update={"fraction_evaluate": 0.5})
+    grid = InMemoryGrid(sampled)
+    doc = run_profile_query(grid, sampled, run_dir, mechanism="none", epsilon=1.0)
+    assert grid.sent == [K.QUERY_PROFILE] * 2 and doc["clients"] == 2  # ceil(0.5 * 3)
+    assert Counts.from_dict(doc["counts"]).rows < sum_profiles(
+        [local_profile_counts(cfg, p, _arrays(run_dir)) for p in range(3)]).rows  # fmt: skip
+
+
+def _arrays(run_dir):
+    from fedready.modelio import load_npz
+
+    return load_npz((run_dir / "model.npz").read_bytes())

@@ -42,6 +42,25 @@ def test_matches_opacus_directly():
     assert compose_epsilon([(1.3, 0.05, 200)], delta=1e-5) == acc.get_epsilon(1e-5)
 
 
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    history=st.lists(
+        st.tuples(st.sampled_from([0.6, 1.1, 7.65625, 20.0]), st.sampled_from([1 / 3, 0.01, 0.2, 1.0]),
+                  st.integers(1, 60)),
+        min_size=1, max_size=8,
+    ),
+    delta=st.sampled_from([1e-6, 1e-5, 1e-3]),
+)  # fmt: skip
+def test_cached_rdp_curves_give_exactly_what_opacus_returns(history, delta):
+    # compose_epsilon caches each (noise, rate) curve; Opacus recomputes it on every call
+    acc = RDPAccountant()
+    merged: dict = {}
+    for s, q, n in history:
+        merged[(s, q)] = merged.get((s, q), 0) + n
+    acc.history = [(s, q, n) for (s, q), n in merged.items()]
+    assert compose_epsilon(history, delta=delta) == acc.get_epsilon(delta=delta)
+
+
 def test_prv_accountant_is_available_and_tighter():
     h = [(1.0, 0.05, 300)]
     assert compose_epsilon(h, delta=1e-5, accountant="prv") < compose_epsilon(h, delta=1e-5, accountant="rdp")
