@@ -1,7 +1,7 @@
 """Run every benchmark and write ``BENCHMARKS.md`` (generated; do not edit it by hand).
 
     python benchmarks/run_all.py            # quick: about 10 minutes on 2 cores
-    python benchmarks/run_all.py --full     # adds 10 rounds at 1,000 and 10,000 clients (about 20 minutes)
+    python benchmarks/run_all.py --full     # adds 10 rounds at 1,000 and 10,000 clients (about 16 minutes)
 
 Each benchmark runs as its own process (``benchmarks/<name>.py``) and measures its figures beside
 a baseline taken in the same run (alternating repetitions), so load from other processes hits

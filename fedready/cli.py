@@ -90,7 +90,8 @@ def simulate(
         float | None, typer.Option(help="Share of clients sampled per round. [default: 1.0]")
     ] = None,
     fraction_evaluate: Annotated[
-        float | None, typer.Option(help="Share of clients asked for group counts after training. [default: 1.0]")
+        float | None,
+        typer.Option(help="Share of clients asked for group counts and profile after training. [default: 1.0]"),
     ] = None,
     min_client_rows: Annotated[
         int | None, typer.Option(help="Fewest rows a client may get (lower it for thousands of clients). [default: 20]")

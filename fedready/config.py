@@ -29,7 +29,7 @@ class SimulationConfig(BaseModel):
     rounds: int = Field(50, ge=1)  # server rounds to run
     budget_rounds: int | None = Field(None, ge=1)  # rounds the DP budget is planned over (default: rounds)
     fraction_train: float = Field(1.0, gt=0, le=1)  # share of clients sampled per round
-    fraction_evaluate: float = Field(1.0, gt=0, le=1)  # share asked for group counts after training (seeded)
+    fraction_evaluate: float = Field(1.0, gt=0, le=1)  # share asked for group counts + profile after training (seeded)
     # data
     partitioner: str = "dirichlet"  # iid | dirichlet | sensitive | quantity
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (smaller = more skew)
