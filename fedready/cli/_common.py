@@ -1,0 +1,68 @@
+"""The root Typer app, the stderr console and the one place errors become messages and exit codes.
+
+Errors are caught only at the top: a :class:`ConfigError` becomes one line on stderr and exit code 2,
+an :class:`IntegrityError` one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedready.errors import ConfigError, FedreadyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy-preserving federated training.")
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Privacy-preserving federated training: simulate, account, evaluate, ship."""
+
+
+def _fail(e: FedreadyError) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(2 if isinstance(e, ConfigError) else 1)
+
+
+_TRAINING_STACK = {"torch", "flwr", "opacus", "onnx", "ray"}
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn a :class:`FedreadyError` raised inside into its one-line message and exit code."""
+    try:
+        yield
+    except FedreadyError as e:
+        raise _fail(e) from None
+    except ModuleNotFoundError as e:  # a lean edge install running an operator command
+        if (e.name or "").split(".")[0] not in _TRAINING_STACK:
+            raise
+        raise _fail(ConfigError("install", f"this command needs the training stack ({e.name} is not installed); "
+                                           "pip install -c constraints.txt 'fedready[train]'")) from None  # fmt: skip
+
+
+RegistryPath = Annotated[Path, typer.Argument(help="The registry folder (its repository/ is what you serve).")]
+Home = Annotated[Path, typer.Option(help="The device folder.")]
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _read_input(input: Path | None) -> str:
+    """The text of a CSV / JSON lines file, or of stdin for None or ``-``."""
+    import sys
+
+    if input is None or str(input) == "-":
+        return sys.stdin.read()
+    if not input.is_file():
+        raise ConfigError("input", f"{input} does not exist")
+    return input.read_text(encoding="utf-8")

@@ -1,0 +1,254 @@
+"""Signed artifacts and the registry: ``keys``, ``package``, ``verify``, ``registry ...``, ``reproduce``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedready.cli._common import RegistryPath, _echo_json, _errors, app, err
+from fedready.errors import ConfigError
+
+keys_app = typer.Typer(no_args_is_help=True, help="Operator signing keys.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option(help="Folder for signing.key (private, mode 0600) and signing.pub.")],
+    name: Annotated[str, typer.Option(help="File stem of the key pair.")] = "signing",
+) -> None:
+    """Create an ECDSA P-256 key pair for signing artifacts."""
+    from fedready.registry import generate_keys
+
+    with _errors():
+        priv, pub = generate_keys(out, name=name)
+    err.print(f"private key {priv} (keep it offline), public key {pub} (give it to devices)")
+
+
+@app.command()
+def package(
+    run: Annotated[Path, typer.Argument(help="A run folder written by fedready simulate.")],
+    key: Annotated[Path, typer.Option(help="Operator private key (PEM) that signs the artifact.")],
+    version: Annotated[str, typer.Option(help="Artifact version, e.g. 1.0.0; immutable once written.")],
+    out: Annotated[Path, typer.Option(help="Folder of artifacts; the artifact goes to OUT/VERSION.")] = Path(
+        "artifacts"
+    ),
+    parent_version: Annotated[
+        str | None, typer.Option(help="Version this model replaces (recorded in provenance).")
+    ] = None,
+) -> None:
+    """Write a signed, versioned artifact (ONNX model, schema, provenance, reports) for a run."""
+    from fedready.registry import package_run
+
+    with _errors():
+        path, new = package_run(run, key=key, version=version, out=out, parent_version=parent_version)
+    err.print(f"{'packaged' if new else 'already packaged, unchanged'}: {path}")
+    typer.echo(str(path))
+
+
+@app.command()
+def verify(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    public_key: Annotated[Path, typer.Option(help="Operator public key (PEM).")],
+) -> None:
+    """Check every file of an artifact against its signature (exit 1 naming what differs)."""
+    from fedready.registry import verify_artifact
+
+    with _errors():
+        prov = verify_artifact(artifact, public_key=public_key)
+    err.print(f"verified {artifact}: version {prov.version}, run {prov.run_id}, model {prov.model_digest}")
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="The model registry: a TUF repository with release channels.")
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("init")
+def registry_init(
+    path: RegistryPath,
+    channel: Annotated[list[str] | None, typer.Option(help="Channel names (repeat). [default: canary, stable]")] = None,
+    actor: Annotated[str, typer.Option(help="Who runs this (audit log).")] = "",
+) -> None:
+    """Create a registry: role keys, version-1 TUF metadata, an audit log."""
+    from fedready.registry import CHANNELS, Registry
+
+    with _errors():
+        reg = Registry.init(path, channels=tuple(channel or CHANNELS), actor=actor)
+    err.print(f"registry {reg.path}: serve {reg.repo}; give devices {reg.metadata_dir / '1.root.json'}; "
+              f"keep {reg.keys_dir} offline")  # fmt: skip
+
+
+@registry_app.command("publish")
+def registry_publish(
+    path: RegistryPath,
+    artifact: Annotated[Path, typer.Argument(help="A signed artifact folder (fedready package).")],
+    public_key: Annotated[Path, typer.Option(help="Operator public key the artifact must verify with.")],
+    actor: Annotated[str, typer.Option(help="Who runs this (audit log).")] = "",
+) -> None:
+    """Verify an artifact and add it to the registry (immutable once published)."""
+    from fedready.registry import Registry
+
+    with _errors():
+        version = Registry(path).publish(artifact, public_key=public_key, actor=actor)
+    err.print(f"published {version}")
+
+
+@registry_app.command("promote")
+def registry_promote(
+    path: RegistryPath,
+    version: Annotated[str, typer.Argument(help="A published version.")],
+    channel: Annotated[str, typer.Option(help="canary | stable (or a configured channel).")],
+    approver: Annotated[str, typer.Option(help="Who approved this promotion (recorded).")],
+    rollout: Annotated[
+        float, typer.Option(help="Percent of devices that take a canary (by hash of their id).")
+    ] = 100.0,
+    review_by: Annotated[
+        str | None, typer.Option(help="ISO date the model must be reviewed by. [default: +90 days]")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Promote although gates failed or never ran (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why --force is justified (recorded).")] = None,
+    min_agreement: Annotated[
+        float | None, typer.Option(help="Refuse unless the shadow report shows at least this agreement (0-1).")
+    ] = None,
+    shadow_report: Annotated[Path | None, typer.Option(help="JSON written by `fedready shadow --out`.")] = None,
+) -> None:
+    """Point a channel at a version; refuses failed or unrun gates without --force --reason."""
+    import datetime as dt
+
+    from fedready.registry import Registry
+    from fedready.registry._canonical import read_json
+
+    with _errors():
+        try:
+            review = dt.date.fromisoformat(review_by) if review_by else None
+        except ValueError as e:
+            raise ConfigError("review-by", f"'{review_by}' is not an ISO date like 2027-03-01") from e
+        if shadow_report is not None and not shadow_report.is_file():
+            raise ConfigError(
+                "shadow-report", f"{shadow_report} does not exist; write one with `fedready shadow --out`"
+            )
+        report = read_json(shadow_report, what="shadow report") if shadow_report is not None else None
+        doc = Registry(path).promote(version, channel=channel, approver=approver, rollout_percent=rollout,
+                                     review_by=review, force=force, reason=reason, min_agreement=min_agreement,
+                                     shadow_report=report)  # fmt: skip
+    forced = f" FORCED ({doc.reason})" if doc.forced else ""
+    err.print(f"{channel} -> {doc.version} ({doc.rollout_percent:g}%), approved by {doc.approver}, "
+              f"review by {doc.review_by}{forced}")  # fmt: skip
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    path: RegistryPath,
+    channel: Annotated[str, typer.Option(help="The channel to point back at its previous version.")],
+    approver: Annotated[str, typer.Option(help="Who approved the rollback (recorded).")],
+    reason: Annotated[str, typer.Option(help="Why (recorded).")] = "",
+) -> None:
+    """Point a channel back at the version it held before its last promotion."""
+    from fedready.registry import Registry
+
+    with _errors():
+        doc = Registry(path).rollback(channel=channel, approver=approver, reason=reason)
+    err.print(f"{channel} -> {doc.version}")
+
+
+@registry_app.command("auto-rollback")
+def registry_auto_rollback(
+    path: RegistryPath,
+    channel: Annotated[str, typer.Option(help="The channel whose devices' alerts are read (e.g. canary).")],
+    alerts: Annotated[
+        Path, typer.Option(help="Alert JSON lines from `fedready monitor` (devices' files concatenated).")
+    ],
+    min_alerts: Annotated[int, typer.Option(help="Breaches of the current version needed to roll back.")] = 1,
+    approver: Annotated[str, typer.Option(help="Recorded as the rollback's approver.")] = "fedready auto-rollback",
+) -> None:
+    """Roll a channel back when its devices' alerts show a breach of the version it serves (for cron or CI).
+
+    Prints one JSON object with the decision; exit code 0 whether or not it rolled back.
+    """
+    from fedready.registry import Registry
+
+    with _errors():
+        result = Registry(path).auto_rollback(channel=channel, alerts=alerts, min_alerts=min_alerts, approver=approver)
+    _echo_json(result)
+    if result["rolled_back"]:
+        err.print(f"{channel}: {result['replaced']} -> {result['version']} ({result['breaches']} breach(es))")
+
+
+@registry_app.command("refresh")
+def registry_refresh(path: RegistryPath) -> None:
+    """Re-sign the timestamp metadata (it expires after one day: run this daily)."""
+    from fedready.registry import Registry
+
+    with _errors():
+        version = Registry(path).refresh()
+    err.print(f"timestamp version {version}")
+
+
+@registry_app.command("rotate-key")
+def registry_rotate_key(
+    path: RegistryPath,
+    role: Annotated[str, typer.Argument(help="root | targets | snapshot | timestamp")],
+    actor: Annotated[str, typer.Option(help="Who runs this (audit log).")] = "",
+) -> None:
+    """Replace one TUF role key; devices follow through the new signed root."""
+    from fedready.registry import Registry
+
+    with _errors():
+        keyid = Registry(path).rotate_key(role, actor=actor)
+    err.print(f"{role} key rotated, new key id {keyid}")
+
+
+@registry_app.command("status")
+def registry_status(
+    path: RegistryPath,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the status as JSON on stdout.")] = False,
+) -> None:
+    """Channels, published versions, metadata expiry; flags models past their review date."""
+    from fedready.registry import Registry
+
+    with _errors():
+        status = Registry(path).status()
+    if json_out:
+        _echo_json(status)
+        return
+    for name, ch in status["channels"].items():
+        if ch is None:
+            typer.echo(f"{name}: (nothing promoted)")
+            continue
+        flag = "  PAST REVIEW DATE" if ch["past_review"] else ""
+        forced = f"  forced: {ch['reason']}" if ch["forced"] else ""
+        typer.echo(f"{name}: {ch['version']} rollout {ch['rollout_percent']:g}% approved by {ch['approver']} "
+                   f"review by {ch['review_by']}{flag}{forced}")  # fmt: skip
+    typer.echo(f"published: {', '.join(status['versions']) or 'none'}")
+    for role, md in status["metadata"].items():
+        typer.echo(f"{role}.json v{md['version']} expires {md['expires']}{'  EXPIRED' if md['expired'] else ''}")
+
+
+@app.command()
+def reproduce(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder of a simulation-trained model.")],
+    public_key: Annotated[Path | None, typer.Option(help="Verify the artifact with this key first.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Keep the re-run in OUT/reproduce-VERSION (default: discarded).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Re-run an artifact's recorded configuration and check the model digest matches (exit 1 if not)."""
+    from fedready.registry import reproduce_artifact
+
+    with _errors():
+        report = reproduce_artifact(artifact, public_key=public_key, out=out)
+    if json_out:
+        _echo_json(report)
+    ok = report["match"] and report["config_matches"]
+    verdict = "[green]matches[/]" if ok else "[red]MISMATCH[/]"
+    if report["config_matches"]:
+        err.print(f"{report['version']}: recorded {report['recorded_digest']}, reproduced "
+                  f"{report['reproduced_digest']}: {verdict}")  # fmt: skip
+    else:
+        err.print(f"{report['version']}: {verdict}: the recorded config.json is not the one the model was trained "
+                  "with (its digest differs from provenance.json); nothing was re-run")  # fmt: skip
+    if not ok:
+        raise typer.Exit(1)

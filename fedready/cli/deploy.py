@@ -1,0 +1,136 @@
+"""Deployment on Flower's real engine: ``certs``, ``server``, ``client``, ``contract check``, ``audit verify``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedready.cli._common import _errors, app, err
+from fedready.errors import ConfigError
+
+audit_app = typer.Typer(no_args_is_help=True, help="Hash-chained audit logs (server and clients).")
+app.add_typer(audit_app, name="audit")
+contract_app = typer.Typer(no_args_is_help=True, help="Data contracts: check a local CSV before it trains.")
+app.add_typer(contract_app, name="contract")
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option(help="Folder for ca.crt, server.crt/.key and node-<i>.key/.pub.")],
+    host: Annotated[list[str], typer.Option(help="Host name or IP the SuperLink is reached at (repeat).")],
+    nodes: Annotated[int, typer.Option(help="SuperNode key pairs to create.")] = 0,
+) -> None:
+    """Create a CA, the SuperLink's TLS certificate (SANs = --host) and SuperNode key pairs (private keys 0600)."""
+    from fedready.deploy.certs import generate_certificates
+
+    with _errors():
+        made = generate_certificates(out, hosts=host, nodes=nodes)
+    err.print(f"CA {made.ca_cert} (give to clients), SuperLink {made.server_cert}, {len(made.node_keys)} node key(s)")
+    for priv, pub in made.node_keys:
+        typer.echo(f"{priv} {pub}")
+
+
+def verify_audit_log(log: Path) -> int:
+    """Check an audit log's hash chain; return its number of lines.
+
+    Raises
+    ------
+    IntegrityError
+        Naming the first line whose ``prev`` digest does not match (edited, removed or reordered lines).
+    """
+    from fedready.errors import IntegrityError
+    from fedready.server.audit import verify_chain
+
+    if not log.is_file():
+        raise ConfigError("log", f"file {log} does not exist")
+    ok, bad = verify_chain(log)
+    if not ok:
+        raise IntegrityError(f"{log}: hash chain broken at line {bad} (that line or the one before it was changed)")
+    return len(log.read_text(encoding="utf-8").splitlines())
+
+
+@audit_app.command("verify")
+def audit_verify(log: Annotated[Path, typer.Argument(help="An audit.jsonl file.")]) -> None:
+    """Check the hash chain of an audit log (exit 1 naming the first broken line)."""
+    with _errors():
+        n = verify_audit_log(log)
+    err.print(f"{log}: {n} entries, chain intact")
+
+
+@contract_app.command("check")
+def contract_check(
+    data: Annotated[Path, typer.Option(help="The local CSV (with a header row).")],
+    schema: Annotated[Path, typer.Option(help="The schema TOML with its [contract].")],
+) -> None:
+    """Check a CSV against its schema's data contract; print the readable report (exit 1 on a violation)."""
+    from fedready.data import read_csv
+    from fedready.deploy.contract import validate_contract
+    from fedready.errors import IntegrityError
+    from fedready.schema import load_schema
+
+    with _errors():
+        sch = load_schema(schema)
+        report = validate_contract(read_csv(data, sch), sch)
+        for line in report.lines():
+            typer.echo(line)
+        if not report.ok:
+            raise IntegrityError(f"{data} violates the contract of {schema} ({len(report.violations)} violation(s))")
+
+
+def _run_foreground(cmd: list[str]) -> None:
+    import subprocess
+
+    from fedready.deploy.launch import describe, flower_env
+
+    err.print(f"starting: {describe(cmd)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(subprocess.call(cmd, env=flower_env()))
+
+
+@app.command()
+def server(
+    certs: Annotated[Path, typer.Option(help="Folder from fedready certs (ca.crt, server.crt, server.key).")],
+    database: Annotated[Path, typer.Option(help="SuperLink state file (nodes, runs); survives restarts.")] = Path(
+        "superlink.db"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port of the SuperLink (SuperNodes and flwr connect here).")] = 9093,
+) -> None:
+    """Start a SuperLink with TLS, SuperNode authentication and a database (foreground)."""
+    from fedready.deploy.launch import superlink_command
+
+    with _errors():
+        cmd = superlink_command(certs=certs, database=database, host=host, port=port)
+    _run_foreground(cmd)
+
+
+@app.command()
+def client(
+    superlink: Annotated[str, typer.Option(help="HOST:PORT of the coordinator's SuperLink.")],
+    data: Annotated[Path, typer.Option(help="This organisation's CSV (never leaves this machine).")],
+    schema: Annotated[Path, typer.Option(help="Schema TOML with the data contract.")],
+    limits: Annotated[Path, typer.Option(help="Local privacy limits TOML (max_epsilon, max_delta, ledger, ...).")],
+    key: Annotated[Path, typer.Option(help="This SuperNode's private key (node-<i>.key).")],
+    root_cert: Annotated[Path, typer.Option(help="The federation CA certificate (ca.crt).")],
+    client_id: Annotated[int, typer.Option(help="This client's number in the federation.")] = 0,
+    port: Annotated[int, typer.Option(help="Local port of the SuperNode's own API.")] = 9094,
+) -> None:
+    """Check the local data against its contract, then start a SuperNode for it (foreground)."""
+    from fedready.data import read_csv
+    from fedready.deploy.contract import validate_contract
+    from fedready.deploy.launch import supernode_command
+    from fedready.deploy.limits import load_limits
+    from fedready.schema import load_schema
+
+    with _errors():
+        sch = load_schema(schema)
+        load_limits(limits)
+        report = validate_contract(read_csv(data, sch), sch)
+        cmd = supernode_command(superlink=superlink, root_cert=root_cert, key=key, data=data, schema=schema,
+                                limits=limits, client_id=client_id, port=port)  # fmt: skip
+    for line in report.lines():
+        err.print(f"data contract: {line}", highlight=False)
+    if not report.ok:
+        err.print("the client joins but declines every round (reason contract-violation) until the data is fixed")
+    _run_foreground(cmd)

@@ -1,0 +1,123 @@
+"""``fedready edge ...``: the agent that updates, predicts, serves and rolls back on a device."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedready.cli._common import Home, _echo_json, _errors, _read_input, app, err
+
+edge_app = typer.Typer(no_args_is_help=True, help="The edge agent: update, predict, serve, roll back on a device.")
+app.add_typer(edge_app, name="edge")
+
+
+@edge_app.command("update")
+def edge_update(
+    repo: Annotated[str, typer.Option(help="Base URL of the served repository/ folder.")],
+    device_id: Annotated[str, typer.Option(help="This device's id (decides canary membership).")],
+    home: Home,
+    channel: Annotated[str, typer.Option(help="Channel to follow.")] = "stable",
+    root: Annotated[Path | None, typer.Option(help="Trusted TUF root.json (first update only).")] = None,
+    public_key: Annotated[Path | None, typer.Option(help="Operator signing public key (first update only).")] = None,
+) -> None:
+    """Fetch, verify (TUF, then model signature) and atomically activate the channel's model."""
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        res = EdgeAgent(home).update(repo=repo, channel=channel, device_id=device_id, root=root,
+                                     public_key=public_key)  # fmt: skip
+    if res.changed:
+        err.print(f"updated {res.previous or '(none)'} -> {res.version} from {res.channel}")
+    else:
+        err.print(f"up to date: {res.version} ({res.channel})")
+
+
+@edge_app.command("predict")
+def edge_predict(
+    home: Home,
+    input: Annotated[
+        Path | None, typer.Argument(help="CSV with a header row, or JSON lines; - or none: stdin.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto | csv | jsonl")] = "auto",
+    record_inputs: Annotated[
+        bool, typer.Option(help="Also keep the raw rows in HOME/monitoring/inputs.jsonl (summaries are always kept).")
+    ] = False,
+) -> None:
+    """Predict with the active model: raw rows in, one JSON line per row out (summaries kept for `fedready monitor`)."""
+    from fedready.monitoring import Recorder
+    from fedready.registry import EdgeAgent, read_rows
+
+    with _errors():
+        rows = read_rows(_read_input(input), fmt=fmt)
+        predictor = EdgeAgent(home).predictor()
+        t0 = time.perf_counter()
+        results = predictor.predict(rows)
+        latency = time.perf_counter() - t0
+        if rows:
+            Recorder(home, record_inputs=record_inputs).record(predictor.schema, rows, results,
+                                                               version=predictor.version, latency=latency)  # fmt: skip
+    typer.echo("\n".join(json.dumps(r, sort_keys=True) for r in results))
+
+
+@edge_app.command("status")
+def edge_status(home: Home) -> None:
+    """The device's active and previous model and where the active one came from."""
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        _echo_json(EdgeAgent(home).status())
+
+
+@edge_app.command("rollback")
+def edge_rollback(home: Home) -> None:
+    """Make the previous model active again."""
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        version = EdgeAgent(home).rollback()
+    err.print(f"rolled back to {version}")
+
+
+@edge_app.command("install")
+def edge_install(
+    artifact: Annotated[Path, typer.Argument(help="A signed artifact folder.")],
+    home: Home,
+    public_key: Annotated[Path | None, typer.Option(help="Operator signing public key (first use only).")] = None,
+) -> None:
+    """Verify a local artifact and make it active (offline provisioning, no registry)."""
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        version = EdgeAgent(home).install(artifact, public_key=public_key)
+    err.print(f"installed {version}")
+
+
+@edge_app.command("serve")
+def edge_serve(
+    home: Home,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
+    max_batch: Annotated[int, typer.Option(help="Rows per model call; 1 turns micro-batching off.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch.")] = 2.0,
+    defer_low: Annotated[float | None, typer.Option(help="Uncertainty band low end: answer 'deferred'.")] = None,
+    defer_high: Annotated[float | None, typer.Option(help="Uncertainty band high end.")] = None,
+    review_queue: Annotated[
+        Path | None, typer.Option(help="JSON lines of deferred rows. [default: HOME/review-queue.jsonl]")
+    ] = None,
+    record_inputs: Annotated[bool, typer.Option(help="Also keep raw rows in HOME/monitoring/inputs.jsonl.")] = False,
+    monitor_window: Annotated[int, typer.Option(help="Newest rows behind the drift gauges of GET /metrics.")] = 1000,
+    gate: Annotated[Path | None, typer.Option(help="Policy TOML whose [monitoring] table sets the thresholds.")] = None,
+) -> None:
+    """Serve the active model over HTTP (POST /predict, GET /metrics) with dynamic micro-batching."""
+    from fedready.registry import EdgeServer, ServeConfig
+
+    with _errors():
+        cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, defer_low=defer_low,
+                          defer_high=defer_high, review_queue=review_queue, record_inputs=record_inputs,
+                          monitor_window=monitor_window, gate=gate)  # fmt: skip
+        server = EdgeServer(home, cfg)
+    server.serve_forever(on_ready=lambda url: err.print(f"serving {server.predictor.version} on {url}/predict"))

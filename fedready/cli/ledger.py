@@ -1,0 +1,67 @@
+"""``fedready ledger``: show a run's privacy ledger and recompute it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from fedready.cli._common import _fail, app, err
+from fedready.errors import ConfigError, FedreadyError
+
+
+@app.command()
+def ledger(
+    run: Annotated[Path, typer.Argument(help="A run folder (or its ledger.json).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the check as JSON on stdout.")] = False,
+) -> None:
+    """Show a run's privacy ledger and recompute every epsilon from its recorded parameters."""
+    try:
+        report = check_ledger(run)
+    except FedreadyError as e:
+        raise _fail(e) from None
+    if json_out:
+        typer.echo(json.dumps(report, sort_keys=True))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"privacy ledger: {report['path']}")
+        for col in ("client", "rounds", "noise", "sample rate", "steps", "epsilon", "recomputed"):
+            table.add_column(col, justify="right")
+        for c in report["clients"]:
+            table.add_row(c["client"], str(c["rounds"]), f"{c['noise_multiplier']:.3f}", f"{c['sample_rate']:.4f}",
+                          str(c["steps"]), f"{c['epsilon']:.4f}", f"{c['recomputed']:.4f}")  # fmt: skip
+        Console().print(table)
+        verdict = "[green]matches[/]" if report["ok"] else "[red]DIFFERS[/]"
+        err.print(f"run epsilon {report['epsilon']:.4f} (delta {report['delta']:g}, {report['accountant']}); "
+                  f"recomputed with Opacus: {verdict}")  # fmt: skip
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+def check_ledger(run: Path, *, rel_tol: float = 0.01) -> dict[str, Any]:
+    """Recompute a ledger with Opacus alone; ``ok`` is False if any entry differs by more than ``rel_tol``."""
+    from fedready.privacy.ledger import Ledger, recompute
+
+    path = run / "ledger.json" if run.is_dir() else run
+    if not path.exists():
+        raise ConfigError("run", f"{path} does not exist; pass a run folder written by fedready simulate")
+    try:
+        led = Ledger.load(path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError("run", f"{path} is not a readable fedready ledger ({e})") from e
+    again = recompute(led)
+    clients, ok = [], True
+    for client in sorted(again, key=lambda c: (len(c), c)):
+        mine = sorted((e for e in led.entries if e.client == client), key=lambda e: e.round)
+        for e, (_, eps) in zip(mine, again[client], strict=True):
+            ok &= abs(eps - e.epsilon) <= rel_tol * max(e.epsilon, 1e-12)
+        last = mine[-1]
+        clients.append({"client": client, "rounds": len(mine), "noise_multiplier": last.noise_multiplier,
+                        "sample_rate": last.sample_rate, "steps": sum(e.steps for e in mine),
+                        "epsilon": last.epsilon, "recomputed": again[client][-1][1]})  # fmt: skip
+    return {"path": str(path), "epsilon": led.epsilon, "delta": led.delta, "accountant": led.accountant,
+            "declines": len(led.declines), "clients": clients, "ok": ok}  # fmt: skip

@@ -1,0 +1,335 @@
+"""``fedready simulate`` and ``fedready pipeline``: federated training runs."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedready.cli._common import _echo_json, _errors, _fail, app, err
+from fedready.errors import ConfigError, FedreadyError
+
+
+def _new_run_dir(out: Path) -> Path:
+    return out / f"sim-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@app.command()
+def simulate(
+    clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 10]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,
+    partitioner: Annotated[
+        str | None, typer.Option(help="iid | dirichlet | sensitive | quantity. [default: dirichlet]")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="Dirichlet skew (smaller = more skewed). [default: 0.5]")] = None,
+    skew_attribute: Annotated[
+        str | None, typer.Option(help="Sensitive attribute for --partitioner sensitive. [default: sex]")
+    ] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")
+    ] = None,
+    delta: Annotated[float | None, typer.Option(help="Per-client delta, below 1/n. [default: 1e-5]")] = None,
+    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Sample-level DP-SGD (on by default).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for partitioning, initialisation and sampling. [default: 0]")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="logreg | mlp | mlp-wide | mlp-large. [default: mlp]")] = None,
+    local_steps: Annotated[int | None, typer.Option(help="SGD steps per round; 0 = whole epochs. [default: 3]")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round when --local-steps 0.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Expected Poisson batch size. [default: 1024]")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Local learning rate at round 1. [default: 6.0 with DP, 1.0 without or for mlp-large]"),
+    ] = None,
+    lr_schedule: Annotated[str | None, typer.Option(help="constant | cosine. [default: cosine]")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
+    accountant: Annotated[str | None, typer.Option(help="rdp | prv. [default: rdp]")] = None,
+    fraction_train: Annotated[
+        float | None, typer.Option(help="Share of clients sampled per round. [default: 1.0]")
+    ] = None,
+    fraction_evaluate: Annotated[
+        float | None,
+        typer.Option(help="Share of clients asked for group counts and profile after training. [default: 1.0]"),
+    ] = None,
+    min_client_rows: Annotated[
+        int | None, typer.Option(help="Fewest rows a client may get (lower it for thousands of clients). [default: 20]")
+    ] = None,
+    budget_rounds: Annotated[
+        int | None, typer.Option(help="Rounds the budget is spread over. [default: --rounds]")
+    ] = None,
+    client_dp: Annotated[
+        str | None,
+        typer.Option(
+            help="Client-level DP: off | server-fixed | server-adaptive | client-fixed | client-adaptive.",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    client_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Target client-level epsilon (calibrates the noise; run budget).",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    client_noise_multiplier: Annotated[
+        float | None,
+        typer.Option(
+            help="Client-level noise multiplier z (instead of --client-epsilon).",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    client_delta: Annotated[
+        float | None,
+        typer.Option(
+            help="Client-level delta, below 1/clients. [default: 1e-5]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    client_clip: Annotated[
+        float | None,
+        typer.Option(
+            help="L2 bound on each update (initial bound if adaptive). [default: 1.0]",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    clip_quantile: Annotated[
+        float | None,
+        typer.Option(
+            help="Adaptive clipping target quantile. [default: 0.5]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    secagg: Annotated[
+        bool | None,
+        typer.Option(
+            "--secagg/--no-secagg",
+            help="Secure aggregation with SecAgg+.",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    secagg_shares: Annotated[
+        int | None,
+        typer.Option(help="SecAgg+ shares per secret. [default: 3]", rich_help_panel="Client-level DP and SecAgg+"),
+    ] = None,
+    secagg_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="SecAgg+ reconstruction threshold. [default: 2]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    secagg_clip_range: Annotated[
+        float | None,
+        typer.Option(
+            help="SecAgg+ value range before quantisation. [default: 8.0]",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    secagg_quantization: Annotated[
+        int | None,
+        typer.Option(
+            help="SecAgg+ quantisation levels. [default: 4194304]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    aggregator: Annotated[
+        str | None,
+        typer.Option(
+            help="fedavg | median | trimmed-mean | krum | multikrum | bulyan | qfedavg.",
+            rich_help_panel="Robustness and scenarios",
+        ),
+    ] = None,
+    qffl_q: Annotated[
+        float | None,
+        typer.Option(
+            help="q-FFL fairness exponent for --aggregator qfedavg. [default: 0.1]",
+            rich_help_panel="Robustness and scenarios",
+        ),
+    ] = None,
+    trim_beta: Annotated[
+        float | None,
+        typer.Option(
+            help="Trimmed mean: share cut at each end. [default: 0.2]", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    num_malicious: Annotated[
+        int | None,
+        typer.Option(
+            help="Krum/Bulyan: assumed attackers per round. [default: 0]", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    validate: Annotated[
+        bool | None,
+        typer.Option(
+            "--validate/--no-validate",
+            help="Reject malformed or outsized updates (on).",
+            rich_help_panel="Robustness and scenarios",
+        ),
+    ] = None,
+    median_factor: Annotated[
+        float | None,
+        typer.Option(
+            help="Reject norms above this x the round median. [default: 10]", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    min_clients: Annotated[
+        int | None,
+        typer.Option(
+            help="Skip a round with fewer accepted updates. [default: 1]", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    round_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for replies. [default: 600]", rich_help_panel="Robustness and scenarios"),
+    ] = None,
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            help="none | sign-flip | scale | nan | zero | label-flip.", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    attack_fraction: Annotated[
+        float | None, typer.Option(help="Share of attacking clients.", rich_help_panel="Robustness and scenarios")
+    ] = None,
+    attack_scale: Annotated[
+        float | None,
+        typer.Option(help="Factor for --attack scale. [default: 100]", rich_help_panel="Robustness and scenarios"),
+    ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(help="Per-round probability a client drops out.", rich_help_panel="Robustness and scenarios"),
+    ] = None,
+    slow_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of clients slower than the round timeout.", rich_help_panel="Robustness and scenarios"
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Parent folder for new runs.")] = Path("runs"),
+    name: Annotated[str | None, typer.Option(help="Run folder name (default: sim-<time>-<id>).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")
+    ] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Existing Ray cluster address (ray start --head).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Run a private federated training on the embedded UCI Adult data."""
+    given = {
+        "num_clients": clients, "rounds": rounds, "partitioner": partitioner, "alpha": alpha,
+        "skew_attribute": skew_attribute, "epsilon": epsilon, "delta": delta, "dp": dp, "seed": seed,
+        "model": model, "local_epochs": local_epochs, "local_steps": local_steps, "batch_size": batch_size, "lr": lr,
+        "lr_schedule": lr_schedule,
+        "max_grad_norm": max_grad_norm, "accountant": accountant, "fraction_train": fraction_train,
+        "min_client_rows": min_client_rows, "fraction_evaluate": fraction_evaluate,
+        "budget_rounds": budget_rounds, "client_dp": client_dp, "client_epsilon": client_epsilon,
+        "client_noise_multiplier": client_noise_multiplier, "client_delta": client_delta, "client_clip": client_clip,
+        "clip_quantile": clip_quantile, "secagg": secagg, "secagg_shares": secagg_shares,
+        "secagg_threshold": secagg_threshold, "secagg_clip_range": secagg_clip_range,
+        "secagg_quantization": secagg_quantization, "aggregator": aggregator, "trim_beta": trim_beta,
+        "num_malicious": num_malicious, "qffl_q": qffl_q, "validate_updates": validate, "median_factor": median_factor,
+        "min_clients": min_clients, "round_timeout": round_timeout, "attack": attack,
+        "attack_fraction": attack_fraction, "attack_scale": attack_scale, "dropout": dropout,
+        "slow_fraction": slow_fraction,
+    }  # fmt: skip
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        summary = run_simulate(given, out=out, name=name, resume=resume, ray_address=ray_address, quiet=json_out)
+    except FedreadyError as e:
+        raise _fail(e) from None
+    if json_out:
+        typer.echo(json.dumps(summary, sort_keys=True))
+    else:
+        eps = (
+            f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary["dp"] else "no sample-level DP"
+        )
+        if summary["client_epsilon"] is not None:
+            eps += f", client-level epsilon {summary['client_epsilon']:.3f} (delta {summary['client_delta']:g})"
+        err.print(f"accuracy {summary['accuracy']:.4f}, {eps}, {summary['seconds']:.0f} s -> {summary['run_dir']}")
+        extra = [f"{k.replace('_', ' ')} {summary[k]}" for k in ("rejected_updates", "failed_clients", "declined")
+                 if summary[k]]  # fmt: skip
+        if summary["undefended_accuracy"] is not None:
+            extra.append(f"plain FedAvg on the same updates would reach {summary['undefended_accuracy']:.4f}")
+        if summary["skipped_rounds"]:
+            extra.append(f"skipped rounds {summary['skipped_rounds']}")
+        if summary["stopped"]:
+            extra.append(f"stopped early: {summary['stopped']}")
+        if extra:
+            err.print("; ".join(extra))
+
+
+def run_simulate(
+    given: dict[str, Any],
+    *,
+    out: Path,
+    name: str | None,
+    resume: Path | None,
+    ray_address: str | None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Validate options, then start or resume a simulation (the body of ``fedready simulate``)."""
+    from fedready.config import make_config
+    from fedready.simulations.engine import check_config, load_run_config, simulate
+
+    if resume is not None:
+        base = load_run_config(resume).model_dump()
+        changed = sorted(k for k in given if k != "rounds" and given[k] != base.get(k))
+        if changed:
+            raise ConfigError(changed[0].replace("_", "-"), "cannot change when resuming; only --rounds may change")
+        if "rounds" in given and base["budget_rounds"] is None:
+            base["budget_rounds"] = base["rounds"]  # the budget stays planned over the original rounds
+        cfg = make_config(**{**base, **given})
+        run_dir = resume
+    else:
+        cfg = make_config(**given)
+        run_dir = out / name if name else _new_run_dir(out)
+        if (run_dir / "config.json").exists():
+            raise ConfigError("name", f"{run_dir} already holds a run; pick another --name or use --resume")
+    check_config(cfg)  # fail fast (exit 2) before Ray starts or anything is written
+
+    progress = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
+                        TimeElapsedColumn(), console=err, disable=quiet)  # fmt: skip
+    with progress:
+        task = progress.add_task("starting clients...", total=cfg.rounds)
+
+        def on_round(r: Any) -> None:
+            extra = f" declined {len(r.declined)}" if r.declined else ""
+            extra += f" rejected {len(r.rejected)}" if r.rejected else ""
+            extra += f" failed {len(r.failed)}" if r.failed else ""
+            extra += " skipped" if r.skipped else ""
+            eps = f" epsilon {r.epsilon:.3f}" if cfg.dp else ""
+            progress.update(task, completed=r.round, description=f"accuracy {r.accuracy:.4f}{eps}{extra}")
+
+        return simulate(cfg, run_dir, on_round=on_round, ray_address=ray_address)
+
+
+@app.command()
+def pipeline(
+    out: Annotated[Path, typer.Option(help="Folder for the run, keys, artifacts, registry and device.")] = Path(
+        "fedready-demo"
+    ),
+    model: Annotated[str, typer.Option(help="Global model; mlp-large is the teacher worth compressing.")] = "mlp-large",
+    rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed. [default: 0]")] = None,
+    version: Annotated[str, typer.Option(help="Artifact version to package and publish.")] = "1.0.0",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the summary of every step as JSON on stdout.")
+    ] = False,
+) -> None:
+    """The whole job on the embedded data: train, evaluate, compress, sign, publish, update a device and predict.
+
+    Run it again after a failure: it resumes the training and redoes or re-checks the later steps.
+    """
+    from fedready.pipeline import run_pipeline
+
+    given = {
+        k: v for k, v in {"model": model, "rounds": rounds, "epsilon": epsilon, "seed": seed}.items() if v is not None
+    }
+    with _errors():
+        result = run_pipeline(out, given=given, version=version, say=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True),
+                              simulate=run_simulate)  # fmt: skip
+    if json_out:
+        _echo_json(result)
