@@ -188,14 +188,15 @@ def holdout_fairness(
     return out
 
 
-def client_spread(per_client: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
+def client_spread(per_client: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
     """Accuracy spread across clients from each client's (correct, rows) on its validation split.
 
-    Returns std (population), worst client, and the mean of the worst 10% of clients
-    (at least one).
+    The pairs may be noisy (DP): an accuracy is clipped to [0, 1], and a client whose (noisy)
+    row count is below 1 is undefined. Returns std (population), worst client, and the mean of
+    the worst 10% of clients (at least one).
     """
-    acc = {c: correct / rows for c, (correct, rows) in per_client.items() if rows > 0}
-    undefined = sorted(c for c, (_, rows) in per_client.items() if rows == 0)
+    acc = {c: min(1.0, max(0.0, correct / rows)) for c, (correct, rows) in per_client.items() if rows >= 1}
+    undefined = sorted(c for c, (_, rows) in per_client.items() if rows < 1)
     if not acc:
         return {"clients": {}, "std": None, "worst_client": None, "worst_accuracy": None,
                 "worst_10pct_accuracy": None, "undefined_clients": undefined}  # fmt: skip

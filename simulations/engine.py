@@ -21,7 +21,7 @@ from fedready.config import SimulationConfig, make_config
 from fedready.errors import ConfigError
 from fedready.simulations.federated import partition_sizes
 
-__all__ = ["check_config", "federated_evaluate", "load_run_config", "simulate"]
+__all__ = ["check_config", "data_digest", "federated_evaluate", "load_run_config", "simulate"]
 
 CONFIG_FILE = "config.json"
 
@@ -42,6 +42,25 @@ def check_config(cfg: SimulationConfig) -> None:
                                    f"{n_max} rows); pass e.g. --delta 1e-5")  # fmt: skip
 
 
+def data_digest(cfg: SimulationConfig) -> str:
+    """``sha256:`` over the bytes of every data file the run reads (recorded in config.json, checked on reproduce)."""
+    import hashlib
+
+    from fedready.data import ADULT_SHA256
+
+    files = [getattr(cfg, name, None) for name in ("data", "test")]
+    paths = [Path(str(f)) for f in files if f]
+    h = hashlib.sha256()
+    if not paths:  # the embedded data set: its published checksums (verified on every load)
+        h.update(json.dumps(ADULT_SHA256, sort_keys=True).encode())
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
 def load_run_config(run_dir: Path) -> SimulationConfig:
     """Read the configuration a run was started with."""
     p = Path(run_dir) / CONFIG_FILE
@@ -56,6 +75,7 @@ def simulate(
     *,
     on_round: Callable[[Any], None] | None = None,
     ray_address: str | None = None,
+    wire_log: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a simulated federation and return its summary.
 
@@ -70,6 +90,9 @@ def simulate(
     ray_address : str, optional
         Address of an existing Ray cluster (``ray start --head``); default: a
         local Ray instance started for this run.
+    wire_log : Path, optional
+        Every client appends the keys of each message it sends to this file
+        (:mod:`fedready.client.wire`).
     """
     from fedready.client.app import make_client_app
     from fedready.server.app import make_server_app
@@ -79,9 +102,14 @@ def simulate(
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.exists():
-        atomic_write_text(cfg_path, json.dumps({"config": cfg.model_dump()}, indent=2, sort_keys=True) + "\n")
+        doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg)}
+        atomic_write_text(cfg_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir)}
+    if wire_log is not None:
+        from fedready.client.wire import WIRE_LOG_RUN_CONFIG
+
+        overrides[WIRE_LOG_RUN_CONFIG] = str(Path(wire_log).resolve())
     result: dict[str, Any] = {}
     server_app = make_server_app(overrides, on_round=on_round, on_summary=result.update)
     if cfg.secagg:  # SecAgg+ speaks the legacy NumPyClient protocol on the client side

@@ -36,7 +36,27 @@ def simulate(
     delta: Annotated[float | None, typer.Option(help="Per-client delta, below 1/n. [default: 1e-5]")] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Sample-level DP-SGD (on by default).")] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Seed for partitioning, initialisation and sampling. [default: 0]")
+        int | None,
+        typer.Option(help="Seed for partitioning, initialisation and scenarios (never DP noise). [default: 0]"),
+    ] = None,
+    count_noise: Annotated[
+        float | None, typer.Option(help="Std (rows) of the noise on each client's row count. [default: 20]")
+    ] = None,
+    query_noise: Annotated[
+        float | None,
+        typer.Option(help="Noise multiplier of the counts clients answer after training. [default: 12]"),
+    ] = None,
+    insecure_seeded_noise: Annotated[
+        bool | None,
+        typer.Option("--insecure-seeded-noise", help="Derive DP noise from --seed (bit-exact reruns): NOT private."),
+    ] = None,
+    exact_evaluation: Annotated[
+        bool | None,
+        typer.Option("--exact-evaluation", help="Clients send exact group counts (outside the DP guarantee)."),
+    ] = None,
+    release_train_loss: Annotated[
+        bool | None,
+        typer.Option("--release-train-loss", help="Clients send their training loss (outside the DP guarantee)."),
     ] = None,
     model: Annotated[str | None, typer.Option(help="logreg | mlp | mlp-wide | mlp-large. [default: mlp]")] = None,
     local_steps: Annotated[int | None, typer.Option(help="SGD steps per round; 0 = whole epochs. [default: 3]")] = None,
@@ -100,6 +120,13 @@ def simulate(
         float | None,
         typer.Option(
             help="Adaptive clipping target quantile. [default: 0.5]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    clip_count_stddev: Annotated[
+        float | None,
+        typer.Option(
+            help="Adaptive clipping: noise std of the unclipped count. [default: expected clients / 20]",
+            rich_help_panel="Client-level DP and SecAgg+",
         ),
     ] = None,
     secagg: Annotated[
@@ -213,6 +240,9 @@ def simulate(
     ] = None,
     ray_address: Annotated[str | None, typer.Option(help="Existing Ray cluster address (ray start --head).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+    wire_log: Annotated[
+        Path | None, typer.Option(help="Every client appends the keys of each message it sends to this file.")
+    ] = None,
 ) -> None:
     """Run a private federated training on the embedded UCI Adult data."""
     given = {
@@ -224,7 +254,9 @@ def simulate(
         "min_client_rows": min_client_rows, "fraction_evaluate": fraction_evaluate,
         "budget_rounds": budget_rounds, "client_dp": client_dp, "client_epsilon": client_epsilon,
         "client_noise_multiplier": client_noise_multiplier, "client_delta": client_delta, "client_clip": client_clip,
-        "clip_quantile": clip_quantile, "secagg": secagg, "secagg_shares": secagg_shares,
+        "clip_quantile": clip_quantile, "clip_count_stddev": clip_count_stddev, "secagg": secagg,
+        "count_noise": count_noise, "query_noise": query_noise, "insecure_seeded_noise": insecure_seeded_noise,
+        "exact_evaluation": exact_evaluation, "release_train_loss": release_train_loss, "secagg_shares": secagg_shares,
         "secagg_threshold": secagg_threshold, "secagg_clip_range": secagg_clip_range,
         "secagg_quantization": secagg_quantization, "aggregator": aggregator, "trim_beta": trim_beta,
         "num_malicious": num_malicious, "qffl_q": qffl_q, "validate_updates": validate, "median_factor": median_factor,
@@ -234,7 +266,9 @@ def simulate(
     }  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     try:
-        summary = run_simulate(given, out=out, name=name, resume=resume, ray_address=ray_address, quiet=json_out)
+        summary = run_simulate(
+            given, out=out, name=name, resume=resume, ray_address=ray_address, quiet=json_out, wire_log=wire_log
+        )
     except FedreadyError as e:
         raise _fail(e) from None
     if json_out:
@@ -246,6 +280,14 @@ def simulate(
         if summary["client_epsilon"] is not None:
             eps += f", client-level epsilon {summary['client_epsilon']:.3f} (delta {summary['client_delta']:g})"
         err.print(f"accuracy {summary['accuracy']:.4f}, {eps}, {summary['seconds']:.0f} s -> {summary['run_dir']}")
+        if summary["dp"] and summary.get("epsilon_parts"):
+            parts = summary["epsilon_parts"]
+            err.print(
+                f"epsilon composes every release about a client's rows: training {parts['sample']:.3f}, "
+                f"row count {parts['count']:.3f}, post-training counts {parts['query']:.3f} (each alone)"
+            )
+        for caveat in summary.get("caveats", []):
+            err.print(f"[bold red]{caveat}[/]")
         extra = [f"{k.replace('_', ' ')} {summary[k]}" for k in ("rejected_updates", "failed_clients", "declined")
                  if summary[k]]  # fmt: skip
         if summary["undefended_accuracy"] is not None:
@@ -266,6 +308,7 @@ def run_simulate(
     resume: Path | None,
     ray_address: str | None,
     quiet: bool = False,
+    wire_log: Path | None = None,
 ) -> dict[str, Any]:
     """Validate options, then start or resume a simulation (the body of ``fedready simulate``)."""
     from fedready.config import make_config
@@ -300,7 +343,7 @@ def run_simulate(
             eps = f" epsilon {r.epsilon:.3f}" if cfg.dp else ""
             progress.update(task, completed=r.round, description=f"accuracy {r.accuracy:.4f}{eps}{extra}")
 
-        return simulate(cfg, run_dir, on_round=on_round, ray_address=ray_address)
+        return simulate(cfg, run_dir, on_round=on_round, ray_address=ray_address, wire_log=wire_log)
 
 
 @app.command()
