@@ -61,6 +61,7 @@ class RoundReport:
     sampled: int = 0
     late: int = 0  # sampled clients that did not answer before the round timeout
     skipped: bool = False  # fewer than min_clients updates were accepted: model unchanged
+    aggregated: int = 0  # updates that went into the new model
     client_epsilon: float = 0.0
     undefended_accuracy: float | None = None  # plain FedAvg over every received update (attack scenarios)
     seconds: float = 0.0
@@ -382,6 +383,7 @@ def run_rounds(
             new_arrays, _ = strategy.aggregate_train(server_round, accepted)
             if new_arrays is not None:
                 arrays = new_arrays
+                report.aggregated = len(accepted)
             if client_dp is not None:  # one release of the Poisson-subsampled Gaussian, whatever arrived
                 assert z is not None
                 ledger.charge(round=server_round, client="*", level="client", noise_multiplier=z,
@@ -440,6 +442,28 @@ def privacy_summary(cfg: SimulationConfig, ledger: Ledger, noise_multiplier: flo
     return out
 
 
+def run_status(history: list[dict[str, Any]], stopped: str) -> dict[str, Any]:
+    """``completed`` or ``failed`` (no round aggregated a single update), with the reason and first client error."""
+    aggregated = sum(int(h.get("aggregated", len(h.get("trained", [])) if not h.get("skipped") else 0))
+                     for h in history)  # fmt: skip
+    first = None
+    for h in history:
+        for kind in ("failed", "declined", "rejected"):
+            if h.get(kind) and first is None:
+                x = h[kind][0]
+                first = f"round {h['round']}: client {x.get('client')} {kind}: {x.get('reason')}"
+    problems = {k: sum(len(h.get(k, [])) for h in history) for k in ("failed", "declined", "rejected")}
+    problems["skipped_rounds"] = sum(1 for h in history if h.get("skipped"))
+    if aggregated == 0:
+        why = "no round aggregated any update: every sampled client failed, declined or was refused"
+        if not history:
+            why = f"no round ran ({stopped})" if stopped else "no round ran"
+        return {"status": "failed", "reason": why, "first_client_error": first, "problems": problems}
+    partial = any(problems.values())
+    return {"status": "completed", "reason": stopped or None, "first_client_error": first if partial else None,
+            "problems": problems}  # fmt: skip
+
+
 def write_summary(
     cfg: SimulationConfig, run_dir: Path, final: dict[str, np.ndarray], ledger: Ledger, audit: AuditLog, *,
     accuracy: float, loss: float, noise_multiplier: float | None, stopped: str, resumed_from: int, t0: float,
@@ -448,11 +472,15 @@ def write_summary(
     atomic_write_bytes(run_dir / "model.npz", save_npz(final))
     metrics_path = run_dir / "metrics.jsonl"
     history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    status = run_status(history, stopped)
+    failed = status["status"] == "failed"
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
-        "accuracy": accuracy,
-        "loss": loss,
+        **status,
+        # a run that trained nothing reports no accuracy: the untrained model's score is not a result
+        "accuracy": None if failed else accuracy,
+        "loss": None if failed else loss,
         **privacy_summary(cfg, ledger, noise_multiplier),
         "secagg": cfg.secagg,
         "rounds": cfg.rounds,
@@ -471,8 +499,12 @@ def write_summary(
         "seconds": time.perf_counter() - t0,
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    audit.append("run-finished", accuracy=accuracy, epsilon=summary["epsilon"],
-                 client_epsilon=summary["client_epsilon"], model_digest=summary["model_digest"])  # fmt: skip
+    audit.append("run-finished", status=summary["status"], reason=summary["reason"], accuracy=summary["accuracy"],
+                 epsilon=summary["epsilon"], client_epsilon=summary["client_epsilon"],
+                 model_digest=summary["model_digest"])  # fmt: skip
+    if failed:
+        log.error("run %s failed: %s (first client error: %s)", run_dir.name, summary["reason"],
+                  summary["first_client_error"])  # fmt: skip
     return summary
 
 
@@ -523,11 +555,18 @@ def make_server_app(
 
             summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round)
         else:
-            run_rounds(grid, cfg, run_dir, on_round=on_round)
-            final_queries(grid, cfg, run_dir, merged)  # while the clients are up (fedready evaluate reuses it)
-            summary = json.loads((run_dir / "summary.json").read_text())  # with the query releases charged
+            summary = run_rounds(grid, cfg, run_dir, on_round=on_round)
+            if summary["status"] != "failed":  # nothing to ask about a model nobody trained
+                final_queries(grid, cfg, run_dir, merged)  # while the clients are up (fedready evaluate reuses it)
+                summary = json.loads((run_dir / "summary.json").read_text())  # with the query releases charged
         if on_summary is not None:
             on_summary(summary)
+        if summary.get("status") == "failed" and on_summary is None:
+            # under `flwr run` the ServerApp's failure is the run's failure: a non-zero exit, not a quiet result
+            raise RuntimeError(
+                f"fedready run {run_dir.name} failed: {summary['reason']} "
+                f"(first client error: {summary['first_client_error']})"
+            )
 
     return server_app
 

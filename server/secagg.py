@@ -161,7 +161,8 @@ def run_secagg_rounds(
 
     def on_fit(r: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]) -> None:
         server_round = offset + r
-        report = RoundReport(round=server_round, accuracy=float("nan"), loss=float("nan"), epsilon=0.0, sampled=m)
+        report = RoundReport(round=server_round, accuracy=float("nan"), loss=float("nan"), epsilon=0.0, sampled=m,
+                             aggregated=len(results))  # fmt: skip
         received = set()
         for _, res in results:
             mt = res.metrics

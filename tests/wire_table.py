@@ -45,6 +45,12 @@ def sent_keys(wire_log: Path) -> set[str]:
 
 
 def unlisted(wire_log: Path) -> set[str]:
-    """Keys a client sent that the README table does not list."""
+    """Keys a client sent that the README table does not list.
+
+    Under SecAgg+ Flower's legacy path carries the client's metrics in the record ``fitres.metrics``:
+    those keys are checked against the ``metrics.`` rows.
+    """
     allowed = readme_wire_keys()
-    return {k for k in sent_keys(wire_log) if not _matches(k, allowed)}
+    sent = {"metrics." + k.removeprefix("fitres.metrics.") if k.startswith("fitres.metrics.") else k
+            for k in sent_keys(wire_log)}  # fmt: skip
+    return {k for k in sent if not _matches(k, allowed)}

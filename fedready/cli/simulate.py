@@ -273,6 +273,12 @@ def simulate(
         raise _fail(e) from None
     if json_out:
         typer.echo(json.dumps(summary, sort_keys=True))
+        if summary.get("status") == "failed":
+            raise typer.Exit(1)
+    elif summary.get("status") == "failed":
+        err.print(f"error: the run failed: {summary['reason']}; first client error: {summary['first_client_error']}"
+                  f" (see {summary['run_dir']}/audit.jsonl)", highlight=False)  # fmt: skip
+        raise typer.Exit(1)
     else:
         eps = (
             f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary["dp"] else "no sample-level DP"

@@ -133,3 +133,22 @@ def test_no_configuration_exceeds_its_budgets(tmp_path, scenario):
     assert 0 < summary["client_epsilon"] <= 3.0 and ledger.client_level_epsilon <= 3.0
     assert summary["epsilon"] <= 1.0 and all(e <= 1.0 for e in ledger.client_epsilon().values())
     assert summary["rounds_completed"] == 2 and "client-level budget" in summary["stopped"]
+
+
+def test_a_run_in_which_no_round_aggregated_fails_loudly(tmp_path):
+    tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")
+    env = {**__import__("os").environ, "TMPDIR": tmp, "RAY_TMPDIR": tmp}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fedready.cli", "simulate", "--out", str(tmp_path), "--name",
+                               "dead", "--clients", "3", "--rounds", "2", "--partitioner", "iid", "--attack", "nan",
+                               "--attack-fraction", "1.0", "--local-steps", "1"], capture_output=True, text=True,
+                              timeout=600, env=env)  # fmt: skip
+    finally:
+        subprocess.run(["pkill", "-9", "-f", tmp], check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "error: the run failed: no round aggregated any update" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = json.loads((tmp_path / "dead" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["accuracy"] is None  # the untrained model is no result
+    assert "rejected: non-finite" in summary["first_client_error"]
+    assert summary["problems"]["rejected"] == 6
