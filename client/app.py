@@ -108,11 +108,20 @@ def local_update(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:
     """One round of local training on this client's shard: the update and its metrics, or a decline.
 
-    Shared by the message-API ClientApp and the SecAgg+ (legacy NumPyClient) path.
+    Shared by the message-API ClientApp and the SecAgg+ (legacy NumPyClient) path. The client's
+    state is locked for the whole round (budget check, training, record).
     """
     pid = int(context.node_config["partition-id"])
     site = site_from_node_config(context.node_config)
     store = _store(context, run_dir, pid, site)
+    with store.locked():
+        return _local_update(cfg, context, run_dir, server_round, global_arrays, pid, site, store)
+
+
+def _local_update(
+    cfg: SimulationConfig, context: Context, run_dir: str | None, server_round: int,
+    global_arrays: dict[str, np.ndarray], pid: int, site: Site | None, store: Store,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:  # fmt: skip
     in_digest = arrays_digest(global_arrays)
     state = store.load()
     if state.last_round == server_round and state.last_input_digest == in_digest:
@@ -261,6 +270,13 @@ def handle_query(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     if not cfg.dp:
         return Message(content=RecordDict({K.METRICS: MetricRecord(answer)}), reply_to=msg)
     store = _store(context, run_dir, pid, site)
+    with store.locked():
+        return _answer_privately(msg, context, cfg, run_dir, pid, site, store, answer)
+
+
+def _answer_privately(msg: Message, context: Context, cfg: SimulationConfig, run_dir: str | None, pid: int,
+                      site: Site | None, store: Store, answer: dict[str, Any]) -> Message:  # fmt: skip
+    """Check the budget, noise ``answer`` on the client, record the release (under the state lock)."""
     state = store.load()
     noised = [k for k in answer if _is_count(k) and not (cfg.exact_evaluation and _is_group_count(k))]
     release = planned_query_release(cfg)

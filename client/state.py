@@ -16,8 +16,11 @@ soon as the client is heard from again.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -145,18 +148,37 @@ def client_state_dir(run_dir: str | Path | None, partition_id: int) -> Path | No
 
 
 class Store:
-    """Client state in ``context.state``, mirrored to a folder on the client's disk."""
+    """Client state in a folder on the client's disk (the record), mirrored in ``context.state``.
+
+    Two messages for the same client can be handled at once (a straggler's round and the next
+    one, a query): :meth:`locked` serialises them, so each release is checked against, and
+    recorded on top of, every earlier one.
+    """
 
     def __init__(self, context: Context, folder: Path | None) -> None:
         self.context = context
         self.folder = folder
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the client's state lock (an exclusive ``flock`` on ``folder/.lock``) for a whole release."""
+        if self.folder is None:
+            yield
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def load(self) -> ClientPrivacyState:
+        if self.folder is not None and (self.folder / "state.json").exists():
+            return ClientPrivacyState.from_dict(json.loads((self.folder / "state.json").read_text()))
         rec = self.context.state.get(_STATE_KEY)
         if rec is not None:
             return ClientPrivacyState.from_dict(json.loads(str(rec["json"])))
-        if self.folder is not None and (self.folder / "state.json").exists():
-            return ClientPrivacyState.from_dict(json.loads((self.folder / "state.json").read_text()))
         return ClientPrivacyState()
 
     def save(self, state: ClientPrivacyState, reply: tuple[dict[str, np.ndarray], dict] | None = None) -> None:

@@ -33,9 +33,15 @@ from fedready.server.client_dp import AdaptiveClipping, ClientLevelDP
 __all__ = ["AGGREGATORS", "CLIENT_DP_MODES", "build_strategy", "client_sample_rate", "sampled_clients"]
 
 
+def _no_metrics(records: list, weighting_metric_name: str) -> MetricRecord:
+    """The server reads each reply's metrics itself; averaging them (release histories differ in length) is moot."""
+    return MetricRecord()
+
+
 def _common(cfg: SimulationConfig, weight_key: str) -> dict[str, Any]:
     m = sampled_clients(cfg)
     return {
+        "train_metrics_aggr_fn": _no_metrics,
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": 0.0,  # the server evaluates on its holdout
         "min_train_nodes": m,

@@ -121,7 +121,37 @@ def simulate(
     _run(server_app, client_app, cfg.num_clients, ray_address)
     if not result:
         raise RuntimeError(f"the simulation ended without a summary; see the logs in {run_dir}")
+    if cfg.dp:
+        result = _charge_unreported(cfg, run_dir, result)
     return result
+
+
+def _charge_unreported(cfg: SimulationConfig, run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Charge releases no reply reported (a straggler still training when the server last heard from it).
+
+    In a simulation every client's own record is at hand (``<run>.clients/<id>/state.json``), so
+    the run's ledger ends with every release any client made, late ones included.
+    """
+    from fedready.client.state import ClientPrivacyState, client_state_dir
+    from fedready.privacy.ledger import Ledger
+    from fedready.server.app import charge_history, refresh_privacy
+
+    path = run_dir / "ledger.json"
+    if not path.exists():
+        return summary
+    ledger = Ledger.load(path)
+    before = len(ledger.entries)
+    last = max((e.round for e in ledger.entries), default=0)
+    for pid in range(cfg.num_clients):
+        folder = client_state_dir(run_dir, pid)
+        state_file = folder / "state.json" if folder is not None else None
+        if state_file is None or not state_file.exists():
+            continue
+        state = ClientPrivacyState.from_dict(json.loads(state_file.read_text()))
+        charge_history(ledger, str(pid), state.wire_history(), delta=cfg.delta, current_round=last + 1)
+    if len(ledger.entries) == before:
+        return summary
+    return {**summary, **refresh_privacy(run_dir, cfg, ledger)}
 
 
 def federated_evaluate(run_dir: Path, *, ray_address: str | None = None) -> dict[str, Any]:
