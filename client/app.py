@@ -38,10 +38,10 @@ from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.client.training import train
 from fedready.config import SimulationConfig
 from fedready.deploy.site import Site, site_from_node_config
+from fedready.federation import client_shard, task_of
 from fedready.modelio import arrays_digest, load_npz, save_npz
-from fedready.models import create_model
+from fedready.models import model_for_schema
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon
-from fedready.simulations.federated import client_shard
 from fedready.simulations.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
 
 __all__ = ["app", "make_client_app"]
@@ -197,7 +197,8 @@ def local_update(
     else:
         shard = client_shard(cfg, pid)
         x_train, y_train = shard.x_train, shard.y_train
-    y_train = 1 - y_train if attacker and cfg.attack == "label-flip" else y_train
+    schema = site.schema if site is not None else task_of(cfg).schema
+    y_train = (schema.target.num_classes - 1) - y_train if attacker and cfg.attack == "label-flip" else y_train
     n = len(y_train)
     batches = max(1, math.ceil(n / cfg.batch_size))
     steps = cfg.local_steps or cfg.local_epochs * batches
@@ -219,7 +220,7 @@ def local_update(
             if refusal is not None:
                 return Decline(*refusal)
 
-    model = create_model(cfg.model, x_train.shape[1])
+    model = model_for_schema(cfg.model, schema)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
     result = train(
         model, x_train, y_train,

@@ -40,6 +40,7 @@ class LocalData:
     x_val: np.ndarray
     y_val: np.ndarray
     val_attributes: dict[str, np.ndarray]
+    schema: DataSchema | None = None  # the site's own schema (what the rows mean)
 
 
 class Site:
@@ -67,7 +68,7 @@ class Site:
         n_val = int(round(len(y) * val_fraction))
         tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
         attrs = {a: table.columns[a][va] for a in self.schema.sensitive}
-        return LocalData(x[tr], y[tr], x[va], y[va], attrs)
+        return LocalData(x[tr], y[tr], x[va], y[va], attrs, self.schema)
 
     def privacy_refusal(self, *, requested_delta: float, accountant: str,
                         step: tuple[float, float, int]) -> tuple[str, str] | None:  # fmt: skip

@@ -1,4 +1,4 @@
-"""``fedready pipeline``: the whole job on the embedded data, end to end, resumable.
+"""``fedready pipeline``: the whole job on a declared CSV (or the embedded data), end to end, resumable.
 
 train (private federated run) -> evaluate (suites, gates, model card) -> compress (edge
 variants, gated, smallest passing selected) -> sign (package + verify) -> publish (TUF
@@ -49,18 +49,21 @@ def run_pipeline(
 ) -> dict[str, Any]:  # fmt: skip
     """Run every step into ``out`` and return a summary of what each produced.
 
-    ``simulate`` is the CLI's ``run_simulate`` (progress bar included); ``given`` its options.
+    ``simulate`` trains (the CLI's ``run_simulate`` with its progress bar, or the API's); ``given``
+    its options, the task's (``data``, ``schema``, ``test``, ``test_fraction``, ``model``) included.
     """
     from fedready.compression.pipeline import compress_run
-    from fedready.data import load_adult
     from fedready.evaluation import evaluate_run
     from fedready.registry import EdgeAgent, Registry, generate_keys, package_run, verify_artifact
+    from fedready.task import TaskSpec, load_task
 
     out = Path(out)
     run = out / "runs" / "pipeline"
     result: dict[str, Any] = {"out": str(out)}
+    spec_keys = ("data", "schema", "test", "test_fraction", "model")
+    task = load_task(TaskSpec(**{k: given[k] for k in spec_keys if k in given}))  # a bad file fails here, first
 
-    say("1/6 train: private federated run on the embedded UCI Adult")
+    say(f"1/6 train: private federated run on {task.train_source}; benchmark: {task.test_source}")
     if (run / "summary.json").exists():
         summary = json.loads((run / "summary.json").read_text())
         say(f"    already trained: {run}")
@@ -68,7 +71,8 @@ def run_pipeline(
         resume = run if (run / "config.json").exists() else None
         summary = simulate(given, out=run.parent, name=None if resume else run.name, resume=resume, ray_address=None)
     result["train"] = {k: summary[k] for k in ("accuracy", "epsilon", "delta", "model_digest", "run_dir")}
-    say(f"    accuracy {summary['accuracy']:.4f}, epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})")
+    eps = f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary.get("dp") else "no DP"
+    say(f"    accuracy {summary['accuracy']:.4f}, {eps}")
 
     say("2/6 evaluate: fairness, stability, calibration, gates, model card")
     done = run / "evaluation.json"
@@ -128,12 +132,16 @@ def run_pipeline(
         agent = EdgeAgent(device)
         res = agent.update(repo=url, channel="stable", device_id=DEVICE_ID,
                            root=reg.metadata_dir / "1.root.json", public_key=pub)  # fmt: skip
-    table = load_adult("test")
-    rows = [{c: str(table.columns[c][i]) for c in table.columns} for i in range(5)]
+    table, target = task.test, task.schema.target.column
+    shown = min(5, len(table))
+    rows = [{c: str(v[i]) for c, v in table.columns.items() if c != target} for i in range(shown)]  # raw, unlabelled
     preds = agent.predictor().predict(rows)
+    truth = [task.classes[int(k)] for k in task.y_test[:shown]]
     result["device"] = {"home": str(device), "version": res.version, "predictions": preds}
-    for row, p in zip(rows, preds, strict=True):
-        who = f"age {row['age']:>3} {row['sex']:<6} {row['occupation'][:18]:<18}"
-        say(f"    {who} -> {p['label']} (p={p['probability']:.3f})")
+    hits = sum(p["label"] == t for p, t in zip(preds, truth, strict=True))
+    say(f"    {shown} raw benchmark rows predicted on the device; {hits} match their label")
+    for i, (row, p, t) in enumerate(zip(rows, preds, truth, strict=True)):
+        first = ", ".join(f"{k}={v}" for k, v in list(row.items())[:3])
+        say(f"    row {i} ({first}, ...) -> {p['label']} (p={p['probability']:.3f}; labelled {t})")
     say(f"serve it: fedready edge serve --home {device}")
     return result

@@ -28,8 +28,8 @@ import numpy as np
 from fedready import constants as K
 from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig
-from fedready.data import adult_schema
 from fedready.errors import ConfigError, IntegrityError
+from fedready.federation import task_of
 from fedready.modelio import arrays_digest, load_npz
 from fedready.monitoring._profile import MECHANISMS, PROFILE_FILE, Counts, count_rows, privatize, profile_document
 from fedready.privacy.ledger import Ledger, LedgerEntry, compose_entries
@@ -54,15 +54,16 @@ def local_profile_counts(cfg: SimulationConfig, partition_id: int, arrays: dict[
     """A client's answer to the ``reference-profile`` query, as MetricRecord content (counts only)."""
     import torch
 
-    from fedready.evaluation._model import model_from_arrays
-    from fedready.simulations.federated import client_shard, client_train_columns
+    from fedready.federation import client_shard, client_train_columns
 
     shard = client_shard(cfg, partition_id)
-    model = model_from_arrays(cfg.model, arrays)
+    model = task_of(cfg).load_model(arrays)
     with torch.no_grad():
-        proba = torch.softmax(model(torch.from_numpy(shard.x_train)), dim=1)[:, 1].numpy()
-    counts = count_rows(adult_schema(), client_train_columns(cfg, partition_id), scores=proba,
-                        predictions=(proba >= 0.5).astype(np.int64), labels=shard.y_train)  # fmt: skip
+        proba = torch.softmax(model(torch.from_numpy(shard.x_train)), dim=1).numpy()
+    decided = proba.argmax(axis=1)  # binary: P(positive) is the score; multi-class: the decided class's probability
+    score = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
+    counts = count_rows(task_of(cfg).schema, client_train_columns(cfg, partition_id), scores=score,
+                        predictions=decided, labels=shard.y_train)  # fmt: skip
     d = counts.to_dict()
     out: dict[str, Any] = {K.PARTITION_ID: partition_id}
     out.update({_FEATURE + k: [int(x) for x in v] for k, v in d["features"].items()})
@@ -158,7 +159,7 @@ def run_profile_query(
         log.warning("no client answered the reference-profile query; the run ships without a profile")
         return None
     noisy, noise = privatize(sum_profiles(ok), mechanism=mechanism, epsilon=epsilon, delta=cfg.delta)
-    doc = profile_document(adult_schema(), noisy, noise, model_digest=digest, clients=len(ok))
+    doc = profile_document(task_of(cfg).schema, noisy, noise, model_digest=digest, clients=len(ok))
     if mechanism != "none":
         _charge(run_dir, noise.to_dict())
     atomic_write_text(run_dir / PROFILE_FILE, json.dumps(doc, indent=1, sort_keys=True) + "\n")

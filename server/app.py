@@ -26,14 +26,13 @@ from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
+from fedready.federation import holdout, task_of
 from fedready.modelio import arrays_digest, load_npz, save_npz
-from fedready.models import create_model
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon, flower_client_epsilon
 from fedready.privacy.ledger import Ledger, LedgerEntry
 from fedready.server.audit import AuditLog
 from fedready.server.strategies import build_strategy, sampled_clients
 from fedready.server.validation import UpdateValidator, update_norm
-from fedready.simulations.federated import holdout
 
 __all__ = ["RoundReport", "app", "final_queries", "make_server_app", "run_rounds"]
 
@@ -89,8 +88,8 @@ def _triage(replies: list[Message]) -> tuple[list[Message], list[Message], list[
 
 
 def _evaluate(cfg: SimulationConfig, arrays: ArrayRecord) -> tuple[float, float]:
-    x, y = holdout()
-    model = create_model(cfg.model, x.shape[1])
+    x, y = holdout(cfg)
+    model = task_of(cfg).model()
     model.load_state_dict(arrays.to_torch_state_dict())
     return evaluate(model, x, y)
 
@@ -205,8 +204,7 @@ def run_rounds(
     audit = AuditLog(run_dir / "audit.jsonl")
     state = ckpt.load()
     if state is None:
-        x, _ = holdout()
-        model = create_model(cfg.model, x.shape[1], seed=cfg.seed)
+        model = task_of(cfg).model(seed=cfg.seed)
         arrays = ArrayRecord(model.state_dict())
         start = 1
         ledger = Ledger(run_id=run_dir.name, delta=cfg.delta, target_epsilon=cfg.epsilon if cfg.dp else None,

@@ -37,8 +37,8 @@ from flwr.serverapp import Grid
 
 from fedready import constants as K
 from fedready.config import SimulationConfig
+from fedready.federation import task_of
 from fedready.modelio import arrays_digest
-from fedready.models import create_model
 from fedready.privacy.accounting import compose_epsilon
 from fedready.privacy.ledger import Ledger, LedgerEntry
 from fedready.server.app import (
@@ -51,7 +51,6 @@ from fedready.server.app import (
 )
 from fedready.server.audit import AuditLog
 from fedready.server.strategies import sampled_clients
-from fedready.simulations.federated import holdout
 
 __all__ = ["run_secagg_rounds"]
 
@@ -83,7 +82,7 @@ def run_secagg_rounds(
     audit = AuditLog(run_dir / "audit.jsonl")
     state = ckpt.load()
     if state is None:
-        model = create_model(cfg.model, holdout()[0].shape[1], seed=cfg.seed)
+        model = task_of(cfg).model(seed=cfg.seed)
         current = {k: v.numpy() for k, v in model.state_dict().items()}
         ledger = Ledger(run_id=run_dir.name, delta=cfg.delta, target_epsilon=cfg.epsilon if cfg.dp else None,
                         accountant=cfg.accountant, dp=cfg.dp)  # fmt: skip

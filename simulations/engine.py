@@ -19,27 +19,38 @@ from fedready import constants as K
 from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig, make_config
 from fedready.errors import ConfigError
-from fedready.simulations.federated import partition_sizes
+from fedready.federation import partition_sizes, task_of
+from fedready.models import check_model
 
 __all__ = ["check_config", "federated_evaluate", "load_run_config", "simulate"]
 
 CONFIG_FILE = "config.json"
+SCHEMA_FILE = "schema.json"
 
 
-def check_config(cfg: SimulationConfig) -> None:
-    """Check what depends on the data: the partitioning is possible and delta < 1/n.
+def check_config(cfg: SimulationConfig) -> list[str]:
+    """Check what depends on the data and the model: the task loads, the model builds (and Opacus can
+    train it), the partitioning is possible and delta < 1/n.
+
+    Returns
+    -------
+    list of str
+        One line per thing the user should know (rows left out, a model Opacus fixed).
 
     Raises
     ------
     ConfigError
-        Naming the field (``num-clients``, ``alpha``, ``delta``, ...) and the fix.
+        Naming the field (``data``, ``model``, ``num-clients``, ``alpha``, ``delta``, ...) and the fix.
     """
+    task = task_of(cfg)
+    notes = list(task.notes)
+    note = check_model(cfg.model, task.in_features, task.num_classes)
+    notes += [note] if note else []
     n_max = max(partition_sizes(cfg))  # raises for an impossible partitioning
-    if not cfg.dp:
-        return
-    if cfg.delta >= 1.0 / n_max:
+    if cfg.dp and cfg.delta >= 1.0 / n_max:
         raise ConfigError("delta", f"must be below 1/n = {1.0 / n_max:.3g} (the largest client holds "
                                    f"{n_max} rows); pass e.g. --delta 1e-5")  # fmt: skip
+    return notes
 
 
 def load_run_config(run_dir: Path) -> SimulationConfig:
@@ -80,6 +91,8 @@ def simulate(
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.exists():
         atomic_write_text(cfg_path, json.dumps({"config": cfg.model_dump()}, indent=2, sort_keys=True) + "\n")
+    if not (run_dir / SCHEMA_FILE).exists():  # what the model's inputs and outputs mean, for every later step
+        atomic_write_text(run_dir / SCHEMA_FILE, json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))
 
     overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir)}
     result: dict[str, Any] = {}

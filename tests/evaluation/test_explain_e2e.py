@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedready.cli import app
-from fedready.data import adult_schema, load_adult
+from fedready.datasets.adult import adult_schema, load_adult
 from fedready.encoding import FeatureEncoder
 from fedready.evaluation._model import load_run
 from fedready.evaluation.explain import counterfactual, encoded_predict_proba

@@ -18,10 +18,10 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score
 
-from fedready.data import adult_schema
+from fedready.datasets.adult import adult_schema
 from fedready.evaluation._model import load_run
 from fedready.evaluation.fairness import group_labels
-from fedready.simulations.federated import client_shard, client_validation_attributes
+from fedready.federation import client_shard, client_validation_attributes
 
 pytestmark = pytest.mark.slow
 TOL = 1e-9
@@ -91,11 +91,11 @@ def test_federated_counts_equal_fairlearn_on_pooled_predictions(evaluated_run):
 
 
 def test_holdout_fairness_is_fairlearn_metricframe(evaluated_run):
-    from fedready.data import load_adult
-    from fedready.simulations.federated import holdout
+    from fedready.datasets.adult import load_adult
+    from fedready.task import load_task
 
     run, report = evaluated_run
-    x, y = holdout()
+    x, y = load_task().x_test, load_task().y_test
     p = load_run(run).predict(x)
     sex = load_adult("test").columns["sex"]
     assert report["metrics"]["accuracy"] == pytest.approx(float((p == y).mean()), abs=TOL)
