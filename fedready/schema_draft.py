@@ -140,7 +140,9 @@ def _target_block(raw: np.ndarray, column: str, source: str, notes: list[str]) -
 def _numeric_block(name: str, x: np.ndarray, missing: int) -> list[str]:
     lo, hi = _range(float(x.min()), float(x.max()))
     lines = ["[[columns]]", f"name = {_quote(name)}", 'kind = "numeric"', f"min = {_num(lo)}", f"max = {_num(hi)}"]
-    skewed = lo >= 0 and np.median(x) > 0 and hi > 50 * max(np.median(x), 1.0)
+    sd = float(x.std())
+    skew = float(np.mean(((x - x.mean()) / sd) ** 3)) if sd > 0 else 0.0
+    skewed = lo >= 0 and skew > 2.0  # a long right tail (amounts, counts): log1p spreads the bulk of the values
     if skewed:
         lines.append('transform = "log1p"  # heavy right tail: compressed before scaling')
     qs = np.quantile(x, [0.2, 0.4, 0.6, 0.8])
@@ -204,13 +206,14 @@ def draft_schema(
             continue
         distinct = len(set(raw.tolist()))
         block, dropped = _categorical_block(col, raw, min_count, max_categories)
-        if dropped == distinct - int(missing > 0) and col not in ignore:  # no value is frequent enough to keep
-            ignore.append(col)
-            block.insert(1, f"# REVIEW: no value is seen {min_count} times or more: ignored as a model input")
-        elif distinct > 0.5 * n and n >= 20:
+        if distinct > 0.5 * n and n >= 20:
             ignore.append(col)
             block.insert(1, "# REVIEW: nearly every value is distinct (an identifier?): ignored as a model input")
             notes.append(f"column '{col}' looks like an identifier: put in ignore")
+        elif dropped == distinct - int(missing > 0):  # no value is frequent enough to keep
+            ignore.append(col)
+            block.insert(1, f"# REVIEW: no value is seen {min_count} times or more: ignored as a model input")
+            notes.append(f"column '{col}' has no value seen {min_count} times: put in ignore")
         columns.append(block)
     candidates = [c for c in table.columns if c != target and any(k in c.lower() for k in _PROTECTED)]
     head = [
