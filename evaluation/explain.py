@@ -7,7 +7,7 @@ changes raw values and re-encodes them.
 
 A counterfactual may only change columns the schema marks ``actionable``; the
 schema refuses ``actionable`` on a sensitive attribute, and this module checks
-again, so sex, race (and age, which is not actionable) are never touched.
+again, so a protected attribute is never touched.
 """
 
 from __future__ import annotations

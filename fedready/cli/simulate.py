@@ -324,7 +324,8 @@ def run_simulate(
         result = fedready.simulate(**task, out=out, name=name, resume=resume, ray_address=ray_address,
                                    on_round=on_round, on_note=on_note, on_start=on_start, **options)  # fmt: skip
     finally:
-        progress.stop()
+        if "id" in bar:  # started (a refused configuration never draws the bar)
+            progress.stop()
     return result.summary
 
 
