@@ -298,6 +298,35 @@ def compress(
                              skipped=report.get("skipped", []), report=report)  # fmt: skip
 
 
+LARGE_MODEL_ROWS = 2000  # rows per client below which DP noise swamps a 3x256 MLP (README: Your own data)
+
+
+def default_model(given: dict[str, Any], *, resume: Path) -> tuple[str, str]:
+    """The pipeline's model when none is named, and a one-line reason.
+
+    DP-SGD adds noise to every parameter while the signal grows with the rows a client holds, so
+    a large teacher only pays when each client holds thousands of rows; on a few hundred rows per
+    client the fewest parameters (a logistic regression) keep most of the accuracy. A run being
+    resumed keeps the model it started with.
+    """
+    from fedready.config import SimulationConfig
+    from fedready.task import TaskSpec, load_task
+
+    if (resume / "config.json").exists():
+        from fedready.simulations.engine import load_run_config
+
+        return load_run_config(resume).model, ""
+    spec = TaskSpec(**{k: given[k] for k in ("data", "schema", "test", "test_fraction") if k in given})
+    clients = int(given.get("num_clients", SimulationConfig.model_fields["num_clients"].default))
+    per_client = len(load_task(spec).train) / clients
+    if per_client >= LARGE_MODEL_ROWS:
+        return "mlp-large", ""
+    return "logreg", (
+        f"model logreg: the {clients} clients hold about {per_client:.0f} training rows each, too few "
+        f"for the mlp-large teacher under DP (it needs about {LARGE_MODEL_ROWS}); pass --model to choose"
+    )
+
+
 @dataclass(frozen=True)
 class PipelineResult:
     """What :func:`pipeline` returns: one entry per step (train, evaluate, compress, sign, publish, device)."""
@@ -317,7 +346,7 @@ def pipeline(
     *,
     test: str | Path | None = None,
     test_fraction: float | None = None,
-    model: str | Callable[..., Any] = "mlp-large",
+    model: str | Callable[..., Any] | None = None,
     out: str | Path = "fedready-demo",
     version: str = "1.0.0",
     say: Callable[[str], None] | None = None,
@@ -327,11 +356,17 @@ def pipeline(
     """The whole job: train, evaluate, compress, sign, publish, update a device and predict raw rows.
 
     Resumable: run it again after a failure and it picks up where it stopped. ``say`` receives
-    one line per step (default: nothing); ``options`` are :func:`simulate` options.
+    one line per step (default: nothing); ``options`` are :func:`simulate` options. Without
+    ``model``: ``mlp-large`` (the teacher worth compressing) when the clients hold at least
+    :data:`LARGE_MODEL_ROWS` training rows each on average, else ``logreg`` (see :func:`default_model`).
     """
     from fedready.pipeline import run_pipeline
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
+    if model is None:
+        given["model"], why = default_model(given, resume=Path(out) / "runs" / "pipeline")
+        if say is not None and why:
+            say(why)
 
     def train(given: dict[str, Any], *, out: Path, name: str | None, resume: Path | None,
               ray_address: str | None) -> dict[str, Any]:  # fmt: skip

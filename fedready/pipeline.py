@@ -83,6 +83,8 @@ def run_pipeline(
         say("    already evaluated (same model digest)")
     failed = [g["gate"] for g in report["gates"] if not g["passed"]]
     result["evaluate"] = {"passed": report["passed"], "failed": failed}
+    if report.get("mitigation_skipped"):
+        say(f"    skipped post-processing: {report['mitigation_skipped']}")
     say(f"    global model: {'all gates pass' if not failed else 'fails ' + ', '.join(failed)}; "
         f"model card {run / 'model_card.html'}")  # fmt: skip
 
@@ -95,7 +97,9 @@ def run_pipeline(
         say("    already compressed (same model digest)")
     chosen = next((v for v in comp["variants"] if v["name"] == comp["selected"]), None)
     fp32 = next(v for v in comp["variants"] if v["name"] == "fp32")
-    result["compress"] = {"selected": comp["selected"], "reason": comp["reason"]}
+    result["compress"] = {"selected": comp["selected"], "reason": comp["reason"], "skipped": comp.get("skipped", [])}
+    for skip in comp.get("skipped", []):
+        say(f"    skipped {skip['variant']}: {skip['reason']}")
     if chosen is None:
         say(f"    no variant passes: {comp['reason']}; the fp32 model ships and promotion will need --force")
     else:

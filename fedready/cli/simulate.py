@@ -344,8 +344,12 @@ def pipeline(
         "fedready-demo"
     ),
     model: Annotated[
-        str, typer.Option(help="Global model (or package.module:factory); mlp-large is the teacher worth compressing.")
-    ] = "mlp-large",
+        str | None,
+        typer.Option(
+            help="Global model (or package.module:factory). [default: mlp-large, the teacher worth "
+            "compressing, when clients hold >= 2,000 rows each; else logreg]"
+        ),
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,
     epsilon: Annotated[
         float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")
