@@ -111,7 +111,7 @@ def _candidates(col: NumericColumn | CategoricalColumn, current: str) -> list[tu
     """(new raw value, cost) for one column."""
     if isinstance(col, CategoricalColumn):
         return [(c, CATEGORY_COST + CHANGE_COST) for c in col.categories if c != current]
-    cur = float(current)
+    cur = float(col.parse(np.asarray([current]))[0])  # a missing value counts as its fill
     grid = {col.min, col.max, *col.bins, *(b - 1 for b in col.bins), *np.linspace(col.min, col.max, 25)}
     grid |= {cur + d for d in (-10, -5, -2, -1, 1, 2, 5, 10)}
     fwd = np.log1p if col.transform == "log1p" else (lambda v: v)
