@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedready.compression.measure import measure_speed
-from fedready.simulations.federated import holdout
+from fedready.task import load_task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.run / "compression"
     report = json.loads((folder / "compression.json").read_text())
     models = {v["name"]: (folder / v["file"]).read_bytes() for v in report["variants"]}
-    x, _ = holdout()
+    x = load_task().x_test
     x = x[np.random.default_rng(0).permutation(len(x))[:2000]]
     runs: dict[str, list[dict]] = {name: [] for name in models}
     for _ in range(args.repeats):

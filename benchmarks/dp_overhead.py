@@ -44,8 +44,8 @@ import torch
 
 from fedready.client import training
 from fedready.config import make_config
+from fedready.federation import client_shard
 from fedready.models import create_model
-from fedready.simulations.federated import client_shard
 
 _MODES = training.GRAD_SAMPLE_MODES
 
@@ -103,9 +103,9 @@ def client_round(*, repeat: int) -> dict:
     from flwr.app import Context, RecordDict
 
     from fedready.client.app import local_update
-    from fedready.simulations.federated import holdout
+    from fedready.task import load_task
 
-    arrays = {k: v.numpy() for k, v in create_model("mlp", holdout()[0].shape[1]).state_dict().items()}
+    arrays = {k: v.numpy() for k, v in load_task().model().state_dict().items()}
 
     def five_rounds(dp: bool) -> float:
         cfg = make_config(dp=dp, lr=6.0)

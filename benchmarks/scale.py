@@ -83,7 +83,7 @@ def _noise(clients: int, rounds: int, *, epsilon: float, delta: float, batch: in
     """The noise multiplier fedready calibrates for client 0 of an IID federation of ``clients``."""
     from fedready.client.app import _noise_multiplier
     from fedready.config import make_config
-    from fedready.simulations.federated import client_shard
+    from fedready.federation import client_shard
 
     cfg = make_config(num_clients=clients, partitioner="iid", min_client_rows=1, rounds=rounds)
     n = len(client_shard(cfg, 0).y_train)

@@ -36,11 +36,11 @@ from fedready.client.training import train
 from fedready.client.wire import make_wire_log_mod
 from fedready.config import SimulationConfig
 from fedready.deploy.site import Site, site_from_node_config
+from fedready.federation import client_shard, task_of
 from fedready.modelio import arrays_digest
-from fedready.models import create_model
+from fedready.models import model_for_schema
 from fedready.privacy.accounting import compose_epsilon
 from fedready.privacy.randomness import secret_numpy_rng
-from fedready.simulations.federated import client_shard
 
 __all__ = ["app", "make_client_app", "planned_query_release"]
 
@@ -142,7 +142,8 @@ def _local_update(
     else:
         shard = client_shard(cfg, pid)
         x_train, y_train = shard.x_train, shard.y_train
-    y_train = 1 - y_train if attacker and cfg.attack == "label-flip" else y_train
+    schema = site.schema if site is not None else task_of(cfg).schema
+    y_train = (schema.target.num_classes - 1) - y_train if attacker and cfg.attack == "label-flip" else y_train
     n = len(y_train)
     noise = 0.0
     if cfg.dp:
@@ -183,7 +184,7 @@ def _local_update(
     if is_slow(cfg, pid):
         time.sleep(cfg.round_timeout + 1.0)  # simulated straggler: the server has moved on, the update still leaves
 
-    model = create_model(cfg.model, x_train.shape[1])
+    model = model_for_schema(cfg.model, schema)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
     seed = _insecure_seed(cfg.seed, pid, server_round) if (cfg.insecure_seeded_noise or not cfg.dp) else None
     result = train(
@@ -295,7 +296,11 @@ def _answer_privately(msg: Message, context: Context, cfg: SimulationConfig, run
     r = int(config.get(K.SERVER_ROUND, state.last_round + 1)) if config is not None else state.last_round + 1
     while any(x.level == "query" and x.round == r for x in state.releases):
         r += 1  # a second query is a second release, charged under its own round
-    std = cfg.query_noise * query_sensitivity(len(noised)) if noised else 0.0
+    # a row changes one cell of each count vector, except a multi-class confusion table: one cell per class
+    schema = site.schema if site is not None else task_of(cfg).schema
+    classes = 1 if schema.target.binary else schema.target.num_classes
+    cells = sum(classes if k.startswith(K.COUNTS_PREFIX) else 1 for k in noised)
+    std = cfg.query_noise * query_sensitivity(cells) if noised else 0.0
     rng = secret_numpy_rng()
     for k in noised:
         values = np.asarray(answer[k], dtype=np.float64)

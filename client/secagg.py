@@ -28,8 +28,7 @@ from flwr.common import Context
 from fedready import constants as K
 from fedready.client.app import Decline, local_update, resolve_config
 from fedready.client.wire import make_wire_log_mod
-from fedready.models import create_model
-from fedready.simulations.federated import holdout
+from fedready.federation import task_of
 
 __all__ = ["make_secagg_client_app"]
 
@@ -42,7 +41,7 @@ class _SecAggClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         torch.set_num_threads(1)
         cfg, run_dir = resolve_config(self.ctx, self.overrides)
-        names = list(create_model(cfg.model, holdout()[0].shape[1]).state_dict())
+        names = list(task_of(cfg).model().state_dict())
         global_arrays = dict(zip(names, parameters, strict=True))
         out = local_update(cfg, self.ctx, run_dir, int(config[K.SERVER_ROUND]), global_arrays)
         if isinstance(out, Decline):

@@ -130,13 +130,13 @@ def _calibrate(epsilon: float, delta: float, rate: float, steps: int, accountant
                                    releases=list(planned), accountant=accountant)  # fmt: skip
 
 
-def query_sensitivity(count_keys: int) -> float:
-    """L2 sensitivity of a query answer made of ``count_keys`` count vectors.
+def query_sensitivity(cells: int) -> float:
+    """L2 sensitivity of a query answer in which one row changes at most ``cells`` counts, each by 1.
 
-    Each vector gains at most 1 in one bucket when a row is added (a histogram, a
-    per-group confusion table, the row count, the count of correct predictions).
+    A histogram, the row count and the count of correct predictions each gain 1 in one bucket; a
+    per-group confusion table gains 1 in one cell (binary) or in one cell per class (one-vs-rest).
     """
-    return math.sqrt(max(1, count_keys))
+    return math.sqrt(max(1, cells))
 
 
 def client_state_dir(run_dir: str | Path | None, partition_id: int) -> Path | None:

@@ -1,10 +1,13 @@
-"""Export fedready's MLPs to ONNX straight from their weights.
+"""Export models to ONNX: fedready's MLPs straight from their weights, any other model through torch.
 
-The graph is written with ``onnx.helper`` (Gemm + Relu, then Softmax), not traced through
-``torch.onnx``: every model fedready trains is a stack of Linear layers with ReLU between
-them, so the graph is known up front, the bytes are deterministic for the same weights
-(which signing and ``fedready reproduce`` rely on), and exporting needs neither torch nor
-its exporter's extra dependencies. A test checks the outputs against PyTorch to 1e-5.
+The built-in models (``logreg``, ``mlp``, ...) are stacks of Linear layers with ReLU between
+them, so their graph is written with ``onnx.helper`` (Gemm + Relu, then Softmax): known up
+front, the bytes deterministic for the same weights (which signing and ``fedready reproduce``
+rely on), and exporting needs no torch. A user's own model (``--model module:factory``) goes
+through torch's TorchScript-based exporter (:func:`module_to_onnx`; the newer dynamo exporter
+needs ``onnxscript``, one more dependency), and every export is checked against PyTorch to
+1e-5 before it is written. Both graphs take ``features`` and return ``logits`` and
+``probabilities`` (softmax), ``[batch, classes]``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,7 +33,10 @@ __all__ = [
     "export_run",
     "mlp_layers",
     "mlp_to_onnx",
+    "module_to_onnx",
     "onnx_predict_proba",
+    "onnx_probabilities",
+    "run_onnx",
     "session",
 ]
 
@@ -126,10 +133,94 @@ def session(model: bytes | onnx.ModelProto, *, threads: int = 1):
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_predict_proba(model: bytes | onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Return ``P(y = 1)`` for each row of ``x`` using ONNX Runtime on the CPU."""
+def onnx_probabilities(model: bytes | onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(rows, classes)`` for each row of ``x``, with ONNX Runtime on the CPU."""
     (proba,) = session(model).run([PROBABILITIES], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})
-    return proba[:, 1]
+    return proba
+
+
+def onnx_predict_proba(model: bytes | onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Return ``P(y = 1)`` for each row of ``x`` (a binary model) using ONNX Runtime on the CPU."""
+    return onnx_probabilities(model, x)[:, 1]
+
+
+TOLERANCE = 1e-5  # largest difference allowed between ONNX Runtime's and PyTorch's probabilities
+
+
+def _check_against_torch(logits: Any, proto: onnx.ModelProto, in_features: int) -> None:
+    """Raise IntegrityError if the exported graph's probabilities differ from PyTorch's by more than 1e-5."""
+    import torch
+
+    x = np.random.default_rng(0).normal(size=(64, in_features)).astype(np.float32)
+    with torch.no_grad():
+        ref = torch.softmax(logits(torch.from_numpy(x)), dim=1).numpy()
+    got = onnx_probabilities(proto, x)
+    diff = float(np.max(np.abs(got - ref)))
+    if not diff <= TOLERANCE:
+        raise IntegrityError(f"the ONNX export differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}); the model "
+                             "uses an operation the exporter does not reproduce")  # fmt: skip
+
+
+def module_to_onnx(
+    module: Any, in_features: int, *, scale: float = 1.0, metadata: Mapping[str, str] | None = None
+) -> onnx.ModelProto:
+    """Export any ``torch.nn.Module`` returning logits to ONNX, checked against PyTorch to 1e-5.
+
+    ``scale`` divides the logits before the softmax (a temperature folded into the graph).
+
+    Raises
+    ------
+    IntegrityError
+        If torch cannot export the model, or the exported outputs differ from PyTorch's.
+    """
+    import io
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class _Head(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.inner(x) / scale
+            return logits, torch.softmax(logits, dim=1)
+
+    head = _Head(module).eval()
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            batch = {0: "batch"}
+            torch.onnx.export(head, (torch.zeros(2, in_features),), buf, input_names=[INPUT],
+                              output_names=[LOGITS, PROBABILITIES], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={INPUT: batch, LOGITS: batch, PROBABILITIES: batch})  # fmt: skip
+    except Exception as e:  # noqa: BLE001 -- torch's exporter raises many unrelated types; one message for all
+        raise IntegrityError(f"torch cannot export the model to ONNX ({type(e).__name__}: {e})") from e
+    proto = onnx.load_from_string(buf.getvalue())
+    for k, v in sorted((metadata or {}).items()):
+        proto.metadata_props.add(key=k, value=str(v))
+    onnx.checker.check_model(proto)
+    _check_against_torch(lambda t: module(t) / scale, proto, in_features)
+    return proto
+
+
+def run_onnx(run_dir: str | Path, *, metadata: Mapping[str, str] | None = None) -> onnx.ModelProto:
+    """The ONNX graph of a run's global model: built from the weights for the built-in MLPs, else exported."""
+    run = Path(run_dir)
+    arrays = load_npz((run / "model.npz").read_bytes())
+    config = json.loads((run / "config.json").read_text()).get("config", {}) if (run / "config.json").exists() else {}
+    from fedready.models import is_builtin
+
+    if is_builtin(config.get("model", "mlp")):
+        return mlp_to_onnx(mlp_layers(arrays), metadata=metadata)
+    from fedready.encoding import FeatureEncoder
+    from fedready.evaluation._model import load_run
+
+    rm = load_run(run)
+    return module_to_onnx(rm.module, FeatureEncoder(rm.schema).width, metadata=metadata)
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -142,12 +233,11 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     npz = run / "model.npz"
     if not npz.exists():
         raise IntegrityError(f"{npz} does not exist; run `fedready simulate` to completion first")
-    arrays = load_npz(npz.read_bytes())
     meta: dict[str, str] = {"fedready.run_id": run.name}
     summary = run / "summary.json"
     if summary.exists():
         meta["fedready.model_digest"] = json.loads(summary.read_text())["model_digest"]
-    model = mlp_to_onnx(mlp_layers(arrays), metadata=meta)
+    model = run_onnx(run, metadata=meta)
     target = Path(out) if out is not None else run / "model.onnx"
     atomic_write_bytes(target, model.SerializeToString())
     return target

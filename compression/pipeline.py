@@ -1,12 +1,12 @@
 """``fedready compress``: build the edge variants, measure them, gate them, pick the smallest that passes.
 
-Data: the server's public holdout (Adult's test split) is split once, by seed, into a
+Data: the server's public holdout (the run's benchmark rows) is split once, by seed, into a
 *transfer* half and the rest. The transfer half feeds distillation, fine-tuning after pruning
 and static-quantisation calibration with its features only (the teacher supplies the targets),
 and temperature scaling with its labels (one parameter per variant). Every variant, the fp32
 teacher included, is gated on the whole benchmark, as ``fedready evaluate`` does: the fairness
-gates need every row (Adult's smaller race groups hold a few dozen positives each), and the
-threshold post-processing inside the suite is cross-fitted. Accuracy on the untouched half,
+gates need every row (small groups may hold a few dozen positives each), and the threshold
+post-processing inside the suite is cross-fitted. Accuracy on the untouched half,
 which no step saw, is reported next to it. No client data is touched
 (see :mod:`fedready.compression.variants`).
 """
@@ -24,17 +24,23 @@ from typing import Any
 
 import numpy as np
 
-from fedready.compression.export import mlp_layers, mlp_to_onnx, onnx_predict_proba
+from fedready.compression.export import mlp_layers, mlp_to_onnx, module_to_onnx, onnx_probabilities
 from fedready.compression.measure import measure_speed
 from fedready.compression.variants import (
     Layers,
     Variant,
     count,
+    count_module,
     distil,
     fine_tune,
+    fine_tune_module,
+    fit_temperature,
+    module_logits,
+    prune_module_unstructured,
     prune_structured,
     prune_unstructured,
     quantize,
+    teacher_logits,
     temperature_scale,
 )
 from fedready.errors import ConfigError, IntegrityError
@@ -97,53 +103,106 @@ def public_split(n: int, *, share: float, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(perm[:k]), np.sort(perm[k:])
 
 
-def _variant(name: str, layers: Layers, steps: tuple[str, ...], **details: Any) -> Variant:
-    total, nonzero = count(layers)
-    return Variant(name, mlp_to_onnx(layers).SerializeToString(), steps, total, nonzero, details)
+@dataclass
+class _Net:
+    """A variant's network before export: a built-in MLP's layers, or any PyTorch module (and a temperature)."""
+
+    layers: Layers | None = None
+    module: Any = None
+    in_features: int = 0
+    temperature: float = 1.0
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if self.layers is not None:
+            return teacher_logits(self.layers, x)
+        return module_logits(self.module, x) / self.temperature
+
+    def calibrated(self, x: np.ndarray, y: np.ndarray) -> tuple[_Net, float]:
+        """Temperature scaling on labelled public rows (folded into the last layer of an MLP)."""
+        if self.layers is not None:
+            layers, t = temperature_scale(self.layers, x, y)
+            return _Net(layers=layers), t
+        t = fit_temperature(self.logits(x), y)
+        return _Net(module=self.module, in_features=self.in_features, temperature=self.temperature * t), t
+
+    def onnx(self) -> Any:
+        if self.layers is not None:
+            return mlp_to_onnx(self.layers)
+        return module_to_onnx(self.module, self.in_features, scale=self.temperature)
+
+    def count(self) -> tuple[int, int]:
+        return count(self.layers) if self.layers is not None else count_module(self.module)
 
 
-def _quantised(base: Variant, layers: Layers, mode: str, calibration: np.ndarray) -> Variant:
-    data = quantize(mlp_to_onnx(layers), mode=mode, calibration=calibration)
+def _variant(name: str, net: _Net, steps: tuple[str, ...], **details: Any) -> Variant:
+    total, nonzero = net.count()
+    return Variant(name, net.onnx().SerializeToString(), steps, total, nonzero, details)
+
+
+def _quantised(base: Variant, net: _Net, mode: str, calibration: np.ndarray) -> Variant:
+    data = quantize(net.onnx(), mode=mode, calibration=calibration)
     return Variant(f"{base.name}+int8-{mode}" if base.name != "fp32" else f"int8-{mode}", data,
                    (*base.steps, f"int8-{mode}"), base.parameters, base.nonzero, dict(base.details))  # fmt: skip
 
 
+STRUCTURED_SKIP = ("prune-structured", "structured pruning removes hidden units of a plain chain of Linear layers; "
+                                       "model '{model}' is not one (the built-in MLPs are)")  # fmt: skip
+
+
 def build_variants(
-    teacher: Layers, x_transfer: np.ndarray, opts: CompressionOptions, y_transfer: np.ndarray | None = None
-) -> list[Variant]:
+    teacher: Layers | Any, x_transfer: np.ndarray, opts: CompressionOptions, y_transfer: np.ndarray | None = None,
+    *, skipped: list[dict[str, str]] | None = None, model: str = "",
+) -> list[Variant]:  # fmt: skip
     """Build the default family of variants from ``teacher`` using only the public transfer rows.
 
-    With ``y_transfer`` (public labels) each variant is temperature-scaled before export, so
-    its probabilities are calibrated (ECE gate) without changing a single decision.
+    ``teacher`` is a built-in MLP's layers or any PyTorch module. Variants that do not apply to it
+    (structured pruning of a non-MLP, of a model without hidden units) are appended to ``skipped``
+    as ``{"variant", "reason"}``. With ``y_transfer`` (public labels) each variant is
+    temperature-scaled before export, so its probabilities are calibrated (ECE gate) without
+    changing a single decision.
     """
     fit = dict(epochs=opts.epochs, seed=opts.seed)
+    skipped = skipped if skipped is not None else []
+    base = _Net(layers=teacher) if isinstance(teacher, list) else _Net(module=teacher, in_features=x_transfer.shape[1])
+    soft = base.logits(x_transfer)  # the teacher's logits on the transfer rows: every student's targets
 
-    def make(name: str, layers: Layers, steps: tuple[str, ...], **details: Any) -> tuple[Variant, Layers]:
+    def make(name: str, net: _Net, steps: tuple[str, ...], **details: Any) -> tuple[Variant, _Net]:
         if y_transfer is not None and opts.calibrate:
-            layers, t = temperature_scale(layers, x_transfer, y_transfer)
+            net, t = net.calibrated(x_transfer, y_transfer)
             steps, details = (*steps, "temperature"), {**details, "temperature": t}
-        return _variant(name, layers, steps, **details), layers
+        return _variant(name, net, steps, **details), net
 
     out: list[Variant] = []
-    fp32, cal = make("fp32", teacher, ())
+    fp32, cal = make("fp32", base, ())
     out += [fp32, _quantised(fp32, cal, "dynamic", x_transfer), _quantised(fp32, cal, "static", x_transfer)]
 
-    pruned, masks = prune_unstructured(teacher, sparsity=opts.sparsity)
-    pruned = fine_tune(pruned, teacher, x_transfer, masks=masks, **fit)
-    out.append(make(f"prune-unstructured-{opts.sparsity:g}", pruned, ("prune-unstructured", "fine-tune"))[0])
+    name = f"prune-unstructured-{opts.sparsity:g}"
+    if base.layers is not None:
+        pruned, masks = prune_unstructured(base.layers, sparsity=opts.sparsity)
+        pruned_net = _Net(layers=fine_tune(pruned, soft, x_transfer, masks=masks, **fit))
+    else:
+        module, masks = prune_module_unstructured(base.module, sparsity=opts.sparsity)
+        pruned_net = _Net(module=fine_tune_module(module, soft, x_transfer, masks=masks, **fit),
+                          in_features=base.in_features)  # fmt: skip
+    out.append(make(name, pruned_net, ("prune-unstructured", "fine-tune"))[0])
 
-    if len(teacher) > 1:  # structured pruning needs hidden units
-        slim = fine_tune(prune_structured(teacher, keep=opts.prune_keep), teacher, x_transfer, **fit)
-        v, cal = make(f"prune-structured-{opts.prune_keep:g}", slim, ("prune-structured", "fine-tune"))
+    if base.layers is not None and len(base.layers) > 1:  # structured pruning needs hidden units
+        slim = fine_tune(prune_structured(base.layers, keep=opts.prune_keep), soft, x_transfer, **fit)
+        v, cal = make(f"prune-structured-{opts.prune_keep:g}", _Net(layers=slim), ("prune-structured", "fine-tune"))
         out += [v, _quantised(v, cal, "static", x_transfer)]
+    elif base.layers is not None:
+        skipped.append({"variant": "prune-structured", "reason": "the model has no hidden units to remove"})
+    else:
+        skipped.append({"variant": STRUCTURED_SKIP[0], "reason": STRUCTURED_SKIP[1].format(model=model or "custom")})
 
     widths = "x".join(str(w) for w in opts.student_widths)
-    student = distil(teacher, x_transfer, widths=opts.student_widths, **fit)
-    s, cal = make(f"student-{widths}", student, ("distil",), widths=list(opts.student_widths))
+    student = distil(soft, x_transfer, widths=opts.student_widths, **fit)
+    s, cal = make(f"student-{widths}", _Net(layers=student), ("distil",), widths=list(opts.student_widths))
     out += [s, _quantised(s, cal, "dynamic", x_transfer), _quantised(s, cal, "static", x_transfer)]
     # the full chain: distil, then prune, then quantise
-    slim_student = fine_tune(prune_structured(student, keep=0.5), teacher, x_transfer, **fit)
-    ss, cal = make(f"student-{widths}+prune-structured-0.5", slim_student, ("distil", "prune-structured", "fine-tune"))
+    slim_student = fine_tune(prune_structured(student, keep=0.5), soft, x_transfer, **fit)
+    ss, cal = make(f"student-{widths}+prune-structured-0.5", _Net(layers=slim_student),
+                   ("distil", "prune-structured", "fine-tune"))  # fmt: skip
     out += [ss, _quantised(ss, cal, "static", x_transfer)]
     return out
 
@@ -168,16 +227,15 @@ def measure(
 ) -> list[Measured]:
     """Measure every variant on the evaluation rows and run ``assess`` (metrics + gates) on it.
 
-    ``assess`` receives a ``predict_proba(x) -> P(y=1)`` function of the variant and returns the
-    evaluation metrics and gate outcomes, the same suite ``fedready evaluate`` runs.
+    ``assess`` receives a ``predict_proba(x) -> (rows, classes)`` function of the variant and
+    returns the evaluation metrics and gate outcomes, the same suite ``fedready evaluate`` runs.
     """
     fp32 = next(v for v in variants if v.name == "fp32")
-    ref = onnx_predict_proba(fp32.onnx, x_eval) >= 0.5
+    ref = onnx_probabilities(fp32.onnx, x_eval).argmax(axis=1)
     out = []
     for v in variants:
-        p = onnx_predict_proba(v.onnx, x_eval)
-        label = p >= 0.5
-        metrics, gates = assess(lambda x, _m=v.onnx: onnx_predict_proba(_m, x))
+        label = onnx_probabilities(v.onnx, x_eval).argmax(axis=1)
+        metrics, gates = assess(lambda x, _m=v.onnx: onnx_probabilities(_m, x))
         speed = measure_speed(v.onnx, x_eval) if timing else {}
         if untouched is not None:  # rows no step of any variant saw
             metrics = {**metrics, "accuracy_untouched_half": float(np.mean(label[untouched] == y_eval[untouched]))}
@@ -248,9 +306,10 @@ def compress(
     npz = run / "model.npz"
     if not npz.exists():
         raise IntegrityError(f"{npz} does not exist; run `fedready simulate` to completion first")
-    teacher = mlp_layers(load_npz(npz.read_bytes()))
+    teacher, model = _teacher(run)
     tr, ev = public_split(len(x), share=opts.transfer_share, seed=opts.seed)
-    variants = build_variants(teacher, x[tr], opts, y[tr])
+    skipped: list[dict[str, str]] = []
+    variants = build_variants(teacher, x[tr], opts, y[tr], skipped=skipped, model=model)
     measured = measure(variants, x, y, assess, timing=timing, untouched=ev)
     chosen = select(measured)
     base = next(m for m in measured if m.variant.name == "fp32")
@@ -261,10 +320,11 @@ def compress(
         "data": {
             "transfer_rows": int(len(tr)),
             "untouched_rows": int(len(ev)),
-            "gated_on": "the whole benchmark (Adult test split), as fedready evaluate",
+            "gated_on": "the whole benchmark (the run's test rows), as fedready evaluate",
             "source": "server public holdout; transfer half: features (and labels for temperature scaling)",
         },  # fmt: skip
         "privacy": "post-processing of the DP model on public data only: the ledger's epsilon still holds",
+        "skipped": skipped,
         "selected": chosen.variant.name if chosen else None,
         "reason": None if chosen else _why_none(measured),
         "variants": [
@@ -322,10 +382,30 @@ def compress(
     return report
 
 
+def _teacher(run: Path) -> tuple[Layers | Any, str]:
+    """The run's global model: a built-in MLP's layers, or (any other model) the PyTorch module; and its name."""
+    from fedready.models import is_builtin
+
+    cfg = _run_config(run)
+    if cfg is None or is_builtin(cfg.model):
+        return mlp_layers(load_npz((run / "model.npz").read_bytes())), cfg.model if cfg else "mlp"
+    from fedready.evaluation._model import load_run
+
+    return load_run(run).module, cfg.model
+
+
+def _run_config(run: Path) -> Any:
+    if not (run / "config.json").exists():
+        return None
+    from fedready.simulations.engine import load_run_config
+
+    return load_run_config(run)
+
+
 def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tuple[Assess, np.ndarray, np.ndarray]:
     """The ``assess`` function ``fedready compress`` gates variants with, and the benchmark (x, y).
 
-    Each variant is assessed on Adult's test split by the suites of ``fedready evaluate``
+    Each variant is assessed on the run's benchmark by the suites of ``fedready evaluate``
     (accuracy, fairness, calibration, perturbations, cross-fitted threshold post-processing),
     then the policy's gates. The privacy section is the run's ledger (every variant is
     post-processing). Gates on the clients' own accuracy cannot be re-measured without the
@@ -334,9 +414,14 @@ def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tupl
     from fedready.evaluation.fairness import sensitive_attributes
     from fedready.evaluation.gates import check_gates, load_policy
     from fedready.evaluation.suite import EVALUATION_FILE, _privacy, assess_predictor, load_eval_data
+    from fedready.task import load_task, task_of
 
     run = Path(run_dir)
-    ev = load_eval_data()
+    cfg = _run_config(run)
+    task = task_of(cfg) if cfg is not None else load_task()
+    ev = load_eval_data(task=task)
+    if policy is None and task.policy is not None:
+        policy = task.policy  # the policy shipped beside the data set, as fedready evaluate uses
     pol = load_policy(policy, ev.schema)
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     privacy = _privacy(run, summary)

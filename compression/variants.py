@@ -1,4 +1,10 @@
-"""Edge variants of a trained MLP: pruning, distillation and int8 quantisation.
+"""Edge variants of a trained model: pruning, distillation and int8 quantisation.
+
+The built-in MLPs are handled as a list of (weight, bias) layers; any other PyTorch model
+(``--model module:factory``) as a module: unstructured pruning and fine-tuning work on
+every Linear and convolution weight of it, distillation trains an MLP student on its
+logits, and int8 quantisation works on any ONNX graph. Structured pruning removes hidden
+units of a plain Linear chain and so applies to the built-in MLPs only.
 
 Every step here sees only the server's public transfer set and the (already private)
 global model, never a client's data, so each variant is post-processing of the DP
@@ -27,8 +33,13 @@ from fedready.errors import ConfigError
 __all__ = [
     "Layers",
     "Variant",
+    "count_module",
     "distil",
     "fine_tune",
+    "fine_tune_module",
+    "fit_temperature",
+    "module_logits",
+    "prune_module_unstructured",
     "prune_structured",
     "prune_unstructured",
     "quantize",
@@ -87,14 +98,38 @@ def teacher_logits(layers: Layers, x: np.ndarray) -> np.ndarray:
     return h
 
 
-def fine_tune(
-    student: Layers, teacher: Layers, x: np.ndarray, *, epochs: int, seed: int, lr: float = 3e-3,
-    temperature: float = 2.0, masks: Sequence[np.ndarray | None] | None = None, batch_size: int = 256,
-) -> Layers:  # fmt: skip
-    """Fit ``student`` to ``teacher``'s soft labels on the public transfer set ``x``.
+def module_logits(model, x: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
+    """Logits of any PyTorch model on ``x`` (evaluation mode, float32)."""
+    import torch
 
-    ``masks`` (one per layer, or None) keep pruned weights at zero during fine-tuning,
-    through ``torch.nn.utils.prune.custom_from_mask``.
+    model.eval()
+    with torch.no_grad():
+        parts = [model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32))).numpy()
+                 for i in range(0, len(x), batch_size)]  # fmt: skip
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _prunable(model) -> list:
+    """The layers whose weights pruning may zero: every Linear and convolution."""
+    from torch import nn
+
+    return [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
+
+
+def count_module(model) -> tuple[int, int]:
+    """Return (stored parameters, non-zero parameters) of a PyTorch model."""
+    params = [p.detach() for p in model.parameters()]
+    return sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params)
+
+
+def fine_tune_module(
+    model, teacher: np.ndarray, x: np.ndarray, *, epochs: int, seed: int, lr: float = 3e-3,
+    temperature: float = 2.0, masks: Sequence[np.ndarray | None] | None = None, batch_size: int = 256,
+):  # fmt: skip
+    """Fit any PyTorch ``model`` (in place) to the soft labels of ``teacher`` logits on the public set ``x``.
+
+    ``masks`` (one per :func:`_prunable` layer, or None) keep pruned weights at zero during
+    fine-tuning, through ``torch.nn.utils.prune.custom_from_mask``. Returns the model.
     """
     import torch
     import torch.nn.functional as F
@@ -102,16 +137,16 @@ def fine_tune(
 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = _torch_mlp(student)
-    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-    for lin, mask in zip(linears, masks or [None] * len(linears), strict=True):
+    layers = _prunable(model)
+    for lin, mask in zip(layers, masks or [None] * len(layers), strict=True):
         if mask is not None:
             prune.custom_from_mask(lin, "weight", torch.from_numpy(mask.astype(np.float32)))
     xt = torch.from_numpy(x.astype(np.float32))
-    soft = torch.softmax(torch.from_numpy(teacher_logits(teacher, x)) / temperature, dim=1)
+    soft = torch.softmax(torch.from_numpy(np.asarray(teacher, dtype=np.float32)) / temperature, dim=1)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = max(1, len(x) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    model.train()
     with torch.enable_grad():
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=gen)
@@ -123,10 +158,47 @@ def fine_tune(
                 loss.backward()
                 opt.step()
                 sched.step()
-    for lin in linears:
+    for lin in layers:
         if prune.is_pruned(lin):
             prune.remove(lin, "weight")
+    return model.eval()
+
+
+def fine_tune(
+    student: Layers, teacher: Layers | np.ndarray, x: np.ndarray, *, epochs: int, seed: int, lr: float = 3e-3,
+    temperature: float = 2.0, masks: Sequence[np.ndarray | None] | None = None, batch_size: int = 256,
+) -> Layers:  # fmt: skip
+    """Fit the MLP ``student`` to ``teacher``'s soft labels on the public transfer set ``x``.
+
+    ``teacher`` is an MLP's layers or the teacher's logits on ``x`` (any model). ``masks``
+    keep pruned weights at zero (see :func:`fine_tune_module`).
+    """
+    targets = teacher if isinstance(teacher, np.ndarray) else teacher_logits(teacher, x)
+    model = fine_tune_module(_torch_mlp(student), targets, x, epochs=epochs, seed=seed, lr=lr,
+                             temperature=temperature, masks=masks, batch_size=batch_size)  # fmt: skip
     return _layers_of(model)
+
+
+def prune_module_unstructured(model, *, sparsity: float) -> tuple[object, list[np.ndarray]]:
+    """A copy of any PyTorch model with the ``sparsity`` share of its Linear/conv weights zeroed, and the masks.
+
+    Uses ``torch.nn.utils.prune.global_unstructured`` (L1) across every prunable layer.
+    """
+    import copy
+
+    from torch.nn.utils import prune
+
+    if not 0.0 < sparsity < 1.0:
+        raise ConfigError("sparsity", f"must be in (0, 1), got {sparsity}")
+    model = copy.deepcopy(model)
+    layers = _prunable(model)
+    if not layers:
+        raise ConfigError("sparsity", "the model has no Linear or convolution weights to prune")
+    prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=sparsity)
+    masks = [m.weight_mask.detach().numpy().copy() for m in layers]
+    for m in layers:
+        prune.remove(m, "weight")
+    return model, masks
 
 
 def prune_unstructured(layers: Layers, *, sparsity: float) -> tuple[Layers, list[np.ndarray]]:
@@ -136,17 +208,7 @@ def prune_unstructured(layers: Layers, *, sparsity: float) -> tuple[Layers, list
     the dense ONNX file does not shrink: this variant saves multiply-adds on sparse kernels
     and compresses well, not bytes on disk. Returns the pruned layers and their masks.
     """
-    import torch
-    from torch.nn.utils import prune
-
-    if not 0.0 < sparsity < 1.0:
-        raise ConfigError("sparsity", f"must be in (0, 1), got {sparsity}")
-    model = _torch_mlp(layers)
-    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-    prune.global_unstructured([(m, "weight") for m in linears], pruning_method=prune.L1Unstructured, amount=sparsity)
-    masks = [m.weight_mask.detach().numpy().copy() for m in linears]
-    for m in linears:
-        prune.remove(m, "weight")
+    model, masks = prune_module_unstructured(_torch_mlp(layers), sparsity=sparsity)
     return _layers_of(model), masks
 
 
@@ -172,19 +234,23 @@ def prune_structured(layers: Layers, *, keep: float) -> Layers:
 
 
 def distil(
-    teacher: Layers, x: np.ndarray, *, widths: Sequence[int], epochs: int, seed: int, lr: float = 3e-3
+    teacher: Layers | np.ndarray, x: np.ndarray, *, widths: Sequence[int], epochs: int, seed: int, lr: float = 3e-3
 ) -> Layers:
-    """Train a fresh student MLP with hidden ``widths`` on the teacher's soft labels over ``x``."""
+    """Train a fresh student MLP with hidden ``widths`` on the teacher's soft labels over ``x``.
+
+    ``teacher`` is an MLP's layers or the teacher's logits on ``x`` (any model).
+    """
     import torch
 
     if not widths or any(w < 1 for w in widths):
         raise ConfigError("student-widths", f"need one or more positive widths, got {list(widths)}")
     from fedready.models import build_mlp
 
+    targets = teacher if isinstance(teacher, np.ndarray) else teacher_logits(teacher, x)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        init = _layers_of(build_mlp(teacher[0][0].shape[1], tuple(widths), classes=teacher[-1][0].shape[0]))
-    return fine_tune(init, teacher, x, epochs=epochs, seed=seed, lr=lr)
+        init = _layers_of(build_mlp(x.shape[1], tuple(widths), classes=targets.shape[1]))
+    return fine_tune(init, targets, x, epochs=epochs, seed=seed, lr=lr)
 
 
 def quantize(model: onnx.ModelProto, *, mode: str, calibration: np.ndarray | None = None) -> bytes:
@@ -241,7 +307,14 @@ def temperature_scale(layers: Layers, x: np.ndarray, y: np.ndarray) -> tuple[Lay
     last layer's weights and bias by ``T`` gives the same logits, so the exported graph is
     unchanged in shape and size. DP training tends to leave models miscalibrated.
     """
-    logits = teacher_logits(layers, x).astype(np.float64)
+    t = fit_temperature(teacher_logits(layers, x), y)
+    w, b_last = layers[-1]
+    return [*layers[:-1], ((w / t).astype(np.float32), (b_last / t).astype(np.float32))], t
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature ``T`` minimising the negative log-likelihood of ``softmax(logits / T)`` on labels ``y``."""
+    logits = np.asarray(logits, dtype=np.float64)
     z = logits - logits.max(axis=1, keepdims=True)
     y = np.asarray(y, dtype=np.int64)
 
@@ -259,9 +332,7 @@ def temperature_scale(layers: Layers, x: np.ndarray, y: np.ndarray) -> tuple[Lay
         else:
             lo, a = a, b
             b = lo + g * (hi - lo)
-    t = float(np.exp((lo + hi) / 2))
-    w, b_last = layers[-1]
-    return [*layers[:-1], ((w / t).astype(np.float32), (b_last / t).astype(np.float32))], t
+    return float(np.exp((lo + hi) / 2))
 
 
 def to_onnx(layers: Layers) -> onnx.ModelProto:

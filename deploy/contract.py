@@ -92,7 +92,7 @@ def row_validity(table: Table, schema: DataSchema) -> np.ndarray:
             missing, invalid = _column_status(col, table.columns[col.name])
             ok &= ~missing & ~invalid
     label = table.columns[schema.target.column]
-    return ok & np.isin(label, schema.target.positive + schema.target.negative)
+    return ok & np.isin(label, schema.target.declared_values())
 
 
 def validate_contract(table: Table, schema: DataSchema) -> ContractReport:
@@ -116,12 +116,12 @@ def validate_contract(table: Table, schema: DataSchema) -> ContractReport:
             out.append(Violation("invalid-rate", col.name, int(invalid.sum()), n, f"{contract.max_invalid_rate:.1%}"))
     label = table.columns[schema.target.column]
     pos = np.isin(label, schema.target.positive)
-    declared = pos | np.isin(label, schema.target.negative)
+    declared = np.isin(label, schema.target.declared_values())
     if (~declared).sum() > contract.max_invalid_rate * n:
         out.append(Violation("invalid-rate", schema.target.column, int((~declared).sum()), n,
                              f"{contract.max_invalid_rate:.1%}"))  # fmt: skip
     labelled = int(declared.sum())
-    if labelled:
+    if labelled and schema.target.binary:
         rate = pos.sum() / labelled
         if not contract.min_positive_rate <= rate <= contract.max_positive_rate:
             out.append(Violation("positive-rate", schema.target.column, int(pos.sum()), labelled,

@@ -43,6 +43,7 @@ class LocalData:
     y_val: np.ndarray
     val_attributes: dict[str, np.ndarray]
     train_columns: dict[str, np.ndarray]  # raw values of the training rows (for the reference profile)
+    schema: DataSchema | None = None  # the site's own schema (what the rows mean)
 
 
 class Site:
@@ -74,7 +75,7 @@ class Site:
         n_val = int(round(len(y) * val_fraction))
         tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
         attrs = {a: table.columns[a][va] for a in self.schema.sensitive}
-        return LocalData(x[tr], y[tr], x[va], y[va], attrs, {k: v[tr] for k, v in table.columns.items()})
+        return LocalData(x[tr], y[tr], x[va], y[va], attrs, {k: v[tr] for k, v in table.columns.items()}, self.schema)
 
     def contract_detail(self) -> str:
         """What a contract refusal tells the coordinator: the failed checks' names if the limits allow it."""

@@ -12,30 +12,42 @@ import torch
 from torch import nn
 
 from fedready.config import SimulationConfig
-from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError, IntegrityError
 from fedready.modelio import arrays_digest, load_npz
-from fedready.models import create_model
+from fedready.models import model_for_schema
 from fedready.schema import DataSchema
 
-__all__ = ["RunModel", "check_width", "load_run", "model_from_arrays"]
+__all__ = ["RunModel", "check_width", "load_run", "model_from_arrays", "run_schema"]
 
 
-def check_width(arrays: dict[str, np.ndarray], schema: DataSchema) -> None:
-    """Raise ConfigError if the model's input width differs from what ``schema`` encodes."""
-    width = FeatureEncoder(schema).width
-    first = next(v for k, v in arrays.items() if k.endswith("weight"))
-    if first.shape[1] != width:
-        raise ConfigError("schema", f"the model takes {first.shape[1]} inputs but schema '{schema.name}' "
-                                    f"encodes {width}; pass the schema the model was trained with")  # fmt: skip
+def run_schema(run_dir: Path, cfg: SimulationConfig | None = None) -> DataSchema:
+    """The schema a run was trained on: its ``schema.json``, else (older runs) its task's."""
+    p = Path(run_dir) / "schema.json"
+    if p.exists():
+        return DataSchema.model_validate(json.loads(p.read_text()))
+    from fedready.federation import task_of
+
+    if cfg is None:
+        from fedready.simulations.engine import load_run_config
+
+        cfg = load_run_config(Path(run_dir))
+    return task_of(cfg).schema
 
 
-def model_from_arrays(name: str, arrays: dict[str, np.ndarray]) -> nn.Module:
-    """Build the registered model ``name`` and load ``arrays`` into it (input width from the first layer)."""
-    first = next(k for k in arrays if k.endswith("weight"))
-    model = create_model(name, int(arrays[first].shape[1]))
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-    return model.eval()
+def check_width(arrays: dict[str, np.ndarray], schema: DataSchema, model: str = "mlp") -> None:
+    """Raise ConfigError if the model's input width or classes differ from what ``schema`` encodes."""
+    model_from_arrays(model, arrays, schema)
+
+
+def model_from_arrays(name: str, arrays: dict[str, np.ndarray], schema: DataSchema) -> nn.Module:
+    """Build the model ``name`` for ``schema`` and load ``arrays`` into it (evaluation mode).
+
+    Raises
+    ------
+    ConfigError
+        If the arrays do not fit (the model was trained on another schema).
+    """
+    return model_for_schema(name, schema, arrays=arrays)
 
 
 @dataclass
@@ -47,6 +59,7 @@ class RunModel:
     summary: dict[str, Any]
     arrays: dict[str, np.ndarray]
     module: nn.Module
+    schema: DataSchema
 
     @property
     def digest(self) -> str:
@@ -55,17 +68,20 @@ class RunModel:
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Probability of the positive class for each row of the encoded matrix ``x``."""
+        """Class probabilities ``(rows, classes)`` for the encoded matrix ``x``."""
         logits = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        return torch.softmax(logits, dim=1)[:, 1].numpy().astype(np.float64)
+        return torch.softmax(logits, dim=1).numpy().astype(np.float64)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Hard 0/1 decisions (argmax of the two logits)."""
-        return (self.predict_proba(x) > 0.5).astype(np.int64)
+        """Hard decisions: the most probable class (binary: 1 = positive)."""
+        return self.predict_proba(x).argmax(axis=1).astype(np.int64)
 
 
-def load_run(run_dir: str | Path) -> RunModel:
+def load_run(run_dir: str | Path, *, schema: DataSchema | None = None) -> RunModel:
     """Load ``config.json``, ``summary.json`` and ``model.npz`` from a finished run folder.
+
+    The model is shaped by ``schema`` when given (evaluating on a CSV of that schema), else by
+    the schema the run was trained on (:func:`run_schema`).
 
     Raises
     ------
@@ -87,4 +103,5 @@ def load_run(run_dir: str | Path) -> RunModel:
     if summary.get("model_digest") not in (None, got):
         raise IntegrityError(f"{run_dir / 'model.npz'}: sha256 {got} differs from summary.json's "
                              f"{summary['model_digest']}")  # fmt: skip
-    return RunModel(run_dir, cfg, summary, arrays, model_from_arrays(cfg.model, arrays))
+    schema = schema or run_schema(run_dir, cfg)
+    return RunModel(run_dir, cfg, summary, arrays, model_from_arrays(cfg.model, arrays, schema), schema)

@@ -82,11 +82,11 @@ def _plot_groups(r: dict[str, Any]) -> Block:
         labels, acc, tpr, fpr = [], [], [], []
         for attr, entry in r["fairness"].items():
             for g, m in entry["groups"].items():
-                if m["count"]:
+                if m["count"]:  # multi-class groups carry accuracy only (rates are per class)
                     labels.append(f"{attr}={g}")
                     acc.append(m["accuracy"] or 0)
-                    tpr.append(m["tpr"] or 0)
-                    fpr.append(m["fpr"] or 0)
+                    tpr.append(m.get("tpr") or 0)
+                    fpr.append(m.get("fpr") or 0)
         idx = range(len(labels))
         w = 0.27
         ax.bar([i - w for i in idx], acc, w, label="accuracy")
@@ -102,7 +102,8 @@ def _plot_groups(r: dict[str, Any]) -> Block:
 def _plot_reliability(r: dict[str, Any]) -> Block:
     def draw(fig: Any, ax: Any) -> None:
         bins = [b for b in r["calibration"]["bins"] if b["count"]]
-        ax.plot([0.5, 1], [0.5, 1], "k--", lw=1, label="perfect")
+        low = r["calibration"]["bins"][0]["low"]
+        ax.plot([low, 1], [low, 1], "k--", lw=1, label="perfect")
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label="model")
         ax.set_xlabel("confidence of the predicted class")
         ax.set_ylabel("accuracy")
@@ -139,6 +140,9 @@ def _plot_importance(r: dict[str, Any]) -> Block:
 def _fair_table(fair: dict[str, Any]) -> list[Block]:
     out: list[Block] = []
     for attr, e in fair.items():
+        if "per_class" in e:
+            out += _fair_table_one_vs_rest(attr, e)
+            continue
         rows = [[g, str(m["count"]), _num(m["accuracy"]), _num(m["selection_rate"]), _num(m["tpr"]), _num(m["fpr"])]
                 for g, m in e["groups"].items()]  # fmt: skip
         out.append(("table", (["group of " + attr, "rows", "accuracy", "selection rate", "TPR", "FPR"], rows)))
@@ -152,13 +156,30 @@ def _fair_table(fair: dict[str, Any]) -> list[Block]:
     return out
 
 
+def _fair_table_one_vs_rest(attr: str, e: dict[str, Any]) -> list[Block]:
+    """A multi-class attribute: group accuracy, then every class's one-vs-rest disparities."""
+    rows = [[g, str(m["count"]), _num(m["accuracy"])] for g, m in e["groups"].items()]
+    per = [[c, _num(m["demographic_parity_difference"]), _num(m["equalized_odds_difference"]),
+            _num(m["equal_opportunity_difference"])] for c, m in e["per_class"].items()]  # fmt: skip
+    return [
+        ("table", (["group of " + attr, "rows", "accuracy"], rows)),
+        ("table", ([f"class (one-vs-rest), {attr}", "demographic parity diff.", "equalized odds diff.",
+                    "equal opportunity diff."], per)),
+        ("p", f"{attr}, worst class: demographic parity difference {_num(e['demographic_parity_difference'])}, "
+              f"equalized odds difference {_num(e['equalized_odds_difference'])}; worst-group accuracy "
+              f"{_num(e['worst_group_accuracy'])}."),
+    ]  # fmt: skip
+
+
 def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
     """The card's content as (heading, blocks), in :data:`SECTIONS` order."""
     pv, tr, d = r["privacy"], r["training"], r["data"]
     s: dict[str, list[Block]] = {k: [] for k in SECTIONS}
+    classes = d.get("classes", ["0", "1"])
+    kind = "Binary" if len(classes) == 2 else f"{len(classes)}-class"
     s["Intended use"] = [
-        ("p", f"Binary classifier '{r['model']}' for the '{d['schema']}' schema (target: the schema's declared "
-              "label), trained by federated learning. Intended for research on private federated training and as a "
+        ("p", f"{kind} classifier '{r['model']}' for the '{d['schema']}' schema (classes: {', '.join(classes)}), "
+              "trained by federated learning. Intended for research on private federated training and as a "
               "decision aid reviewed by a person, not for automated decisions about individuals' credit, "
               "employment or benefits. Decisions differ across protected groups (see Metrics per slice)."),
     ]  # fmt: skip
@@ -193,10 +214,13 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
     eps.append("the ledger (ledger.json) can be recomputed with `fedready ledger RUN`")
     s["Privacy guarantees"] = [("ul", eps)]
     img = _plot_history(r)
-    s["Metrics on the benchmark"] = [
-        ("table", (["metric", "value"], [["accuracy", _num(r["metrics"]["accuracy"])], ["rows", str(d["rows"])],
-                                         ["positive rate", _num(d["positive_rate"])]])),
-    ] + ([img] if img else [])  # fmt: skip
+    met = r["metrics"]
+    rows = [["accuracy", _num(met["accuracy"])], ["rows", str(d["rows"])]]
+    rows += [["majority class share", _num(met["majority_rate"])]] if "majority_rate" in met else []
+    rows += [["balanced accuracy", _num(met["balanced_accuracy"])]] if "balanced_accuracy" in met else []
+    rows += [[f"recall of '{c}'", _num(v)] for c, v in met.get("recall", {}).items()] if len(classes) > 2 else []
+    rows += [["positive rate", _num(d["positive_rate"])]] if "positive_rate" in d else []
+    s["Metrics on the benchmark"] = [("table", (["metric", "value"], rows))] + ([img] if img else [])
     s["Metrics per slice"] = _fair_table(r["fairness"]) + [_plot_groups(r)]
     fed = r.get("federated")
     if fed:
@@ -238,6 +262,8 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
             ("p", f"Accuracy cost {m['accuracy_cost_points']:.2f} points; swapped fold: EOD {_num(f2['eod_before'])} "
                   f"-> {_num(f2['eod_after'])}, cost {f2['accuracy_cost_points']:.2f} points."),
         ]  # fmt: skip
+    elif r.get("mitigation_skipped"):
+        s["Fairness mitigation"] = [("p", r["mitigation_skipped"] + ".")]
     else:
         s["Fairness mitigation"] = [("p", "No sensitive attribute declared: nothing to mitigate.")]
     s["Explanations"] = [
@@ -266,13 +292,13 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
     else:
         s["Edge variants"] = [("p", "Not compressed yet: `fedready compress RUN` builds and gates edge variants.")]
     s["Known limitations"] = [("ul", [
-        "Adult is 1994 US census data: the world has changed; do not read decisions as about today's people.",
-        "Small groups (e.g. some race categories) have few rows: their metrics are noisy.",
+        *d.get("caveats", []),
+        "Small groups have few rows: their metrics are noisy.",
         "Federated counts are released without noise and describe validation splits, not training data.",
         "Differential privacy protects records in clients' training data, not the benchmark or validation rows.",
         "Post-processing uses the protected attribute at decision time and randomises some decisions.",
-        "Counterfactuals change one or two actionable columns independently (e.g. education and education-num "
-        "are not kept consistent) and say what moves the model, not what is feasible for a person.",
+        "Counterfactuals change one or two actionable columns independently (two columns that encode the same "
+        "thing are not kept consistent) and say what moves the model, not what is feasible for a person.",
     ])]  # fmt: skip
     return [(k, s[k]) for k in SECTIONS]
 

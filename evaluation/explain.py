@@ -7,7 +7,7 @@ changes raw values and re-encodes them.
 
 A counterfactual may only change columns the schema marks ``actionable``; the
 schema refuses ``actionable`` on a sensitive attribute, and this module checks
-again, so sex, race (and age, which is not actionable) are never touched.
+again, so a protected attribute is never touched.
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ def permutation_importance(
 def attributions(model: nn.Module, schema: DataSchema, x_row: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
     """Integrated gradients (Sundararajan et al. 2017, arXiv:1703.01365) per raw column.
 
-    Attributions are for the logit difference of the predicted class against the
-    baseline input (the holdout's mean encoded row), summed over each column's
-    encoded features; they add up to f(x) - f(baseline) up to the integral's error.
+    Attributions are for the margin of the predicted class (its logit minus the log-sum-exp
+    of the other classes' logits; binary: the logit difference) against the baseline input
+    (the benchmark's mean encoded row), summed over each column's encoded features; they add
+    up to f(x) - f(baseline) up to the integral's error.
     """
     from captum.attr import IntegratedGradients
 
@@ -74,7 +75,8 @@ def attributions(model: nn.Module, schema: DataSchema, x_row: np.ndarray, baseli
 
     def margin(inp: torch.Tensor) -> torch.Tensor:
         out = model(inp)
-        return out[:, target] - out[:, 1 - target]
+        others = torch.cat([out[:, :target], out[:, target + 1 :]], dim=1)
+        return out[:, target] - torch.logsumexp(others, dim=1)
 
     attr = IntegratedGradients(margin).attribute(x, baselines=b, n_steps=64).detach().numpy()[0]
     per_col = {name: float(attr[s].sum()) for name, s in _column_slices(schema).items()}
@@ -86,11 +88,11 @@ class Counterfactual:
     """The cheapest found change of actionable columns that flips the decision."""
 
     changes: tuple[tuple[str, str, str], ...]  # (column, from, to), raw values as text
-    decision: int  # the decision after the change
-    probability: float  # p(positive) after the change
+    decision: int  # the decision (class index) after the change
+    probability: float  # the probability of that class after the change
     cost: float
 
-    def sentence(self, labels: tuple[str, str]) -> str:
+    def sentence(self, labels: list[str] | tuple[str, ...]) -> str:
         """Plain words: 'the decision would change to X if a were u instead of v and ...'."""
         parts = [f"{c} were {to} instead of {frm}" for c, frm, to in self.changes]
         return f"the decision would change to '{labels[self.decision]}' if " + " and ".join(parts)
@@ -109,7 +111,7 @@ def _candidates(col: NumericColumn | CategoricalColumn, current: str) -> list[tu
     """(new raw value, cost) for one column."""
     if isinstance(col, CategoricalColumn):
         return [(c, CATEGORY_COST + CHANGE_COST) for c in col.categories if c != current]
-    cur = float(current)
+    cur = float(col.parse(np.asarray([current]))[0])  # a missing value counts as its fill
     grid = {col.min, col.max, *col.bins, *(b - 1 for b in col.bins), *np.linspace(col.min, col.max, 25)}
     grid |= {cur + d for d in (-10, -5, -2, -1, 1, 2, 5, 10)}
     fwd = np.log1p if col.transform == "log1p" else (lambda v: v)
@@ -126,16 +128,17 @@ def counterfactual(
     row: dict[str, str], schema: DataSchema, predict_proba: Callable[[dict[str, np.ndarray]], np.ndarray],
     *, max_changes: int = 2,
 ) -> Counterfactual | None:  # fmt: skip
-    """The cheapest change of at most ``max_changes`` actionable columns that flips the decision.
+    """The cheapest change of at most ``max_changes`` actionable columns that changes the decision.
 
-    Single changes are tried first, then pairs; the cheapest flip wins (numeric
-    cost: the change as a share of the declared range, log scale for log1p
-    columns; categorical: a fixed cost). Returns ``None`` if nothing flips it.
+    ``predict_proba`` maps raw columns to ``(rows, classes)`` probabilities; the decision is the
+    most probable class, and any other class counts as a change. Single changes are tried first,
+    then pairs; the cheapest change wins (numeric cost: the change as a share of the declared
+    range, log scale for log1p columns; categorical: a fixed cost). Returns ``None`` if nothing
+    changes it.
     """
     cols = actionable_columns(schema)
     assert not {c.name for c in cols} & set(schema.sensitive)
-    p0 = float(predict_proba({k: np.asarray([v]) for k, v in row.items()})[0])
-    decision = int(p0 > 0.5)
+    decision = int(np.argmax(predict_proba({k: np.asarray([v]) for k, v in row.items()})[0]))
     options = {c.name: _candidates(c, row[c.name]) for c in cols}
     for k in range(1, max_changes + 1):
         combos = []
@@ -149,23 +152,24 @@ def counterfactual(
             for n, (v, _) in zip(names, picks, strict=True):
                 batch[n][i] = v
         p = predict_proba({k2: v.astype(str) for k2, v in batch.items()})
-        flipped = np.flatnonzero((p > 0.5).astype(int) != decision)
+        new = p.argmax(axis=1)
+        flipped = np.flatnonzero(new != decision)
         if len(flipped):
             costs = [sum(c for _, c in combos[i][1]) for i in flipped]
             best = int(flipped[int(np.argmin(costs))])
             names, picks = combos[best]
             changes = tuple((n, row[n], v) for n, (v, _) in zip(names, picks, strict=True))
-            return Counterfactual(changes, 1 - decision, float(p[best]), float(min(costs)))
+            return Counterfactual(changes, int(new[best]), float(p[best, new[best]]), float(min(costs)))
     return None
 
 
 def encoded_predict_proba(model: nn.Module, encoder: FeatureEncoder) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """Raw columns -> p(positive), through the schema encoder and the model."""
+    """Raw columns -> class probabilities ``(rows, classes)``, through the schema encoder and the model."""
 
     @torch.no_grad()
     def fn(columns: dict[str, np.ndarray]) -> np.ndarray:
         logits = model(torch.from_numpy(encoder.transform(columns)))
-        return torch.softmax(logits, dim=1)[:, 1].numpy().astype(np.float64)
+        return torch.softmax(logits, dim=1).numpy().astype(np.float64)
 
     return fn
 
@@ -175,17 +179,22 @@ def explain_row(model: nn.Module, schema: DataSchema, row: dict[str, str], basel
     encoder = FeatureEncoder(schema)
     proba = encoded_predict_proba(model, encoder)
     columns = {k: np.asarray([v]) for k, v in row.items()}
-    p = float(proba(columns)[0])
-    labels = (schema.target.negative[0].rstrip("."), schema.target.positive[0].rstrip("."))
+    p = proba(columns)[0]
+    labels, decided = schema.classes, int(np.argmax(p))
     cf = counterfactual(row, schema, proba)
+    binary = len(labels) == 2
     return {
-        "decision": labels[int(p > 0.5)],
-        "probability_positive": p,
+        "decision": labels[decided],
+        "probability": float(p[decided]),
+        "probabilities": {c: float(v) for c, v in zip(labels, p, strict=True)},
+        **({"probability_positive": float(p[1])} if binary else {}),
         "attributions": attributions(model, schema, encoder.transform(columns)[0], baseline),
         "values": {c.name: row[c.name] for c in schema.features},
         "counterfactual": None if cf is None else {
             "changes": [{"column": c, "from": f, "to": t} for c, f, t in cf.changes],
-            "decision": labels[cf.decision], "probability_positive": cf.probability, "cost": cf.cost,
+            "decision": labels[cf.decision], "probability": cf.probability, "cost": cf.cost,
+            **({"probability_positive": cf.probability if cf.decision == 1 else 1 - cf.probability}
+               if binary else {}),
             "sentence": cf.sentence(labels),
         },
         "actionable": [c.name for c in actionable_columns(schema)],

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedready.errors import ConfigError
-from fedready.schema import CategoricalColumn, DataSchema
+from fedready.schema import UNKNOWN_GROUP, DataSchema
 
 __all__ = [
     "UNDEFINED",
@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 UNDEFINED = "undefined"
-UNKNOWN_GROUP = "<unknown>"
 # Order of the four cells in a group's count vector (shared with the wire format).
 CELLS = ("tp", "fp", "tn", "fn")
 
@@ -58,35 +57,30 @@ def sensitive_attributes(schema: DataSchema, names: list[str] | None = None) -> 
 
 def group_names(schema: DataSchema, attribute: str) -> list[str]:
     """Every group of ``attribute`` in a fixed order: declared categories (or numeric bins), then unknown."""
-    col = schema.column(attribute)
-    if isinstance(col, CategoricalColumn):
-        return [*col.categories, UNKNOWN_GROUP]
-    edges = [col.min, *col.bins, col.max]
-    return [f"[{lo:g}, {hi:g})" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    return schema.group_names(attribute)
 
 
 def group_labels(schema: DataSchema, attribute: str, raw: np.ndarray) -> np.ndarray:
     """Map raw values of ``attribute`` to group names (see :func:`group_names`)."""
-    col = schema.column(attribute)
-    names = np.asarray(group_names(schema, attribute), dtype=object)
-    if isinstance(col, CategoricalColumn):
-        index = {c: i for i, c in enumerate(col.categories)}
-        codes = np.fromiter((index.get(str(v), len(col.categories)) for v in raw), dtype=np.int64, count=len(raw))
-    else:
-        x = np.clip(np.asarray(raw, dtype=np.float64), col.min, col.max)
-        codes = np.clip(np.searchsorted(np.asarray(col.bins), x, side="right"), 0, len(names) - 1)
-    return names[codes]
+    return schema.group_labels(attribute, raw)
 
 
-def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, names: list[str]) -> np.ndarray:
-    """Return an int64 array ``(len(names), 4)`` of (tp, fp, tn, fn) per group."""
-    y_true = np.asarray(y_true).astype(bool)
-    y_pred = np.asarray(y_pred).astype(bool)
-    out = np.zeros((len(names), 4), dtype=np.int64)
+def confusion_counts(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, names: list[str], *, classes: int = 2
+) -> np.ndarray:
+    """Per-group confusion counts: int64 ``(len(names), 4)`` of (tp, fp, tn, fn) for a binary target.
+
+    For ``classes`` > 2 the table is ``(len(names), 4 * classes)``: one-vs-rest (tp, fp, tn, fn)
+    of class 0, then class 1, and so on.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    targets = [1] if classes == 2 else list(range(classes))
+    out = np.zeros((len(names), 4 * len(targets)), dtype=np.int64)
     for i, g in enumerate(names):
         m = groups == g
-        t, p = y_true[m], y_pred[m]
-        out[i] = [np.sum(t & p), np.sum(~t & p), np.sum(~t & ~p), np.sum(t & ~p)]
+        for j, c in enumerate(targets):
+            t, p = y_true[m] == c, y_pred[m] == c
+            out[i, 4 * j : 4 * j + 4] = [np.sum(t & p), np.sum(~t & p), np.sum(~t & ~p), np.sum(t & ~p)]
     return out
 
 
@@ -108,32 +102,76 @@ def fairness_from_counts(counts: Mapping[str, np.ndarray], schema: DataSchema) -
     Parameters
     ----------
     counts : mapping
-        Attribute -> ``(groups, 4)`` counts as returned by :func:`confusion_counts`, in
+        Attribute -> counts as returned by :func:`confusion_counts` (``(groups, 4)``, or
+        ``(groups, 4 * classes)`` one-vs-rest for a multi-class target), in
         :func:`group_names` order.
     schema : DataSchema
-        The declared schema (group names).
+        The declared schema (group names, classes).
 
     Returns
     -------
     dict
         ``{attribute: {"groups": {name: {...}}, "demographic_parity_difference": ..., ...}}``;
-        an undefined value is ``None``.
+        an undefined value is ``None``. Multi-class: see :func:`_one_vs_rest`.
     """
     out: dict[str, Any] = {}
     for attr, table in counts.items():
         names = group_names(schema, attr)
-        groups: dict[str, dict[str, Any]] = {}
-        for name, (tp, fp, tn, fn) in zip(names, np.asarray(table).tolist(), strict=True):
-            n = tp + fp + tn + fn
-            if n == 0 and name == UNKNOWN_GROUP:
-                continue  # the "unknown" slot is only reported when it has members
-            groups[name] = {
-                "count": n, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-                "accuracy": _ratio(tp + tn, n), "selection_rate": _ratio(tp + fp, n),
-                "tpr": _ratio(tp, tp + fn), "fpr": _ratio(fp, fp + tn),
-            }  # fmt: skip
-        out[attr] = _disparities(groups)
+        table = np.asarray(table).reshape(len(names), -1)
+        if schema.target.binary:
+            out[attr] = _disparities(_groups_from_counts(names, table))
+            continue
+        per_class = {c: _disparities(_groups_from_counts(names, table[:, 4 * j : 4 * j + 4]))
+                     for j, c in enumerate(schema.classes)}  # fmt: skip
+        # a row is correct exactly when it is a true positive of its own class
+        correct = table[:, 0::4].sum(axis=1)
+        sizes = table[:, :4].sum(axis=1)
+        overall = {g: (int(n), int(k)) for g, n, k in zip(names, sizes, correct, strict=True)
+                   if n > 0 or g != UNKNOWN_GROUP}  # fmt: skip
+        out[attr] = _one_vs_rest(per_class, overall)
     return out
+
+
+def _groups_from_counts(names: list[str], table: np.ndarray) -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for name, (tp, fp, tn, fn) in zip(names, np.asarray(table).tolist(), strict=True):
+        n = tp + fp + tn + fn
+        if n == 0 and name == UNKNOWN_GROUP:
+            continue  # the "unknown" slot is only reported when it has members
+        groups[name] = {
+            "count": n, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+            "accuracy": _ratio(tp + tn, n), "selection_rate": _ratio(tp + fp, n),
+            "tpr": _ratio(tp, tp + fn), "fpr": _ratio(fp, fp + tn),
+        }  # fmt: skip
+    return groups
+
+
+def _worst(values: list[float | None], pick: Any) -> float | None:
+    v = [x for x in values if x is not None]
+    return pick(v) if v else None
+
+
+def _one_vs_rest(per_class: dict[str, dict[str, Any]], overall: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """Multi-class fairness: every binary metric per class (one-vs-rest), the worst class as the headline.
+
+    ``overall`` maps each group to (rows, correctly classified rows). Disparities are the
+    largest over classes (the smallest for the parity ratio); worst-group accuracy is on the
+    multi-class decisions.
+    """
+    groups = {g: {"count": n, "accuracy": _ratio(k, n)} for g, (n, k) in overall.items()}
+    acc = [g["accuracy"] for g in groups.values() if g["accuracy"] is not None]
+    metric = lambda m, pick=max: _worst([c[m] for c in per_class.values()], pick)  # noqa: E731
+    return {
+        "groups": groups,
+        "per_class": per_class,
+        "one_vs_rest": True,
+        "undefined_groups": sorted({g for c in per_class.values() for g in c["undefined_groups"]}),
+        "demographic_parity_difference": metric("demographic_parity_difference"),
+        "demographic_parity_ratio": metric("demographic_parity_ratio", min),
+        "equalized_odds_difference": metric("equalized_odds_difference"),
+        "equal_opportunity_difference": metric("equal_opportunity_difference"),
+        "worst_group_accuracy": min(acc) if acc else None,
+    }
 
 
 def _disparities(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -154,38 +192,55 @@ def _disparities(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def holdout_fairness(
-    y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, np.ndarray]
+    y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, np.ndarray], *, classes: list[str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Per-group metrics with fairlearn's ``MetricFrame`` on data held in one place.
 
     Used on the server's holdout; the federated suite must agree with it on pooled data.
     Groups where a rate has a zero denominator are dropped from that rate's
-    disparity rather than counted as 0.0.
+    disparity rather than counted as 0.0. With more than two ``classes`` every metric is
+    computed per class, one-vs-rest (see :func:`_one_vs_rest`).
     """
+    if classes is None or len(classes) == 2:
+        return {attr: _disparities(_fairlearn_groups(y_true, y_pred, g)) for attr, g in groups.items()}
+    import pandas as pd
+    from fairlearn.metrics import MetricFrame, count
+    from sklearn.metrics import accuracy_score
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    out: dict[str, dict[str, Any]] = {}
+    for attr, g in groups.items():
+        per_class = {c: _disparities(_fairlearn_groups((y_true == j).astype(np.int64), (y_pred == j).astype(np.int64),
+                                                       g)) for j, c in enumerate(classes)}  # fmt: skip
+        mf = MetricFrame(metrics={"accuracy": accuracy_score, "count": count}, y_true=y_true, y_pred=y_pred,
+                         sensitive_features=pd.Series(g, name=attr))  # fmt: skip
+        overall = {str(name): (int(row["count"]), int(round(row["accuracy"] * row["count"])))
+                   for name, row in mf.by_group.iterrows()}  # fmt: skip
+        out[attr] = _one_vs_rest(per_class, overall)
+    return out
+
+
+def _fairlearn_groups(y_true: np.ndarray, y_pred: np.ndarray, g: np.ndarray) -> dict[str, dict[str, Any]]:
     import pandas as pd
     from fairlearn.metrics import MetricFrame, count, false_positive_rate, selection_rate, true_positive_rate
     from sklearn.metrics import accuracy_score
 
-    out: dict[str, dict[str, Any]] = {}
-    for attr, g in groups.items():
-        mf = MetricFrame(
-            metrics={"accuracy": accuracy_score, "selection_rate": selection_rate, "tpr": true_positive_rate,
-                     "fpr": false_positive_rate, "count": count},
-            y_true=y_true, y_pred=y_pred, sensitive_features=pd.Series(g, name=attr),
-        )  # fmt: skip
-        by = mf.by_group
-        pos = pd.Series(y_true).groupby(np.asarray(g)).sum()
-        neg = pd.Series(1 - np.asarray(y_true)).groupby(np.asarray(g)).sum()
-        table: dict[str, dict[str, Any]] = {}
-        for name, row in by.iterrows():
-            table[str(name)] = {
-                "count": int(row["count"]), "accuracy": float(row["accuracy"]),
-                "selection_rate": float(row["selection_rate"]),
-                "tpr": float(row["tpr"]) if pos[name] > 0 else None,
-                "fpr": float(row["fpr"]) if neg[name] > 0 else None,
-            }  # fmt: skip
-        out[attr] = _disparities(table)
-    return out
+    mf = MetricFrame(
+        metrics={"accuracy": accuracy_score, "selection_rate": selection_rate, "tpr": true_positive_rate,
+                 "fpr": false_positive_rate, "count": count},
+        y_true=y_true, y_pred=y_pred, sensitive_features=pd.Series(g, name="group"),
+    )  # fmt: skip
+    pos = pd.Series(y_true).groupby(np.asarray(g)).sum()
+    neg = pd.Series(1 - np.asarray(y_true)).groupby(np.asarray(g)).sum()
+    table: dict[str, dict[str, Any]] = {}
+    for name, row in mf.by_group.iterrows():
+        table[str(name)] = {
+            "count": int(row["count"]), "accuracy": float(row["accuracy"]),
+            "selection_rate": float(row["selection_rate"]),
+            "tpr": float(row["tpr"]) if pos[name] > 0 else None,
+            "fpr": float(row["fpr"]) if neg[name] > 0 else None,
+        }  # fmt: skip
+    return table
 
 
 def client_spread(per_client: Mapping[str, tuple[float, float]]) -> dict[str, Any]:

@@ -31,9 +31,9 @@ from flwr.serverapp import Grid
 from fedready import constants as K
 from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig
-from fedready.data import adult_schema
 from fedready.errors import IntegrityError
-from fedready.evaluation._model import model_from_arrays
+from fedready.federation import task_of
+from fedready.models import model_for_schema
 
 if TYPE_CHECKING:
     from fedready.deploy.site import LocalData
@@ -74,16 +74,16 @@ def local_group_counts(
         :func:`~fedready.evaluation.fairness.group_names` order; ``val-rows``,
         ``val-correct``, ``partition-id``.
     """
-    from fedready.simulations.federated import client_shard, client_validation_attributes
+    from fedready.federation import client_shard, client_validation_attributes
 
-    schema = adult_schema()
+    schema = local.schema if local is not None else task_of(cfg).schema
     if local is not None:
         x_val, y_val, attributes = local.x_val, local.y_val, local.val_attributes
     else:
         shard = client_shard(cfg, partition_id)
         x_val, y_val = shard.x_val, shard.y_val
         attributes = client_validation_attributes(cfg, partition_id)
-    model = model_from_arrays(cfg.model, arrays)
+    model = model_for_schema(cfg.model, schema, arrays=arrays)
     import torch
 
     with torch.no_grad():
@@ -92,12 +92,12 @@ def local_group_counts(
                            K.VAL_CORRECT: int((pred == y_val).sum())}  # fmt: skip
     for attr, raw in attributes.items():
         names = group_names(schema, attr)
-        table = confusion_counts(y_val, pred, group_labels(schema, attr, raw), names)
+        table = confusion_counts(y_val, pred, group_labels(schema, attr, raw), names, classes=schema.target.num_classes)
         out[K.COUNTS_PREFIX + attr] = [int(v) for v in table.reshape(-1)]
     return out
 
 
-def sum_replies(replies: list[dict[str, Any]]) -> dict[str, Any]:
+def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig) -> dict[str, Any]:
     """Sum the clients' count tables (exact, or noised by each client) and keep each client's (correct, rows).
 
     Noisy sums are clipped to zero (post-processing); exact counts stay integers.
@@ -107,7 +107,8 @@ def sum_replies(replies: list[dict[str, Any]]) -> dict[str, Any]:
     IntegrityError
         If a reply's count tables disagree in shape with the schema, or exact counts hold negatives.
     """
-    schema = adult_schema()
+    schema = task_of(cfg).schema
+    width = 4 * (1 if schema.target.binary else schema.target.num_classes)  # one-vs-rest tables per class
     sums: dict[str, np.ndarray] = {}
     per_client: dict[str, tuple[float, float]] = {}
     noisy = any(float(r.get(K.QUERY_NOISE_STD, 0.0)) > 0 for r in replies)
@@ -118,11 +119,11 @@ def sum_replies(replies: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             attr = key.removeprefix(K.COUNTS_PREFIX)
             table = np.asarray(flat, dtype=np.float64)
-            if table.size != 4 * len(group_names(schema, attr)) or not np.isfinite(table).all():
+            if table.size != width * len(group_names(schema, attr)) or not np.isfinite(table).all():
                 raise IntegrityError(f"client {r[K.PARTITION_ID]}: malformed counts for '{attr}'")
             if not noisy and (table < 0).any():
                 raise IntegrityError(f"client {r[K.PARTITION_ID]}: negative counts for '{attr}'")
-            sums[attr] = sums.get(attr, 0) + table.reshape(-1, 4)
+            sums[attr] = sums.get(attr, 0) + table.reshape(-1, width)
     ordered = [a for a in schema.sensitive if a in sums] + sorted(set(sums) - set(schema.sensitive))
     out = {a: np.maximum(sums[a], 0.0) for a in ordered}
     if not noisy:
@@ -203,8 +204,8 @@ def run_federated_evaluation(
     ok = [a for a in answers if not int(a.get(K.DECLINED, 0)) and any(k.startswith(K.COUNTS_PREFIX) for k in a)]
     failed = [m.error.reason for m in replies if m.has_error()]
     declined = len(answers) - len(ok)
-    summed = sum_replies(ok)
-    schema = adult_schema()
+    summed = sum_replies(ok, cfg)
+    schema = task_of(cfg).schema
     counts = {a: np.asarray(t) for a, t in summed["counts"].items()}
     result = {
         "model_digest": arrays_digest(arrays),

@@ -2,7 +2,11 @@
 
 Gates are registered under string keys (the policy's keys). A gate is either
 plain (``min_accuracy = 0.8``) or keyed by a sensitive attribute or a
-perturbation (``[gates.max_equalized_odds_difference] sex = 0.1``). Unknown keys,
+perturbation (``[gates.max_equalized_odds_difference] sex = 0.1``). A key can stand for many,
+so that a policy need not name any data set's columns: ``"*" = 0.2`` is every sensitive
+attribute of the schema, ``"missing-*"`` every feature column's perturbation (``"swap-*"`` every
+categorical one); a key named explicitly overrides its wildcard. For a multi-class target the
+fairness gates read the worst class (one-vs-rest). Unknown keys,
 attributes, perturbations or non-numeric limits are refused when the policy is
 loaded, naming the key. A measured value that is undefined (no DP, no baseline,
 an empty group) fails its gate, and the report says why.
@@ -44,6 +48,11 @@ def _get(d: Any, *path: str) -> Any:
     return d
 
 
+def _lift(r: Report) -> float | None:
+    acc, base = _get(r, "metrics", "accuracy"), _get(r, "metrics", "majority_rate")
+    return None if acc is None or base is None else acc - base
+
+
 def _fair(metric: str) -> Callable[[Report, str], float | None]:
     return lambda r, attr: _get(r, "fairness", attr, metric)
 
@@ -54,6 +63,7 @@ def _pert(metric: str) -> Callable[[Report, str], float | None]:
 
 GATES: dict[str, Gate] = {
     "min_accuracy": Gate("min", "", lambda r, _: _get(r, "metrics", "accuracy"), "accuracy on the benchmark"),
+    "min_accuracy_lift": Gate("min", "", lambda r, _: _lift(r), "accuracy minus the majority class's share"),
     "max_ece": Gate("max", "", lambda r, _: _get(r, "calibration", "ece"), "expected calibration error"),
     "max_brier": Gate("max", "", lambda r, _: _get(r, "calibration", "brier"), "Brier score"),
     "max_epsilon": Gate("max", "", lambda r, _: _get(r, "privacy", "epsilon"), "sample-level epsilon (ledger)"),
@@ -142,7 +152,7 @@ def load_policy(path: str | Path | None, schema: DataSchema) -> Policy:
     gates = raw.get("gates")
     if not isinstance(gates, dict) or not gates:
         raise ConfigError("gates", f"{p} declares no [gates] table")
-    limits: list[tuple[str, str, float]] = []
+    limits: dict[tuple[str, str], float] = {}
     for name, value in gates.items():
         gate = GATES.get(name)
         field = f"gates.{name}"
@@ -151,20 +161,42 @@ def load_policy(path: str | Path | None, schema: DataSchema) -> Policy:
         if not gate.keyed_by:
             if isinstance(value, dict):
                 raise ConfigError(field, f"'{name}' takes one number, not a table")
-            limits.append((name, "", _limit(field, value)))
+            limits[(name, "")] = _limit(field, value)
             continue
         if not isinstance(value, dict) or not value:
             example = "sex" if gate.keyed_by == "attribute" else '"gaussian-0.1"'
             raise ConfigError(field, f"'{name}' takes a table of {gate.keyed_by} = limit, e.g. [gates.{name}] "
                                      f"{example} = 0.1")  # fmt: skip
-        for key, lim in value.items():
+        for key in sorted(value, key=lambda k: not k.endswith("*")):  # wildcards first: explicit keys override
+            lim = _limit(f"{field}.{key}", value[key])
+            if key.endswith("*"):
+                for concrete in _expand(gate.keyed_by, key, schema, field):
+                    limits[(name, concrete)] = lim
+                continue
             if gate.keyed_by == "attribute" and key not in schema.sensitive:
                 raise ConfigError(f"{field}.{key}", f"unknown sensitive attribute '{key}'; the schema declares: "
                                                     f"{', '.join(schema.sensitive) or 'none'}")  # fmt: skip
             if gate.keyed_by == "perturbation":
                 check_perturbation(schema, key, field=f"{field}.{key}")
-            limits.append((name, key, _limit(f"{field}.{key}", lim)))
-    return Policy(str(raw.get("name", p.stem)), str(raw.get("version", "1")), tuple(limits))
+            limits[(name, key)] = lim
+    flat = tuple((g, k, v) for (g, k), v in limits.items())
+    return Policy(str(raw.get("name", p.stem)), str(raw.get("version", "1")), flat)
+
+
+def _expand(keyed_by: str, key: str, schema: DataSchema, field: str) -> list[str]:
+    """The keys a wildcard stands for: ``*`` every sensitive attribute, ``<kind>-*`` every fitting feature."""
+    from fedready.schema import CategoricalColumn
+
+    if keyed_by == "attribute":
+        if key != "*":
+            raise ConfigError(f"{field}.{key}", 'an attribute wildcard is "*" (every sensitive attribute)')
+        return list(schema.sensitive)
+    kind = key.removesuffix("*").removesuffix("-")
+    if kind == "missing":
+        return [f"missing-{c.name}" for c in schema.features]
+    if kind == "swap":
+        return [f"swap-{c.name}" for c in schema.features if isinstance(c, CategoricalColumn)]
+    raise ConfigError(f"{field}.{key}", 'a perturbation wildcard is "missing-*" or "swap-*"')
 
 
 def check_gates(policy: Policy, report: Report) -> list[GateResult]:
@@ -191,4 +223,6 @@ def _why_undefined(name: str) -> str:
         "max_seed_disagreement": "no --seeds retrains",
         "max_client_accuracy_std": "no federated evaluation",
         "min_worst_client_accuracy": "no federated evaluation",
+        "max_mitigated_equalized_odds_difference": "no threshold post-processing for this attribute (binary "
+        "targets only)",
     }.get(name, "a group or bin had no members, or the metric needs at least two groups")

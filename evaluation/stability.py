@@ -6,8 +6,8 @@ They are registered under string kinds; a named perturbation is ``<kind>-<arg>``
 
 * ``gaussian-<s>``: every numeric feature gets N(0, (s * declared range)^2) noise,
   clipped back to the range (for ``log1p`` columns in log space, where the encoder works);
-* ``missing-<column>``: the column is dropped to missing (categorical: the
-  encoder's unknown slot; numeric, which has no missing slot: the declared minimum);
+* ``missing-<column>``: the column is dropped to missing (its first declared missing value:
+  categorical columns encode it in the unknown slot, numeric ones at their ``impute`` value);
 * ``swap-<column>``: 10% of rows get another declared category of the column.
 """
 
@@ -45,7 +45,7 @@ def _gaussian(table: Table, schema: DataSchema, arg: str, rng: np.random.Generat
     out = dict(table.columns)
     for col in schema.features:
         if isinstance(col, NumericColumn):
-            x = np.clip(table.columns[col.name].astype(np.float64), col.min, col.max)
+            x = np.clip(col.parse(table.columns[col.name]), col.min, col.max)  # missing values at their fill
             # Noise in the scale the encoder sees: log1p columns (dollars) get multiplicative noise.
             fwd, inv = (np.log1p, np.expm1) if col.transform == "log1p" else (lambda v: v, lambda v: v)
             lo, hi = fwd(col.min), fwd(col.max)
@@ -64,7 +64,10 @@ def _missing(table: Table, schema: DataSchema, arg: str, rng: np.random.Generato
     col = _feature(schema, arg)
     out = dict(table.columns)
     n = len(table)
-    out[arg] = np.full(n, col.min) if isinstance(col, NumericColumn) else np.full(n, col.missing_values[0])
+    if isinstance(col, NumericColumn):
+        out[arg] = np.full(n, col.fill)  # what a declared missing value encodes as
+    else:
+        out[arg] = np.full(n, col.missing_values[0] if col.missing_values else "")  # the unknown slot
     return out
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fedready._io import atomic_write_text
-from fedready.data import ADULT_SHA256, Table, adult_schema, load_adult, read_csv
+from fedready.data import Table, read_csv
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
 from fedready.evaluation._model import RunModel, check_width, load_run
@@ -21,6 +21,7 @@ from fedready.evaluation.gates import Policy, check_gates, load_policy
 from fedready.evaluation.mitigation import apply_thresholds, fit_thresholds, split_halves
 from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
 from fedready.schema import DataSchema, load_schema
+from fedready.task import Task, load_task, task_of
 
 __all__ = ["EvalData", "evaluate_run", "load_eval_data"]
 
@@ -42,9 +43,13 @@ class EvalData:
     def x(self) -> np.ndarray:
         return FeatureEncoder(self.schema).transform(self.table.columns)
 
+    @property
+    def classes(self) -> list[str]:
+        return self.schema.classes
 
-def load_eval_data(csv: Path | None = None, schema_path: Path | None = None) -> EvalData:
-    """The benchmark: Adult's test split by default, or a CSV with its declared schema.
+
+def load_eval_data(csv: Path | None = None, schema_path: Path | None = None, *, task: Task | None = None) -> EvalData:
+    """The benchmark: the task's (a run's) benchmark rows by default, or a CSV with its declared schema.
 
     Raises
     ------
@@ -52,9 +57,8 @@ def load_eval_data(csv: Path | None = None, schema_path: Path | None = None) -> 
         If a CSV comes without a schema, or the label column holds a single class.
     """
     if csv is None:
-        schema, table = adult_schema(), load_adult("test")
-        source, digest = "UCI Adult test split (adult.test, 16,281 rows; the server's public holdout)", \
-            "sha256:" + ADULT_SHA256["test"]  # fmt: skip
+        task = task or load_task()
+        schema, table, source, digest = task.schema, task.test, task.test_source, task.test_digest
     else:
         if schema_path is None:
             raise ConfigError("schema", "a --data CSV needs its declared schema: pass --schema schema.toml")
@@ -65,19 +69,26 @@ def load_eval_data(csv: Path | None = None, schema_path: Path | None = None) -> 
         source, digest = str(csv), "sha256:" + hashlib.sha256(Path(csv).read_bytes()).hexdigest()
     y = table.labels(schema)
     if len(y) == 0 or len(np.unique(y)) < 2:
-        only = "no rows" if len(y) == 0 else f"only the class {'positive' if y[0] else 'negative'}"
-        raise ConfigError("data", f"label column '{schema.target.column}' holds {only}; accuracy-based fairness, "
-                                  "calibration and thresholds need both classes")  # fmt: skip
+        only = "no rows" if len(y) == 0 else f"only the class '{schema.classes[int(y[0])]}'"
+        raise ConfigError("data", f"{table.source or source}: label column '{schema.target.column}' holds {only}; "
+                                  "accuracy-based fairness, calibration and thresholds need two classes or more: "
+                                  "pass a benchmark with --test / --data")  # fmt: skip
     return EvalData(table, schema, y, source, digest)
 
 
 def _with_empty_groups(fair: dict[str, Any], schema: DataSchema) -> dict[str, Any]:
     """Declared groups without members appear explicitly, every metric 'undefined' (None)."""
+    empty = {"count": 0, "accuracy": None, "selection_rate": None, "tpr": None, "fpr": None}
     for attr, entry in fair.items():
         for g in group_names(schema, attr):
-            if g not in entry["groups"] and not g.startswith("<"):
-                entry["groups"][g] = {"count": 0, "accuracy": None, "selection_rate": None, "tpr": None, "fpr": None}
-                entry["undefined_groups"].append(g)
+            if g.startswith("<"):
+                continue
+            for part in [entry, *entry.get("per_class", {}).values()]:
+                if g not in part["groups"]:
+                    part["groups"][g] = dict(empty) if part is not entry or "per_class" not in entry else \
+                        {"count": 0, "accuracy": None}  # fmt: skip
+                    if g not in part["undefined_groups"]:
+                        part["undefined_groups"].append(g)
     return fair
 
 
@@ -96,6 +107,12 @@ def _privacy(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         "client_delta": summary.get("client_delta"), "per_client_epsilon": per_client,
         "declines": len(led.get("declines", [])), "secagg": summary.get("secagg"),
     }  # fmt: skip
+
+
+BINARY_ONLY = (
+    "threshold post-processing (fairlearn ThresholdOptimizer, equalized odds) is defined for binary "
+    "targets only: skipped for this {k}-class target"
+)
 
 
 def _mitigation(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, attribute: str, seed: int) -> dict[str, Any]:
@@ -133,18 +150,20 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 def assess_predictor(
     predict_proba: Callable[[np.ndarray], np.ndarray], ev: EvalData, policy: Policy, *, mitigate: str | None
 ) -> tuple[dict[str, Any], Callable[[dict[str, np.ndarray]], np.ndarray]]:
-    """The model-dependent suites for any predictor of ``P(y = 1)`` over encoded rows.
+    """The model-dependent suites for any predictor of class probabilities over encoded rows.
 
-    Accuracy, holdout fairness (fairlearn), calibration, perturbations and the cross-fitted
-    threshold post-processing on ``ev``. ``fedready evaluate`` runs it on the PyTorch global
-    model and ``fedready compress`` on every ONNX variant, so both gate the same numbers.
-    Returns the report sections and a ``predict(raw columns) -> 0/1`` function.
+    ``predict_proba(x)`` returns ``(rows, classes)`` probabilities. Accuracy, holdout fairness
+    (fairlearn; one-vs-rest per class for a multi-class target), calibration, perturbations and
+    the cross-fitted threshold post-processing (binary only) on ``ev``. ``fedready evaluate``
+    runs it on the PyTorch global model and ``fedready compress`` on every ONNX variant, so both
+    gate the same numbers. Returns the report sections and a ``predict(raw columns) -> class``
+    function.
     """
     attrs = sensitive_attributes(ev.schema)
     encoder = FeatureEncoder(ev.schema)
     x, y = encoder.transform(ev.table.columns), ev.y
-    scores = np.asarray(predict_proba(x), dtype=np.float64)
-    pred = (scores > 0.5).astype(np.int64)
+    proba = np.asarray(predict_proba(x), dtype=np.float64)
+    pred = proba.argmax(axis=1).astype(np.int64)
     groups = {a: group_labels(ev.schema, a, ev.table.columns[a]).astype(str) for a in attrs}
     base_blocks = {c.name: encoder.transform_column(c.name, ev.table.columns[c.name]) for c in ev.schema.features}
 
@@ -152,18 +171,32 @@ def assess_predictor(
         # Perturbations change one or a few columns: re-encode only those (same arrays are reused).
         parts = [base_blocks[c.name] if columns[c.name] is ev.table.columns[c.name]
                  else encoder.transform_column(c.name, columns[c.name]) for c in ev.schema.features]  # fmt: skip
-        return (np.asarray(predict_proba(np.concatenate(parts, axis=1).astype(np.float32))) > 0.5).astype(np.int64)
+        return np.asarray(predict_proba(np.concatenate(parts, axis=1).astype(np.float32))).argmax(axis=1)
 
     names = list(dict.fromkeys(default_perturbations(ev.schema) + policy.perturbations()))
     out: dict[str, Any] = {
-        "metrics": {"accuracy": float((pred == y).mean()), "rows": len(y)},
-        "fairness": _with_empty_groups(holdout_fairness(y, pred, groups), ev.schema),
-        "calibration": calibration_report(y, scores),
+        "metrics": classification_metrics(y, pred, ev.classes),
+        "fairness": _with_empty_groups(holdout_fairness(y, pred, groups, classes=ev.classes), ev.schema),
+        "calibration": calibration_report(y, proba),
         "stability": {"perturbations": perturbation_report(ev.table, ev.schema, y, predict_raw, groups, names=names)},
     }
-    if mitigate is not None:
-        out["mitigation"] = _mitigation(scores, y, groups[mitigate], mitigate, seed=0)
+    if mitigate is not None and ev.schema.target.binary:
+        out["mitigation"] = _mitigation(proba[:, 1], y, groups[mitigate], mitigate, seed=0)
+    elif mitigate is not None:
+        out["mitigation_skipped"] = BINARY_ONLY.format(k=len(ev.classes))
     return out, predict_raw
+
+
+def classification_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, the majority-class baseline, balanced accuracy and per-class recall and precision."""
+    counts = np.bincount(y, minlength=len(classes))
+    recall = {c: float((pred[y == i] == i).mean()) if counts[i] else None for i, c in enumerate(classes)}
+    chosen = np.bincount(pred, minlength=len(classes))
+    precision = {c: float((y[pred == i] == i).mean()) if chosen[i] else None for i, c in enumerate(classes)}
+    defined = [r for r in recall.values() if r is not None]
+    return {"accuracy": float((pred == y).mean()), "rows": len(y), "classes": list(classes),
+            "majority_rate": float(counts.max() / len(y)), "balanced_accuracy": float(np.mean(defined)),
+            "recall": recall, "precision": precision}  # fmt: skip
 
 
 def evaluate_run(
@@ -185,16 +218,17 @@ def evaluate_run(
     run_dir : path
         A finished ``fedready simulate`` run.
     policy : path, optional
-        Gate policy TOML (default: the shipped ``default_policy.toml``).
+        Gate policy TOML (default: the policy shipped beside the run's data set if it has one,
+        else the shipped ``default_policy.toml``, whose gates the schema fills in).
     baseline : path, optional
         A previous run: report version churn against its model.
     seeds : int
         Retrain the run's configuration with this many seeds in total (the run itself
         counts as one; 0 or 1: off) and report seed stability. Each retrain is a full run.
     federated : bool
-        Ask the run's clients for group counts on their validation splits (embedded Adult only).
+        Ask the run's clients for group counts on their validation splits (not with ``data``).
     data, schema : path, optional
-        Evaluate on a CSV with its declared schema instead of Adult's test split.
+        Evaluate on a CSV with its declared schema instead of the run's benchmark.
     mitigate : str, optional
         Sensitive attribute for the threshold post-processing (default: the schema's first).
 
@@ -206,18 +240,30 @@ def evaluate_run(
     from fedready.evaluation.explain import permutation_importance
 
     run_dir = Path(run_dir)
-    rm = load_run(run_dir)
-    ev = load_eval_data(data, schema)
-    check_width(rm.arrays, ev.schema)
+    if data is None:
+        rm = load_run(run_dir)
+        task: Task | None = task_of(rm.cfg)
+        ev = load_eval_data(task=task)
+    else:
+        task, ev = None, load_eval_data(data, schema)
+        rm = load_run(run_dir, schema=ev.schema)  # a run trained on another schema is refused here
+    check_width(rm.arrays, ev.schema, rm.cfg.model)
+    if policy is None and task is not None and task.policy is not None:
+        policy = task.policy  # the policy shipped beside the data set names its columns
     pol = load_policy(policy, ev.schema)
     attrs = sensitive_attributes(ev.schema)
+    if mitigate and not ev.schema.target.binary:
+        raise ConfigError("mitigate", BINARY_ONLY.format(k=len(ev.classes)).replace(": skipped", "; drop --mitigate"))
     mitigate_attr = sensitive_attributes(ev.schema, [mitigate])[0] if mitigate else (attrs[0] if attrs else None)
     x, y = ev.x, ev.y
     report: dict[str, Any] = {
         "run": str(run_dir), "run_id": rm.summary.get("run_id", run_dir.name), "model_digest": rm.digest,
         "model": rm.cfg.model, "policy": {"name": pol.name, "version": pol.version, "path": str(policy or "default")},
         "data": {"source": ev.source, "digest": ev.data_digest, "rows": len(y), "schema": ev.schema.name,
-                 "schema_digest": ev.schema.digest(), "positive_rate": float(y.mean())},
+                 "schema_digest": ev.schema.digest(), "classes": ev.classes,
+                 "class_rates": {c: float((y == i).mean()) for i, c in enumerate(ev.classes)},
+                 **({"positive_rate": float(y.mean())} if ev.schema.target.binary else {}),
+                 "caveats": list(task.caveats) if task is not None else []},
         "training": {"clients": rm.cfg.num_clients, "rounds": rm.summary.get("rounds_completed"),
                      "partitioner": rm.cfg.partitioner, "alpha": rm.cfg.alpha, "aggregator": rm.cfg.aggregator,
                      "seed": rm.cfg.seed, "val_fraction": rm.cfg.val_fraction, "history": _history(run_dir)},
@@ -225,11 +271,11 @@ def evaluate_run(
     }  # fmt: skip
     suites, predict_raw = assess_predictor(rm.predict_proba, ev, pol, mitigate=mitigate_attr)
     report.update(suites)
-    pred = (rm.predict_proba(x) > 0.5).astype(np.int64)
+    pred = rm.predict(x)
     stab = report["stability"]
     if baseline is not None:
-        other = load_run(baseline)
-        check_width(other.arrays, ev.schema)
+        other = load_run(baseline, schema=ev.schema)
+        check_width(other.arrays, ev.schema, other.cfg.model)
         stab["churn"] = churn(pred, other.predict(x))
         stab["baseline"] = str(baseline)
     if seeds > 1:

@@ -10,6 +10,8 @@ same keys.
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedready.errors import ConfigError
 
 __all__ = ["SimulationConfig", "make_config"]
+
+
+# `schema` (the data's schema file) shadows pydantic's deprecated BaseModel.schema(); the warning says only that.
+_shadow = warnings.catch_warnings()
+_shadow.__enter__()
+warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
 
 
 class SimulationConfig(BaseModel):
@@ -30,10 +38,14 @@ class SimulationConfig(BaseModel):
     budget_rounds: int | None = Field(None, ge=1)  # rounds the DP budget is planned over (default: rounds)
     fraction_train: float = Field(1.0, gt=0, le=1)  # share of clients sampled per round
     fraction_evaluate: float = Field(1.0, gt=0, le=1)  # share asked for group counts + profile after training (seeded)
-    # data
+    # data: the task (fedready.task); all empty = the embedded data set
+    data: str = ""  # training CSV the clients split (absolute path)
+    schema: str = ""  # its schema TOML (required with data)
+    test: str = ""  # benchmark CSV: the server's public holdout (default: a seeded test_fraction of data)
+    test_fraction: float = Field(0.0, ge=0, lt=1)  # share of data held out when there is no test (0: 0.2)
     partitioner: str = "dirichlet"  # iid | dirichlet | sensitive | quantity
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (smaller = more skew)
-    skew_attribute: str = "sex"  # for partitioner=sensitive
+    skew_attribute: str | None = None  # for partitioner=sensitive (default: the schema's first sensitive attribute)
     val_fraction: float = Field(0.1, ge=0, lt=1)  # each client's local validation share
     min_client_rows: int = Field(20, ge=1)  # fewest rows a partitioner may give a client (lower it for 10,000s)
     seed: int = 0  # partitioning, initialisation, scenario choices; never DP noise or sampling (see privacy)
@@ -102,6 +114,12 @@ class SimulationConfig(BaseModel):
             data = {**data, "lr": 1.0 if deep or not data.get("dp", True) else 6.0}
         return data
 
+    @field_validator("data", "schema", "test")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        # Ray workers and resumed runs may start in another folder: keep paths absolute.
+        return str(Path(v).expanduser().resolve()) if v else v
+
     @field_validator("epsilon")
     @classmethod
     def _eps(cls, v: float) -> float:
@@ -147,7 +165,13 @@ class SimulationConfig(BaseModel):
         return make_config(**{k: v for k, v in kw.items() if k in known})
 
 
+_shadow.__exit__(None, None, None)
+
+
 def _cross_checks(cfg: SimulationConfig) -> None:
+    from fedready.task import TaskSpec
+
+    TaskSpec.from_config(cfg)  # data, schema, test and test_fraction go together as documented
     m = max(1, int(cfg.fraction_train * cfg.num_clients))
     if cfg.client_dp != "off":
         if cfg.client_noise_multiplier is None and cfg.client_epsilon is None:

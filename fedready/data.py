@@ -1,4 +1,4 @@
-"""Tabular data: the vendored UCI Adult copy (checksum-verified) and schema-driven CSV reading.
+"""Tabular data: schema-driven CSV reading into raw string columns.
 
 A :class:`Table` keeps raw column values as strings exactly as they appear in the
 file; turning them into numbers is the encoder's job (:mod:`fedready.encoding`),
@@ -8,127 +8,145 @@ so training and serving share one definition of every feature.
 from __future__ import annotations
 
 import csv
-import gzip
-import hashlib
 import io
-from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fedready.errors import ConfigError, IntegrityError
-from fedready.schema import DataSchema, load_schema
+from fedready.schema import DataSchema
 
-__all__ = ["ADULT_SHA256", "Table", "adult_schema", "load_adult", "read_csv"]
-
-# sha256 of the original (decompressed) files, as listed in PROVENANCE.md.
-ADULT_SHA256 = {
-    "train": "5b00264637dbfec36bdeaab5676b0b309ff9eb788d63554ca0a249491c86603d",
-    "test": "a2a9044bc167a35b2361efbabec64e89d69ce82d9790d2980119aac5fd7e9c05",
-}
-_ADULT_FILES = {"train": "adult.data.gz", "test": "adult.test.gz"}
-_ADULT_COLUMNS = [
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
-    "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss",
-    "hours-per-week", "native-country", "income",
-]  # fmt: skip
+__all__ = ["Table", "parse_csv", "read_csv", "read_text"]
 
 
 @dataclass(frozen=True)
 class Table:
-    """Raw rows held column-wise: ``columns[name]`` is a 1-D array of strings."""
+    """Raw rows held column-wise: ``columns[name]`` is a 1-D array of strings.
+
+    ``source`` names the file the rows came from and ``lines`` holds each row's line number
+    in it, so that an error about a row can point at it.
+    """
 
     columns: dict[str, np.ndarray]
+    source: str = ""
+    lines: np.ndarray | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
 
     def take(self, index: np.ndarray) -> Table:
         """Return the rows at ``index`` (an integer array) as a new table."""
-        return Table({k: v[index] for k, v in self.columns.items()})
+        lines = self.lines[index] if self.lines is not None else None
+        return Table({k: v[index] for k, v in self.columns.items()}, self.source, lines)
+
+    def where(self, row: int) -> str:
+        """``"<file> line <n>"`` (or ``"row <n>"``) for 0-based row ``row``, for error messages."""
+        if self.lines is not None:
+            return f"{self.source or 'the data'} line {int(self.lines[row])}"
+        return f"{self.source + ' ' if self.source else ''}row {row + 1}"
 
     def labels(self, schema: DataSchema) -> np.ndarray:
-        """Return the target as an int64 array of 0/1.
+        """Return the target as an int64 array of class indices ``0 .. K-1`` (binary: 1 = positive).
 
         Raises
         ------
         IntegrityError
-            If a label value is neither a declared positive nor negative value.
+            If the label column is absent or a value is not declared for any class.
         """
-        raw = self.columns.get(schema.target.column)
+        target = schema.target
+        raw = self.columns.get(target.column)
         if raw is None:
-            raise IntegrityError(f"label column '{schema.target.column}' is missing")
-        pos = np.isin(raw, schema.target.positive)
-        neg = np.isin(raw, schema.target.negative)
-        bad = ~(pos | neg)
+            raise IntegrityError(f"{self.source or 'the data'}: label column '{target.column}' is missing")
+        y = target.encode(raw)
+        bad = y < 0
         if bad.any():
-            first = str(raw[np.argmax(bad)])
+            first = int(np.argmax(bad))
             raise IntegrityError(
-                f"label column '{schema.target.column}': {int(bad.sum())} row(s) hold undeclared "
-                f"values (first: '{first}'); declared: {schema.target.positive + schema.target.negative}"
+                f"label column '{target.column}': {int(bad.sum())} row(s) hold undeclared values (first: "
+                f"'{raw[first]}' at {self.where(first)}); declared: {target.declared_values()}; add the value "
+                "to the schema's [target] or remove those rows"
             )
-        return pos.astype(np.int64)
+        return y
 
 
-def _parse(text: str, names: list[str] | None) -> Table:
-    reader = csv.reader(io.StringIO(text), skipinitialspace=True)
-    rows = [r for r in reader if r and not r[0].startswith("|")]
-    if names is None:
-        names, rows = rows[0], rows[1:]
-    bad = [i for i, r in enumerate(rows) if len(r) != len(names)]
-    if bad:
-        raise IntegrityError(f"row {bad[0] + 1} has {len(rows[bad[0]])} fields, expected {len(names)}")
-    data = np.array(rows, dtype=str).reshape(len(rows), len(names))
-    return Table({n: np.char.strip(data[:, i]) for i, n in enumerate(names)})
+_DELIMITERS = (",", ";", "\t", "|")
 
 
-@lru_cache(maxsize=2)
-def load_adult(split: str = "train") -> Table:
-    """Load the vendored UCI Adult split ``"train"`` (32,561 rows) or ``"test"`` (16,281).
+def parse_csv(text: str, names: list[str] | None, source: str = "") -> Table:
+    """Parse CSV text (with a header row unless ``names`` are given) into a :class:`Table`.
 
-    The decompressed bytes are checked against the sha256 in ``PROVENANCE.md``
-    before any row is parsed.
+    The delimiter of a file with a header is the most frequent of ``, ; TAB |`` in the header.
 
     Raises
     ------
-    IntegrityError
-        If the vendored file's digest differs from the recorded one.
+    ConfigError
+        For an empty file, a header without rows, or a row with the wrong number of fields
+        (naming the file and the line).
     """
-    if split not in _ADULT_FILES:
-        raise ValueError(f"unknown Adult split '{split}'; expected one of: train, test")
-    ref = resources.files("fedready.datasets.adult").joinpath(_ADULT_FILES[split])
-    raw = gzip.decompress(ref.read_bytes())
-    got = hashlib.sha256(raw).hexdigest()
-    if got != ADULT_SHA256[split]:
-        raise IntegrityError(
-            f"vendored {_ADULT_FILES[split]} is corrupt: expected sha256 {ADULT_SHA256[split]}, "
-            f"got {got}; reinstall fedready"
-        )
-    return _parse(raw.decode("utf-8"), _ADULT_COLUMNS)
+    where = source or "the data"
+    delimiter = ","
+    if names is None:
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        if not first:
+            raise ConfigError("data", f"{where} is empty; it needs a header row and at least one data row")
+        delimiter = max(_DELIMITERS, key=first.count)
+    reader = csv.reader(io.StringIO(text), skipinitialspace=True, delimiter=delimiter)
+    rows, lines = [], []
+    for r in reader:
+        if r and any(v.strip() for v in r) and not r[0].startswith("|"):
+            rows.append(r)
+            lines.append(reader.line_num)
+    if names is None:
+        names, rows, header_line, lines = [n.strip() for n in rows[0]], rows[1:], lines[0], lines[1:]
+        if not rows:
+            raise ConfigError("data", f"{where} has a header (line {header_line}) but no data rows; add rows")
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ConfigError("data", f"{where}: the header names column(s) {twice} twice; rename one")
+    bad = [i for i, r in enumerate(rows) if len(r) != len(names)]
+    if bad:
+        i = bad[0]
+        raise ConfigError("data", f"{where} line {lines[i]} has {len(rows[i])} fields, the header has {len(names)}; "
+                                  "fix that row (a stray delimiter or a missing value?)")  # fmt: skip
+    data = np.array(rows, dtype=str).reshape(len(rows), len(names))
+    return Table({n: np.char.strip(data[:, i]) for i, n in enumerate(names)}, source, np.asarray(lines))
 
 
-def adult_schema() -> DataSchema:
-    """Return the declared schema of the vendored Adult data set."""
-    with resources.as_file(resources.files("fedready.datasets.adult").joinpath("schema.toml")) as p:
-        return load_schema(p)
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file (a byte-order mark is dropped).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, a folder, or not UTF-8 text.
+    """
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as e:
+        raise ConfigError("data", f"file {p} does not exist") from e
+    except IsADirectoryError as e:
+        raise ConfigError("data", f"{p} is a folder; pass a CSV file") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError("data", f"{p} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 CSV") from e
 
 
 def read_csv(path: str | Path, schema: DataSchema) -> Table:
     """Read a CSV with a header row and check it holds every declared column.
 
+    The delimiter (comma, semicolon, tab or pipe) is read off the header; a UTF-8 byte-order
+    mark is ignored.
+
     Raises
     ------
     ConfigError
-        If the file is missing or lacks a declared column.
+        If the file is missing, empty, holds only a header, has a ragged row (naming its line),
+        or lacks a declared column.
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise ConfigError("data", f"file {p} does not exist") from e
-    table = _parse(text, None)
+    text = read_text(p)
+    table = parse_csv(text, None, source=str(p))
     needed = [c.name for c in schema.features] + [schema.target.column]
     missing = [n for n in needed if n not in table.columns]
     if missing:

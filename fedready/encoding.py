@@ -1,6 +1,7 @@
 """Schema-driven feature encoding (NumPy only, so edge devices can use it too).
 
-Numeric columns are clipped to their declared range, optionally log1p-transformed
+Numeric columns read their declared missing values as ``fill`` (``impute``, or the middle
+of the range), are clipped to their declared range, optionally log1p-transformed
 and scaled to [-1, 1]; each declared bin edge adds a threshold feature
 ``1[x >= edge]`` (a thermometer code), which lets a small model bend a numeric
 effect without fitting anything to data. Categorical columns are one-hot encoded over the declared
@@ -44,14 +45,9 @@ class FeatureEncoder:
         """Number of encoded features."""
         return len(self.feature_names)
 
-    @staticmethod
-    def _numeric(col: NumericColumn, raw: np.ndarray) -> np.ndarray:
-        try:
-            x = raw.astype(np.float64)
-        except ValueError as e:
-            raise IntegrityError(f"column '{col.name}' holds non-numeric values") from e
-        if not np.isfinite(x).all():
-            raise IntegrityError(f"column '{col.name}' holds NaN or infinite values")
+    @classmethod
+    def _numeric(cls, col: NumericColumn, raw: np.ndarray) -> np.ndarray:
+        x = col.parse(raw)
         lo, hi = col.min, col.max
         x = np.clip(x, lo, hi)
         thresholds = (x[:, None] >= np.asarray(col.bins, dtype=np.float64)[None, :]).astype(np.float64)
@@ -73,7 +69,9 @@ class FeatureEncoder:
         """Encode one feature column's raw values into its block of the design matrix (float64)."""
         col = self.schema.column(name)
         raw = np.asarray(raw)
-        return self._numeric(col, raw) if isinstance(col, NumericColumn) else self._categorical(col, raw.astype(str))
+        if isinstance(col, NumericColumn):
+            return self._numeric(col, raw)
+        return self._categorical(col, np.char.strip(raw.astype(str)))
 
     def transform(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """Encode ``columns`` (name -> 1-D array of raw values) into a float32 matrix."""

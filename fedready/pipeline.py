@@ -1,4 +1,4 @@
-"""``fedready pipeline``: the whole job on the embedded data, end to end, resumable.
+"""``fedready pipeline``: the whole job on a declared CSV (or the embedded data), end to end, resumable.
 
 train (private federated run) -> evaluate (suites, gates, model card) -> compress (edge
 variants, gated, smallest passing selected) -> sign (package + verify) -> publish (TUF
@@ -49,18 +49,21 @@ def run_pipeline(
 ) -> dict[str, Any]:  # fmt: skip
     """Run every step into ``out`` and return a summary of what each produced.
 
-    ``simulate`` is the CLI's ``run_simulate`` (progress bar included); ``given`` its options.
+    ``simulate`` trains (the CLI's ``run_simulate`` with its progress bar, or the API's); ``given``
+    its options, the task's (``data``, ``schema``, ``test``, ``test_fraction``, ``model``) included.
     """
     from fedready.compression.pipeline import compress_run
-    from fedready.data import load_adult
     from fedready.evaluation import evaluate_run
     from fedready.registry import EdgeAgent, Registry, generate_keys, package_run, verify_artifact
+    from fedready.task import TaskSpec, load_task
 
     out = Path(out)
     run = out / "runs" / "pipeline"
     result: dict[str, Any] = {"out": str(out)}
+    spec_keys = ("data", "schema", "test", "test_fraction", "model")
+    task = load_task(TaskSpec(**{k: given[k] for k in spec_keys if k in given}))  # a bad file fails here, first
 
-    say("1/6 train: private federated run on the embedded UCI Adult")
+    say(f"1/6 train: private federated run on {task.train_source}; benchmark: {task.test_source}")
     if (run / "summary.json").exists():
         summary = json.loads((run / "summary.json").read_text())
         say(f"    already trained: {run}")
@@ -73,10 +76,9 @@ def run_pipeline(
         raise IntegrityError(f"training failed: {summary['reason']}; first client error: "
                              f"{summary['first_client_error']} (see {run}/audit.jsonl)")  # fmt: skip
     result["train"] = {k: summary[k] for k in ("accuracy", "epsilon", "delta", "model_digest", "run_dir")}
-    say(
-        f"    accuracy {summary['accuracy']:.4f}, epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g}; "
-        "composed: training, row counts and post-training counts)"
-    )
+    eps = (f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g}; composed: training, row counts and "
+           "post-training counts)") if summary.get("dp") else "no DP"  # fmt: skip
+    say(f"    accuracy {summary['accuracy']:.4f}, {eps}")
     for caveat in summary.get("caveats", []):
         say(f"    {caveat}")
 
@@ -89,6 +91,8 @@ def run_pipeline(
         say("    already evaluated (same model digest)")
     failed = [g["gate"] for g in report["gates"] if not g["passed"]]
     result["evaluate"] = {"passed": report["passed"], "failed": failed}
+    if report.get("mitigation_skipped"):
+        say(f"    skipped post-processing: {report['mitigation_skipped']}")
     say(f"    global model: {'all gates pass' if not failed else 'fails ' + ', '.join(failed)}; "
         f"model card {run / 'model_card.html'}")  # fmt: skip
 
@@ -101,7 +105,9 @@ def run_pipeline(
         say("    already compressed (same model digest)")
     chosen = next((v for v in comp["variants"] if v["name"] == comp["selected"]), None)
     fp32 = next(v for v in comp["variants"] if v["name"] == "fp32")
-    result["compress"] = {"selected": comp["selected"], "reason": comp["reason"]}
+    result["compress"] = {"selected": comp["selected"], "reason": comp["reason"], "skipped": comp.get("skipped", [])}
+    for skip in comp.get("skipped", []):
+        say(f"    skipped {skip['variant']}: {skip['reason']}")
     if chosen is None:
         say(f"    no variant passes: {comp['reason']}; the fp32 model ships and promotion will need --force")
     else:
@@ -138,12 +144,16 @@ def run_pipeline(
         agent = EdgeAgent(device)
         res = agent.update(repo=url, channel="stable", device_id=DEVICE_ID,
                            root=reg.metadata_dir / "1.root.json", public_key=pub)  # fmt: skip
-    table = load_adult("test")
-    rows = [{c: str(table.columns[c][i]) for c in table.columns} for i in range(5)]
+    table, target = task.test, task.schema.target.column
+    shown = min(5, len(table))
+    rows = [{c: str(v[i]) for c, v in table.columns.items() if c != target} for i in range(shown)]  # raw, unlabelled
     preds = agent.predictor().predict(rows)
+    truth = [task.classes[int(k)] for k in task.y_test[:shown]]
     result["device"] = {"home": str(device), "version": res.version, "predictions": preds}
-    for row, p in zip(rows, preds, strict=True):
-        who = f"age {row['age']:>3} {row['sex']:<6} {row['occupation'][:18]:<18}"
-        say(f"    {who} -> {p['label']} (p={p['probability']:.3f})")
+    hits = sum(p["label"] == t for p, t in zip(preds, truth, strict=True))
+    say(f"    {shown} raw benchmark rows predicted on the device; {hits} match their label")
+    for i, (row, p, t) in enumerate(zip(rows, preds, truth, strict=True)):
+        first = ", ".join(f"{k}={v}" for k, v in list(row.items())[:3])
+        say(f"    row {i} ({first}, ...) -> {p['label']} (p={p['probability']:.3f}; labelled {t})")
     say(f"serve it: fedready edge serve --home {device}")
     return result

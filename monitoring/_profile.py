@@ -50,10 +50,7 @@ def bucket_labels(schema: DataSchema, name: str) -> list[str]:
 def _bucket(schema: DataSchema, name: str, raw: np.ndarray) -> np.ndarray:
     col = schema.column(name)
     if isinstance(col, NumericColumn):
-        try:
-            x = np.asarray(raw).astype(np.float64)
-        except ValueError as e:
-            raise IntegrityError(f"column '{name}' holds non-numeric values") from e
+        x = col.parse(np.asarray(raw))  # declared missing values count at the column's fill value
         return np.searchsorted(np.asarray(col.bins, dtype=np.float64), x, side="right")
     index = {c: i for i, c in enumerate(col.categories)}
     return np.fromiter((index.get(str(v).strip(), len(index)) for v in np.asarray(raw).tolist()), dtype=np.int64)
@@ -161,12 +158,14 @@ def count_rows(
     Parameters
     ----------
     scores : ndarray
-        P(positive) per row.
+        P(positive) per row; for a multi-class target, the probability of the decided class.
     predictions : ndarray
-        The 0/1 decision per row.
+        The decision (class index) per row.
     labels : ndarray, optional
-        The true 0/1 label per row; adds the label and calibration histograms.
+        The true label (class index) per row; adds the label and calibration histograms (binary:
+        positives per score bucket; multi-class: correctly decided rows per score bucket).
     """
+    k = schema.target.num_classes
     feats = {}
     for col in schema.features:
         if col.name not in columns:
@@ -177,9 +176,10 @@ def count_rows(
     pos = None
     if labels is not None:
         y = np.asarray(labels, dtype=np.int64)
-        pos = _hist(s_codes[y == 1], n_s)
-        labels = _hist(y, 2)
-    return Counts(feats, _hist(s_codes, n_s), _hist(np.asarray(predictions, dtype=np.int64), 2), labels, pos)
+        hit = y == 1 if k == 2 else y == np.asarray(predictions, dtype=np.int64)
+        pos = _hist(s_codes[hit], n_s)
+        labels = _hist(y, k)
+    return Counts(feats, _hist(s_codes, n_s), _hist(np.asarray(predictions, dtype=np.int64), k), labels, pos)
 
 
 @dataclass(frozen=True)

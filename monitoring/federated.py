@@ -29,8 +29,8 @@ import numpy as np
 from fedready import constants as K
 from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig
-from fedready.data import adult_schema
 from fedready.errors import IntegrityError
+from fedready.federation import task_of
 from fedready.modelio import arrays_digest, load_npz
 
 if TYPE_CHECKING:
@@ -54,19 +54,20 @@ def local_profile_counts(
     """
     import torch
 
-    from fedready.evaluation._model import model_from_arrays
-    from fedready.simulations.federated import client_shard, client_train_columns
+    from fedready.federation import client_shard, client_train_columns
 
     if local is not None:
         x_train, y_train, columns = local.x_train, local.y_train, local.train_columns
     else:
         shard = client_shard(cfg, partition_id)
         x_train, y_train, columns = shard.x_train, shard.y_train, client_train_columns(cfg, partition_id)
-    model = model_from_arrays(cfg.model, arrays)
+    schema = local.schema if local is not None and local.schema is not None else task_of(cfg).schema
+    model = task_of(cfg).load_model(arrays)
     with torch.no_grad():
-        proba = torch.softmax(model(torch.from_numpy(x_train)), dim=1)[:, 1].numpy()
-    counts = count_rows(adult_schema(), columns, scores=proba,
-                        predictions=(proba >= 0.5).astype(np.int64), labels=y_train)  # fmt: skip
+        proba = torch.softmax(model(torch.from_numpy(x_train)), dim=1).numpy()
+    decided = proba.argmax(axis=1)  # binary: P(positive) is the score; multi-class: the decided class's probability
+    score = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
+    counts = count_rows(schema, columns, scores=score, predictions=decided, labels=y_train)
     d = counts.to_dict()
     out: dict[str, Any] = {K.PARTITION_ID: partition_id}
     out.update({_FEATURE + k: [int(x) for x in v] for k, v in d["features"].items()})
@@ -150,7 +151,7 @@ def run_profile_query(grid: Any, cfg: SimulationConfig, run_dir: Path, *, replie
                         delta=cfg.delta if per > 0 else None,
                         extra={"added_by": "each client, before sending", "client_std": per,
                                "charged_to": "each client's budget (ledger level 'query')"})  # fmt: skip
-    doc = profile_document(adult_schema(), total, noise, model_digest=digest, clients=len(ok))
+    doc = profile_document(task_of(cfg).schema, total, noise, model_digest=digest, clients=len(ok))
     atomic_write_text(run_dir / PROFILE_FILE, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     log.info("reference profile from %d clients (per-client noise std %.3g)", len(ok), per)
     return doc

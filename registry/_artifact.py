@@ -213,7 +213,7 @@ def package_run(
         If the run folder is incomplete, the key unreadable, or the version taken by other bytes.
     """
     from fedready.compression import export_run
-    from fedready.data import adult_schema
+    from fedready.task import task_from_dict
 
     run, out, key = Path(run), Path(out), Path(key)
     check_version(version)
@@ -254,7 +254,8 @@ def package_run(
             # on that variant (the fp32 model's evaluation.json describes the uncompressed teacher)
             evaluation = "passed"
         schema_src = _find(run, SCHEMA_FILE, ())
-        schema = adult_schema() if schema_src is None else None
+        config = read_json(run / "config.json", what="run config")
+        schema = task_from_dict(config.get("config", {})).schema if schema_src is None else None  # older runs
         if schema is not None:
             write_json(staging / SCHEMA_FILE, schema.to_dict())
             schema_digest = schema.digest()
@@ -264,7 +265,6 @@ def package_run(
             assert schema_src is not None
             shutil.copyfile(schema_src, staging / SCHEMA_FILE)
             schema_digest = DataSchema.model_validate(read_json(schema_src, what="schema")).digest()
-        config = read_json(run / "config.json", what="run config")
         write_json(staging / CONFIG_FILE, config)
         summary = read_json(run / "summary.json", what="run summary")
         write_json(staging / TRAINING_SUMMARY_FILE, {k: v for k, v in summary.items() if k != "run_dir"})

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from fedready.config import make_config
-from fedready.data import adult_schema
 from fedready.encoding import FeatureEncoder
 from fedready.modelio import arrays_digest, save_npz
+from fedready.task import load_task
 
 __all__ = ["write_demo_run"]
 
@@ -24,7 +24,7 @@ def write_demo_run(run: Path, *, seed: int = 0, hidden: int = 16) -> Path:
     run = Path(run)
     run.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    width = FeatureEncoder(adult_schema()).width
+    width = FeatureEncoder(load_task().schema).width  # the embedded data set's task
     arrays = {
         "0.weight": rng.normal(0, 1 / np.sqrt(width), (hidden, width)).astype(np.float32),
         "0.bias": np.zeros(hidden, np.float32),
@@ -44,12 +44,10 @@ def write_demo_run(run: Path, *, seed: int = 0, hidden: int = 16) -> Path:
 
 
 def _write_profile(run: Path, arrays: dict[str, np.ndarray]) -> None:
-    """The reference profile of the demo model on Adult's training split (exact counts, one 'client')."""
-    from fedready.data import load_adult
+    """The reference profile of the demo model on the embedded training rows (exact counts, one 'client')."""
     from fedready.monitoring import NoiseRecord, count_rows, profile_document
 
-    schema = adult_schema()
-    table = load_adult("train")
+    schema, table = load_task().schema, load_task().train
     x = FeatureEncoder(schema).transform(table.columns).astype(np.float64)
     hidden = np.maximum(x @ arrays["0.weight"].T + arrays["0.bias"], 0.0)
     logits = hidden @ arrays["2.weight"].T + arrays["2.bias"]

@@ -62,24 +62,40 @@ class Predictor:
         if width != self.encoder.width:
             raise IntegrityError(f"model expects {width} features but the schema encodes {self.encoder.width}")
         self.thresholds = _Thresholds.load(self.artifact / THRESHOLDS_FILE)
-        self.positive, self.negative = self.schema.target.positive[0], self.schema.target.negative[0]
+        self.classes = self.schema.classes  # label i is classes[i]; binary: negative, positive
 
-    def probabilities(self, rows: list[Mapping[str, Any]]) -> np.ndarray:
-        """P(positive) for each raw row (column name -> raw value, as in the CSV)."""
+    def class_probabilities(self, rows: list[Mapping[str, Any]]) -> np.ndarray:
+        """Probabilities ``(rows, classes)`` for raw rows (column name -> raw value, as in the CSV)."""
         if not rows:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
         cols = {c.name: np.array([str(r.get(c.name, "")).strip() for r in rows]) for c in self.schema.features}
         x = self.encoder.transform(cols)
         (proba,) = self.session.run([_PROBABILITIES], {_INPUT: x})
-        return proba[:, 1]
+        return proba
+
+    def probabilities(self, rows: list[Mapping[str, Any]]) -> np.ndarray:
+        """P(positive) for each raw row of a binary model (multi-class: the decided class's probability)."""
+        proba = self.class_probabilities(rows)
+        return proba[:, 1] if len(self.classes) == 2 else proba.max(axis=1)
 
     def predict(self, rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """One result per row: probability, threshold applied, 0/1 prediction and label."""
+        """One result per row: probability, threshold applied (binary), prediction (class index) and label.
+
+        Multi-class: ``probability`` is the decided class's, ``probabilities`` maps every class to its own.
+        """
+        if len(self.classes) != 2:
+            out = []
+            for p in self.class_probabilities(rows):
+                k = int(np.argmax(p))
+                out.append({"probability": round(float(p[k]), 6), "prediction": k, "label": self.classes[k],
+                            "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)},
+                            "version": self.version})  # fmt: skip
+            return out
         out = []
         for row, p in zip(rows, self.probabilities(rows), strict=True):
             yes, basis = self.thresholds.decide(row, float(p))
             out.append({"probability": round(float(p), 6), **basis, "prediction": int(yes),
-                        "label": self.positive if yes else self.negative, "version": self.version})  # fmt: skip
+                        "label": self.classes[int(yes)], "version": self.version})  # fmt: skip
         return out
 
 

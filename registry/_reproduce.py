@@ -131,10 +131,10 @@ def _behaviour(artifact: Path, run_dir: Path, cfg: Any, summary: dict[str, Any],
     import torch
 
     from fedready.evaluation._model import model_from_arrays
+    from fedready.federation import holdout
     from fedready.modelio import load_npz
-    from fedready.simulations.federated import holdout
 
-    x, _ = holdout()
+    x, _ = holdout(cfg)
     rerun = model_from_arrays(cfg.model, load_npz((run_dir / "model.npz").read_bytes()))
     with torch.no_grad():
         mine = rerun(torch.from_numpy(x)).argmax(1).numpy()

@@ -27,15 +27,14 @@ from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
+from fedready.federation import holdout, task_of
 from fedready.modelio import arrays_digest, load_npz, save_npz
-from fedready.models import create_model
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon, dp_accounting_epsilon
 from fedready.privacy.ledger import Ledger
 from fedready.server.audit import AuditLog
 from fedready.server.client_dp import ClientLevelDP
 from fedready.server.strategies import build_strategy, client_sample_rate
 from fedready.server.validation import UpdateValidator, update_norm
-from fedready.simulations.federated import holdout
 
 __all__ = ["RoundReport", "app", "charge_history", "final_queries", "make_server_app", "new_ledger", "run_rounds"]
 
@@ -92,8 +91,8 @@ def _triage(replies: list[Message]) -> tuple[list[Message], list[Message], list[
 
 
 def _evaluate(cfg: SimulationConfig, arrays: ArrayRecord) -> tuple[float, float]:
-    x, y = holdout()
-    model = create_model(cfg.model, x.shape[1])
+    x, y = holdout(cfg)
+    model = task_of(cfg).model()
     model.load_state_dict(arrays.to_torch_state_dict())
     return evaluate(model, x, y)
 
@@ -277,8 +276,7 @@ def run_rounds(
     audit = AuditLog(run_dir / "audit.jsonl")
     state = ckpt.load()
     if state is None:
-        x, _ = holdout()
-        model = create_model(cfg.model, x.shape[1], seed=cfg.seed)
+        model = task_of(cfg).model(seed=cfg.seed)
         arrays = ArrayRecord(model.state_dict())
         start = 1
         ledger = new_ledger(cfg, run_dir.name)

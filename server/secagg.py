@@ -45,8 +45,8 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from fedready import constants as K
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
+from fedready.federation import task_of
 from fedready.modelio import arrays_digest
-from fedready.models import create_model
 from fedready.server.app import (
     RoundReport,
     _append_metrics,
@@ -61,7 +61,6 @@ from fedready.server.app import (
 from fedready.server.audit import AuditLog
 from fedready.server.client_dp import ClientLevelDP
 from fedready.server.strategies import client_sample_rate, sampled_clients
-from fedready.simulations.federated import holdout
 
 __all__ = ["run_secagg_rounds"]
 
@@ -134,7 +133,7 @@ def run_secagg_rounds(
     audit = AuditLog(run_dir / "audit.jsonl")
     state = ckpt.load()
     if state is None:
-        model = create_model(cfg.model, holdout()[0].shape[1], seed=cfg.seed)
+        model = task_of(cfg).model(seed=cfg.seed)
         current = {k: v.numpy() for k, v in model.state_dict().items()}
         ledger = new_ledger(cfg, run_dir.name)
         offset = 0

@@ -19,45 +19,55 @@ from fedready import constants as K
 from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig, make_config
 from fedready.errors import ConfigError
-from fedready.simulations.federated import partition_sizes
+from fedready.federation import partition_sizes, task_of
+from fedready.models import check_model
 
 __all__ = ["check_config", "data_digest", "federated_evaluate", "load_run_config", "simulate"]
 
 CONFIG_FILE = "config.json"
+SCHEMA_FILE = "schema.json"
 
 
-def check_config(cfg: SimulationConfig) -> None:
-    """Check what depends on the data: the partitioning is possible and delta < 1/n.
+def check_config(cfg: SimulationConfig) -> list[str]:
+    """Check what depends on the data and the model: the task loads, the model builds (and Opacus can
+    train it), the partitioning is possible and delta < 1/n.
+
+    Returns
+    -------
+    list of str
+        One line per thing the user should know (rows left out, a model Opacus fixed).
 
     Raises
     ------
     ConfigError
-        Naming the field (``num-clients``, ``alpha``, ``delta``, ...) and the fix.
+        Naming the field (``data``, ``model``, ``num-clients``, ``alpha``, ``delta``, ...) and the fix.
     """
+    task = task_of(cfg)
+    notes = list(task.notes)
+    note = check_model(cfg.model, task.in_features, task.num_classes)
+    notes += [note] if note else []
     n_max = max(partition_sizes(cfg))  # raises for an impossible partitioning
-    if not cfg.dp:
-        return
-    if cfg.delta >= 1.0 / n_max:
+    if cfg.dp and cfg.delta >= 1.0 / n_max:
         raise ConfigError("delta", f"must be below 1/n = {1.0 / n_max:.3g} (the largest client holds "
                                    f"{n_max} rows); pass e.g. --delta 1e-5")  # fmt: skip
+    return notes
 
 
 def data_digest(cfg: SimulationConfig) -> str:
-    """``sha256:`` over the bytes of every data file the run reads (recorded in config.json, checked on reproduce)."""
+    """``sha256:`` over every data file the run reads (recorded in config.json, checked on reproduce).
+
+    The embedded data set is identified by its benchmark's published digest (both its files are
+    checked against their published digests whenever they are loaded).
+    """
     import hashlib
 
-    from fedready.data import ADULT_SHA256
-
-    files = [getattr(cfg, name, None) for name in ("data", "test")]
-    paths = [Path(str(f)) for f in files if f]
-    h = hashlib.sha256()
-    if not paths:  # the embedded data set: its published checksums (verified on every load)
-        h.update(json.dumps(ADULT_SHA256, sort_keys=True).encode())
-    for p in paths:
-        h.update(p.name.encode() + b"\0")
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+    h = hashlib.sha256(task_of(cfg).test_digest.encode())
+    for f in (cfg.data, cfg.test):
+        if f:
+            h.update(b"\0" + Path(f).name.encode() + b"\0")
+            with Path(f).open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
     return "sha256:" + h.hexdigest()
 
 
@@ -104,6 +114,8 @@ def simulate(
     if not cfg_path.exists():
         doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg)}
         atomic_write_text(cfg_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    if not (run_dir / SCHEMA_FILE).exists():  # what the model's inputs and outputs mean, for every later step
+        atomic_write_text(run_dir / SCHEMA_FILE, json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))
 
     overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir)}
     if wire_log is not None:

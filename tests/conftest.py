@@ -1,17 +1,113 @@
-"""Shared fixtures: small, fast configurations of the embedded federation."""
+"""Shared fixtures: small, fast configurations of the embedded federation, and synthetic tasks."""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Ray and Flower print to the terminal; keep test output readable.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+# The user-model fixtures (tests/fixtures/fedready_test_models.py) are imported by name, as a user's
+# `--model module:factory` is: in this process and, through PYTHONPATH, in subprocesses and Ray workers.
+FIXTURES = Path(__file__).parent / "fixtures"
+if str(FIXTURES) not in sys.path:
+    sys.path.insert(0, str(FIXTURES))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(FIXTURES), os.environ.get("PYTHONPATH", "")) if p)
+
 
 @pytest.fixture(scope="session")
 def adult_schema():
-    from fedready.data import adult_schema as load
+    from fedready.datasets.adult import adult_schema as load
 
     return load()
+
+
+_COLUMNS = """
+[[columns]]
+name = "age"
+kind = "numeric"
+min = 18
+max = 80
+bins = [30, 45, 60]
+
+[[columns]]
+name = "income"
+kind = "numeric"
+min = 0
+max = 1000000
+transform = "log1p"
+actionable = true
+
+[[columns]]
+name = "group"
+kind = "categorical"
+categories = ["A", "B"]
+
+[[columns]]
+name = "color"
+kind = "categorical"
+categories = ["red", "green", "blue"]
+actionable = true
+
+[[columns]]
+name = "score"
+kind = "numeric"
+min = -4
+max = 4
+"""
+
+
+def synthetic_rows(n: int, seed: int, *, classes: int = 2) -> list[str]:
+    """CSV lines (header first) of a synthetic table with a planted sensitive attribute ``group``.
+
+    The label depends on age, log income, colour, a noisy ``score`` (5% of it missing as ``?``)
+    and on ``group`` itself (group A is favoured): a model that learns the data inherits the bias,
+    which the fairness suites must see. Binary labels are ``yes``/``no``; multi-class labels the
+    integers ``0 .. classes-1`` (ordered bands of the same latent score).
+    """
+    rng = np.random.default_rng(seed)
+    g = rng.choice(["A", "B"], n, p=[0.6, 0.4])
+    age = rng.integers(18, 80, n)
+    income = np.round(np.exp(rng.normal(10, 1, n))).astype(int)
+    color = rng.choice(["red", "green", "blue"], n)
+    s = rng.normal(0, 1, n)
+    z = 0.04 * (age - 45) + 0.8 * (np.log(income) - 10) + 0.7 * (g == "A") + 0.9 * s + 0.5 * (color == "red")
+    if classes == 2:
+        y = np.where(rng.random(n) < 1 / (1 + np.exp(-(z - 0.3))), "yes", "no")
+    else:
+        cuts = np.quantile(z, np.linspace(0, 1, classes + 1)[1:-1])
+        y = np.digitize(z + rng.logistic(0, 0.3, n), cuts).astype(str)
+    score = np.round(s, 3).astype(str)
+    score[rng.random(n) < 0.05] = "?"
+    lines = ["age,income,group,color,score,target"]
+    lines += [",".join(map(str, r)) for r in zip(age, income, g, color, score, y, strict=True)]
+    return lines
+
+
+def write_task(folder: Path, *, classes: int = 2, rows: int = 1500, test_rows: int = 600, seed: int = 0) -> dict:
+    """Write train.csv, test.csv and schema.toml of a synthetic task into ``folder``; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.csv").write_text("\n".join(synthetic_rows(rows, seed, classes=classes)) + "\n")
+    (folder / "test.csv").write_text("\n".join(synthetic_rows(test_rows, seed + 1, classes=classes)) + "\n")
+    target = ('positive = ["yes"]\nnegative = ["no"]' if classes == 2
+              else f"classes = [{', '.join(str(i) for i in range(classes))}]")  # fmt: skip
+    (folder / "schema.toml").write_text(f'name = "synthetic-{classes}"\nsensitive = ["group"]\n{_COLUMNS}\n'
+                                        f'[target]\ncolumn = "target"\n{target}\n')  # fmt: skip
+    return {"data": folder / "train.csv", "test": folder / "test.csv", "schema": folder / "schema.toml"}
+
+
+@pytest.fixture(scope="session")
+def binary_task(tmp_path_factory):
+    """A synthetic binary task (yes/no target, sensitive attribute ``group``)."""
+    return write_task(tmp_path_factory.mktemp("binary-task"), classes=2)
+
+
+@pytest.fixture(scope="session")
+def multiclass_task(tmp_path_factory):
+    """A synthetic three-class task (integer classes 0, 1, 2; sensitive attribute ``group``)."""
+    return write_task(tmp_path_factory.mktemp("multiclass-task"), classes=3)

@@ -32,7 +32,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedready.data import adult_schema, load_adult
+from fedready.datasets.adult import adult_schema, load_adult
 from fedready.encoding import FeatureEncoder
 from fedready.models import create_model
 

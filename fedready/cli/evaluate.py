@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedready.cli._common import _errors, _fail, app, err
 from fedready.errors import ConfigError, FedreadyError
@@ -28,7 +29,7 @@ def evaluate(
         bool, typer.Option("--federated/--no-federated", help="Ask the run's clients for group counts (on).")
     ] = True,
     data: Annotated[
-        Path | None, typer.Option(help="Evaluate on this CSV instead of Adult's test split (needs --schema).")
+        Path | None, typer.Option(help="Evaluate on this CSV instead of the run's benchmark (needs --schema).")
     ] = None,
     schema: Annotated[Path | None, typer.Option(help="Declared schema TOML of --data.")] = None,
     mitigate: Annotated[
@@ -92,6 +93,8 @@ def compress(
         typer.echo(json.dumps({k: v for k, v in report.items() if k != "table"}, sort_keys=True, default=float))
     else:
         typer.echo(report["table"])
+    for skip in report.get("skipped", []):
+        err.print(f"skipped {skip['variant']}: {skip['reason']}", markup=False, highlight=False, soft_wrap=True)
     if report["selected"] is None:
         err.print(f"[bold red]no variant selected:[/] {report['reason']}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
@@ -103,7 +106,6 @@ def _num(v: Any) -> str:
 
 
 def _print_gates(report: dict[str, Any]) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=escape(f"release gates: {report['policy']['name']} on {report['run_id']}"))
@@ -134,11 +136,11 @@ def _print_gates(report: dict[str, Any]) -> None:
 @app.command()
 def explain(
     run: Annotated[Path, typer.Argument(help="A finished run folder.")],
-    row: Annotated[int, typer.Option(help="Row index (0-based) in Adult's test split, or in --csv.")] = 0,
+    row: Annotated[int, typer.Option(help="Row index (0-based) in the run's benchmark, or in --csv.")] = 0,
     csv: Annotated[
-        Path | None, typer.Option(help="Explain a row of this CSV instead (needs --schema unless it is Adult-shaped).")
+        Path | None, typer.Option(help="Explain a row of this CSV instead (in the run's schema unless --schema).")
     ] = None,
-    schema: Annotated[Path | None, typer.Option(help="Declared schema TOML of --csv. [default: Adult's]")] = None,
+    schema: Annotated[Path | None, typer.Option(help="Declared schema TOML of --csv. [default: the run's]")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON on stdout.")] = False,
 ) -> None:
     """Why the model decided as it did for one input: attributions and the nearest actionable counterfactual."""
@@ -154,7 +156,7 @@ def explain(
     from rich.table import Table
 
     con = Console()
-    con.print(f"row {row}: the model decides [bold]{out['decision']}[/] (p(positive) {out['probability_positive']:.3f})",
+    con.print(f"row {row}: the model decides [bold]{escape(out['decision'])}[/] (p {out['probability']:.3f})",
               highlight=False)  # fmt: skip
     table = Table(title="integrated gradients per feature (towards the decision; + pushes for it)")
     for col in ("feature", "value", "attribution"):
@@ -166,4 +168,4 @@ def explain(
     if cf is None:
         con.print(f"no change of at most two actionable features ({', '.join(out['actionable'])}) flips the decision")
     else:
-        con.print(cf["sentence"] + f" (p(positive) {cf['probability_positive']:.3f})", highlight=False)
+        con.print(escape(cf["sentence"]) + f" (p {cf['probability']:.3f})", highlight=False)

@@ -55,7 +55,7 @@ def monitor(
 
 
 def _labelled_rows(home: Path, path: Path) -> tuple[list[dict[str, Any]], Any]:
-    """Rows of ``path`` with their 0/1 label from the schema's target column."""
+    """Rows of ``path`` with their label (class index) from the schema's target column."""
     import numpy as np
 
     from fedready.registry import EdgeAgent, read_rows
@@ -63,14 +63,13 @@ def _labelled_rows(home: Path, path: Path) -> tuple[list[dict[str, Any]], Any]:
     schema = EdgeAgent(home).predictor().schema
     rows = read_rows(_read_input(path))
     target = schema.target
-    pos, neg = set(target.positive), set(target.negative)
-    y = []
-    for n, r in enumerate(rows, start=1):
-        v = str(r.get(target.column, "")).strip().rstrip(".")
-        if v not in pos and v not in neg:
-            raise ConfigError("labels", f"row {n}: '{target.column}' is {v!r}; expected one of {sorted(pos | neg)}")
-        y.append(int(v in pos))
-    return rows, np.array(y, dtype=np.int64)
+    y = target.encode(np.array([str(r.get(target.column, "")) for r in rows]))
+    if (y < 0).any():
+        n = int(np.argmax(y < 0))
+        v = str(rows[n].get(target.column, "")).strip()
+        raise ConfigError("labels", f"row {n + 1}: '{target.column}' is {v!r}; expected one of "
+                                    f"{target.declared_values()}")  # fmt: skip
+    return rows, y
 
 
 @app.command()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,15 +10,38 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedready.cli._common import _echo_json, _errors, _fail, app, err
-from fedready.errors import ConfigError, FedreadyError
-
-
-def _new_run_dir(out: Path) -> Path:
-    return out / f"sim-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+from fedready.errors import FedreadyError
 
 
 @app.command()
 def simulate(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Training CSV (header row) the clients split. [default: the embedded data set]",
+            rich_help_panel="Data and model",
+        ),
+    ] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            help="Schema TOML of --data (draft one: fedready schema draft DATA).", rich_help_panel="Data and model"
+        ),
+    ] = None,
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            help="Benchmark CSV in the same format: the server's holdout, used to evaluate.",
+            rich_help_panel="Data and model",
+        ),
+    ] = None,
+    test_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Without --test: share of --data held out as the benchmark. [default: 0.2]",
+            rich_help_panel="Data and model",
+        ),
+    ] = None,
     clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 10]")] = None,
     rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,
     partitioner: Annotated[
@@ -28,7 +49,8 @@ def simulate(
     ] = None,
     alpha: Annotated[float | None, typer.Option(help="Dirichlet skew (smaller = more skewed). [default: 0.5]")] = None,
     skew_attribute: Annotated[
-        str | None, typer.Option(help="Sensitive attribute for --partitioner sensitive. [default: sex]")
+        str | None,
+        typer.Option(help="Sensitive attribute for --partitioner sensitive. [default: the schema's first]"),
     ] = None,
     epsilon: Annotated[
         float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")
@@ -58,7 +80,13 @@ def simulate(
         bool | None,
         typer.Option("--release-train-loss", help="Clients send their training loss (outside the DP guarantee)."),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="logreg | mlp | mlp-wide | mlp-large. [default: mlp]")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="logreg | mlp | mlp-wide | mlp-large | package.module:factory. [default: mlp]",
+            rich_help_panel="Data and model",
+        ),
+    ] = None,
     local_steps: Annotated[int | None, typer.Option(help="SGD steps per round; 0 = whole epochs. [default: 3]")] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round when --local-steps 0.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Expected Poisson batch size. [default: 1024]")] = None,
@@ -244,8 +272,9 @@ def simulate(
         Path | None, typer.Option(help="Every client appends the keys of each message it sends to this file.")
     ] = None,
 ) -> None:
-    """Run a private federated training on the embedded UCI Adult data."""
+    """Run a private federated training on your CSV (--data, --schema) or the embedded data set."""
     given = {
+        "data": data, "schema": schema, "test": test, "test_fraction": test_fraction,
         "num_clients": clients, "rounds": rounds, "partitioner": partitioner, "alpha": alpha,
         "skew_attribute": skew_attribute, "epsilon": epsilon, "delta": delta, "dp": dp, "seed": seed,
         "model": model, "local_epochs": local_epochs, "local_steps": local_steps, "batch_size": batch_size, "lr": lr,
@@ -316,48 +345,61 @@ def run_simulate(
     quiet: bool = False,
     wire_log: Path | None = None,
 ) -> dict[str, Any]:
-    """Validate options, then start or resume a simulation (the body of ``fedready simulate``)."""
-    from fedready.config import make_config
-    from fedready.simulations.engine import check_config, load_run_config, simulate
+    """Validate options, then start or resume a simulation with a progress bar (the body of ``fedready simulate``)."""
+    import fedready
 
-    if resume is not None:
-        base = load_run_config(resume).model_dump()
-        changed = sorted(k for k in given if k != "rounds" and given[k] != base.get(k))
-        if changed:
-            raise ConfigError(changed[0].replace("_", "-"), "cannot change when resuming; only --rounds may change")
-        if "rounds" in given and base["budget_rounds"] is None:
-            base["budget_rounds"] = base["rounds"]  # the budget stays planned over the original rounds
-        cfg = make_config(**{**base, **given})
-        run_dir = resume
-    else:
-        cfg = make_config(**given)
-        run_dir = out / name if name else _new_run_dir(out)
-        if (run_dir / "config.json").exists():
-            raise ConfigError("name", f"{run_dir} already holds a run; pick another --name or use --resume")
-    check_config(cfg)  # fail fast (exit 2) before Ray starts or anything is written
-
+    options = dict(given)
+    task = {k: options.pop(k) for k in ("data", "schema", "test", "test_fraction", "model") if k in options}
     progress = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
                         TimeElapsedColumn(), console=err, disable=quiet)  # fmt: skip
-    with progress:
-        task = progress.add_task("starting clients...", total=cfg.rounds)
+    bar: dict[str, Any] = {}
 
-        def on_round(r: Any) -> None:
-            extra = f" declined {len(r.declined)}" if r.declined else ""
-            extra += f" rejected {len(r.rejected)}" if r.rejected else ""
-            extra += f" failed {len(r.failed)}" if r.failed else ""
-            extra += " skipped" if r.skipped else ""
-            eps = f" epsilon {r.epsilon:.3f}" if cfg.dp else ""
-            progress.update(task, completed=r.round, description=f"accuracy {r.accuracy:.4f}{eps}{extra}")
+    def on_start(cfg: Any) -> None:
+        progress.start()
+        bar["id"], bar["dp"] = progress.add_task("starting clients...", total=cfg.rounds), cfg.dp
 
-        return simulate(cfg, run_dir, on_round=on_round, ray_address=ray_address, wire_log=wire_log)
+    def on_round(r: Any) -> None:
+        extra = f" declined {len(r.declined)}" if r.declined else ""
+        extra += f" rejected {len(r.rejected)}" if r.rejected else ""
+        extra += f" failed {len(r.failed)}" if r.failed else ""
+        extra += " skipped" if r.skipped else ""
+        eps = f" epsilon {r.epsilon:.3f}" if bar["dp"] else ""
+        progress.update(bar["id"], completed=r.round, description=f"accuracy {r.accuracy:.4f}{eps}{extra}")
+
+    def on_note(note: str) -> None:
+        err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        result = fedready.simulate(**task, out=out, name=name, resume=resume, ray_address=ray_address,
+                                   on_round=on_round, on_note=on_note, on_start=on_start, wire_log=wire_log,
+                                   **options)  # fmt: skip
+    finally:
+        if "id" in bar:  # started (a refused configuration never draws the bar)
+            progress.stop()
+    return result.summary
 
 
 @app.command()
 def pipeline(
+    data: Annotated[
+        Path | None, typer.Option(help="Training CSV (header row). [default: the embedded data set]")
+    ] = None,
+    schema: Annotated[Path | None, typer.Option(help="Schema TOML of --data.")] = None,
+    test: Annotated[Path | None, typer.Option(help="Benchmark CSV in the same format.")] = None,
+    test_fraction: Annotated[
+        float | None, typer.Option(help="Without --test: share of --data held out as the benchmark. [default: 0.2]")
+    ] = None,
+    clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 10]")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the run, keys, artifacts, registry and device.")] = Path(
         "fedready-demo"
     ),
-    model: Annotated[str, typer.Option(help="Global model; mlp-large is the teacher worth compressing.")] = "mlp-large",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Global model (or package.module:factory). [default: mlp-large, the teacher worth "
+            "compressing, when clients hold >= 2,000 rows each; else logreg]"
+        ),
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,
     epsilon: Annotated[
         float | None, typer.Option(help="Per-client epsilon for the whole training. [default: 1.0]")
@@ -368,17 +410,18 @@ def pipeline(
         bool, typer.Option("--json", help="Print the summary of every step as JSON on stdout.")
     ] = False,
 ) -> None:
-    """The whole job on the embedded data: train, evaluate, compress, sign, publish, update a device and predict.
+    """The whole job: train, evaluate, compress, sign, publish, update a device and predict raw rows.
 
-    Run it again after a failure: it resumes the training and redoes or re-checks the later steps.
+    On your CSV (--data, --schema) or the embedded data set. Run it again after a failure: it resumes
+    the training and redoes or re-checks the later steps.
     """
-    from fedready.pipeline import run_pipeline
+    import fedready
 
-    given = {
-        k: v for k, v in {"model": model, "rounds": rounds, "epsilon": epsilon, "seed": seed}.items() if v is not None
-    }
+    options = {k: v for k, v in {"num_clients": clients, "rounds": rounds, "epsilon": epsilon, "seed": seed}.items()
+               if v is not None}  # fmt: skip
     with _errors():
-        result = run_pipeline(out, given=given, version=version, say=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True),
-                              simulate=run_simulate)  # fmt: skip
+        result = fedready.pipeline(data, schema, test=test, test_fraction=test_fraction, model=model, out=out,
+                                   version=version, simulate_with=run_simulate, **options,
+                                   say=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))  # fmt: skip
     if json_out:
-        _echo_json(result)
+        _echo_json(result.steps)

@@ -44,9 +44,9 @@ def test_selects_the_smallest_passing_variant_and_writes_everything(run, tmp_pat
     assert json.loads((folder / "thresholds.json").read_text())["attribute"] == "sex"
     assert {"fp32", "int8-dynamic", "int8-static", "student-8"} <= {v["name"] for v in report["variants"]}
     # every variant file is real ONNX that predicts like the report says
-    from fedready.simulations.federated import holdout
+    from fedready.task import load_task
 
-    x, y = holdout()
+    x, y = load_task().x_test, load_task().y_test
     p = onnx_predict_proba((folder / "selected.onnx").read_bytes(), x)
     assert abs(float(np.mean((p >= 0.5) == y)) - smallest["accuracy"]) < 1e-9
 

@@ -22,9 +22,10 @@ from fedready.models import create_model
 @pytest.fixture(scope="module")
 def trained():
     """A 3x256 teacher trained centrally for two epochs (a stand-in for a federated global model)."""
-    from fedready.simulations.federated import _encoded_train, holdout
+    from fedready.task import load_task
 
-    x, y, _ = _encoded_train()
+    task = load_task()
+    x, y = task.x_train, task.y_train
     torch.manual_seed(0)
     model = create_model("mlp-large", x.shape[1], seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -35,7 +36,7 @@ def trained():
             torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
     layers = mlp_layers({k: v.detach().numpy() for k, v in model.state_dict().items()})
-    xh, yh = holdout()
+    xh, yh = task.x_test, task.y_test
     tr, ev = public_split(len(xh), share=0.5, seed=0)
     return layers, xh[tr], xh[ev], yh[ev]
 
@@ -105,7 +106,7 @@ def test_unfair_variant_is_not_selected_even_when_smallest(trained, tmp_path):
     """A tiny model that decides by sex alone is the smallest file; the fairness gate keeps it out."""
     from fedready.compression.pipeline import gate_assessor, measure, select
     from fedready.compression.variants import Variant
-    from fedready.data import adult_schema
+    from fedready.datasets.adult import adult_schema
     from fedready.encoding import FeatureEncoder
 
     layers, *_ = trained

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from fedready import constants as K
 from fedready.cli import app
-from fedready.data import load_adult
+from fedready.datasets.adult import load_adult
 from fedready.deploy.certs import generate_certificates
 from fedready.deploy.launch import client_environment, flower_env, flwr_connection, superlink_command, supernode_command
 

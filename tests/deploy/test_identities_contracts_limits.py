@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from fedready import constants as K
 from fedready.cli import app
-from fedready.data import Table, adult_schema
+from fedready.data import Table
+from fedready.datasets.adult import adult_schema
 from fedready.deploy.certs import generate_certificates
 from fedready.deploy.contract import validate_contract
 from fedready.deploy.limits import LocalLedger, Release, load_limits

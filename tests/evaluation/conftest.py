@@ -38,3 +38,17 @@ def evaluated_run(tmp_path_factory) -> tuple[Path, dict]:
     ev = _cli("evaluate", str(run), "--json", tmp=tmp)
     assert ev.returncode in (0, 1), ev.stderr[-3000:]
     return run, json.loads((run / "evaluation.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def evaluated_multiclass_run(tmp_path_factory, multiclass_task) -> tuple[Path, dict]:
+    """A short run on the synthetic three-class task (sensitive attribute ``group``), evaluated."""
+    tmp = tmp_path_factory.mktemp("eval-mc")
+    sim = _cli("simulate", "--data", str(multiclass_task["data"]), "--schema", str(multiclass_task["schema"]),
+               "--test", str(multiclass_task["test"]), "--clients", "3", "--rounds", "3", "--no-dp",
+               "--local-steps", "20", "--batch-size", "64", "--lr", "0.1", "--out", str(tmp), "--name", "mc",
+               "--json", tmp=tmp)  # fmt: skip
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    ev = _cli("evaluate", str(tmp / "mc"), "--json", tmp=tmp)
+    assert ev.returncode in (0, 1), ev.stderr[-3000:]
+    return tmp / "mc", json.loads((tmp / "mc" / "evaluation.json").read_text())

@@ -111,7 +111,7 @@ def test_gate_on_an_attribute_the_schema_does_not_declare_names_it(loans, tmp_pa
 def test_single_class_labels_are_a_clear_error(loans, tmp_path):
     run, _, schema_path, policy = loans
     csv = _csv(tmp_path / "one.csv", one_class=True)
-    with pytest.raises(ConfigError, match="only the class positive"):
+    with pytest.raises(ConfigError, match="only the class .yes."):
         evaluate_run(run, data=csv, schema=schema_path, policy=policy, federated=False, write=False)
 
 

@@ -18,10 +18,10 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score
 
-from fedready.data import adult_schema
+from fedready.datasets.adult import adult_schema
 from fedready.evaluation._model import load_run
 from fedready.evaluation.fairness import group_labels
-from fedready.simulations.federated import client_shard, client_validation_attributes
+from fedready.federation import client_shard, client_validation_attributes
 
 pytestmark = pytest.mark.slow
 TOL = 1e-9
@@ -29,6 +29,7 @@ TOL = 1e-9
 
 def _pooled(run):
     rm = load_run(run)
+    schema = rm.schema
     ys, preds, attrs, per_client = [], [], {}, {}
     for pid in range(rm.cfg.num_clients):
         shard = client_shard(rm.cfg, pid)
@@ -37,7 +38,7 @@ def _pooled(run):
         preds.append(p)
         per_client[str(pid)] = float((p == shard.y_val).mean())
         for a, raw in client_validation_attributes(rm.cfg, pid).items():
-            attrs.setdefault(a, []).append(group_labels(adult_schema(), a, raw))
+            attrs.setdefault(a, []).append(group_labels(schema, a, raw))
     return np.concatenate(ys), np.concatenate(preds), {a: np.concatenate(v) for a, v in attrs.items()}, per_client
 
 
@@ -91,13 +92,49 @@ def test_federated_counts_equal_fairlearn_on_pooled_predictions(evaluated_run):
 
 
 def test_holdout_fairness_is_fairlearn_metricframe(evaluated_run):
-    from fedready.data import load_adult
-    from fedready.simulations.federated import holdout
+    from fedready.datasets.adult import load_adult
+    from fedready.task import load_task
 
     run, report = evaluated_run
-    x, y = holdout()
+    x, y = load_task().x_test, load_task().y_test
     p = load_run(run).predict(x)
     sex = load_adult("test").columns["sex"]
     assert report["metrics"]["accuracy"] == pytest.approx(float((p == y).mean()), abs=TOL)
     assert report["fairness"]["sex"]["equalized_odds_difference"] == pytest.approx(
         equalized_odds_difference(y, p, sensitive_features=sex), abs=TOL)  # fmt: skip
+
+
+def test_multiclass_federated_counts_equal_fairlearn_one_vs_rest_on_pooled_predictions(evaluated_multiclass_run):
+    run, report = evaluated_multiclass_run
+    fed = json.loads((run / "federated_eval.json").read_text())
+    y, p, attrs, _ = _pooled(run)
+    classes = load_run(run).schema.classes
+    assert classes == ["0", "1", "2"] and set(np.unique(p)) <= {0, 1, 2} and len(np.unique(p)) > 1
+    g = attrs["group"]
+    mine = fed["fairness"]["group"]
+    assert mine["one_vs_rest"] and set(mine["per_class"]) == set(classes)
+    worst = {k: [] for k in ("demographic_parity_difference", "equalized_odds_difference",
+                             "equal_opportunity_difference")}  # fmt: skip
+    for j, c in enumerate(classes):
+        yt, yp = (y == j).astype(int), (p == j).astype(int)
+        ref = {
+            "demographic_parity_difference": demographic_parity_difference(yt, yp, sensitive_features=g),
+            "equalized_odds_difference": equalized_odds_difference(yt, yp, sensitive_features=g),
+            "equal_opportunity_difference": equal_opportunity_difference(yt, yp, sensitive_features=g),
+            "demographic_parity_ratio": demographic_parity_ratio(yt, yp, sensitive_features=g),
+        }
+        for key, value in ref.items():
+            assert mine["per_class"][c][key] == pytest.approx(value, abs=TOL), (c, key)
+        for key in worst:
+            worst[key].append(ref[key])
+    for key, values in worst.items():  # the headline is the worst class
+        assert mine[key] == pytest.approx(max(values), abs=TOL), key
+    mf = MetricFrame(metrics=accuracy_score, y_true=y, y_pred=p, sensitive_features=g)
+    for name, acc in mf.by_group.items():
+        assert mine["groups"][name]["accuracy"] == pytest.approx(acc, abs=TOL)
+    assert mine["worst_group_accuracy"] == pytest.approx(mf.group_min(), abs=TOL)
+    # the benchmark's numbers (fairlearn on pooled rows) follow the same definition; post-processing says it skipped
+    assert report["fairness"]["group"]["one_vs_rest"] and "binary targets only" in report["mitigation_skipped"]
+    assert report["metrics"]["classes"] == classes and 0 <= report["calibration"]["ece"] <= 1
+    card = (run / "model_card.md").read_text()
+    assert "3-class classifier" in card and "class (one-vs-rest)" in card

@@ -14,11 +14,37 @@ def _write(tmp_path, text):
     return p
 
 
-def test_default_policy_ships_and_loads(adult_schema):
-    assert default_policy_path().exists()
-    policy = load_policy(None, adult_schema)
+def test_default_policy_names_no_column_and_fits_any_schema(adult_schema, multiclass_task):
+    from fedready.schema import load_schema
+
+    text = default_policy_path().read_text()
+    assert not [c.name for c in adult_schema.columns if f'"{c.name}"' in text or f"{c.name} =" in text]
+    for schema in (adult_schema, load_schema(multiclass_task["schema"])):
+        policy = load_policy(None, schema)
+        keys = {(g, k) for g, k, _ in policy.limits}
+        assert {("max_ece", ""), ("max_epsilon", ""), ("min_accuracy_lift", "")} <= keys
+        # "*" became one fairness gate per sensitive attribute the schema declares
+        assert {k for g, k in keys if g == "max_equalized_odds_difference"} == set(schema.sensitive)
+
+
+def test_the_embedded_data_set_ships_its_own_policy(adult_schema):
+    from fedready.datasets.adult import policy_path
+
+    policy = load_policy(policy_path(), adult_schema)
     names = {g for g, _, _ in policy.limits}
     assert {"min_accuracy", "max_equalized_odds_difference", "max_ece", "max_epsilon", "max_flip_rate"} <= names
+
+
+def test_wildcards_expand_and_explicit_keys_override(adult_schema, tmp_path):
+    text = ('[gates.max_equalized_odds_difference]\n"*" = 0.2\nsex = 0.05\n'
+            '[gates.max_flip_rate]\n"missing-*" = 0.1\n"swap-*" = 0.2\n')  # fmt: skip
+    limits = {(g, k): v for g, k, v in load_policy(_write(tmp_path, text), adult_schema).limits}
+    assert limits[("max_equalized_odds_difference", "sex")] == 0.05
+    assert limits[("max_equalized_odds_difference", "race")] == 0.2
+    assert limits[("max_flip_rate", "missing-age")] == 0.1 and ("max_flip_rate", "swap-age") not in limits
+    assert limits[("max_flip_rate", "swap-race")] == 0.2
+    with pytest.raises(ConfigError, match="perturbation wildcard"):
+        load_policy(_write(tmp_path, '[gates.max_flip_rate]\n"gaussian-*" = 0.1\n'), adult_schema)
 
 
 def test_every_registered_gate_loads_and_reads_a_report(adult_schema, tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedready.data import Table, load_adult
+from fedready.data import Table
+from fedready.datasets.adult import load_adult
 from fedready.errors import ConfigError
 from fedready.evaluation.calibration import calibration_report
 from fedready.evaluation.stability import (

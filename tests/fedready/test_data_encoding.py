@@ -4,8 +4,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from fedready import data as data_mod
-from fedready.data import ADULT_SHA256, Table, load_adult
+from fedready.data import Table
+from fedready.datasets import adult as data_mod
+from fedready.datasets.adult import ADULT_SHA256, load_adult
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError, IntegrityError
 from fedready.schema import load_schema

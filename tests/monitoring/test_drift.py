@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedready.data import Table, adult_schema, load_adult
+from fedready.data import Table
+from fedready.datasets.adult import adult_schema, load_adult
 from fedready.errors import ConfigError
 from fedready.monitoring import (
     MonitoringPolicy,

@@ -13,7 +13,7 @@ import pytest
 
 from fedready import constants as K
 from fedready.config import make_config
-from fedready.data import load_adult
+from fedready.datasets.adult import load_adult
 from fedready.errors import IntegrityError
 from fedready.modelio import save_npz
 from fedready.monitoring import PROFILE_FILE, Counts, compare, count_rows
@@ -69,10 +69,9 @@ def cfg():
 
 @pytest.fixture
 def run_dir(tmp_path, cfg):
-    from fedready.models import create_model
-    from fedready.simulations.federated import holdout
+    from fedready.federation import task_of
 
-    model = create_model(cfg.model, holdout()[0].shape[1], seed=0)
+    model = task_of(cfg).model(seed=0)
     (tmp_path / "model.npz").write_bytes(save_npz({k: v.numpy() for k, v in model.state_dict().items()}))
     led = Ledger(run_id="r", delta=cfg.delta, target_epsilon=1.0, accountant="rdp")
     led.charge(round=1, client="0", level="sample", noise_multiplier=1.0, sample_rate=0.1, steps=3, delta=cfg.delta)
@@ -81,8 +80,8 @@ def run_dir(tmp_path, cfg):
 
 
 def test_clients_counts_sum_to_the_pooled_histograms(cfg, run_dir):
+    from fedready.federation import client_train_columns
     from fedready.modelio import load_npz
-    from fedready.simulations.federated import client_train_columns
 
     arrays = load_npz((run_dir / "model.npz").read_bytes())
     replies = [local_profile_counts(cfg, pid, arrays) for pid in range(cfg.num_clients)]
@@ -100,7 +99,7 @@ def test_clients_counts_sum_to_the_pooled_histograms(cfg, run_dir):
 
 
 def _age_sex_schema():
-    from fedready.data import adult_schema
+    from fedready.datasets.adult import adult_schema
 
     s = adult_schema()
     return s.model_copy(update={"ignore": [c.name for c in s.columns if c.name not in ("age", "sex")]})
@@ -138,7 +137,7 @@ def test_each_client_noises_its_profile_and_is_charged_and_it_still_detects_a_sh
 
     test = load_adult("test")
     aged = {**test.columns, "age": np.array([f"{float(a) + 10:g}" for a in test.columns["age"]])}
-    from fedready.data import adult_schema
+    from fedready.datasets.adult import adult_schema
 
     s = np.full(len(test), 0.3)
     window = count_rows(adult_schema(), aged, scores=s, predictions=np.zeros(len(test), int))

@@ -48,7 +48,7 @@ def _cli(*args: str) -> str:
 
 
 def _write_csv(path, n: int) -> dict:
-    from fedready.data import load_adult
+    from fedready.datasets.adult import load_adult
 
     table = load_adult("test").take(np.arange(n))
     names = list(table.columns)
@@ -62,7 +62,7 @@ def _write_csv(path, n: int) -> dict:
 def _torch_probabilities(run, table) -> np.ndarray:
     import torch
 
-    from fedready.data import adult_schema
+    from fedready.datasets.adult import adult_schema
     from fedready.encoding import FeatureEncoder
     from fedready.modelio import load_npz
     from fedready.models import create_model

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedready.cli import BREACH_EXIT, app
-from fedready.data import load_adult
+from fedready.datasets.adult import load_adult
 from fedready.errors import ConfigError
 from fedready.monitoring import SUMMARIES_FILE, shadow_compare
 from fedready.registry import EdgeAgent, EdgeServer, ServeConfig
@@ -177,7 +177,7 @@ def test_monitor_cli_errors(tmp_path, artifact, keys):
 
 @pytest.mark.slow
 def test_a_real_simulation_writes_a_noisy_accounted_profile_that_detects_both_shifts(sim_run):
-    from fedready.data import adult_schema
+    from fedready.datasets.adult import adult_schema
     from fedready.monitoring import compare, count_rows
     from fedready.privacy.ledger import Ledger
 

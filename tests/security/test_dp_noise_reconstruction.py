@@ -21,10 +21,9 @@ import torch
 from fedready.client.app import _insecure_seed
 from fedready.client.training import train
 from fedready.config import make_config
+from fedready.federation import client_shard, task_of
 from fedready.modelio import load_npz
-from fedready.models import create_model
 from fedready.simulations.engine import simulate
-from fedready.simulations.federated import client_shard
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +41,7 @@ def _attack(run: Path, client: int = 0, server_round: int = 2) -> float:
     candidates = {_insecure_seed(cfg.seed, client, server_round), cfg.seed, server_round, client, 0}
     best = math.inf
     for seed in candidates:
-        model = create_model(cfg.model, shard.x_train.shape[1])
+        model = task_of(cfg).model()
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in start.items()})
         train(model, shard.x_train, shard.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
               lr=cfg.lr_at(server_round), momentum=cfg.momentum, seed=seed,

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_flwr_run_dot_trains_with_the_same_app(tmp_path):
+def test_flwr_run_dot_trains_with_the_same_app_on_a_declared_csv(tmp_path, multiclass_task):
+    """`flwr run .` takes the task from run-config keys (data, schema, test), like `fedready simulate --data`."""
     flwr = Path(sys.executable).with_name("flwr")
     if not flwr.exists():
         pytest.fail(f"{flwr} is missing: install fedready (it depends on flwr) in this environment")
@@ -33,7 +34,9 @@ def test_flwr_run_dot_trains_with_the_same_app(tmp_path):
     try:
         proc = subprocess.run(
             [str(flwr), "run", ".", "--stream", "--federation-config", "num-supernodes=4",
-             "--run-config", f"num-clients=4 rounds=2 partitioner='iid' run-dir='{run_dir}'"],
+             "--run-config", f"num-clients=4 rounds=2 partitioner='iid' run-dir='{run_dir}' "
+                             f"data='{multiclass_task['data']}' schema='{multiclass_task['schema']}' "
+                             f"test='{multiclass_task['test']}' local-steps=10 batch-size=128"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
     finally:
@@ -44,6 +47,6 @@ def test_flwr_run_dot_trains_with_the_same_app(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["clients"] == 4
     assert 0 < summary["epsilon"] <= 1.0
-    assert summary["accuracy"] > 0.7
+    assert summary["accuracy"] > 0.5  # three classes: a third is chance
     ledger = json.loads((run_dir / "ledger.json").read_text())
     assert {e["round"] for e in ledger["entries"]} == {1, 2}

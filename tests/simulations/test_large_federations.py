@@ -5,8 +5,8 @@ import pytest
 from fedready.config import make_config
 from fedready.errors import ConfigError
 from fedready.evaluation.federated import _query_nodes
+from fedready.federation import client_shard, partition_sizes
 from fedready.simulations.engine import check_config
-from fedready.simulations.federated import client_shard, partition_sizes
 
 
 def test_ten_thousand_clients_need_min_client_rows():

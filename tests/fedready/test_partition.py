@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from fedready import partition as P
 from fedready.errors import ConfigError
-from fedready.simulations import partitioners as P
-from fedready.simulations.partitioners import create_partitioner, partitioner_names
+from fedready.partition import create_partitioner, partitioner_names
 
 RNG = np.random.default_rng(0)
 LABELS = (RNG.random(5000) < 0.25).astype(int)

@@ -1,4 +1,4 @@
-"""Seeded partitioners that split one table into per-client shards.
+"""Seeded partitioners that split one table into per-client shards (label, group or quantity skew).
 
 Every partitioner is registered under a string key; :func:`create_partitioner`
 is loud on unknown keys. Label and attribute skew use the Dirichlet scheme of
@@ -122,21 +122,32 @@ class DirichletPartitioner(Partitioner):
 
 
 class SensitivePartitioner(DirichletPartitioner):
-    """Skew by a sensitive attribute: each group (e.g. each ``sex``) is spread by Dir(alpha)."""
+    """Skew by a sensitive attribute: each of its groups is spread over clients by Dir(alpha).
+
+    ``attributes`` maps each sensitive attribute to its group label per row (numeric attributes
+    by their declared bins); ``attribute`` empty means the first one.
+    """
 
     name = "sensitive"
 
-    def __init__(self, *, alpha: float = 0.5, attribute: str = "sex", min_size: int = 20) -> None:
+    def __init__(self, *, alpha: float = 0.5, attribute: str = "", min_size: int = 20) -> None:
         super().__init__(alpha=alpha, min_size=min_size)
         self.attribute = attribute
 
     def _assign(self, *, labels, attributes, k, rng):  # noqa: D102
-        if self.attribute not in attributes:
+        if not attributes:
             raise ConfigError(
-                "skew_attribute",
-                f"unknown sensitive attribute '{self.attribute}'; expected one of: {', '.join(attributes)}",
+                "partitioner",
+                "'sensitive' skews by a sensitive attribute but the schema declares none; add sensitive = [...] "
+                "to the schema or pick another partitioner",
             )
-        return self._dirichlet_by_key(attributes[self.attribute], k, self.alpha, rng)
+        attribute = self.attribute or next(iter(attributes))
+        if attribute not in attributes:
+            raise ConfigError(
+                "skew-attribute",
+                f"unknown sensitive attribute '{attribute}'; expected one of: {', '.join(attributes)}",
+            )
+        return self._dirichlet_by_key(attributes[attribute], k, self.alpha, rng)
 
 
 class QuantityPartitioner(Partitioner):

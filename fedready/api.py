@@ -1,0 +1,397 @@
+"""The Python API: the same jobs as the CLI, with typed results (``import fedready``).
+
+Each function takes a task (``data`` + ``schema`` [+ ``test``], and a ``model``: a registered
+name, ``package.module:factory`` or an importable factory function; nothing given means the
+embedded data set) and the options of the matching CLI command, and returns a frozen result.
+The CLI commands are thin layers over these functions.
+
+Example
+-------
+>>> import fedready
+>>> r = fedready.simulate(data="train.csv", schema="schema.toml", rounds=5, epsilon=1.0)  # doctest: +SKIP
+>>> r.accuracy, r.epsilon, r.run_dir  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedready.errors import ConfigError
+
+__all__ = [
+    "CompressionResult",
+    "EvaluationResult",
+    "PipelineResult",
+    "RoundMetrics",
+    "SimulationResult",
+    "compress",
+    "evaluate",
+    "model_name",
+    "pipeline",
+    "simulate",
+]
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """One server round: the global model's accuracy and loss on the benchmark, and the epsilon spent so far."""
+
+    round: int
+    accuracy: float
+    loss: float
+    epsilon: float | None  # sample-level, largest over clients (None without DP)
+    client_epsilon: float | None  # client-level (None without client-level DP)
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What :func:`simulate` returns.
+
+    Attributes
+    ----------
+    accuracy : float or None
+        The final global model's accuracy on the benchmark (the server's public holdout); None when
+        the run failed (no round aggregated an update: an untrained model's score is no result).
+    epsilon, delta : float or None
+        Record-level privacy spent: every release about a client's rows (noisy row count, each
+        training round, the post-training counts) composed, largest over clients.
+    client_epsilon : float or None
+        Client-level epsilon, with client-level DP.
+    run_dir : Path
+        The run folder (config, model, ledger, metrics, audit log).
+    rounds : list of RoundMetrics
+        Per-round metrics, in order.
+    summary : dict
+        Everything ``summary.json`` holds.
+    """
+
+    accuracy: float | None
+    epsilon: float | None
+    delta: float | None
+    client_epsilon: float | None
+    run_dir: Path
+    rounds: list[RoundMetrics]
+    summary: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        """``completed`` or ``failed`` (see ``summary["reason"]`` and ``summary["first_client_error"]``)."""
+        return str(self.summary.get("status", "completed"))
+
+    @property
+    def private(self) -> bool:
+        """Whether the epsilon is a guarantee (DP on, secret noise, nothing released outside it)."""
+        return bool(self.summary.get("private", False))
+
+
+def model_name(model: str | Callable[..., Any]) -> str:
+    """The ``--model`` spelling of ``model``: a name as is, an importable function as ``module:qualname``.
+
+    Raises
+    ------
+    ConfigError
+        If the function cannot be imported by name (defined in ``__main__`` or a notebook): the
+        simulated clients run in other processes and import it from its module.
+    """
+    if isinstance(model, str):
+        return model
+    module, qualname = getattr(model, "__module__", None), getattr(model, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        raise ConfigError("model", f"{qualname or model!r} is defined in __main__ or a closure; put the factory in "
+                                   "an importable module and pass it (or 'module:function')")  # fmt: skip
+    return f"{module}:{qualname}"
+
+
+def _new_run_dir(out: Path) -> Path:
+    return out / f"sim-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _task_options(data: Any, schema: Any, test: Any, test_fraction: float | None, model: Any) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    for key, value in (("data", data), ("schema", schema), ("test", test)):
+        if value is not None:
+            given[key] = str(Path(value).expanduser().resolve())
+    if test_fraction is not None:
+        given["test_fraction"] = test_fraction
+    if model is not None:
+        given["model"] = model_name(model)
+    return given
+
+
+def simulate(
+    data: str | Path | None = None,
+    schema: str | Path | None = None,
+    *,
+    test: str | Path | None = None,
+    test_fraction: float | None = None,
+    model: str | Callable[..., Any] | None = None,
+    out: str | Path = "runs",
+    name: str | None = None,
+    resume: str | Path | None = None,
+    ray_address: str | None = None,
+    on_round: Callable[[Any], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    on_start: Callable[[Any], None] | None = None,
+    wire_log: str | Path | None = None,
+    **options: Any,
+) -> SimulationResult:
+    """Run (or resume) a private federated training in simulation.
+
+    Parameters
+    ----------
+    data, schema : path, optional
+        The training CSV and its schema TOML (default: the embedded data set).
+    test : path, optional
+        A benchmark CSV in the same format; otherwise ``test_fraction`` (default 0.2) of ``data``.
+    model : str or callable, optional
+        ``logreg | mlp | mlp-wide | mlp-large``, ``package.module:factory`` or an importable
+        function ``(in_features, num_classes) -> torch.nn.Module``. [default: mlp]
+    out, name : path, str
+        The run goes to ``out/name`` (default name: ``sim-<time>-<id>``).
+    resume : path, optional
+        Continue this run folder from its last checkpoint (only ``rounds`` may change).
+    on_round, on_note, on_start : callable, optional
+        Called with each round's report, with each one-line note (rows left out, a model Opacus
+        fixed), and with the checked configuration before the first round.
+    wire_log : path, optional
+        Every client appends the keys of each message it sends to this file.
+    **options
+        Any field of :class:`~fedready.config.SimulationConfig` (``rounds``, ``num_clients``,
+        ``epsilon``, ``partitioner``, ``client_dp``, ``secagg``, ``attack``, ...).
+
+    Raises
+    ------
+    ConfigError
+        For a bad option, data file, schema or model, before anything runs.
+    """
+    from fedready.config import make_config
+    from fedready.simulations.engine import check_config, load_run_config
+    from fedready.simulations.engine import simulate as run
+
+    given = {**options, **_task_options(data, schema, test, test_fraction, model)}
+    if resume is not None:
+        run_dir = Path(resume)
+        base = load_run_config(run_dir).model_dump()
+        changed = sorted(k for k in given if k != "rounds" and given[k] != base.get(k))
+        if changed:
+            raise ConfigError(changed[0].replace("_", "-"), "cannot change when resuming; only --rounds may change")
+        if "rounds" in given and base["budget_rounds"] is None:
+            base["budget_rounds"] = base["rounds"]  # the budget stays planned over the original rounds
+        cfg = make_config(**{**base, **given})
+    else:
+        cfg = make_config(**given)
+        run_dir = Path(out) / name if name else _new_run_dir(Path(out))
+        if (run_dir / "config.json").exists():
+            raise ConfigError("name", f"{run_dir} already holds a run; pick another --name or use --resume")
+    for note in check_config(cfg):  # fail fast (exit 2) before Ray starts or anything is written
+        if on_note is not None:
+            on_note(note)
+    if on_start is not None:
+        on_start(cfg)
+    summary = run(cfg, run_dir, on_round=on_round, ray_address=ray_address,
+                  wire_log=Path(wire_log) if wire_log is not None else None)
+    return simulation_result(summary)
+
+
+def simulation_result(summary: dict[str, Any]) -> SimulationResult:
+    """A :class:`SimulationResult` from a run's summary (and its ``metrics.jsonl``)."""
+    run_dir = Path(summary["run_dir"])
+    metrics = run_dir / "metrics.jsonl"
+    rounds = []
+    if metrics.exists():
+        for line in metrics.read_text().splitlines():
+            h = json.loads(line)
+            rounds.append(RoundMetrics(int(h["round"]), float(h["accuracy"]), float(h.get("loss", float("nan"))),
+                                       h.get("epsilon") if summary.get("dp") else None,
+                                       h.get("client_epsilon")))  # fmt: skip
+    acc = summary.get("accuracy")
+    return SimulationResult(accuracy=None if acc is None else float(acc), epsilon=summary.get("epsilon"),
+                            delta=summary.get("delta"), client_epsilon=summary.get("client_epsilon"),
+                            run_dir=run_dir, rounds=rounds, summary=summary)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate` returns: the headline numbers, the gates and the whole report.
+
+    Attributes
+    ----------
+    passed : bool
+        Whether every gate of the policy passed.
+    failed : list of str
+        The gates that failed (``gate[key]``).
+    accuracy : float
+        Accuracy on the benchmark.
+    fairness : dict
+        Per sensitive attribute: group metrics and disparities (multi-class: one-vs-rest per class).
+    report : dict
+        Everything ``evaluation.json`` holds.
+    run_dir : Path
+        The evaluated run (it now holds ``evaluation.json`` and the model card).
+    """
+
+    passed: bool
+    failed: list[str]
+    accuracy: float
+    fairness: dict[str, Any]
+    report: dict[str, Any]
+    run_dir: Path
+
+
+def evaluate(
+    run: str | Path,
+    *,
+    policy: str | Path | None = None,
+    baseline: str | Path | None = None,
+    seeds: int = 0,
+    federated: bool = True,
+    data: str | Path | None = None,
+    schema: str | Path | None = None,
+    mitigate: str | None = None,
+) -> EvaluationResult:
+    """Evaluate a finished run: fairness, stability, calibration, mitigation, explanations, gates, model card.
+
+    See :func:`fedready.evaluation.evaluate_run` for the parameters.
+    """
+    from fedready.evaluation import evaluate_run
+
+    report = evaluate_run(run, policy=policy, baseline=baseline, seeds=seeds, federated=federated,
+                          data=Path(data) if data is not None else None,
+                          schema=Path(schema) if schema is not None else None, mitigate=mitigate)  # fmt: skip
+    failed = [g["gate"] for g in report["gates"] if not g["passed"]]
+    return EvaluationResult(passed=bool(report["passed"]), failed=failed, accuracy=float(report["metrics"]["accuracy"]),
+                            fairness=report["fairness"], report=report, run_dir=Path(run))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """What :func:`compress` returns.
+
+    Attributes
+    ----------
+    selected : str or None
+        The smallest variant that passed every gate (its file is ``RUN/compression/selected.onnx``).
+    reason : str or None
+        Why nothing was selected.
+    variants : list of dict
+        Every variant's size, speed, accuracy and gates.
+    skipped : list of dict
+        Variants that do not apply to this model, with the reason.
+    report : dict
+        Everything ``compression.json`` holds.
+    """
+
+    selected: str | None
+    reason: str | None
+    variants: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    report: dict[str, Any]
+
+
+def compress(
+    run: str | Path,
+    *,
+    policy: str | Path | None = None,
+    student_widths: tuple[int, ...] = (64,),
+    prune_keep: float = 0.25,
+    sparsity: float = 0.5,
+    epochs: int = 30,
+    seed: int = 0,
+    timing: bool = True,
+) -> CompressionResult:
+    """Build edge variants of a run's model (int8, pruned, distilled), gate each, select the smallest passing one."""
+    from fedready.compression.pipeline import CompressionOptions, compress_run
+
+    opts = CompressionOptions(student_widths=tuple(student_widths), prune_keep=prune_keep, sparsity=sparsity,
+                              epochs=epochs, seed=seed)  # fmt: skip
+    report = compress_run(run, policy=policy, options=opts, timing=timing)
+    return CompressionResult(selected=report["selected"], reason=report["reason"], variants=report["variants"],
+                             skipped=report.get("skipped", []), report=report)  # fmt: skip
+
+
+LARGE_MODEL_ROWS = 2000  # rows per client below which DP noise swamps a 3x256 MLP (README: Your own data)
+
+
+def default_model(given: dict[str, Any], *, resume: Path) -> tuple[str, str]:
+    """The pipeline's model when none is named, and a one-line reason.
+
+    DP-SGD adds noise to every parameter while the signal grows with the rows a client holds, so
+    a large teacher only pays when each client holds thousands of rows; on a few hundred rows per
+    client the fewest parameters (a logistic regression) keep most of the accuracy. A run being
+    resumed keeps the model it started with.
+    """
+    from fedready.config import SimulationConfig
+    from fedready.task import TaskSpec, load_task
+
+    if (resume / "config.json").exists():
+        from fedready.simulations.engine import load_run_config
+
+        return load_run_config(resume).model, ""
+    spec = TaskSpec(**{k: given[k] for k in ("data", "schema", "test", "test_fraction") if k in given})
+    clients = int(given.get("num_clients", SimulationConfig.model_fields["num_clients"].default))
+    per_client = len(load_task(spec).train) / clients
+    if per_client >= LARGE_MODEL_ROWS:
+        return "mlp-large", ""
+    return "logreg", (
+        f"model logreg: the {clients} clients hold about {per_client:.0f} training rows each, too few "
+        f"for the mlp-large teacher under DP (it needs about {LARGE_MODEL_ROWS}); pass --model to choose"
+    )
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What :func:`pipeline` returns: one entry per step (train, evaluate, compress, sign, publish, device)."""
+
+    steps: dict[str, Any]
+    out: Path
+
+    @property
+    def accuracy(self) -> float:
+        """The trained model's accuracy on the benchmark."""
+        return float(self.steps["train"]["accuracy"])
+
+
+def pipeline(
+    data: str | Path | None = None,
+    schema: str | Path | None = None,
+    *,
+    test: str | Path | None = None,
+    test_fraction: float | None = None,
+    model: str | Callable[..., Any] | None = None,
+    out: str | Path = "fedready-demo",
+    version: str = "1.0.0",
+    say: Callable[[str], None] | None = None,
+    simulate_with: Callable[..., dict[str, Any]] | None = None,
+    **options: Any,
+) -> PipelineResult:
+    """The whole job: train, evaluate, compress, sign, publish, update a device and predict raw rows.
+
+    Resumable: run it again after a failure and it picks up where it stopped. ``say`` receives
+    one line per step (default: nothing); ``options`` are :func:`simulate` options. Without
+    ``model``: ``mlp-large`` (the teacher worth compressing) when the clients hold at least
+    :data:`LARGE_MODEL_ROWS` training rows each on average, else ``logreg`` (see :func:`default_model`).
+    """
+    from fedready.pipeline import run_pipeline
+
+    given = {**options, **_task_options(data, schema, test, test_fraction, model)}
+    if model is None:
+        given["model"], why = default_model(given, resume=Path(out) / "runs" / "pipeline")
+        if say is not None and why:
+            say(why)
+
+    def train(given: dict[str, Any], *, out: Path, name: str | None, resume: Path | None,
+              ray_address: str | None) -> dict[str, Any]:  # fmt: skip
+        opts = dict(given)
+        task = {k: opts.pop(k) for k in ("data", "schema", "test", "test_fraction", "model") if k in opts}
+        return simulate(**task, out=out, name=name, resume=resume, ray_address=ray_address, on_note=say,
+                        **opts).summary  # fmt: skip
+
+    steps = run_pipeline(Path(out), given=given, version=version, say=say or (lambda _: None),
+                         simulate=simulate_with or train)  # fmt: skip
+    return PipelineResult(steps=steps, out=Path(out))

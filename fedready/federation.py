@@ -1,0 +1,90 @@
+"""A federation over a task's rows: seeded client shards, each with a local validation split.
+
+Simulated clients and the server call these with the run's configuration; every process
+builds the task and the split once (cached). A client reads only its own shard. Deployed
+clients read their own CSV instead (:mod:`fedready.deploy.site`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from fedready.config import SimulationConfig
+from fedready.errors import ConfigError
+from fedready.partition import create_partitioner
+from fedready.task import Task, TaskSpec, load_task, task_of
+
+__all__ = [
+    "ClientShard",
+    "client_shard",
+    "client_train_columns",
+    "client_validation_attributes",
+    "holdout",
+    "partition_sizes",
+    "task_of",
+]
+
+
+@dataclass(frozen=True)
+class ClientShard:
+    """One client's local data, already encoded."""
+
+    partition_id: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+@lru_cache(maxsize=4)
+def _partitions(
+    spec: TaskSpec, num_clients: int, partitioner: str, alpha: float, attribute: str, seed: int, min_rows: int
+) -> list[np.ndarray]:
+    task = load_task(spec)
+    part = create_partitioner(partitioner, alpha=alpha, attribute=attribute, min_size=min_rows)
+    return part.partition(labels=task.y_train, attributes=task.train_groups, num_partitions=num_clients, seed=seed)
+
+
+def _local_split(cfg: SimulationConfig, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 <= partition_id < cfg.num_clients:
+        raise ConfigError("partition-id", f"must be in [0, {cfg.num_clients}), got {partition_id}")
+    parts = _partitions(TaskSpec.from_config(cfg), cfg.num_clients, cfg.partitioner, cfg.alpha,
+                        cfg.skew_attribute or "", cfg.seed, cfg.min_client_rows)  # fmt: skip
+    rng = np.random.default_rng([cfg.seed, partition_id])
+    perm = rng.permutation(parts[partition_id])
+    n_val = int(round(len(perm) * cfg.val_fraction))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def client_shard(cfg: SimulationConfig, partition_id: int) -> ClientShard:
+    """Return the encoded local train/validation split of client ``partition_id``."""
+    task = task_of(cfg)
+    tr, va = _local_split(cfg, partition_id)
+    return ClientShard(partition_id, task.x_train[tr], task.y_train[tr], task.x_train[va], task.y_train[va])
+
+
+def client_validation_attributes(cfg: SimulationConfig, partition_id: int) -> dict[str, np.ndarray]:
+    """Raw values of every sensitive attribute on client ``partition_id``'s validation rows."""
+    task = task_of(cfg)
+    _, va = _local_split(cfg, partition_id)
+    return {a: task.train.columns[a][va] for a in task.schema.sensitive}
+
+
+def client_train_columns(cfg: SimulationConfig, partition_id: int) -> dict[str, np.ndarray]:
+    """Raw values of every column on client ``partition_id``'s training rows (for its reference profile)."""
+    tr, _ = _local_split(cfg, partition_id)
+    return {k: v[tr] for k, v in task_of(cfg).train.columns.items()}
+
+
+def partition_sizes(cfg: SimulationConfig) -> list[int]:
+    """Return each client's number of local training rows."""
+    return [len(_local_split(cfg, i)[0]) for i in range(cfg.num_clients)]
+
+
+def holdout(cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Return the server's public holdout (the task's benchmark rows), encoded, and its labels."""
+    task: Task = task_of(cfg)
+    return task.x_test, task.y_test
