@@ -22,6 +22,7 @@ __all__ = [
     "client_shard",
     "client_train_columns",
     "client_validation_attributes",
+    "data_digest",
     "holdout",
     "partition_sizes",
     "task_of",
@@ -88,3 +89,22 @@ def holdout(cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
     """Return the server's public holdout (the task's benchmark rows), encoded, and its labels."""
     task: Task = task_of(cfg)
     return task.x_test, task.y_test
+
+
+def data_digest(cfg: SimulationConfig) -> str:
+    """``sha256:`` over every data file the run reads (recorded in config.json, checked on reproduce).
+
+    The embedded data set is identified by its benchmark's published digest (both its files are
+    checked against their published digests whenever they are loaded).
+    """
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256(task_of(cfg).test_digest.encode())
+    for f in (cfg.data, cfg.test):
+        if f:
+            h.update(b"\0" + Path(f).name.encode() + b"\0")
+            with Path(f).open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return "sha256:" + h.hexdigest()

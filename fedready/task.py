@@ -78,14 +78,18 @@ class TaskSpec:
     model: str = "mlp"
 
     def __post_init__(self) -> None:
-        if self.schema and not self.data:
-            raise ConfigError("schema", "a schema describes --data; pass --data train.csv with it")
+        # schema + test without data: the coordinator of a deployment (the clients hold the rows)
+        if self.schema and not self.data and not self.test:
+            raise ConfigError("schema", "a schema describes --data; pass --data train.csv with it (a deployment's "
+                                        "server passes test=holdout.csv, its public holdout)")  # fmt: skip
         if self.data and not self.schema:
             raise ConfigError("schema", f"--data {self.data} needs its --schema; write one with "
                                         f"`fedready schema draft {self.data}` and review it")  # fmt: skip
-        if (self.test or self.test_fraction) and not self.data:
-            which = "test" if self.test else "test-fraction"
-            raise ConfigError(which, f"--{which} goes with --data (the embedded data has its own test split)")
+        if self.test and not self.schema:
+            raise ConfigError("test", "--test goes with --schema (the embedded data has its own test split)")
+        if self.test_fraction and not self.data:
+            raise ConfigError("test-fraction", "--test-fraction goes with --data (the embedded data has its own "
+                                               "test split)")  # fmt: skip
         if self.test and self.test_fraction:
             raise ConfigError("test-fraction", "pass either --test test.csv or --test-fraction, not both")
         if not 0.0 <= self.test_fraction < 1.0:
@@ -94,7 +98,12 @@ class TaskSpec:
     @property
     def embedded(self) -> bool:
         """Whether the task uses the embedded data set."""
-        return not self.data
+        return not self.data and not self.schema
+
+    @property
+    def server_only(self) -> bool:
+        """A deployment's coordinator: a schema and a public holdout, no training rows (the clients hold them)."""
+        return not self.data and bool(self.schema)
 
     @classmethod
     def from_config(cls, cfg: Any) -> TaskSpec:
@@ -270,6 +279,16 @@ def _embedded(spec: TaskSpec) -> Task:
                 policy=adult.policy_path())  # fmt: skip
 
 
+def _server_only(spec: TaskSpec) -> Task:
+    """The task a deployment's server builds: schema, encoder, model and its public holdout, no training rows."""
+    schema = load_schema(spec.schema)
+    test, note = _labelled(read_csv(spec.test, schema), schema)
+    _check_classes(test, schema)
+    return Task(spec, schema, test.take(np.arange(0)), test, train_source="the clients' own rows (a deployment)",
+                test_source=f"{spec.test} ({len(test)} rows)", test_digest=_digest(Path(spec.test)),
+                notes=(note,) if note else ())  # fmt: skip
+
+
 def _from_files(spec: TaskSpec) -> Task:
     schema = load_schema(spec.schema)
     encoder = FeatureEncoder(schema)
@@ -310,7 +329,7 @@ def _stamp(path: str) -> tuple[str, int, int]:
 
 @lru_cache(maxsize=4)
 def _load(spec: TaskSpec, _stamps: tuple[tuple[str, int, int], ...]) -> Task:
-    task = _embedded(spec) if spec.embedded else _from_files(spec)
+    task = _embedded(spec) if spec.embedded else _server_only(spec) if spec.server_only else _from_files(spec)
     for note in task.notes:
         log.warning(note)
     return task

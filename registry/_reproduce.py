@@ -69,7 +69,8 @@ def reproduce_artifact(
         If the artifact holds no run configuration, or a bound is out of range.
     """
     from fedready.config import make_config
-    from fedready.simulations.engine import check_config, data_digest, simulate
+    from fedready.federation import data_digest
+    from fedready.simulations.engine import check_config, simulate
 
     if not 0 <= max_accuracy_gap <= 1:
         raise ConfigError("max-accuracy-gap", f"must be in [0, 1], got {max_accuracy_gap}")

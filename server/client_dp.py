@@ -134,6 +134,7 @@ class ClientLevelDP(Strategy):
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
         self.wait_for_nodes = wait_for_nodes
+        self.population_to_wait_for = self.population  # fewer when clients were refused before round 1
         self._rng = secret_numpy_rng()
         self.current: ArrayRecord | None = None
         self.last_pre_noise: dict[str, np.ndarray] | None = None  # sum / m before noise (tests, audits)
@@ -153,7 +154,7 @@ class ClientLevelDP(Strategy):
         self.current = arrays
         deadline = time.monotonic() + self.wait_for_nodes
         nodes = list(grid.get_node_ids())
-        while len(nodes) < self.population and time.monotonic() < deadline:
+        while len(nodes) < self.population_to_wait_for and time.monotonic() < deadline:
             time.sleep(0.2)
             nodes = list(grid.get_node_ids())
         config["server-round"] = server_round

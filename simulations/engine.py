@@ -19,10 +19,10 @@ from fedready import constants as K
 from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig, make_config
 from fedready.errors import ConfigError
-from fedready.federation import partition_sizes, task_of
+from fedready.federation import data_digest, partition_sizes, task_of
 from fedready.models import check_model
 
-__all__ = ["check_config", "data_digest", "federated_evaluate", "load_run_config", "simulate"]
+__all__ = ["check_config", "federated_evaluate", "load_run_config", "simulate"]
 
 CONFIG_FILE = "config.json"
 SCHEMA_FILE = "schema.json"
@@ -51,24 +51,6 @@ def check_config(cfg: SimulationConfig) -> list[str]:
         raise ConfigError("delta", f"must be below 1/n = {1.0 / n_max:.3g} (the largest client holds "
                                    f"{n_max} rows); pass e.g. --delta 1e-5")  # fmt: skip
     return notes
-
-
-def data_digest(cfg: SimulationConfig) -> str:
-    """``sha256:`` over every data file the run reads (recorded in config.json, checked on reproduce).
-
-    The embedded data set is identified by its benchmark's published digest (both its files are
-    checked against their published digests whenever they are loaded).
-    """
-    import hashlib
-
-    h = hashlib.sha256(task_of(cfg).test_digest.encode())
-    for f in (cfg.data, cfg.test):
-        if f:
-            h.update(b"\0" + Path(f).name.encode() + b"\0")
-            with Path(f).open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def load_run_config(run_dir: Path) -> SimulationConfig:
@@ -117,7 +99,7 @@ def simulate(
     if not (run_dir / SCHEMA_FILE).exists():  # what the model's inputs and outputs mean, for every later step
         atomic_write_text(run_dir / SCHEMA_FILE, json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))
 
-    overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir)}
+    overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir), K.SIMULATION: True}
     if wire_log is not None:
         from fedready.client.wire import WIRE_LOG_RUN_CONFIG
 
