@@ -159,10 +159,16 @@ class SimulationConfig(BaseModel):
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> SimulationConfig:
-        """Build from a Flower run config, ignoring keys that are not ours."""
+        """Build from a Flower run config, ignoring keys that are not ours.
+
+        Flower needs every key declared with a value, so an option whose default is "unset"
+        (``lr``, ``budget_rounds``, ...) is declared as 0 or "" in pyproject.toml: read as unset.
+        """
         known = set(cls.model_fields)
+        unset = {k for k, f in cls.model_fields.items() if f.default is None}
         kw = {k.replace("-", "_"): v for k, v in run_config.items()}
-        return make_config(**{k: v for k, v in kw.items() if k in known})
+        kw = {k: v for k, v in kw.items() if k in known and not (k in unset and v in (0, 0.0, ""))}
+        return make_config(**kw)
 
 
 _shadow.__exit__(None, None, None)

@@ -131,12 +131,11 @@ def _behaviour(artifact: Path, run_dir: Path, cfg: Any, summary: dict[str, Any],
     """How the DP re-run compares with the recorded model: accuracy gap and decision agreement."""
     import torch
 
-    from fedready.evaluation._model import model_from_arrays
-    from fedready.federation import holdout
+    from fedready.federation import holdout, task_of
     from fedready.modelio import load_npz
 
     x, _ = holdout(cfg)
-    rerun = model_from_arrays(cfg.model, load_npz((run_dir / "model.npz").read_bytes()))
+    rerun = task_of(cfg).load_model(load_npz((run_dir / "model.npz").read_bytes()))
     with torch.no_grad():
         mine = rerun(torch.from_numpy(x)).argmax(1).numpy()
     shipped = _decisions_of_artifact(artifact, np.ascontiguousarray(x, dtype=np.float32))

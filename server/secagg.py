@@ -154,7 +154,9 @@ def run_secagg_rounds(
             population=cfg.num_clients,
             clip_on_client=True,
             wait_for_nodes=cfg.round_timeout,
+            insecure_seed=(cfg.seed, 0xD9) if cfg.insecure_seeded_noise else None,
         )  # type: ignore[arg-type]
+        client_dp.population_to_wait_for = cfg.num_clients - refused
     book: dict[str, Any] = {"report": None, "first": True, "accuracy": float("nan"), "loss": float("nan"),
                             "t": time.perf_counter()}  # fmt: skip
 
