@@ -151,7 +151,7 @@ def federation(tmp_path_factory):
             superlink=address, root_cert=certs.ca_cert, key=certs.node_keys[4][0], data=orgs[0] / "local.csv",
             schema=schema, limits=orgs[0] / "limits.toml", client_id=9, port=_free_port(), max_wait=10))  # fmt: skip
         run_dir = base / "run"
-        task_config = f"schema='{schema}' test='{task['test']}' batch-size=128 model='logreg'"
+        task_config = f"schema='{schema}' test='{task['test']}' batch-size=128 model='logreg' round-timeout=120.0"
         run = subprocess.run(
             [flwr, "run", ".", "fedready", "--stream", "--run-config",
              f"num-clients=4 rounds=3 epsilon=1.0 delta=1e-5 run-dir='{run_dir}' {task_config}"],
