@@ -155,7 +155,7 @@ def federation(tmp_path_factory):
         run = subprocess.run(
             [flwr, "run", ".", "fedready", "--stream", "--run-config",
              f"num-clients=4 rounds=3 epsilon=1.0 delta=1e-5 run-dir='{run_dir}' {task_config}"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
         intruder_rc = intruder.wait(timeout=60)
         # A coordinator that edits fedready/__init__.py in its bundle: every SuperNode must refuse it
@@ -164,7 +164,7 @@ def federation(tmp_path_factory):
         tampered = subprocess.run(
             [flwr, "run", str(evil), "fedready", "--stream", "--run-config",
              f"num-clients=4 rounds=1 epsilon=1.0 delta=1e-5 run-dir='{base / 'evil-run'}' {task_config}"],
-            cwd=base, env=env, capture_output=True, text=True, timeout=400,
+            cwd=base, env=env, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
     finally:
         _stop(procs)
