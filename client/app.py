@@ -1,28 +1,24 @@
-"""The fedready ClientApp: local DP-SGD with a privacy budget that composes across rounds.
+"""The fedready ClientApp: local DP-SGD with a privacy budget that composes across every release.
 
 Notes
 -----
-Each client owns its privacy state. The Opacus accountant history lives in
-Flower's per-node ``context.state`` (so it survives from round to round within a
-run) and is mirrored to the client's own state folder on disk (so it survives a
-crash and a resume). Before training, the client projects the epsilon it would
-have spent after this round; if that exceeds its budget it declines with reason
-``budget-exhausted`` instead of training.
+Each client owns its privacy state (:mod:`fedready.client.state`): every release about its
+rows (its noisy row count, each DP-SGD round, the counts it answers after training) with its
+DP parameters. Before any release the client projects its epsilon, composed over everything
+it has released plus what it has planned, and declines with ``budget-exhausted`` if that
+would exceed its budget. DP noise and Poisson sampling are drawn from OS entropy.
 
-A round that is asked for again after a crash, with the very same global model,
-is answered with the update already released for it: re-sending a released
-output is post-processing and costs no privacy, whereas training again would
-spend the budget twice.
+A round that is asked for again after a crash, with the very same global model, is answered
+with the update already released for it: re-sending a released output is post-processing and
+costs no privacy, whereas training again would spend the budget twice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,96 +30,42 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedready import constants as K
-from fedready._io import atomic_write_bytes, atomic_write_text
+from fedready.client.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
+from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_sensitivity
 from fedready.client.training import train
+from fedready.client.wire import make_wire_log_mod
 from fedready.config import SimulationConfig
 from fedready.deploy.site import Site, site_from_node_config
 from fedready.federation import client_shard, task_of
-from fedready.modelio import arrays_digest, load_npz, save_npz
+from fedready.modelio import arrays_digest
 from fedready.models import model_for_schema
-from fedready.privacy.accounting import calibrate_noise, compose_epsilon
-from fedready.simulations.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
+from fedready.privacy.accounting import compose_epsilon
+from fedready.privacy.randomness import secret_numpy_rng
 
-__all__ = ["app", "make_client_app"]
-
-_STATE_KEY = "fedready.privacy"
+__all__ = ["app", "make_client_app", "planned_query_release"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ClientPrivacyState:
-    """A client's own record of what it has released, round by round."""
-
-    rounds: list[int] = field(default_factory=list)
-    noise: list[float] = field(default_factory=list)
-    rate: list[float] = field(default_factory=list)
-    steps: list[int] = field(default_factory=list)
-    last_input_digest: str = ""  # global model the last released update was computed from
-    # noise multipliers this client calibrated, by budget and plan: the search takes a fifth of a
-    # second, and the simulation engine may hand the client to a different worker process each round
-    calibrated: dict[str, float] = field(default_factory=dict)
-
-    def history(self) -> list[tuple[float, float, int]]:
-        return list(zip(self.noise, self.rate, self.steps, strict=True))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "noise": self.noise, "rate": self.rate, "steps": self.steps,
-                "last_input_digest": self.last_input_digest, "calibrated": self.calibrated}  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClientPrivacyState:
-        return cls(list(d["rounds"]), list(d["noise"]), list(d["rate"]), list(d["steps"]), d["last_input_digest"],
-                   dict(d.get("calibrated", {})))  # fmt: skip
-
-    def noise_for(self, epsilon: float, delta: float, rate: float, steps: int, accountant: str) -> float:
-        """The noise multiplier meeting (epsilon, delta) over ``steps`` at ``rate``: calibrated once, then kept."""
-        key = json.dumps([epsilon, delta, rate, steps, accountant])
-        if key not in self.calibrated:
-            self.calibrated[key] = _noise_multiplier(epsilon, delta, rate, steps, accountant)
-        return self.calibrated[key]
-
-
-class _Store:
-    """Client state in ``context.state``, mirrored to a folder on the client's disk."""
-
-    def __init__(self, context: Context, folder: Path | None) -> None:
-        self.context = context
-        self.folder = folder
-
-    def load(self) -> ClientPrivacyState:
-        rec = self.context.state.get(_STATE_KEY)
-        if rec is not None:
-            return ClientPrivacyState.from_dict(json.loads(str(rec["json"])))
-        if self.folder is not None and (self.folder / "state.json").exists():
-            return ClientPrivacyState.from_dict(json.loads((self.folder / "state.json").read_text()))
-        return ClientPrivacyState()
-
-    def save(self, state: ClientPrivacyState, reply_arrays: dict[str, np.ndarray], reply_metrics: dict) -> None:
-        blob = json.dumps(state.to_dict(), sort_keys=True)
-        self.context.state[_STATE_KEY] = ConfigRecord({"json": blob})
-        if self.folder is not None:
-            # The cached reply is written before the state that points at it.
-            atomic_write_bytes(self.folder / "last_update.npz", save_npz(reply_arrays))
-            atomic_write_text(self.folder / "last_metrics.json", json.dumps(reply_metrics, sort_keys=True))
-            atomic_write_text(self.folder / "state.json", blob)
-
-    def cached_reply(self) -> tuple[dict[str, np.ndarray], dict] | None:
-        if self.folder is None or not (self.folder / "last_update.npz").exists():
-            return None
-        arrays = load_npz((self.folder / "last_update.npz").read_bytes())
-        metrics = json.loads((self.folder / "last_metrics.json").read_text())
-        return arrays, metrics
-
-
-@lru_cache(maxsize=64)
-def _noise_multiplier(epsilon: float, delta: float, rate: float, steps: int, accountant: str) -> float:
-    return calibrate_noise(target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps,
-                           accountant=accountant)  # fmt: skip
-
-
-def _train_seed(seed: int, partition_id: int, server_round: int) -> int:
+def _insecure_seed(seed: int, partition_id: int, server_round: int) -> int:
+    """The seed ``--insecure-seeded-noise`` derives from the configuration (anyone with config.json can too)."""
     return int(np.random.SeedSequence([seed, partition_id, server_round]).generate_state(1)[0])
+
+
+def planned_query_release(cfg: SimulationConfig) -> tuple[float, float, int]:
+    """The post-training query each client plans for: one Gaussian release at ``cfg.query_noise``."""
+    return (cfg.query_noise, 1.0, 1)
+
+
+def _run_key(context: Context, run_dir: str | None) -> str:
+    """What identifies a run across relaunches: the server's run folder name (else Flower's run id)."""
+    return Path(run_dir).name if run_dir else f"flwr-{context.run_id}"
+
+
+def _store(context: Context, run_dir: str | None, pid: int, site: Site | None) -> Store:
+    if site is not None:  # a deployed client keeps its state on its own premises, keyed by run across relaunches
+        return Store(context, site.limits.state_dir / f"run-{_run_key(context, run_dir)}")
+    return Store(context, client_state_dir(run_dir, pid))
 
 
 def _decline(msg: Message, pid: int, reason: str, detail: str, extra: dict[str, Any] | None = None) -> Message:
@@ -166,18 +108,23 @@ def local_update(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:
     """One round of local training on this client's shard: the update and its metrics, or a decline.
 
-    Shared by the message-API ClientApp and the SecAgg+ (legacy NumPyClient) path.
+    Shared by the message-API ClientApp and the SecAgg+ (legacy NumPyClient) path. The client's
+    state is locked for the whole round (budget check, training, record).
     """
     pid = int(context.node_config["partition-id"])
     site = site_from_node_config(context.node_config)
-    if site is not None:  # a deployed client keeps its state on its own premises, never in the server's run folder
-        folder: Path | None = site.limits.state_dir / f"run-{context.run_id}"
-    else:
-        folder = Path(run_dir) / "clients" / str(pid) if run_dir else None
-    store = _Store(context, folder)
+    store = _store(context, run_dir, pid, site)
+    with store.locked():
+        return _local_update(cfg, context, run_dir, server_round, global_arrays, pid, site, store)
+
+
+def _local_update(
+    cfg: SimulationConfig, context: Context, run_dir: str | None, server_round: int,
+    global_arrays: dict[str, np.ndarray], pid: int, site: Site | None, store: Store,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:  # fmt: skip
     in_digest = arrays_digest(global_arrays)
     state = store.load()
-    if state.rounds and state.rounds[-1] == server_round and state.last_input_digest == in_digest:
+    if state.last_round == server_round and state.last_input_digest == in_digest:
         cached = store.cached_reply()
         if cached is not None:
             arrays, metrics = cached
@@ -185,10 +132,8 @@ def local_update(
 
     if drops_out(cfg, pid, server_round):
         raise ClientDropped(f"client {pid} dropped out of round {server_round} (simulated, p={cfg.dropout})")
-    if is_slow(cfg, pid):
-        time.sleep(cfg.round_timeout + 1.0)  # simulated straggler: the server has moved on
     if site is not None and not site.report.ok:
-        return Decline(K.CONTRACT_VIOLATION, site.report.summary())
+        return Decline(K.CONTRACT_VIOLATION, site.contract_detail())
     if site is not None and not cfg.dp:
         return Decline(K.LOCAL_LIMIT, "the coordinator asked for a run without DP; local limits need DP-SGD")
     attacker = pid in attackers(cfg)
@@ -200,54 +145,80 @@ def local_update(
     schema = site.schema if site is not None else task_of(cfg).schema
     y_train = (schema.target.num_classes - 1) - y_train if attacker and cfg.attack == "label-flip" else y_train
     n = len(y_train)
-    batches = max(1, math.ceil(n / cfg.batch_size))
-    steps = cfg.local_steps or cfg.local_epochs * batches
-    noise, rate = 0.0, 1.0 / batches
+    noise = 0.0
     if cfg.dp:
-        if cfg.delta >= 1.0 / n:
-            return Decline("delta-too-large", f"delta {cfg.delta} >= 1/n = {1 / n:.3g} for {n} rows")
-        noise = state.noise_for(cfg.epsilon, cfg.delta, rate, cfg.planned_rounds * steps, cfg.accountant)
-        projected = compose_epsilon(state.history() + [(noise, rate, steps)], delta=cfg.delta,
+        # Everything below (weight, sample rate, steps, the delta check) is computed from the noisy
+        # count, so the exact row count never leaves the client.
+        rows = state.noisy_count(n, noise_std=cfg.count_noise, server_round=server_round)
+    else:
+        rows = n
+    batches = max(1, math.ceil(rows / cfg.batch_size))
+    steps = cfg.local_steps or cfg.local_epochs * batches
+    rate = 1.0 / batches
+    if cfg.dp:
+        if cfg.delta >= 1.0 / rows:
+            store.save(state)
+            return Decline("delta-too-large", f"delta {cfg.delta} >= 1/n = {1 / rows:.3g} for about {rows} rows")
+        query = planned_query_release(cfg)
+        count = [r.step() for r in state.releases if r.level == "count"]
+        noise = state.noise_for(epsilon=cfg.epsilon, delta=cfg.delta, rate=rate, steps=cfg.planned_rounds * steps,
+                                accountant=cfg.accountant, planned=[*count, query])  # fmt: skip
+        # the worst this round can cost: its training, plus the query still to come
+        queried = any(r.level == "query" for r in state.releases)
+        planned = [] if queried else [query]
+        projected = compose_epsilon([*state.history(), (noise, rate, steps), *planned], delta=cfg.delta,
                                     accountant=cfg.accountant)  # fmt: skip
         if projected > cfg.epsilon:
-            spent = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant)
+            store.save(state)
+            spent = state.epsilon(delta=cfg.delta, accountant=cfg.accountant)
             return Decline(
                 K.BUDGET_EXHAUSTED, f"epsilon would reach {projected:.4f} > budget {cfg.epsilon} (spent {spent:.4f})"
             )
         if site is not None:  # the organisation's own lifetime limits, whatever the coordinator asked
+            _record_site_releases(site, _run_key(context, run_dir), state)  # the count, conservatively now
             refusal = site.privacy_refusal(requested_delta=cfg.delta, accountant=cfg.accountant,
                                            step=(noise, rate, steps))  # fmt: skip
             if refusal is not None:
+                store.save(state)
                 return Decline(*refusal)
+    if is_slow(cfg, pid):
+        time.sleep(cfg.round_timeout + 1.0)  # simulated straggler: the server has moved on, the update still leaves
 
     model = model_for_schema(cfg.model, schema)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
+    seed = _insecure_seed(cfg.seed, pid, server_round) if (cfg.insecure_seeded_noise or not cfg.dp) else None
     result = train(
         model, x_train, y_train,
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr_at(server_round), momentum=cfg.momentum,
-        seed=_train_seed(cfg.seed, pid, server_round),
-        noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
+        seed=seed, noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
         history=state.history(), accountant=cfg.accountant, max_steps=steps,
     )  # fmt: skip
-    state.rounds.append(server_round)
     if cfg.dp:
-        state.noise.append(noise)
-        state.rate.append(rate)
-        state.steps.append(result.steps)
-    state.last_input_digest = in_digest
+        state.releases.append(Release("sample", server_round, noise, rate, result.steps))
+    state.last_round, state.last_input_digest = server_round, in_digest
     if site is not None and cfg.dp:
-        site.record_release(run=str(context.run_id), server_round=server_round, step=(noise, rate, result.steps))
-    eps = compose_epsilon(state.history(), delta=cfg.delta, accountant=cfg.accountant) if cfg.dp else 0.0
-    metrics = {
-        K.NUM_EXAMPLES: n, K.UNIFORM_WEIGHT: 1, K.PARTITION_ID: pid, K.TRAIN_LOSS: result.loss,
-        K.DECLINED: 0, K.REPLAYED: 0,
-        K.NOISE_MULTIPLIER: noise, K.SAMPLE_RATE: rate, K.STEPS: result.steps, K.EPSILON: eps, K.DELTA: cfg.delta,
+        _record_site_releases(site, _run_key(context, run_dir), state)
+    metrics: dict[str, Any] = {
+        K.NUM_EXAMPLES: rows, K.UNIFORM_WEIGHT: 1, K.PARTITION_ID: pid, K.DECLINED: 0, K.REPLAYED: 0,
+        K.NOISE_MULTIPLIER: noise, K.SAMPLE_RATE: rate, K.STEPS: result.steps, K.DELTA: cfg.delta,
+        K.EPSILON: state.epsilon(delta=cfg.delta, accountant=cfg.accountant) if cfg.dp else 0.0,
+        **(state.wire_history() if cfg.dp else {}),
     }  # fmt: skip
+    if cfg.release_train_loss or not cfg.dp:  # outside the guarantee under DP: opt-in only
+        metrics[K.TRAIN_LOSS] = result.loss
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if attacker:
         arrays = apply_attack(cfg.attack, arrays, global_arrays, scale=cfg.attack_scale)
-    store.save(state, arrays, metrics)
+    store.save(state, (arrays, metrics))
     return arrays, metrics
+
+
+def _record_site_releases(site: Site, run: str, state: ClientPrivacyState) -> None:
+    """Write this run's releases that the lifetime ledger does not hold yet (it drives relaunched runs too)."""
+    done = {(r.level, r.round) for r in site.ledger.releases_of(run)}
+    for r in state.releases:
+        if (r.level, r.round) not in done:
+            site.record_release(run=run, server_round=r.round, level=r.level, step=r.step())
 
 
 def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> Message:
@@ -256,15 +227,90 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     server_round = int(msg.content[K.CONFIG][K.SERVER_ROUND])
     record = msg.content[K.ARRAYS]
     global_arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
+    site = site_from_node_config(context.node_config)
     out = local_update(cfg, context, run_dir, server_round, global_arrays)
     pid = int(context.node_config["partition-id"])
-    site = site_from_node_config(context.node_config)
-    extra = dict(site.fingerprint) if site is not None else None
+    extra = site.fingerprint if site is not None else None
     if site is not None:
-        _audit_round(site, str(context.run_id), server_round, out)
+        _audit_round(site, _run_key(context, run_dir), server_round, out)
     if isinstance(out, Decline):
         return _decline(msg, pid, out.reason, out.detail, extra)
     return _reply(msg, *out, extra)
+
+
+def _is_count(key: str) -> bool:
+    return key.startswith((K.COUNTS_PREFIX, K.PROFILE_PREFIX)) or key in (K.VAL_ROWS, K.VAL_CORRECT)
+
+
+def _is_group_count(key: str) -> bool:
+    return key.startswith(K.COUNTS_PREFIX) or key in (K.VAL_ROWS, K.VAL_CORRECT)
+
+
+def handle_query(msg: Message, context: Context, overrides: dict[str, Any]) -> Message:
+    """Answer a post-training query with counts this client has noised itself, and charge it.
+
+    Notes
+    -----
+    Under DP every count vector of the answer (group confusion counts on the validation rows,
+    the profile histograms of the training rows, rows and correct predictions) gains Gaussian
+    noise of std ``query_noise * sqrt(k)`` for ``k`` vectors (one row adds at most 1 to one
+    bucket of each: L2 sensitivity ``sqrt(k)``), drawn from OS entropy *on the client*: the
+    server never sees an exact count. The release is charged to the client's own state (and
+    lifetime ledger) before the answer leaves; one that would exceed the budget is declined.
+    ``--exact-evaluation`` leaves the group counts exact, outside the guarantee (stamped).
+    """
+    from fedready.evaluation.federated import answer_query
+
+    cfg, run_dir = resolve_config(context, overrides)
+    pid = int(context.node_config["partition-id"])
+    site = site_from_node_config(context.node_config)
+    local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed) if site is not None else None
+    if site is not None and not site.report.ok:  # bad data answers nothing, as it trains nothing
+        return _decline(msg, pid, K.CONTRACT_VIOLATION, site.contract_detail())
+    answer = answer_query(msg, cfg, pid, local)
+    if not cfg.dp:
+        return Message(content=RecordDict({K.METRICS: MetricRecord(answer)}), reply_to=msg)
+    store = _store(context, run_dir, pid, site)
+    with store.locked():
+        return _answer_privately(msg, context, cfg, run_dir, pid, site, store, answer)
+
+
+def _answer_privately(msg: Message, context: Context, cfg: SimulationConfig, run_dir: str | None, pid: int,
+                      site: Site | None, store: Store, answer: dict[str, Any]) -> Message:  # fmt: skip
+    """Check the budget, noise ``answer`` on the client, record the release (under the state lock)."""
+    state = store.load()
+    noised = [k for k in answer if _is_count(k) and not (cfg.exact_evaluation and _is_group_count(k))]
+    release = planned_query_release(cfg)
+    projected = compose_epsilon([*state.history(), release], delta=cfg.delta, accountant=cfg.accountant)
+    refusal = None
+    if projected > cfg.epsilon:
+        refusal = (K.BUDGET_EXHAUSTED, f"the query would take epsilon to {projected:.4f} > budget {cfg.epsilon}")
+    elif site is not None:
+        _record_site_releases(site, _run_key(context, run_dir), state)
+        refusal = site.privacy_refusal(requested_delta=cfg.delta, accountant=cfg.accountant, step=release)
+    if refusal is not None:
+        if site is not None:
+            site.audit.append("query-declined", run=_run_key(context, run_dir), reason=refusal[0], detail=refusal[1])
+        return _decline(msg, pid, *refusal)
+    config = msg.content.config_records.get(K.CONFIG)
+    r = int(config.get(K.SERVER_ROUND, state.last_round + 1)) if config is not None else state.last_round + 1
+    while any(x.level == "query" and x.round == r for x in state.releases):
+        r += 1  # a second query is a second release, charged under its own round
+    std = cfg.query_noise * query_sensitivity(len(noised)) if noised else 0.0
+    rng = secret_numpy_rng()
+    for k in noised:
+        values = np.asarray(answer[k], dtype=np.float64)
+        noisy = values + rng.normal(0.0, std, values.shape)
+        answer[k] = float(noisy) if noisy.ndim == 0 else [float(v) for v in noisy]
+    state.releases.append(Release("query", r, *release[:2], release[2]))
+    store.save(state)
+    if site is not None:
+        _record_site_releases(site, _run_key(context, run_dir), state)
+        site.audit.append("query-answered", run=_run_key(context, run_dir), round=r, noise_std=std,
+                          keys=sorted(answer))  # fmt: skip
+    answer.update({K.QUERY_NOISE_STD: std, K.DECLINED: 0, **state.wire_history()})
+    answer[K.EPSILON] = state.epsilon(delta=cfg.delta, accountant=cfg.accountant)
+    return Message(content=RecordDict({K.METRICS: MetricRecord(answer)}), reply_to=msg)
 
 
 def _site_train(site: Site, cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +365,8 @@ def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCall
 def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     """Return a ClientApp whose run config is ``context.run_config`` updated by ``overrides``."""
     fixed = dict(overrides or {})
-    client_app = ClientApp(mods=[client_clipping_mod])
+    # the wire log is outermost: it records each reply as it leaves, after clipping
+    client_app = ClientApp(mods=[make_wire_log_mod(fixed), client_clipping_mod])
 
     @client_app.train()
     def _train(msg: Message, context: Context) -> Message:
@@ -329,12 +376,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     @client_app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        from fedready.evaluation.federated import handle_query
-
-        cfg, _ = resolve_config(context, fixed)
-        site = site_from_node_config(context.node_config)
-        local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed) if site is not None else None
-        return handle_query(msg, cfg, int(context.node_config["partition-id"]), local)
+        return handle_query(msg, context, fixed)
 
     return client_app
 

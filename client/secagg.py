@@ -16,6 +16,7 @@ single-server aggregation with (poly)logarithmic overhead", CCS).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from flwr.common import Context
 
 from fedready import constants as K
 from fedready.client.app import Decline, local_update, resolve_config
+from fedready.client.wire import make_wire_log_mod
 from fedready.federation import task_of
 
 __all__ = ["make_secagg_client_app"]
@@ -46,8 +48,12 @@ class _SecAggClient(NumPyClient):
             # The legacy protocol has no decline; SecAgg+ treats the error as a dropout.
             raise RuntimeError(f"declined: {out.reason}: {out.detail}")
         arrays, metrics = out
-        # Under client-level DP the mean must be unweighted; SecAgg+ weighs by this number.
+        # Under client-level DP the mean must be unweighted; SecAgg+ weighs by this number (the noisy count).
         weight = 1 if cfg.client_dp != "off" else int(metrics[K.NUM_EXAMPLES])
+        # legacy metrics hold scalars only: the release history travels as one JSON string
+        history = {k: metrics.pop(k) for k in list(metrics) if isinstance(metrics[k], list)}
+        if history:
+            metrics[K.HISTORY_JSON] = json.dumps(history, sort_keys=True)
         return [arrays[k] for k in names], weight, metrics
 
 
@@ -57,5 +63,6 @@ def make_secagg_client_app(overrides: dict[str, Any], *, client_clipping: bool) 
     def client_fn(context: Context) -> Client:
         return _SecAggClient(context, dict(overrides)).to_client()
 
-    mods = [secaggplus_mod, fixedclipping_mod] if client_clipping else [secaggplus_mod]
+    wire = make_wire_log_mod(overrides)  # outermost: it records the protocol messages as they leave
+    mods = [wire, secaggplus_mod, fixedclipping_mod] if client_clipping else [wire, secaggplus_mod]
     return ClientApp(client_fn=client_fn, mods=mods)

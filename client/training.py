@@ -11,6 +11,8 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fedready.privacy.randomness import harden_optimizer, secret_torch_generator, seeded_torch_generator
+
 __all__ = ["TrainResult", "evaluate", "train"]
 
 
@@ -70,7 +72,7 @@ def train(
     batch_size: int,
     lr: float,
     momentum: float,
-    seed: int,
+    seed: int | None,
     optimizer: str = "sgd",
     noise_multiplier: float | None = None,
     max_grad_norm: float = 1.0,
@@ -88,10 +90,15 @@ def train(
     over every round the client took part in; the returned history includes the
     steps taken here. ``grad_sample_mode`` picks how Opacus clips per sample
     (``"ghost"`` or ``"hooks"``: the same update, at different speeds).
+
+    ``seed`` drives the batch sampling (and, under DP, the noise). Pass ``None`` for DP:
+    sampling and noise then come from operating-system entropy (:mod:`fedready.privacy.randomness`).
+    A known seed under DP makes the released update reproducible from the seed, which voids the
+    guarantee; only ``--insecure-seeded-noise`` does that, and it is stamped everywhere.
     """
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = secret_torch_generator() if seed is None else seeded_torch_generator(seed)
     loader = _loader(x, y, batch_size, gen)
     if optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(momentum, 0.999))
@@ -107,7 +114,7 @@ def train(
         ghost = grad_sample_mode == "ghost"
         extra = {"criterion": criterion, "grad_sample_mode": "ghost"} if ghost else {}
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # secure_mode advice; simulations use a seeded RNG
+            warnings.simplefilter("ignore")  # secure_mode advice: our generator is seeded from OS entropy
             private = engine.make_private(
                 module=model,
                 optimizer=opt,
@@ -122,6 +129,7 @@ def train(
             module, opt, criterion, loader = private
         else:
             module, opt, loader = private
+        harden_optimizer(opt)  # Opacus's floating-point-safe noise sampler, with our secret generator
         # Opacus's loader deep-copies the first batch only to learn what an empty Poisson batch looks
         # like; tell it up front (our two tensors with no rows) and save the copy on every round.
         collate, rows = getattr(loader, "collate_fn", None), loader.dataset

@@ -2,8 +2,10 @@
 
 ``fedready server`` and ``fedready client`` build these commands and run them in the
 foreground; the integration test starts the same commands. TLS is always on (there is
-no insecure mode here), SuperNode authentication is always enabled, and runtime
-dependency installation is always off: a client runs only what its operator installed.
+no insecure mode here), SuperNode authentication is always enabled, runtime dependency
+installation is always off, and a SuperNode runs every ClientApp behind
+:mod:`fedready.deploy.guard` (:func:`client_environment`): a client runs only what its
+operator installed, whatever bundle the coordinator sends.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def superlink_command(*, certs: Path, database: Path, host: str = "0.0.0.0", por
 
 def supernode_command(
     *, superlink: str, root_cert: Path, key: Path, data: Path, schema: Path, limits: Path, client_id: int,
-    port: int = 9094, max_wait: float | None = None,
+    port: int = 9094, max_wait: float | None = None, wire_log: Path | None = None,
 ) -> list[str]:  # fmt: skip
     """``flower-supernode`` for one organisation: TLS to ``superlink``, its node key, its local files.
 
@@ -65,6 +67,7 @@ def supernode_command(
         f'{K.NODE_DATA}="{_existing("data", data)}"',
         f'{K.NODE_SCHEMA}="{_existing("schema", schema)}"',
         f'{K.NODE_LIMITS}="{_existing("limits", limits)}"',
+        *([f'{K.NODE_WIRE_LOG}="{Path(wire_log).resolve()}"'] if wire_log is not None else []),
     ])  # fmt: skip
     cmd = [_tool("flower-supernode"), "--superlink", superlink,
            "--root-certificates", _existing("root-cert", root_cert),
@@ -73,6 +76,18 @@ def supernode_command(
     if max_wait is not None:
         cmd += ["--max-wait-time", str(max_wait)]
     return cmd
+
+
+def client_environment(limits: Path) -> dict[str, str]:
+    """The environment for an organisation's SuperNode: Flower's tools, and the bundle guard in front.
+
+    The guard's launcher lives in the limits' state folder; refusals go to the client's audit log.
+    """
+    from fedready.deploy.guard import guard_environment
+    from fedready.deploy.limits import load_limits
+
+    lim = load_limits(limits)
+    return {**flower_env(), **guard_environment(lim.state_dir / "guard", audit_log=lim.audit_log)}
 
 
 def flwr_connection(home: Path, *, name: str, address: str, root_cert: Path) -> Path:

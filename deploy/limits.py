@@ -40,6 +40,7 @@ class LocalLimits(BaseModel):
     ledger: Path = Path("ledger.json")  # lifetime ledger (kept across runs)
     audit_log: Path = Path("audit.jsonl")  # the client's hash-chained audit log
     state_dir: Path = Path("state")  # per-run accountant state and the last released update
+    share_contract_report: bool = False  # tell the coordinator which contract checks failed (outside the guarantee)
 
 
 def load_limits(path: str | Path) -> LocalLimits:
@@ -73,6 +74,7 @@ class Release:
     sample_rate: float
     steps: int
     epsilon: float  # lifetime epsilon after this release, at the limits' delta
+    level: str = "sample"  # count | sample | query (fedready.client.state)
 
 
 class LocalLedger:
@@ -88,6 +90,10 @@ class LocalLedger:
                     "ledger", f"{self.path} is not a fedready local ledger (format {data.get('format')!r})"
                 )
             self.releases = [Release(**r) for r in data["releases"]]
+
+    def releases_of(self, run: str) -> list[Release]:
+        """The releases made in ``run`` (a relaunched run continues its own)."""
+        return [r for r in self.releases if r.run == run]
 
     def history(self) -> list[tuple[float, float, int]]:
         """Every release in Opacus's accountant-history format."""

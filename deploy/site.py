@@ -3,13 +3,15 @@
 A SuperNode started by ``fedready client`` carries the paths in its node config
 (``data-path``, ``schema-path``, ``limits-path``); the ClientApp builds a :class:`Site`
 from them. Nothing here is sent anywhere: the ClientApp sends only the fingerprint
-(:attr:`Site.fingerprint`), reason codes, the model update and its DP parameters.
+(:attr:`Site.fingerprint`: the schema digest and a salted commitment to the data), reason
+codes, the noised model update and counts, and their DP parameters.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,6 +42,7 @@ class LocalData:
     x_val: np.ndarray
     y_val: np.ndarray
     val_attributes: dict[str, np.ndarray]
+    train_columns: dict[str, np.ndarray]  # raw values of the training rows (for the reference profile)
     schema: DataSchema | None = None  # the site's own schema (what the rows mean)
 
 
@@ -53,8 +56,12 @@ class Site:
         raw = self.data_path.read_bytes()
         self.table: Table = read_csv(self.data_path, schema)
         self.report: ContractReport = validate_contract(self.table, schema)
-        self.fingerprint: dict[str, Any] = {K.SCHEMA_DIGEST: schema.digest(), K.DATA_ROWS: len(self.table),
-                                            K.DATA_SHA256: "sha256:" + hashlib.sha256(raw).hexdigest()}  # fmt: skip
+        self.data_sha256 = "sha256:" + hashlib.sha256(raw).hexdigest()  # stays here (audit log only)
+        # The server gets a commitment, not the digest: a bare sha256 of the CSV would let anyone holding a
+        # candidate file test whether it is this client's data. The salt is a secret kept beside the ledger.
+        salt = _secret_salt(limits.ledger.parent / "commitment.salt")
+        commitment = "sha256:" + hashlib.sha256(salt + self.data_sha256.encode()).hexdigest()
+        self.fingerprint: dict[str, Any] = {K.SCHEMA_DIGEST: schema.digest(), K.DATA_COMMITMENT: commitment}
         self.audit = AuditLog(limits.audit_log)
         self.ledger = LocalLedger(limits.ledger)
 
@@ -68,7 +75,13 @@ class Site:
         n_val = int(round(len(y) * val_fraction))
         tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
         attrs = {a: table.columns[a][va] for a in self.schema.sensitive}
-        return LocalData(x[tr], y[tr], x[va], y[va], attrs, self.schema)
+        return LocalData(x[tr], y[tr], x[va], y[va], attrs, {k: v[tr] for k, v in table.columns.items()}, self.schema)
+
+    def contract_detail(self) -> str:
+        """What a contract refusal tells the coordinator: the failed checks' names if the limits allow it."""
+        if self.limits.share_contract_report:
+            return self.report.summary()
+        return "the local data breaks the data contract (details stay on the client)"
 
     def privacy_refusal(self, *, requested_delta: float, accountant: str,
                         step: tuple[float, float, int]) -> tuple[str, str] | None:  # fmt: skip
@@ -82,15 +95,28 @@ class Site:
                                         f"{self.limits.max_epsilon} (spent {spent:.4f})")  # fmt: skip
         return None
 
-    def record_release(self, *, run: str, server_round: int, step: tuple[float, float, int]) -> float:
-        """Write one released update to the lifetime ledger and the audit log; return lifetime epsilon."""
+    def record_release(self, *, run: str, server_round: int, step: tuple[float, float, int],
+                       level: str = "sample") -> float:  # fmt: skip
+        """Write one release to the lifetime ledger and the audit log; return the lifetime epsilon."""
         eps = self.ledger.epsilon(delta=self.limits.max_delta, accountant=self.limits.accountant, extra=[step])
         self.ledger.record(Release(run=run, round=server_round, noise_multiplier=step[0], sample_rate=step[1],
-                                   steps=step[2], epsilon=eps))  # fmt: skip
-        self.audit.append("update-released", run=run, round=server_round, noise_multiplier=step[0],
-                          sample_rate=step[1], steps=step[2], lifetime_epsilon=eps,
-                          max_epsilon=self.limits.max_epsilon)  # fmt: skip
+                                   steps=step[2], epsilon=eps, level=level))  # fmt: skip
+        self.audit.append("update-released" if level == "sample" else f"{level}-released", run=run,
+                          round=server_round, noise_multiplier=step[0], sample_rate=step[1], steps=step[2],
+                          lifetime_epsilon=eps, max_epsilon=self.limits.max_epsilon)  # fmt: skip
         return eps
+
+
+def _secret_salt(path: Path) -> bytes:
+    """32 random bytes kept (0600) at ``path``, created on first use."""
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    salt = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(salt)
+    return salt
 
 
 @lru_cache(maxsize=4)

@@ -192,9 +192,15 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
         f"model digest {r['model_digest']}",
     ])]  # fmt: skip
     if pv["dp"]:
-        eps = [f"sample-level DP-SGD (Opacus): epsilon {_num(pv['epsilon'], 3)} at delta {pv['delta']:g} "
-               f"(max over clients, composed over every round, {pv['accountant']} accountant; target "
-               f"{_num(pv['target_epsilon'], 3)})"]  # fmt: skip
+        eps = [f"record-level DP (Opacus DP-SGD, noisy counts): epsilon {_num(pv['epsilon'], 3)} at delta "
+               f"{pv['delta']:g} (max over clients, composed over every release about a client's rows: its noisy "
+               f"row count, every training round, its post-training counts; {pv['accountant']} accountant; "
+               f"target {_num(pv['target_epsilon'], 3)})"]  # fmt: skip
+        parts = pv.get("epsilon_parts") or {}
+        if parts:
+            eps.append("each part alone: " + ", ".join(f"{k} {_num(v, 3)}" for k, v in parts.items() if v))
+        for caveat in pv.get("caveats") or []:
+            eps.append(f"CAVEAT: {caveat}")
         if pv["per_client_epsilon"]:
             per = pv["per_client_epsilon"].values()
             eps.append(f"per client (ledger): epsilon from {min(per):.3f} to {max(per):.3f} over "

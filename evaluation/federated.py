@@ -4,14 +4,16 @@ The server sends the global model in a Flower ``evaluate`` message with the quer
 ``group-counts``; each client predicts on its own local validation split and
 answers with a (tp, fp, tn, fn) table per group of every sensitive attribute,
 plus its number of correct predictions and rows. No row, score or label leaves a
-client, only counts. The summed counts give exactly the metrics one would get on
-the pooled predictions (:mod:`fedready.evaluation.fairness`).
+client, only counts.
 
 Notes
 -----
-The counts are released without noise: they describe each client's validation
-split, not its training data, but a small group's counts can still be revealing.
-Deployments that need it should add noise to the counts (not done here).
+Under DP each client adds Gaussian noise to its counts before they leave and charges
+the release to its budget (:func:`fedready.client.app.handle_query`): the server sums
+noisy counts, clips negative sums to zero (post-processing) and computes the metrics
+from them. Without DP, or with ``--exact-evaluation`` (outside the guarantee, stamped in
+the ledger), the counts are exact and the summed metrics equal those on the pooled
+predictions (:mod:`fedready.evaluation.fairness`; tested to 1e-9 against fairlearn).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedready import constants as K
@@ -46,6 +48,7 @@ from fedready.modelio import arrays_digest, load_npz
 
 __all__ = [
     "FEDERATED_FILE",
+    "answer_query",
     "final_model",
     "local_group_counts",
     "query_all",
@@ -95,29 +98,38 @@ def local_group_counts(
 
 
 def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig) -> dict[str, Any]:
-    """Sum the clients' count tables and keep each client's (correct, rows).
+    """Sum the clients' count tables (exact, or noised by each client) and keep each client's (correct, rows).
+
+    Noisy sums are clipped to zero (post-processing); exact counts stay integers.
 
     Raises
     ------
     IntegrityError
-        If a reply's count tables disagree in shape with the schema or hold negatives.
+        If a reply's count tables disagree in shape with the schema, or exact counts hold negatives.
     """
     schema = task_of(cfg).schema
-    width = 4 * (1 if schema.target.binary else schema.target.num_classes)  # one-vs-rest tables per class
+    k = schema.target.num_classes
+    width = 4 if k == 2 else k * k  # (tp, fp, tn, fn), or the confusion matrix, per group
     sums: dict[str, np.ndarray] = {}
-    per_client: dict[str, tuple[int, int]] = {}
+    per_client: dict[str, tuple[float, float]] = {}
+    noisy = any(float(r.get(K.QUERY_NOISE_STD, 0.0)) > 0 for r in replies)
     for r in replies:
-        per_client[str(int(r[K.PARTITION_ID]))] = (int(r[K.VAL_CORRECT]), int(r[K.VAL_ROWS]))
+        per_client[str(int(r[K.PARTITION_ID]))] = (float(r[K.VAL_CORRECT]), float(r[K.VAL_ROWS]))
         for key, flat in r.items():
             if not key.startswith(K.COUNTS_PREFIX):
                 continue
             attr = key.removeprefix(K.COUNTS_PREFIX)
-            table = np.asarray(flat, dtype=np.int64)
-            if table.size != width * len(group_names(schema, attr)) or (table < 0).any():
+            table = np.asarray(flat, dtype=np.float64)
+            if table.size != width * len(group_names(schema, attr)) or not np.isfinite(table).all():
                 raise IntegrityError(f"client {r[K.PARTITION_ID]}: malformed counts for '{attr}'")
+            if not noisy and (table < 0).any():
+                raise IntegrityError(f"client {r[K.PARTITION_ID]}: negative counts for '{attr}'")
             sums[attr] = sums.get(attr, 0) + table.reshape(-1, width)
     ordered = [a for a in schema.sensitive if a in sums] + sorted(set(sums) - set(schema.sensitive))
-    return {"counts": {a: sums[a].tolist() for a in ordered}, "per_client": per_client}
+    out = {a: np.maximum(sums[a], 0.0) for a in ordered}
+    if not noisy:
+        out = {a: v.astype(np.int64) for a, v in out.items()}
+    return {"counts": {a: v.tolist() for a, v in out.items()}, "per_client": per_client, "noisy": noisy}
 
 
 def _query_nodes(nodes: list[int], fraction: float, seed: int) -> list[int]:
@@ -138,8 +150,12 @@ def query_all(
     *,
     fraction: float = 1.0,
     seed: int = 0,
+    server_round: int = 0,
 ) -> list[Message]:
-    """Send the model and ``query`` to the connected clients (all, or a seeded ``fraction``)."""
+    """Send the model and ``query`` to the connected clients (all, or a seeded ``fraction``).
+
+    ``server_round`` is the ledger round the clients charge this query under.
+    """
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
     while len(nodes) < num_clients and time.monotonic() < deadline:
@@ -148,7 +164,8 @@ def query_all(
     # With thousands of clients, asking each one costs as much as many training rounds.
     nodes = _query_nodes(sorted(nodes), fraction, seed)
     messages = [
-        Message(content=RecordDict({K.ARRAYS: arrays, K.CONFIG: ConfigRecord({K.QUERY: query})}),
+        Message(content=RecordDict({K.ARRAYS: arrays,
+                                    K.CONFIG: ConfigRecord({K.QUERY: query, K.SERVER_ROUND: server_round})}),
                 dst_node_id=node, message_type=MessageType.EVALUATE)
         for node in nodes
     ]  # fmt: skip
@@ -179,10 +196,15 @@ def run_federated_evaluation(
     """
     arrays, record = final_model(run_dir)
     if replies is None:
+        from fedready.server.app import _query_round, charge_queries
+
         replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, fraction=cfg.fraction_evaluate,
-                            seed=cfg.seed)  # fmt: skip
-    ok = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
+                            seed=cfg.seed, server_round=_query_round(run_dir))  # fmt: skip
+        replies = charge_queries(run_dir, cfg, replies)
+    answers = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
+    ok = [a for a in answers if not int(a.get(K.DECLINED, 0)) and any(k.startswith(K.COUNTS_PREFIX) for k in a)]
     failed = [m.error.reason for m in replies if m.has_error()]
+    declined = len(answers) - len(ok)
     summed = sum_replies(ok, cfg)
     schema = task_of(cfg).schema
     counts = {a: np.asarray(t) for a, t in summed["counts"].items()}
@@ -190,6 +212,10 @@ def run_federated_evaluation(
         "model_digest": arrays_digest(arrays),
         "clients_answered": len(ok),
         "clients_failed": failed,
+        "clients_declined": declined,
+        # per-client std of the Gaussian noise on the counts (0: exact counts)
+        "noise_std": max((float(a.get(K.QUERY_NOISE_STD, 0.0)) for a in ok), default=0.0),
+        "exact": not summed["noisy"],
         "counts": summed["counts"],
         "group_names": {a: group_names(schema, a) for a in counts},
         "fairness": fairness_from_counts(counts, schema),
@@ -200,8 +226,13 @@ def run_federated_evaluation(
     return result
 
 
-def handle_query(msg: Message, cfg: SimulationConfig, partition_id: int, local: LocalData | None = None) -> Message:
-    """Answer an ``evaluate`` message (client side): one query, or several joined by commas, in one reply."""
+def answer_query(msg: Message, cfg: SimulationConfig, partition_id: int,
+                 local: LocalData | None = None) -> dict[str, Any]:  # fmt: skip
+    """A client's exact answer to an ``evaluate`` message: one query, or several joined by commas.
+
+    The client adds noise and charges the release before anything leaves
+    (:func:`fedready.client.app.handle_query`).
+    """
     from fedready.monitoring.federated import local_profile_counts
 
     known = (K.QUERY_GROUP_COUNTS, K.QUERY_PROFILE)
@@ -211,13 +242,9 @@ def handle_query(msg: Message, cfg: SimulationConfig, partition_id: int, local: 
             raise ValueError(f"unknown query '{query}'; expected one of: {', '.join(known)}")
     record = msg.content[K.ARRAYS]
     arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
-    if local is not None and queries == [K.QUERY_PROFILE]:
-        # a deployed client's profile needs its raw training columns: not wired yet (README: known limits)
-        raise ValueError("reference profiles are not computed by deployed clients yet")
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {K.PARTITION_ID: partition_id}
     if K.QUERY_GROUP_COUNTS in queries:
         metrics.update(local_group_counts(cfg, partition_id, arrays, local))
-    if K.QUERY_PROFILE in queries and local is None:  # asked together: a deployed client answers the counts
-        metrics.update(local_profile_counts(cfg, partition_id, arrays))
-    return Message(content=RecordDict({K.METRICS: MetricRecord(metrics)}),
-                   reply_to=msg)  # fmt: skip
+    if K.QUERY_PROFILE in queries:
+        metrics.update(local_profile_counts(cfg, partition_id, arrays, local))
+    return metrics

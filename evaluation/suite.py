@@ -95,14 +95,13 @@ def _with_empty_groups(fair: dict[str, Any], schema: DataSchema) -> dict[str, An
 def _privacy(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     led_path = run_dir / "ledger.json"
     led = json.loads(led_path.read_text()) if led_path.exists() else {}
-    entries = led.get("entries", [])
-    per_client: dict[str, float] = {}
-    for e in entries:
-        if e.get("level", "sample") == "sample":
-            per_client[e["client"]] = max(per_client.get(e["client"], 0.0), e["epsilon"])
+    # each client's epsilon composed over every release about its rows (count, training, query, seed runs)
+    per_client: dict[str, float] = dict(led.get("clients", {}))
     return {
         "dp": summary.get("dp"), "delta": summary.get("delta"),
         "epsilon": led.get("epsilon", summary.get("epsilon")) if summary.get("dp") else None,  # from the ledger
+        "epsilon_parts": led.get("epsilon_parts"), "private": led.get("private", False),
+        "caveats": led.get("caveats", []),
         "accountant": led.get("accountant"), "target_epsilon": led.get("target_epsilon"),
         "client_dp": summary.get("client_dp"), "client_epsilon": summary.get("client_epsilon"),
         "client_delta": summary.get("client_delta"), "per_client_epsilon": per_client,
@@ -313,13 +312,47 @@ def _federated(rm: RunModel) -> dict[str, Any]:
 
 
 def _retrain(rm: RunModel, seeds: int) -> list[RunModel]:
-    """Retrain the run's configuration with the next ``seeds - 1`` seeds (each a full run, cached)."""
+    """Retrain the run's configuration with the next ``seeds - 1`` seeds (each a full run, cached).
+
+    Notes
+    -----
+    Every retrain is another private run on the same clients' rows, and the seed-stability numbers
+    published from it are releases about those rows: each is charged to the run's ledger (level
+    ``seed``). A different seed partitions the rows differently, so a row may sit with any client in
+    a retrain: every client is charged the retrain's worst client's releases (a valid upper bound).
+    """
+    from fedready.privacy.ledger import Ledger
     from fedready.simulations.engine import simulate
 
     out = []
+    led_path = rm.run_dir / "ledger.json"
+    ledger = Ledger.load(led_path) if led_path.exists() and rm.cfg.dp else None
     for s in range(rm.cfg.seed + 1, rm.cfg.seed + seeds):
         d = rm.run_dir / "seeds" / f"seed-{s}"
         if not (d / "summary.json").exists():
             simulate(rm.cfg.model_copy(update={"seed": s}), d)
         out.append(load_run(d))
+        if ledger is not None and not any(e.level == "seed" and e.round == -s for e in ledger.entries):
+            other = Ledger.load(d / "ledger.json")
+            worst = max(other.client_epsilon().items(), key=lambda kv: kv[1], default=(None, 0.0))[0]
+            releases = [e for e in other.entries if e.client == worst]
+            for client in sorted({e.client for e in ledger.entries if e.level != "client"}):
+                for e in releases:  # round -seed: a release of retrain `seed`, not of a round of this run
+                    ledger.charge(
+                        round=-s,
+                        client=client,
+                        level="seed",
+                        noise_multiplier=e.noise_multiplier,
+                        sample_rate=e.sample_rate,
+                        steps=e.steps,
+                        delta=e.delta,
+                        note=f"seed-{s}",
+                    )
+    if ledger is not None:
+        ledger.save(led_path)
+        summary_path = rm.run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text())
+        summary.update(epsilon=ledger.epsilon, epsilon_parts=ledger.epsilon_parts())
+        atomic_write_text(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        rm.summary.update(epsilon=ledger.epsilon, epsilon_parts=ledger.epsilon_parts())
     return out

@@ -126,6 +126,7 @@ def simulate(
     on_round: Callable[[Any], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     on_start: Callable[[Any], None] | None = None,
+    wire_log: str | Path | None = None,
     **options: Any,
 ) -> SimulationResult:
     """Run (or resume) a private federated training in simulation.
@@ -146,6 +147,8 @@ def simulate(
     on_round, on_note, on_start : callable, optional
         Called with each round's report, with each one-line note (rows left out, a model Opacus
         fixed), and with the checked configuration before the first round.
+    wire_log : path, optional
+        Every client appends the keys of each message it sends to this file.
     **options
         Any field of :class:`~fedready.config.SimulationConfig` (``rounds``, ``num_clients``,
         ``epsilon``, ``partitioner``, ``client_dp``, ``secagg``, ``attack``, ...).
@@ -179,7 +182,8 @@ def simulate(
             on_note(note)
     if on_start is not None:
         on_start(cfg)
-    summary = run(cfg, run_dir, on_round=on_round, ray_address=ray_address)
+    summary = run(cfg, run_dir, on_round=on_round, ray_address=ray_address,
+                  wire_log=Path(wire_log) if wire_log is not None else None)  # fmt: skip
     return simulation_result(summary)
 
 

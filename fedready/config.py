@@ -47,7 +47,7 @@ class SimulationConfig(BaseModel):
     skew_attribute: str | None = None  # for partitioner=sensitive (default: the schema's first sensitive attribute)
     val_fraction: float = Field(0.1, ge=0, lt=1)  # each client's local validation share
     min_client_rows: int = Field(20, ge=1)  # fewest rows a partitioner may give a client (lower it for 10,000s)
-    seed: int = 0
+    seed: int = 0  # partitioning, initialisation, scenario choices; never DP noise or sampling (see privacy)
     # model and local training
     model: str = "mlp"
     local_epochs: int = Field(1, ge=1)  # epochs per round (when local_steps is 0)
@@ -62,6 +62,16 @@ class SimulationConfig(BaseModel):
     delta: float = 1e-5  # must be < 1/n for every client's n training rows
     max_grad_norm: float = Field(1.0, gt=0)  # per-sample clipping bound C
     accountant: str = "rdp"  # rdp | prv
+    # Other releases about a client's rows, charged to the same budget (the training noise is
+    # calibrated for what they leave): its noisy row count, sent once per run (Gaussian, std in rows),
+    # and the counts it answers after training (group counts on its validation rows, reference-profile
+    # histograms of its training rows), noised on the client with this multiplier x their L2 sensitivity.
+    count_noise: float = Field(20.0, gt=0)  # std of the noise on a client's row count (sensitivity 1 row)
+    query_noise: float = Field(12.0, gt=0)  # noise multiplier of the post-training counts
+    # Research and diagnosis options that void or weaken the guarantee; stamped wherever epsilon is shown.
+    insecure_seeded_noise: bool = False  # derive DP noise and sampling from --seed: bit-exact reruns, NOT private
+    exact_evaluation: bool = False  # clients answer exact group counts (outside the guarantee)
+    release_train_loss: bool = False  # clients send their training loss (outside the guarantee; q-FFL needs it)
     # client-level differential privacy (DP-FedAvg), on top of or instead of sample-level DP
     client_dp: Literal["off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive"] = "off"
     client_noise_multiplier: float | None = Field(None, gt=0)  # z: noise std = z * clip / sampled clients
@@ -69,6 +79,8 @@ class SimulationConfig(BaseModel):
     client_delta: float = Field(1e-5, gt=0, lt=1)  # client-level delta, below 1/num_clients
     client_clip: float = Field(1.0, gt=0)  # L2 bound on each client's update (initial bound if adaptive)
     clip_quantile: float = Field(0.5, ge=0, le=1)  # adaptive clipping: target share of unclipped updates
+    clip_count_stddev: float | None = Field(None, gt=0)  # adaptive: noise std of the unclipped count (default m/20)
+    clip_learning_rate: float = Field(0.2, gt=0)  # adaptive: geometric step of the clip norm per round
     # secure aggregation (SecAgg+, Bell et al. 2020); combines with client-side clipping DP only
     secagg: bool = False
     secagg_shares: int = Field(3, ge=2)  # shares of each client's secret, among its neighbours
@@ -173,6 +185,9 @@ def _cross_checks(cfg: SimulationConfig) -> None:
             raise ConfigError("secagg-threshold", f"{cfg.secagg_threshold} exceeds --secagg-shares {cfg.secagg_shares}")
         if cfg.secagg_shares > m:
             raise ConfigError("secagg-shares", f"{cfg.secagg_shares} exceeds the {m} clients sampled per round")
+    if cfg.aggregator == "qfedavg" and cfg.dp and not cfg.release_train_loss:
+        raise ConfigError("aggregator", "q-FFL weighs clients by their training loss, which DP does not cover: "
+                                        "pass --release-train-loss (outside the guarantee) or --no-dp")  # fmt: skip
     if cfg.attack != "none" and cfg.attack_fraction == 0:
         raise ConfigError("attack-fraction", f"attack '{cfg.attack}' needs --attack-fraction > 0")
     if cfg.aggregator in ("krum", "multikrum") and m <= 2 * cfg.num_malicious + 2:

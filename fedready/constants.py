@@ -26,6 +26,14 @@ STEPS = "steps"
 EPSILON = "epsilon"
 DELTA = "delta"
 REPLAYED = "replayed"  # 1 when a client re-sent an update it had already released
+# A client's whole release history (parallel lists): the server's ledger charges what it has not seen
+HISTORY_LEVEL = "history-level"  # 0 count, 1 sample (DP-SGD round), 2 query (post-training counts)
+HISTORY_ROUND = "history-round"
+HISTORY_NOISE = "history-noise"
+HISTORY_RATE = "history-rate"
+HISTORY_STEPS = "history-steps"
+HISTORY_JSON = "history-json"  # the same, as one JSON string (legacy SecAgg+ metrics hold scalars only)
+QUERY_NOISE_STD = "query-noise-std"  # std of the Gaussian noise a client added to its query answer (0: exact)
 
 # ConfigRecord keys in a client's reply
 REASON = "reason"
@@ -61,8 +69,7 @@ VAL_CORRECT = "val-correct"
 CONTRACT_VIOLATION = "contract-violation"  # the local data breaks the schema's [contract]
 LOCAL_LIMIT = "local-privacy-limit"  # the coordinator asks for more than the client's local limits allow
 SCHEMA_DIGEST = "schema-digest"  # ConfigRecord keys of the fingerprint in every deployed reply
-DATA_ROWS = "data-rows"
-DATA_SHA256 = "data-sha256"
+DATA_COMMITMENT = "data-commitment"  # sha256(client secret salt + data sha256): provenance without the digest
 # node config keys of a deployed SuperNode (set by `fedready client`)
 NODE_DATA = "data-path"
 NODE_SCHEMA = "schema-path"
@@ -71,6 +78,6 @@ NODE_LIMITS = "limits-path"
 # histograms of the client's training rows over the schema's bins (never rows).
 QUERY_PROFILE = "reference-profile"
 PROFILE_PREFIX = "profile/"  # + "feature/<name>", "scores", "predictions", "labels", "score-positives"
-# run-config keys: noise on the summed profile ("auto": gaussian when DP is on, else none) and its budget
-PROFILE_NOISE = "fedready.profile-noise"
-PROFILE_EPSILON = "fedready.profile-epsilon"
+# Wire log: a file where a client records the keys of every message it sends (node config / env)
+NODE_WIRE_LOG = "wire-log"
+WIRE_LOG_ENV = "FEDREADY_WIRE_LOG"

@@ -70,9 +70,17 @@ def run_pipeline(
     else:
         resume = run if (run / "config.json").exists() else None
         summary = simulate(given, out=run.parent, name=None if resume else run.name, resume=resume, ray_address=None)
+    if summary.get("status") == "failed":
+        from fedready.errors import IntegrityError
+
+        raise IntegrityError(f"training failed: {summary['reason']}; first client error: "
+                             f"{summary['first_client_error']} (see {run}/audit.jsonl)")  # fmt: skip
     result["train"] = {k: summary[k] for k in ("accuracy", "epsilon", "delta", "model_digest", "run_dir")}
-    eps = f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary.get("dp") else "no DP"
+    eps = (f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g}; composed: training, row counts and "
+           "post-training counts)" if summary.get("dp") else "no DP")  # fmt: skip
     say(f"    accuracy {summary['accuracy']:.4f}, {eps}")
+    for caveat in summary.get("caveats", []):
+        say(f"    {caveat}")
 
     say("2/6 evaluate: fairness, stability, calibration, gates, model card")
     done = run / "evaluation.json"

@@ -21,6 +21,28 @@ from fedready.monitoring._profile import PROFILE_FORMAT, SCORE_EDGES, Counts
 __all__ = ["MonitoringPolicy", "compare", "js_distance", "load_monitoring_policy", "psi"]
 
 _FLOOR = 1e-4  # share given to an empty bucket, so PSI stays finite (a common convention)
+_NOISE_SIGMAS = 3.0  # a noisy reference bucket below this many noise stds carries no signal: pooled
+
+
+def pool_noisy_buckets(reference: np.ndarray, window: np.ndarray, noise_std: float | None) -> tuple[np.ndarray, ...]:
+    """Pool the buckets whose noisy reference count is within ``3 * noise_std`` of zero into one.
+
+    A DP reference profile's rare buckets (a country with a few dozen rows) are mostly noise: compared
+    one by one they make PSI cry wolf on unshifted data. They are pooled into one bucket, which is kept
+    if it clears the same bar (its noise std is ``noise_std * sqrt(k)`` for ``k`` pooled buckets) and
+    otherwise left out of both histograms: drift confined to categories too rare for the noise to
+    resolve is not detected, the price of a private reference. Post-processing: no privacy cost.
+    """
+    ref, win = np.asarray(reference, dtype=np.float64), np.asarray(window, dtype=np.float64)
+    if not noise_std:
+        return ref, win
+    small = ref < _NOISE_SIGMAS * float(noise_std)
+    if small.sum() < 2:
+        return ref, win
+    pooled_ref, pooled_win = ref[small].sum(), win[small].sum()
+    if pooled_ref < _NOISE_SIGMAS * float(noise_std) * np.sqrt(small.sum()):
+        return ref[~small], win[~small]
+    return np.append(ref[~small], pooled_ref), np.append(win[~small], pooled_win)
 
 
 def _shares(counts: np.ndarray) -> np.ndarray:
@@ -133,10 +155,12 @@ def compare(profile: dict[str, Any], window: Counts, policy: MonitoringPolicy | 
                              "threshold": threshold})  # fmt: skip
 
     feats: dict[str, dict[str, float]] = {}
+    noise_std = (profile.get("noise") or {}).get("scale")  # std of the noise on each summed bucket
     for name, counts in window.features.items():
         if name not in ref.features or len(ref.features[name]) != len(counts):
             raise IntegrityError(f"feature '{name}': the window's buckets differ from the reference profile's")
-        feats[name] = {"psi": psi(ref.features[name], counts), "distance": js_distance(ref.features[name], counts)}
+        r, w = pool_noisy_buckets(ref.features[name], counts, noise_std)
+        feats[name] = {"psi": psi(r, w), "distance": js_distance(r, w)}
         if not policy.features or name in policy.features:
             check("feature-drift", name, "psi", feats[name]["psi"], policy.psi_alert)
             check("feature-drift", name, "distance", feats[name]["distance"], policy.distance_alert)

@@ -25,7 +25,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from fedready.errors import ConfigError
 
-__all__ = ["ACCOUNTANTS", "calibrate_noise", "compose_epsilon", "flower_client_epsilon"]
+__all__ = ["ACCOUNTANTS", "calibrate_noise", "calibrate_with_releases", "compose_epsilon", "dp_accounting_epsilon"]
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -125,41 +125,82 @@ def _rdp_epsilon(merged: dict[tuple[float, float], int], delta: float) -> float:
     return float(eps)
 
 
-def flower_client_epsilon(releases: Iterable[tuple[float, int]], *, population: int, delta: float) -> float:
-    """Client-level epsilon from Flower's own accountant (``flwr.serverapp.RdpAccountant``).
+def calibrate_with_releases(*, target_epsilon: float, target_delta: float, sample_rate: float, steps: int,
+                            releases: Sequence[Step] = (), accountant: str = "rdp") -> float:  # fmt: skip
+    """The smallest DP-SGD noise multiplier whose composition *with* ``releases`` meets the budget.
 
-    Flower's DP strategy wrappers account only fixed clipping without sampling
-    amplification; its accountant itself handles Poisson-sampled Gaussian events,
-    which is how fedready feeds it every released round (any clipping mode).
+    A client's training is not the only thing it releases: its noisy row count, the noisy
+    counts it answers after training (group counts, reference profile) are releases about the
+    same rows. Their noise is fixed by configuration, so the training noise is calibrated for
+    what is left: ``compose(training + releases) <= target_epsilon``.
 
     Parameters
     ----------
-    releases : iterable of (noise_multiplier, sampled_clients)
-        One entry per released round.
-    population : int
-        Total number of clients.
-    delta : float
-        Client-level delta.
+    releases : sequence of (noise_multiplier, sample_rate, steps)
+        The other planned releases (Gaussian, Opacus's history format).
+
+    Raises
+    ------
+    ConfigError
+        If the other releases alone already spend the budget (raise their noise or the budget).
+    """
+    if not releases:
+        return calibrate_noise(target_epsilon=target_epsilon, target_delta=target_delta, sample_rate=sample_rate,
+                               steps=steps, accountant=accountant)  # fmt: skip
+    _check(target_epsilon, target_delta, accountant)
+    fixed = compose_epsilon(releases, delta=target_delta, accountant=accountant)
+    if fixed >= target_epsilon:
+        raise ConfigError("epsilon", f"the count and query releases alone spend epsilon {fixed:.3f} >= budget "
+                                     f"{target_epsilon}; raise --epsilon or --query-noise / --count-noise")  # fmt: skip
+
+    def spent(z: float) -> float:
+        return compose_epsilon([*releases, (z, sample_rate, steps)], delta=target_delta, accountant=accountant)
+
+    lo = calibrate_noise(target_epsilon=target_epsilon, target_delta=target_delta, sample_rate=sample_rate,
+                         steps=steps, accountant=accountant)  # fmt: skip
+    hi = 2.0 * lo
+    while spent(hi) > target_epsilon:
+        lo, hi = hi, 2.0 * hi
+        if hi > 1e6:
+            raise ConfigError("epsilon", f"no noise level meets epsilon {target_epsilon} beside the other releases")
+    for _ in range(40):  # bisection to 1e-12 of the bracket: well inside Opacus's own tolerance
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if spent(mid) > target_epsilon else (lo, mid)
+    assert spent(hi) <= target_epsilon
+    return float(hi)
+
+
+def dp_accounting_epsilon(history: Iterable[Sequence[float]], *, delta: float) -> dict[str, float]:
+    """The same releases through Google's ``dp-accounting``: an independent cross-check.
+
+    Each ``(noise_multiplier, sample_rate, steps)`` is composed as ``steps`` Poisson-subsampled
+    Gaussian events (add/remove adjacency), the mechanism fedready implements. Returns the RDP
+    epsilon (same bound as Opacus's, computed by different code) and the tighter privacy-loss-
+    distribution (PLD) epsilon.
     """
     import logging
 
-    from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+    import dp_accounting
+    from dp_accounting import pld, rdp
 
-    items = list(releases)
-    if not items:
-        return 0.0
-    full = all(m >= population for _, m in items)
-    method = SamplingMethod.NO_AMPLIFICATION if full else SamplingMethod.POISSON
-    acc = RdpAccountant(PrivacyConfig(target_delta=delta, population_size=population,
-                                      neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                                      sampling_method=method))  # fmt: skip
+    events = []
+    for z, q, n in history:
+        if int(n) <= 0:
+            continue
+        base = dp_accounting.GaussianDpEvent(float(z))
+        one = base if float(q) >= 1.0 else dp_accounting.PoissonSampledDpEvent(float(q), base)
+        events.append(dp_accounting.SelfComposedDpEvent(one, int(n)))
+    if not events:
+        return {"rdp": 0.0, "pld": 0.0}
+    event = dp_accounting.ComposedDpEvent(events)
     absl = logging.getLogger("absl")
     level = absl.level
-    absl.setLevel(logging.ERROR)  # dp-accounting warns for RDP orders it skips
+    absl.setLevel(logging.ERROR)  # it warns for RDP orders it skips
     try:
-        for z, m in items:
-            acc.compose(GaussianPrivacyEvent(noise_multiplier=z, sample_size=min(m, population),
-                                             population_size=population))  # fmt: skip
-        return float(acc.get_epsilon(delta))
+        r = rdp.RdpAccountant()
+        r.compose(event)
+        p = pld.PLDAccountant()
+        p.compose(event)
+        return {"rdp": float(r.get_epsilon(delta)), "pld": float(p.get_epsilon(delta))}
     finally:
         absl.setLevel(level)

@@ -1,14 +1,27 @@
-"""The per-run privacy ledger: every client's spending, round by round.
+"""The per-run privacy ledger: every release about every client's rows, round by round.
 
-The ledger records, for each client and each round it trained in, the noise
-multiplier, sample rate, steps, accountant, delta and the epsilon spent so far
-(composed over all of that client's rounds). The run's reported epsilon is the
-maximum over clients. :func:`recompute` rebuilds every number from the recorded
+A client's rows are the subject of several releases, and the ledger charges each of them:
+
+========= ===================================================================
+``count`` the client's noisy row count (once per run; the FedAvg weight and the DP-SGD
+          sample rate are computed from it, so the exact count never leaves)
+``sample`` one round of DP-SGD (the released model update)
+``query`` the noisy counts answered after training (group confusion counts on its
+          validation rows and the reference-profile histograms of its training rows)
+``seed``  extra training runs on the same rows (``fedready evaluate --seeds``)
+``client`` client-level DP (DP-FedAvg): one release of the whole federation, client ``*``
+========= ===================================================================
+
+Each entry records the noise multiplier, sample rate, steps, accountant, delta and the
+epsilon spent so far, composed (RDP) over *every* earlier release about the same client's
+rows. The run's headline epsilon is the maximum over clients of that composition: training,
+count and queries together. :func:`recompute` rebuilds every number from the recorded
 parameters with Opacus's accountant alone, so anyone can audit the ledger.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +30,9 @@ from typing import Any
 from fedready._io import atomic_write_text
 from fedready.privacy.accounting import compose_epsilon
 
-__all__ = ["Ledger", "LedgerEntry", "compose_entries", "recompute"]
+__all__ = ["LEVELS", "RECORD_LEVELS", "Ledger", "LedgerEntry", "compose_entries", "recompute"]
 
-FORMAT = "fedready-ledger/1"
+FORMAT = "fedready-ledger/2"
 
 
 @dataclass(frozen=True)
@@ -33,8 +46,13 @@ class LedgerEntry:
     steps: int
     accountant: str
     delta: float
-    epsilon: float  # composed over this client's rounds up to and including this one
-    level: str = "sample"  # "sample" (DP-SGD on records), "client" (DP-FedAvg) or "profile" (monitoring counts)
+    epsilon: float  # composed over this client's releases up to and including this one (all record levels)
+    level: str = "sample"  # one of LEVELS (see the module docstring)
+    note: str = ""  # e.g. "late": released after the round timeout, charged when the client reported it
+
+
+RECORD_LEVELS = ("count", "sample", "query", "seed")  # releases about a client's rows (they compose)
+LEVELS = (*RECORD_LEVELS, "client")
 
 
 @dataclass
@@ -48,10 +66,48 @@ class Ledger:
     dp: bool = True
     entries: list[LedgerEntry] = field(default_factory=list)
     declines: list[dict[str, Any]] = field(default_factory=list)
+    # what voids or weakens the guarantee, stamped wherever the epsilon is shown
+    insecure_seeded_noise: bool = False  # noise derived from the configuration: NOT private
+    outside_guarantee: list[str] = field(default_factory=list)  # opt-in releases that are not charged
+
+    @property
+    def private(self) -> bool:
+        """Whether the epsilon is a guarantee at all (DP on, secret noise, nothing released uncharged)."""
+        return self.dp and not self.insecure_seeded_noise and not self.outside_guarantee
+
+    def caveats(self) -> list[str]:
+        """One line per reason the printed epsilon is not (or not the whole) guarantee."""
+        out = []
+        if self.insecure_seeded_noise:
+            out.append("NOT PRIVATE: noise seeded from the configuration (--insecure-seeded-noise)")
+        out += [f"released outside the guarantee: {x}" for x in self.outside_guarantee]
+        return out
 
     def record(self, entry: LedgerEntry) -> None:
         """Append one client's spending for one round."""
+        if entry.level not in LEVELS:
+            raise ValueError(f"unknown ledger level '{entry.level}'; expected one of: {', '.join(LEVELS)}")
         self.entries.append(entry)
+
+    def charge(self, *, round: int, client: str, level: str, noise_multiplier: float, sample_rate: float,  # noqa: A002
+               steps: int, delta: float, accountant: str | None = None, note: str = "") -> LedgerEntry:  # fmt: skip
+        """Record one release and compose it with every earlier release about the same rows.
+
+        ``client`` ``"*"`` with level ``client`` is the federation-level (DP-FedAvg) mechanism;
+        every other level composes per client.
+        """
+        acct = accountant or self.accountant
+        same = [e for e in self.entries if e.client == client and (e.level == "client") == (level == "client")]
+        probe = LedgerEntry(round=round, client=client, noise_multiplier=float(noise_multiplier),
+                            sample_rate=float(sample_rate), steps=int(steps), accountant=acct, delta=float(delta),
+                            epsilon=0.0, level=level, note=note)  # fmt: skip
+        entry = dataclasses.replace(probe, epsilon=compose_entries([*same, probe]))
+        self.record(entry)
+        return entry
+
+    def charged(self, client: str, level: str, round: int) -> bool:  # noqa: A002
+        """Whether a release of ``level`` by ``client`` in ``round`` is already recorded."""
+        return any(e.client == client and e.level == level and e.round == round for e in self.entries)
 
     def record_decline(self, *, round: int, client: str, reason: str, detail: str) -> None:  # noqa: A002
         """Record that a client declined a round (it spent nothing)."""
@@ -62,18 +118,22 @@ class Ledger:
         self.entries = [e for e in self.entries if e.round <= last_round]
         self.declines = [d for d in self.declines if d["round"] <= last_round]
 
-    def client_epsilon(self) -> dict[str, float]:
-        """Return each client's sample-level epsilon spent so far (its latest entry)."""
-        out: dict[str, float] = {}
-        for e in sorted(self.entries, key=lambda e: e.round):
-            if e.level == "sample":
-                out[e.client] = e.epsilon
-        return out
+    def client_epsilon(self, levels: tuple[str, ...] = RECORD_LEVELS) -> dict[str, float]:
+        """Each client's epsilon over its releases of ``levels`` (default: all of them, composed)."""
+        by_client: dict[str, list[LedgerEntry]] = {}
+        for e in self.entries:
+            if e.level in levels and e.level != "client":
+                by_client.setdefault(e.client, []).append(e)
+        return {c: compose_entries(v) for c, v in by_client.items()}
 
     @property
     def epsilon(self) -> float:
-        """The run's sample-level epsilon: the maximum over clients (0 before any training)."""
+        """The run's headline epsilon: max over clients of every release about their rows, composed."""
         return max(self.client_epsilon().values(), default=0.0)
+
+    def epsilon_parts(self) -> dict[str, float]:
+        """Max over clients of each kind of release on its own (the headline composes them, RDP)."""
+        return {lv: max(self.client_epsilon((lv,)).values(), default=0.0) for lv in RECORD_LEVELS}
 
     @property
     def client_level_epsilon(self) -> float:
@@ -86,23 +146,17 @@ class Ledger:
         released = sorted((e for e in self.entries if e.level == "client"), key=lambda e: e.round)
         return [(e.noise_multiplier, e.sample_rate, e.steps) for e in released]
 
-    @property
-    def profile_epsilon(self) -> float:
-        """Epsilon spent on reference profiles (monitoring), composed over every release (0 if none)."""
-        released = [e for e in self.entries if e.level == "profile"]
-        return compose_entries(released) if released else 0.0
-
     def epsilon_after_round(self, r: int) -> float:
-        """The run's sample-level epsilon counting only rounds ``<= r``."""
-        best: dict[str, float] = {}
+        """The run's headline epsilon counting only releases of rounds ``<= r``."""
+        by_client: dict[str, list[LedgerEntry]] = {}
         for e in self.entries:
-            if e.round <= r and e.level == "sample":
-                best[e.client] = max(best.get(e.client, 0.0), e.epsilon)
-        return max(best.values(), default=0.0)
+            if e.round <= r and e.level != "client":
+                by_client.setdefault(e.client, []).append(e)
+        return max((compose_entries(v) for v in by_client.values()), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the ledger as JSON-compatible data (sorted for stable output)."""
-        entries = sorted(self.entries, key=lambda e: (e.round, e.client))
+        """Return the ledger as JSON-compatible data (entries in the order they were charged)."""
+        entries = self.entries
         return {
             "format": FORMAT,
             "run_id": self.run_id,
@@ -111,8 +165,12 @@ class Ledger:
             "delta": self.delta,
             "target_epsilon": self.target_epsilon,
             "epsilon": self.epsilon,
+            "epsilon_parts": self.epsilon_parts(),
+            "private": self.private,
+            "insecure_seeded_noise": self.insecure_seeded_noise,
+            "outside_guarantee": list(self.outside_guarantee),
+            "caveats": self.caveats(),
             "client_level_epsilon": self.client_level_epsilon,
-            "profile_epsilon": self.profile_epsilon,
             "clients": dict(sorted(self.client_epsilon().items())),
             "entries": [asdict(e) for e in entries],
             "declines": sorted(self.declines, key=lambda d: (d["round"], d["client"])),
@@ -131,6 +189,8 @@ class Ledger:
             dp=data["dp"],
             entries=[LedgerEntry(**e) for e in data["entries"]],
             declines=list(data["declines"]),
+            insecure_seeded_noise=bool(data.get("insecure_seeded_noise", False)),
+            outside_guarantee=list(data.get("outside_guarantee", [])),
         )
 
     def save(self, path: Path) -> None:
@@ -146,8 +206,9 @@ class Ledger:
 def compose_entries(entries: list[LedgerEntry]) -> float:
     """Epsilon of a sequence of releases by one party, from their recorded parameters alone.
 
-    Gaussian releases compose with the recorded Opacus accountant; ``laplace`` releases
-    (monitoring profiles, pure DP with ``noise_multiplier = 1 / epsilon``) add up (basic
+    Gaussian releases compose with the recorded Opacus accountant (RDP, Mironov 2017: the
+    Renyi divergences of the count, training and query releases add up order by order);
+    ``laplace`` releases (pure DP with ``noise_multiplier = 1 / epsilon``) add up (basic
     composition, Dwork and Roth 2014, Thm. 3.16), as does the sum of the two parts.
     """
     gauss = [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries if e.accountant != "laplace"]
@@ -164,12 +225,12 @@ def recompute(ledger: Ledger) -> dict[str, list[tuple[int, float]]]:
     Returns
     -------
     dict
-        client -> list of (round, epsilon) in round order, computed with Opacus's
-        accountant from ``(noise_multiplier, sample_rate, steps)`` of that client's
-        entries up to each round.
+        client -> list of (round, epsilon) in the order recorded, computed with Opacus's
+        accountant from ``(noise_multiplier, sample_rate, steps)`` of every release about
+        that client's rows up to each entry.
     """
     by_client: dict[str, list[LedgerEntry]] = {}
-    for e in sorted(ledger.entries, key=lambda e: e.round):
+    for e in ledger.entries:
         # client-level releases are keyed "*" (the whole federation's mechanism)
         by_client.setdefault(e.client, []).append(e)
     out: dict[str, list[tuple[int, float]]] = {}

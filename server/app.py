@@ -26,15 +26,17 @@ from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
+from fedready.errors import IntegrityError
 from fedready.federation import holdout, task_of
 from fedready.modelio import arrays_digest, load_npz, save_npz
-from fedready.privacy.accounting import calibrate_noise, compose_epsilon, flower_client_epsilon
-from fedready.privacy.ledger import Ledger, LedgerEntry
+from fedready.privacy.accounting import calibrate_noise, compose_epsilon, dp_accounting_epsilon
+from fedready.privacy.ledger import Ledger
 from fedready.server.audit import AuditLog
-from fedready.server.strategies import build_strategy, sampled_clients
+from fedready.server.client_dp import ClientLevelDP
+from fedready.server.strategies import build_strategy, client_sample_rate
 from fedready.server.validation import UpdateValidator, update_norm
 
-__all__ = ["RoundReport", "app", "final_queries", "make_server_app", "run_rounds"]
+__all__ = ["RoundReport", "app", "charge_history", "final_queries", "make_server_app", "new_ledger", "run_rounds"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class RoundReport:
     sampled: int = 0
     late: int = 0  # sampled clients that did not answer before the round timeout
     skipped: bool = False  # fewer than min_clients updates were accepted: model unchanged
+    aggregated: int = 0  # updates that went into the new model
     client_epsilon: float = 0.0
     undefended_accuracy: float | None = None  # plain FedAvg over every received update (attack scenarios)
     seconds: float = 0.0
@@ -109,14 +112,18 @@ class _Checkpointer:
         arrays = load_npz((self.dir / meta["arrays"]).read_bytes())
         if arrays_digest(arrays) != meta["model_digest"]:
             raise RuntimeError(f"checkpoint {meta['arrays']} does not match its recorded digest; cannot resume")
+        self.strategy_state = dict(meta.get("strategy", {}))
         return int(meta["round"]), arrays, Ledger.from_dict(meta["ledger"])
 
-    def save(self, server_round: int, arrays: dict[str, np.ndarray], ledger: Ledger) -> None:
+    strategy_state: dict[str, Any] = {}  # noqa: RUF012 (per instance once loaded) e.g. the adaptive clip norm
+
+    def save(self, server_round: int, arrays: dict[str, np.ndarray], ledger: Ledger,
+             strategy: dict[str, Any] | None = None) -> None:  # fmt: skip
         name = f"checkpoints/round-{server_round:04d}.npz"
         atomic_write_bytes(self.dir / name, save_npz(arrays))
         ledger.save(self.dir / "ledger.json")
         meta = {"round": server_round, "arrays": name, "model_digest": arrays_digest(arrays),
-                "ledger": ledger.to_dict()}  # fmt: skip
+                "ledger": ledger.to_dict(), "strategy": dict(strategy or {})}  # fmt: skip
         # The pointer is written last: a crash before this line leaves the previous round intact.
         atomic_write_text(self.dir / CHECKPOINT, json.dumps(meta, sort_keys=True))
         for old in sorted((self.dir / "checkpoints").glob("round-*.npz"))[:-KEEP_CHECKPOINTS]:
@@ -151,32 +158,95 @@ def _plain_fedavg(replies: list[Message]) -> ArrayRecord:
 
 
 def _audit_fingerprint(audit: AuditLog, seen: dict[str, tuple], server_round: int, msg: Message) -> None:
-    """Log a deployed client's data fingerprint (schema digest, rows, data digest) when first seen or changed."""
+    """Log a deployed client's fingerprint (schema digest, salted data commitment) when first seen or changed."""
     config = msg.content.config_records.get(K.CONFIG)
-    if config is None or K.DATA_SHA256 not in config:
+    if config is None or K.DATA_COMMITMENT not in config:
         return
     client = _client_id(msg)
-    fp = (str(config[K.SCHEMA_DIGEST]), int(config[K.DATA_ROWS]), str(config[K.DATA_SHA256]))
+    fp = (str(config[K.SCHEMA_DIGEST]), str(config[K.DATA_COMMITMENT]))
     if seen.get(client) != fp:
         seen[client] = fp
         audit.append("client-data", round=server_round, client=client, node_id=msg.metadata.src_node_id,
-                     schema_digest=fp[0], rows=fp[1], data_sha256=fp[2])  # fmt: skip
+                     schema_digest=fp[0], data_commitment=fp[1])  # fmt: skip
+
+
+_HISTORY_LEVELS = {0: "count", 1: "sample", 2: "query"}
+_HISTORY_KEYS = (K.HISTORY_LEVEL, K.HISTORY_ROUND, K.HISTORY_NOISE, K.HISTORY_RATE, K.HISTORY_STEPS)
+
+
+def charge_history(ledger: Ledger, client: str, metrics: Any, *, delta: float, current_round: int) -> int:
+    """Charge every release in a client's reported history that the ledger does not hold yet.
+
+    Clients send their whole release history with every reply, so a release the server never
+    saw arrive (a straggler's update that came after the round timeout) is charged as soon as
+    the client is heard from again, marked ``late``. Returns the number of entries charged.
+
+    Raises
+    ------
+    IntegrityError
+        If the history is malformed (lists of different lengths, unknown levels, bad parameters).
+    """
+    if metrics is None or K.HISTORY_LEVEL not in metrics:
+        return 0
+    try:
+        cols = [list(metrics[k]) for k in _HISTORY_KEYS]
+    except KeyError as e:
+        raise IntegrityError(f"client {client}: release history lacks {e}") from e
+    if len({len(c) for c in cols}) != 1:
+        raise IntegrityError(f"client {client}: release history columns differ in length")
+    added = 0
+    for lv, r, z, q, n in zip(*cols, strict=True):
+        level = _HISTORY_LEVELS.get(int(lv))
+        if level is None or not (float(z) > 0 and 0 < float(q) <= 1 and int(n) >= 0):
+            raise IntegrityError(f"client {client}: malformed release ({lv}, {r}, {z}, {q}, {n})")
+        if ledger.charged(client, level, int(r)):
+            continue
+        late = level == "sample" and int(r) < current_round
+        ledger.charge(round=int(r), client=client, level=level, noise_multiplier=float(z), sample_rate=float(q),
+                      steps=int(n), delta=delta, note="late" if late else "")  # fmt: skip
+        added += 1
+    return added
+
+
+def new_ledger(cfg: SimulationConfig, run_id: str) -> Ledger:
+    """An empty ledger for ``cfg``, stamped with what weakens or voids its guarantee."""
+    outside = []
+    if cfg.dp and cfg.exact_evaluation:
+        outside.append("exact group counts and per-client accuracy on validation rows (--exact-evaluation)")
+    if cfg.dp and cfg.release_train_loss:
+        outside.append("per-round training loss (--release-train-loss)")
+    return Ledger(run_id=run_id, delta=cfg.delta, target_epsilon=cfg.epsilon if cfg.dp else None,
+                  accountant=cfg.accountant, dp=cfg.dp, insecure_seeded_noise=cfg.dp and cfg.insecure_seeded_noise,
+                  outside_guarantee=outside)  # fmt: skip
 
 
 def client_noise_multiplier(cfg: SimulationConfig) -> float | None:
     """The client-level noise multiplier z: given, or calibrated to ``client_epsilon``.
 
-    Calibration uses the subsampled Gaussian mechanism over the planned rounds with
-    sampling rate = clients sampled per round / total clients.
+    Calibration uses the Poisson-subsampled Gaussian mechanism over the planned rounds with
+    sampling rate q = expected clients per round / total clients (what the strategy implements).
     """
     if cfg.client_dp == "off":
         return None
     if cfg.client_noise_multiplier is not None:
         return cfg.client_noise_multiplier
     assert cfg.client_epsilon is not None  # enforced by the config's cross-checks
-    q = sampled_clients(cfg) / cfg.num_clients
+    q = client_sample_rate(cfg)
     return calibrate_noise(target_epsilon=cfg.client_epsilon, target_delta=cfg.client_delta, sample_rate=q,
                            steps=cfg.planned_rounds, accountant=cfg.accountant)  # fmt: skip
+
+
+def client_budget_rounds(ledger: Ledger, cfg: SimulationConfig, z: float) -> int:
+    """How many more client-level rounds fit in ``--client-epsilon`` (each costs exactly (z, q, 1))."""
+    if cfg.client_epsilon is None:
+        return 10**9
+    history, q, k = ledger.client_level_history(), client_sample_rate(cfg), 0
+    while compose_epsilon([*history, (z, q, k + 1)], delta=cfg.client_delta, accountant=cfg.accountant) \
+            <= cfg.client_epsilon:  # fmt: skip
+        k += 1
+        if k > cfg.rounds:
+            break
+    return k
 
 
 def run_rounds(
@@ -189,9 +259,11 @@ def run_rounds(
     """Run (or resume) the federated training described by ``cfg`` in ``run_dir``.
 
     Each round: sample and instruct clients, wait up to ``cfg.round_timeout``, sort
-    replies into trained / declined / failed, validate the trained updates, skip
-    the round if fewer than ``cfg.min_clients`` remain, aggregate (robustly and/or
-    with client-level DP), evaluate on the holdout, write ledger and checkpoint.
+    replies into trained / declined / failed, charge every release the replies report,
+    validate the trained updates, aggregate (robustly and/or with client-level DP),
+    evaluate on the holdout, write ledger and checkpoint. Without client-level DP a round
+    with fewer than ``cfg.min_clients`` accepted updates is skipped; with it, every round
+    is released (the noise alone if nobody answered) and charged.
 
     Returns
     -------
@@ -207,8 +279,7 @@ def run_rounds(
         model = task_of(cfg).model(seed=cfg.seed)
         arrays = ArrayRecord(model.state_dict())
         start = 1
-        ledger = Ledger(run_id=run_dir.name, delta=cfg.delta, target_epsilon=cfg.epsilon if cfg.dp else None,
-                        accountant=cfg.accountant, dp=cfg.dp)  # fmt: skip
+        ledger = new_ledger(cfg, run_dir.name)
         resumed_from = 0
         audit.append("run-started", run=run_dir.name, config=cfg.model_dump())
     else:
@@ -220,15 +291,17 @@ def run_rounds(
 
     z = client_noise_multiplier(cfg)
     strategy = build_strategy(cfg, z)
-    m = sampled_clients(cfg)
-    q_clients = m / cfg.num_clients
+    client_dp = strategy if isinstance(strategy, ClientLevelDP) else None
+    if client_dp is not None and "clipping_norm" in ckpt.strategy_state:
+        client_dp.clipping_norm = float(ckpt.strategy_state["clipping_norm"])  # adaptive clipping resumes where it was
     validator = None
     if cfg.validate_updates:
-        bound = cfg.client_clip if cfg.client_dp == "client-fixed" else None
-        validator = UpdateValidator(clip_bound=bound, median_factor=cfg.median_factor)
+        # Under client-level DP a rejection may not depend on other clients: structure only (the clip bounds norms).
+        validator = UpdateValidator(median_factor=cfg.median_factor, structural_only=client_dp is not None)
     train_cfg: dict[str, Any] = {}
     if cfg.client_dp in ("client-fixed", "client-adaptive"):
         train_cfg[K.CLIENT_CLIPPING] = cfg.client_dp.removeprefix("client-")
+    budget_left = client_budget_rounds(ledger, cfg, z) if z is not None else 10**9
 
     fingerprints: dict[str, tuple] = {}
     metrics_path = run_dir / "metrics.jsonl"
@@ -236,19 +309,16 @@ def run_rounds(
     first_write = True
     stopped = ""
     for server_round in range(start, cfg.rounds + 1):
-        if z is not None and cfg.client_epsilon is not None:
-            projected = compose_epsilon(ledger.client_level_history() + [(z, q_clients, 1)],
-                                        delta=cfg.client_delta, accountant=cfg.accountant)  # fmt: skip
-            if projected > cfg.client_epsilon:
-                stopped = (f"client-level budget: round {server_round} would reach epsilon {projected:.4f} "
-                           f"> {cfg.client_epsilon}")  # fmt: skip
-                audit.append("run-stopped", round=server_round, reason="client-budget", detail=stopped)
-                log.warning(stopped)
-                break
+        if budget_left <= 0:
+            stopped = (f"client-level budget: round {server_round} would take epsilon past {cfg.client_epsilon} "
+                       f"(spent {ledger.client_level_epsilon:.4f})")  # fmt: skip
+            audit.append("run-stopped", round=server_round, reason="client-budget", detail=stopped)
+            log.warning(stopped)
+            break
         t_round = time.perf_counter()
         reference = _np_arrays(arrays)
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_cfg)), grid))
-        replies = list(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout))
+        replies = list(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout)) if messages else []
         trained, declined, failed = _triage(replies)
         report = RoundReport(round=server_round, accuracy=float("nan"), loss=float("nan"), epsilon=0.0)
         report.sampled = len(messages)
@@ -266,22 +336,31 @@ def run_rounds(
             report.failed.append({"client": _client_id(msg), "reason": msg.error.reason})
             audit.append("client-failed", round=server_round, node_id=msg.metadata.src_node_id,
                          reason=msg.error.reason)  # fmt: skip
+        well_formed = []
         for msg in trained:
             mr = msg.content[K.METRICS]
             report.trained.append(_client_id(msg))
             if int(mr.get(K.REPLAYED, 0)):
                 report.replayed.append(_client_id(msg))
-            if cfg.dp:  # every released update is charged, accepted or not
-                ledger.record(LedgerEntry(
-                    round=server_round, client=_client_id(msg), noise_multiplier=float(mr[K.NOISE_MULTIPLIER]),
-                    sample_rate=float(mr[K.SAMPLE_RATE]), steps=int(mr[K.STEPS]), accountant=cfg.accountant,
-                    delta=float(mr[K.DELTA]), epsilon=float(mr[K.EPSILON]),
-                ))  # fmt: skip
-        accepted = trained
-        if validator is not None and trained:
-            candidates = [(_client_id(msg), msg.metadata.src_node_id, _reply_arrays(msg)) for msg in trained]
+            try:  # every released update is charged, accepted or not (and late ones the client reports)
+                charge_history(ledger, _client_id(msg), mr, delta=cfg.delta, current_round=server_round)
+                well_formed.append(msg)
+            except IntegrityError as e:
+                report.rejected.append({"client": _client_id(msg), "reason": "malformed-history", "norm": None})
+                audit.append(
+                    "update-rejected",
+                    round=server_round,
+                    client=_client_id(msg),
+                    node_id=msg.metadata.src_node_id,
+                    reason="malformed-history",
+                    norm=None,
+                    detail=str(e),
+                )
+        accepted = well_formed
+        if validator is not None and well_formed:
+            candidates = [(_client_id(msg), msg.metadata.src_node_id, _reply_arrays(msg)) for msg in well_formed]
             keep, rejections = validator.validate(candidates, reference)
-            accepted = [trained[i] for i in keep]
+            accepted = [well_formed[i] for i in keep]
             for r in rejections:
                 report.rejected.append({"client": r.client, "reason": r.reason, "norm": r.norm})
                 audit.append("update-rejected", round=server_round, client=r.client, node_id=r.node_id,
@@ -295,22 +374,21 @@ def run_rounds(
             )
         if cfg.attack != "none" and trained:
             _, report.undefended_accuracy = _evaluate(cfg, _plain_fedavg(trained))
-        if len(accepted) < cfg.min_clients:
+        if client_dp is None and len(accepted) < cfg.min_clients:
             report.skipped = True
             audit.append("round-skipped", round=server_round, accepted=len(accepted), min_clients=cfg.min_clients)
         else:
             new_arrays, _ = strategy.aggregate_train(server_round, accepted)
             if new_arrays is not None:
                 arrays = new_arrays
-                if z is not None:
-                    # Noise std is z * clip / m; with fewer than m updates in the mean the
-                    # sensitivity grows, so the effective multiplier shrinks: charge that.
-                    z_eff = z * len(accepted) / m
-                    eps = compose_epsilon(ledger.client_level_history() + [(z_eff, q_clients, 1)],
-                                          delta=cfg.client_delta, accountant=cfg.accountant)  # fmt: skip
-                    ledger.record(LedgerEntry(round=server_round, client="*", noise_multiplier=z_eff,
-                                              sample_rate=q_clients, steps=1, accountant=cfg.accountant,
-                                              delta=cfg.client_delta, epsilon=eps, level="client"))  # fmt: skip
+                report.aggregated = len(accepted)
+            if client_dp is not None:  # one release of the Poisson-subsampled Gaussian, whatever arrived
+                assert z is not None
+                ledger.charge(round=server_round, client="*", level="client", noise_multiplier=z,
+                              sample_rate=client_sample_rate(cfg), steps=1, delta=cfg.client_delta)  # fmt: skip
+                budget_left -= 1
+                if not accepted:
+                    report.skipped = True  # released the noise alone: nothing aggregated
         loss, accuracy = _evaluate(cfg, arrays)
         report.accuracy, report.loss, report.epsilon = accuracy, loss, ledger.epsilon
         report.client_epsilon = ledger.client_level_epsilon
@@ -319,12 +397,13 @@ def run_rounds(
         # checkpoint, which the resumed run trims (keep_through), never a checkpoint without its line.
         _append_metrics(metrics_path, report, keep_through=resumed_from if first_write else None)
         first_write = False
-        ckpt.save(server_round, _np_arrays(arrays), ledger)
+        extra = {"clipping_norm": client_dp.clipping_norm} if client_dp is not None else None
+        ckpt.save(server_round, _np_arrays(arrays), ledger, extra)
         audit.append("round-finished", round=server_round, accuracy=accuracy, epsilon=ledger.epsilon,
                      client_epsilon=ledger.client_level_epsilon, accepted=len(accepted))  # fmt: skip
         if on_round is not None:
             on_round(report)
-        if not trained and declined and len(declined) == len(replies):
+        if not trained and declined and len(declined) == len(replies) and client_dp is None:
             stopped = f"round {server_round}: every client declined (budget spent)"
             log.warning(stopped)
             break
@@ -335,6 +414,54 @@ def run_rounds(
                          noise_multiplier=z, stopped=stopped, resumed_from=resumed_from, t0=t0)  # fmt: skip
 
 
+def privacy_summary(cfg: SimulationConfig, ledger: Ledger, noise_multiplier: float | None) -> dict[str, Any]:
+    """The privacy part of ``summary.json``: the composed epsilon, its parts, caveats and cross-checks."""
+    z = noise_multiplier
+    worst = max(ledger.client_epsilon().items(), key=lambda kv: kv[1], default=(None, 0.0))
+    worst_history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.entries if e.client == worst[0]]
+    out: dict[str, Any] = {
+        "dp": cfg.dp,
+        # every release about a client's rows (count, training, queries), composed; max over clients
+        "epsilon": ledger.epsilon if cfg.dp else None,
+        "epsilon_parts": ledger.epsilon_parts() if cfg.dp else None,
+        "delta": cfg.delta if cfg.dp else None,
+        "private": ledger.private if cfg.dp else False,
+        "caveats": ledger.caveats(),
+        # the worst client's releases through Google's dp-accounting (independent code): RDP and PLD
+        "epsilon_dp_accounting": dp_accounting_epsilon(worst_history, delta=cfg.delta) if cfg.dp else None,
+        "client_dp": cfg.client_dp,
+        "client_epsilon": ledger.client_level_epsilon if z is not None else None,
+        "client_delta": cfg.client_delta if z is not None else None,
+        "client_noise_multiplier": z,
+        "client_epsilon_dp_accounting": dp_accounting_epsilon(ledger.client_level_history(), delta=cfg.client_delta)
+        if z is not None
+        else None,
+    }
+    return out
+
+
+def run_status(history: list[dict[str, Any]], stopped: str) -> dict[str, Any]:
+    """``completed`` or ``failed`` (no round aggregated a single update), with the reason and first client error."""
+    aggregated = sum(int(h.get("aggregated", len(h.get("trained", [])) if not h.get("skipped") else 0))
+                     for h in history)  # fmt: skip
+    first = None
+    for h in history:
+        for kind in ("failed", "declined", "rejected"):
+            if h.get(kind) and first is None:
+                x = h[kind][0]
+                first = f"round {h['round']}: client {x.get('client')} {kind}: {x.get('reason')}"
+    problems = {k: sum(len(h.get(k, [])) for h in history) for k in ("failed", "declined", "rejected")}
+    problems["skipped_rounds"] = sum(1 for h in history if h.get("skipped"))
+    if aggregated == 0:
+        why = "no round aggregated any update: every sampled client failed, declined or was refused"
+        if not history:
+            why = f"no round ran ({stopped})" if stopped else "no round ran"
+        return {"status": "failed", "reason": why, "first_client_error": first, "problems": problems}
+    partial = any(problems.values())
+    return {"status": "completed", "reason": stopped or None, "first_client_error": first if partial else None,
+            "problems": problems}  # fmt: skip
+
+
 def write_summary(
     cfg: SimulationConfig, run_dir: Path, final: dict[str, np.ndarray], ledger: Ledger, audit: AuditLog, *,
     accuracy: float, loss: float, noise_multiplier: float | None, stopped: str, resumed_from: int, t0: float,
@@ -343,27 +470,16 @@ def write_summary(
     atomic_write_bytes(run_dir / "model.npz", save_npz(final))
     metrics_path = run_dir / "metrics.jsonl"
     history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-    z = noise_multiplier
+    status = run_status(history, stopped)
+    failed = status["status"] == "failed"
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
-        "accuracy": accuracy,
-        "loss": loss,
-        "dp": cfg.dp,
-        "epsilon": ledger.epsilon if cfg.dp else None,
-        "delta": cfg.delta if cfg.dp else None,
-        "client_dp": cfg.client_dp,
-        "client_epsilon": ledger.client_level_epsilon if z is not None else None,
-        "client_delta": cfg.client_delta if z is not None else None,
-        "client_noise_multiplier": z,
-        # the same releases through Flower's own accountant, as a cross-check
-        "client_epsilon_flower": flower_client_epsilon(
-            [(nm, round(q * cfg.num_clients)) for nm, q, _ in ledger.client_level_history()],
-            population=cfg.num_clients,
-            delta=cfg.client_delta,
-        )
-        if z is not None
-        else None,
+        **status,
+        # a run that trained nothing reports no accuracy: the untrained model's score is not a result
+        "accuracy": None if failed else accuracy,
+        "loss": None if failed else loss,
+        **privacy_summary(cfg, ledger, noise_multiplier),
         "secagg": cfg.secagg,
         "rounds": cfg.rounds,
         "rounds_completed": len(history),
@@ -381,8 +497,27 @@ def write_summary(
         "seconds": time.perf_counter() - t0,
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    audit.append("run-finished", accuracy=accuracy, epsilon=summary["epsilon"],
-                 client_epsilon=summary["client_epsilon"], model_digest=summary["model_digest"])  # fmt: skip
+    audit.append("run-finished", status=summary["status"], reason=summary["reason"], accuracy=summary["accuracy"],
+                 epsilon=summary["epsilon"], client_epsilon=summary["client_epsilon"],
+                 model_digest=summary["model_digest"])  # fmt: skip
+    if failed:
+        log.error("run %s failed: %s (first client error: %s)", run_dir.name, summary["reason"],
+                  summary["first_client_error"])  # fmt: skip
+    return summary
+
+
+def refresh_privacy(run_dir: Path, cfg: SimulationConfig, ledger: Ledger) -> dict[str, Any]:
+    """Save ``ledger`` (and the checkpoint's copy) and rewrite the summary's privacy fields from it."""
+    ledger.save(run_dir / "ledger.json")
+    ckpt = run_dir / CHECKPOINT
+    if ckpt.exists():
+        meta = json.loads(ckpt.read_text())
+        meta["ledger"] = ledger.to_dict()
+        atomic_write_text(ckpt, json.dumps(meta, sort_keys=True))
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary.update(privacy_summary(cfg, ledger, summary.get("client_noise_multiplier")))
+    atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
@@ -419,32 +554,65 @@ def make_server_app(
             summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round)
         else:
             summary = run_rounds(grid, cfg, run_dir, on_round=on_round)
-            final_queries(grid, cfg, run_dir, merged)  # while the clients are up (fedready evaluate reuses it)
+            if summary["status"] != "failed":  # nothing to ask about a model nobody trained
+                final_queries(grid, cfg, run_dir, merged)  # while the clients are up (fedready evaluate reuses it)
+                summary = json.loads((run_dir / "summary.json").read_text())  # with the query releases charged
         if on_summary is not None:
             on_summary(summary)
+        if summary.get("status") == "failed" and on_summary is None:
+            # under `flwr run` the ServerApp's failure is the run's failure: a non-zero exit, not a quiet result
+            raise RuntimeError(
+                f"fedready run {run_dir.name} failed: {summary['reason']} "
+                f"(first client error: {summary['first_client_error']})"
+            )
 
     return server_app
+
+
+def _query_round(run_dir: Path) -> int:
+    """The ledger round a post-training query is charged under: after every recorded round."""
+    path = run_dir / "ledger.json"
+    return max((e.round for e in Ledger.load(path).entries), default=0) + 1 if path.exists() else 1
+
+
+def charge_queries(run_dir: Path, cfg: SimulationConfig, replies: list[Message]) -> list[Message]:
+    """Charge the releases the query replies report; return the replies whose history was well formed."""
+    path = run_dir / "ledger.json"
+    ledger = Ledger.load(path) if path.exists() else new_ledger(cfg, run_dir.name)
+    current = max((e.round for e in ledger.entries), default=0) + 1
+    ok = []
+    for m in replies:
+        try:
+            if not m.has_error():
+                charge_history(ledger, _client_id(m), m.content[K.METRICS], delta=cfg.delta, current_round=current)
+            ok.append(m)
+        except IntegrityError as e:
+            log.warning("query reply refused: %s", e)
+    refresh_privacy(run_dir, cfg, ledger)
+    return ok
 
 
 def final_queries(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: dict[str, Any]) -> dict[str, Any]:
     """Ask the clients, in one message each, for group counts and (if missing) the reference profile.
 
-    Group counts feed :func:`fedready.evaluation.federated.run_federated_evaluation`; the profile
-    (noisy by default under DP, charged to the ledger) feeds
+    Each client answers with counts it has noised itself (under DP) and its release history;
+    the query release is charged to the ledger here and the summary's epsilon updated. Group
+    counts feed :func:`fedready.evaluation.federated.run_federated_evaluation`, the profile
     :func:`fedready.monitoring.federated.run_profile_query`. One round trip instead of two:
     with thousands of clients each round trip costs as much as a training round.
     """
     from fedready.evaluation.federated import final_model, query_all, run_federated_evaluation
-    from fedready.monitoring.federated import profile_needed, resolve_noise, run_profile_query
+    from fedready.monitoring.federated import profile_needed, run_profile_query
 
-    mechanism, epsilon = resolve_noise(run_config, cfg)
     queries = [K.QUERY_GROUP_COUNTS, *([K.QUERY_PROFILE] if profile_needed(run_dir) else [])]
     _, record = final_model(run_dir)
     replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, query=",".join(queries),
-                        fraction=cfg.fraction_evaluate, seed=cfg.seed)  # fmt: skip
-    summary = run_federated_evaluation(grid, cfg, run_dir, replies=replies)
+                        fraction=cfg.fraction_evaluate, seed=cfg.seed,
+                        server_round=_query_round(run_dir))  # fmt: skip
+    ok = charge_queries(run_dir, cfg, replies)
+    summary = run_federated_evaluation(grid, cfg, run_dir, replies=ok)
     if K.QUERY_PROFILE in queries:
-        run_profile_query(grid, cfg, run_dir, mechanism=mechanism, epsilon=epsilon, replies=replies)
+        run_profile_query(grid, cfg, run_dir, replies=ok)
     return summary
 
 

@@ -4,9 +4,14 @@ In Flower 1.42 SecAgg+ runs through the legacy ``DefaultWorkflow`` +
 ``SecAggPlusWorkflow`` path and a legacy strategy. The workflow reconstructs only
 the (weighted) sum of the clients' masked vectors; every ``FitRes`` the strategy
 sees carries that same aggregate, never an individual update. Client-level DP uses
-client-side clipping (the server cannot clip what it cannot see) and Flower's
-legacy ``DifferentialPrivacyClientSideFixedClipping`` wrapper, which adds the
-noise to the unmasked aggregate.
+client-side clipping (the server cannot clip what it cannot see: each client clips its
+own update with Flower's ``fixedclipping_mod`` before masking), Poisson client sampling
+from OS entropy, and the fixed denominator of :mod:`fedready.server.client_dp`: the
+workflow's mean over the ``n`` clients that made it into the sum is turned back into the
+sum of clipped updates (``n * (mean - current)``), Gaussian noise ``N(0, (z C)^2)`` is added
+to that sum and it is divided by the expected number of sampled clients ``m``. A dropout
+therefore contributes zero and never changes the denominator; the pre-noise aggregate
+moves by at most ``C / m`` when one client is added or removed.
 
 Parameters of the protocol are validated by :func:`fedready.config.make_config`:
 ``secagg_shares`` (each client's secret is split among this many neighbours),
@@ -18,6 +23,7 @@ nothing), ``secagg_clip_range`` and ``secagg_quantization`` (values are clipped 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,30 +33,34 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
-from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerConfig
+from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedready import constants as K
 from fedready.config import SimulationConfig
+from fedready.errors import IntegrityError
 from fedready.federation import task_of
 from fedready.modelio import arrays_digest
-from fedready.privacy.accounting import compose_epsilon
-from fedready.privacy.ledger import Ledger, LedgerEntry
 from fedready.server.app import (
     RoundReport,
     _append_metrics,
     _Checkpointer,
     _evaluate,
+    charge_history,
+    client_budget_rounds,
     client_noise_multiplier,
+    new_ledger,
     write_summary,
 )
 from fedready.server.audit import AuditLog
-from fedready.server.strategies import sampled_clients
+from fedready.server.client_dp import ClientLevelDP
+from fedready.server.strategies import client_sample_rate, sampled_clients
 
 __all__ = ["run_secagg_rounds"]
 
@@ -58,17 +68,58 @@ log = logging.getLogger(__name__)
 
 
 class _BookkeepingFedAvg(LegacyFedAvg):
-    """Flower's legacy FedAvg that hands each round's results to fedready's ledger first."""
+    """Flower's legacy FedAvg that hands each round's results to fedready's ledger first.
 
-    def __init__(self, *, on_fit: Callable[[int, list, list], None], **kwargs: Any) -> None:
+    With ``client_dp`` set it samples clients by Poisson sampling and replaces the weighted mean
+    by the fixed-denominator noisy sum of :class:`~fedready.server.client_dp.ClientLevelDP`.
+    """
+
+    def __init__(self, *, on_fit: Callable[[int, list, list], None], client_dp: ClientLevelDP | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self._on_fit = on_fit
+        self.client_dp = client_dp
+        self.current: list[np.ndarray] | None = None
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        self.current = parameters_to_ndarrays(parameters)
+        if self.client_dp is None:
+            return super().configure_fit(server_round, parameters, client_manager)
+        client_manager.wait_for(self.client_dp.population, timeout=self.client_dp.wait_for_nodes)
+        clients = client_manager.all()
+        picked = self.client_dp.sample(clients)
+        config = dict(self.on_fit_config_fn(server_round)) if self.on_fit_config_fn else {}
+        config[KEY_CLIPPING_NORM] = self.client_dp.clipping_norm  # read by the clients' fixedclipping_mod
+        return [(clients[cid], FitIns(parameters, config)) for cid in picked]
 
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         self._on_fit(server_round, results, failures)
-        return super().aggregate_fit(server_round, results, failures)
+        if self.client_dp is None:
+            return super().aggregate_fit(server_round, results, failures)
+        assert self.current is not None
+        names = [str(i) for i in range(len(self.current))]
+        reference = dict(zip(names, self.current, strict=True))
+        if results:  # every FitRes carries the same unmasked mean over the n clients in the sum
+            mean = parameters_to_ndarrays(results[0][1].parameters)
+            n = len(results)
+            # the sum of the n clipped models, as n pseudo-updates whose sum is exactly that sum
+            summed = [reference[k] + n * (m - reference[k]) for k, m in zip(names, mean, strict=True)]
+            # each client clipped itself (fixedclipping_mod) before masking
+            new = self.client_dp.aggregate_arrays([dict(zip(names, summed, strict=True))], reference,
+                                                  summed_by_secagg=True)  # fmt: skip
+        else:
+            new = self.client_dp.aggregate_arrays([], reference)
+        return ndarrays_to_parameters([new[k] for k in names]), {}
+
+
+def _history(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A SecAgg+ client's release history: legacy metrics carry scalars only, so it travels as JSON."""
+    raw = metrics.get(K.HISTORY_JSON)
+    return json.loads(str(raw)) if raw else {}
 
 
 def run_secagg_rounds(
@@ -84,8 +135,7 @@ def run_secagg_rounds(
     if state is None:
         model = task_of(cfg).model(seed=cfg.seed)
         current = {k: v.numpy() for k, v in model.state_dict().items()}
-        ledger = Ledger(run_id=run_dir.name, delta=cfg.delta, target_epsilon=cfg.epsilon if cfg.dp else None,
-                        accountant=cfg.accountant, dp=cfg.dp)  # fmt: skip
+        ledger = new_ledger(cfg, run_dir.name)
         offset = 0
         audit.append("run-started", run=run_dir.name, config=cfg.model_dump())
     else:
@@ -94,29 +144,41 @@ def run_secagg_rounds(
     names = list(current)
     z = client_noise_multiplier(cfg)
     m = sampled_clients(cfg)
-    q_clients = m / cfg.num_clients
+    client_dp = None
+    if z is not None:
+        client_dp = ClientLevelDP(
+            LegacyFedAvg(),
+            noise_multiplier=z,
+            clipping_norm=cfg.client_clip,
+            sample_rate=client_sample_rate(cfg),
+            population=cfg.num_clients,
+            clip_on_client=True,
+            wait_for_nodes=cfg.round_timeout,
+        )  # type: ignore[arg-type]
     book: dict[str, Any] = {"report": None, "first": True, "accuracy": float("nan"), "loss": float("nan"),
                             "t": time.perf_counter()}  # fmt: skip
 
     def on_fit(r: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]) -> None:
         server_round = offset + r
-        report = RoundReport(round=server_round, accuracy=float("nan"), loss=float("nan"), epsilon=0.0, sampled=m)
+        report = RoundReport(round=server_round, accuracy=float("nan"), loss=float("nan"), epsilon=0.0, sampled=m,
+                             aggregated=len(results))  # fmt: skip
         received = set()
         for _, res in results:
             mt = res.metrics
             client = str(int(mt[K.PARTITION_ID]))
             report.trained.append(client)
-            if cfg.dp:
-                ledger.record(LedgerEntry(
-                    round=server_round, client=client, noise_multiplier=float(mt[K.NOISE_MULTIPLIER]),
-                    sample_rate=float(mt[K.SAMPLE_RATE]), steps=int(mt[K.STEPS]), accountant=cfg.accountant,
-                    delta=float(mt[K.DELTA]), epsilon=float(mt[K.EPSILON]),
-                ))  # fmt: skip
+            try:
+                charge_history(ledger, client, _history(mt), delta=cfg.delta, current_round=server_round)
+            except (IntegrityError, ValueError) as e:  # the sum is already formed: record the problem, carry on
+                audit.append("history-malformed", round=server_round, client=client, detail=str(e))
             received.add(arrays_digest(dict(zip(names, parameters_to_ndarrays(res.parameters), strict=True))))
         report.trained.sort()
         report.failed = [{"client": "?", "reason": str(f)} for f in failures]
         # What the server-side strategy was handed: one vector, the unmasked aggregate.
         audit.append("secagg-aggregate", round=server_round, clients=report.trained, received=sorted(received))
+        if client_dp is not None:  # released below (noise added to the sum in aggregate_fit): charge it now
+            ledger.charge(round=server_round, client="*", level="client", noise_multiplier=z, steps=1,
+                          sample_rate=client_sample_rate(cfg), delta=cfg.client_delta)  # fmt: skip
         book["report"] = report
 
     def evaluate_fn(r: int, parameters: list[np.ndarray], config: dict[str, Scalar]) -> tuple[float, dict] | None:
@@ -127,13 +189,6 @@ def run_secagg_rounds(
                                                epsilon=0.0, sampled=m, skipped=True)  # fmt: skip
         book["report"] = None
         arrays = dict(zip(names, parameters, strict=True))
-        if z is not None and report.trained:
-            z_eff = z * len(report.trained) / m
-            eps = compose_epsilon(ledger.client_level_history() + [(z_eff, q_clients, 1)], delta=cfg.client_delta,
-                                  accountant=cfg.accountant)  # fmt: skip
-            ledger.record(LedgerEntry(round=server_round, client="*", noise_multiplier=z_eff, sample_rate=q_clients,
-                                      steps=1, accountant=cfg.accountant, delta=cfg.client_delta, epsilon=eps,
-                                      level="client"))  # fmt: skip
         record = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
         loss, accuracy = _evaluate(cfg, record)
         report.accuracy, report.loss, report.epsilon = accuracy, loss, ledger.epsilon
@@ -148,16 +203,22 @@ def run_secagg_rounds(
             on_round(report)
         return loss, {"accuracy": accuracy}
 
-    remaining = cfg.rounds - offset
+    # Each released round costs exactly (z, q, 1): run only as many as the client-level budget allows.
+    allowed = client_budget_rounds(ledger, cfg, z) if z is not None else cfg.rounds
+    remaining = min(cfg.rounds - offset, allowed)
+    stopped = ""
+    if remaining < cfg.rounds - offset:
+        stopped = (f"client-level budget: {remaining} more round(s) fit in epsilon {cfg.client_epsilon}; "
+                   f"{cfg.rounds - offset - remaining} not run")  # fmt: skip
+        audit.append("run-stopped", round=offset + remaining + 1, reason="client-budget", detail=stopped)
+        log.warning(stopped)
     if remaining > 0:
-        strategy: Any = _BookkeepingFedAvg(
-            on_fit=on_fit, fraction_fit=cfg.fraction_train, fraction_evaluate=0.0, min_fit_clients=m,
-            min_evaluate_clients=0, min_available_clients=cfg.num_clients, evaluate_fn=evaluate_fn,
-            on_fit_config_fn=lambda r: {K.SERVER_ROUND: offset + r},
+        strategy = _BookkeepingFedAvg(
+            on_fit=on_fit, client_dp=client_dp, fraction_fit=cfg.fraction_train, fraction_evaluate=0.0,
+            min_fit_clients=m, min_evaluate_clients=0, min_available_clients=cfg.num_clients,
+            evaluate_fn=evaluate_fn, on_fit_config_fn=lambda r: {K.SERVER_ROUND: offset + r},
             initial_parameters=ndarrays_to_parameters([current[k] for k in names]),
         )  # fmt: skip
-        if z is not None:
-            strategy = DifferentialPrivacyClientSideFixedClipping(strategy, z, cfg.client_clip, m)
         workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
             num_shares=cfg.secagg_shares, reconstruction_threshold=cfg.secagg_threshold,
             clipping_range=cfg.secagg_clip_range, quantization_range=cfg.secagg_quantization,
@@ -172,4 +233,4 @@ def run_secagg_rounds(
         record = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in final.items()})
         loss, accuracy = _evaluate(cfg, record)
     return write_summary(cfg, run_dir, final, ledger, audit, accuracy=accuracy, loss=loss, noise_multiplier=z,
-                         stopped="", resumed_from=offset, t0=t0)  # fmt: skip
+                         stopped=stopped, resumed_from=offset, t0=t0)  # fmt: skip

@@ -1,9 +1,10 @@
 """Build the round's Flower strategy: an aggregator, optionally wrapped for client-level DP.
 
 Aggregators are Flower's own strategies, registered under string keys. Client-level
-DP (DP-FedAvg, McMahan et al. 2018, arXiv:1710.06963) wraps the aggregator in
-Flower's DP wrappers rather than forking it; adaptive clipping follows Andrew et
-al. 2021 (arXiv:1905.03871).
+DP (DP-FedAvg, McMahan et al. 2018, arXiv:1710.06963) wraps FedAvg in
+:class:`~fedready.server.client_dp.ClientLevelDP` (Poisson client sampling, a fixed
+denominator, secret noise; adaptive clipping after Andrew et al. 2021, arXiv:1905.03871);
+its module docstring says why Flower's own DP wrappers are not used.
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     Bulyan,
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
     FedMedian,
     FedTrimmedAvg,
@@ -31,13 +28,20 @@ from flwr.serverapp.strategy import (
 from fedready import constants as K
 from fedready.config import SimulationConfig
 from fedready.errors import ConfigError
+from fedready.server.client_dp import AdaptiveClipping, ClientLevelDP
 
-__all__ = ["AGGREGATORS", "CLIENT_DP_MODES", "build_strategy", "sampled_clients"]
+__all__ = ["AGGREGATORS", "CLIENT_DP_MODES", "build_strategy", "client_sample_rate", "sampled_clients"]
+
+
+def _no_metrics(records: list, weighting_metric_name: str) -> MetricRecord:
+    """The server reads each reply's metrics itself; averaging them (release histories differ in length) is moot."""
+    return MetricRecord()
 
 
 def _common(cfg: SimulationConfig, weight_key: str) -> dict[str, Any]:
     m = sampled_clients(cfg)
     return {
+        "train_metrics_aggr_fn": _no_metrics,
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": 0.0,  # the server evaluates on its holdout
         "min_train_nodes": m,
@@ -90,29 +94,38 @@ def sampled_clients(cfg: SimulationConfig) -> int:
     return max(1, int(cfg.fraction_train * cfg.num_clients))
 
 
+def client_sample_rate(cfg: SimulationConfig) -> float:
+    """Under client-level DP, the Poisson rate q; ``q * N`` is the fixed denominator (expected clients)."""
+    return sampled_clients(cfg) / cfg.num_clients
+
+
 def build_strategy(cfg: SimulationConfig, noise_multiplier: float | None) -> Strategy:
-    """Return the aggregator for ``cfg``, wrapped in Flower's DP wrapper if client-level DP is on.
+    """Return the aggregator for ``cfg``, wrapped for client-level DP if that is on.
 
     Parameters
     ----------
     cfg : SimulationConfig
         The run configuration.
     noise_multiplier : float or None
-        Client-level noise multiplier z (noise std = z * clip / sampled clients);
-        required when ``cfg.client_dp`` is not ``"off"``.
+        Client-level noise multiplier z (noise std = z * clip on the sum of clipped updates,
+        divided by the expected number of sampled clients); required when ``cfg.client_dp``
+        is not ``"off"``.
     """
     if cfg.client_dp == "off":
         return AGGREGATORS[cfg.aggregator](cfg, _common(cfg, K.NUM_EXAMPLES))
     if noise_multiplier is None:
         raise ConfigError("client-noise-multiplier", "client-level DP needs a noise multiplier or --client-epsilon")
-    # The DP mean must be unweighted: a client's influence is bounded by the clip, not its size.
+    # The inner FedAvg only serves evaluation and summary; the DP wrapper aggregates (unweighted sum).
     inner = FedAvg(**_common(cfg, K.UNIFORM_WEIGHT))
-    m = sampled_clients(cfg)
-    if cfg.client_dp == "server-fixed":
-        return DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier, cfg.client_clip, m)
-    if cfg.client_dp == "client-fixed":
-        return DifferentialPrivacyClientSideFixedClipping(inner, noise_multiplier, cfg.client_clip, m)
-    adaptive = {"initial_clipping_norm": cfg.client_clip, "target_clipped_quantile": cfg.clip_quantile}
-    if cfg.client_dp == "server-adaptive":
-        return DifferentialPrivacyServerSideAdaptiveClipping(inner, noise_multiplier, m, **adaptive)
-    return DifferentialPrivacyClientSideAdaptiveClipping(inner, noise_multiplier, m, **adaptive)
+    adaptive = None
+    if cfg.client_dp.endswith("adaptive"):
+        adaptive = AdaptiveClipping(target_quantile=cfg.clip_quantile, learning_rate=cfg.clip_learning_rate,
+                                    count_stddev=cfg.clip_count_stddev)  # fmt: skip
+    try:
+        return ClientLevelDP(inner, noise_multiplier=noise_multiplier, clipping_norm=cfg.client_clip,
+                             sample_rate=client_sample_rate(cfg), population=cfg.num_clients,
+                             clip_on_client=cfg.client_dp.startswith("client-"), adaptive=adaptive,
+                             arrayrecord_key=K.ARRAYS, configrecord_key=K.CONFIG,
+                             wait_for_nodes=cfg.round_timeout)  # fmt: skip
+    except ValueError as e:  # e.g. z too large for the clipped-count noise of adaptive clipping
+        raise ConfigError("clip-count-stddev", f"{e}") from e

@@ -52,10 +52,14 @@ class UpdateValidator:
         norm. Needs at least 3 updates to have a meaningful median.
     clip_slack : float
         Tolerance on ``clip_bound`` for float rounding and quantisation.
+    structural_only : bool
+        Check names, shapes, dtypes and finiteness only. Under client-level DP a rejection
+        must not depend on other clients (the median rule does: one client could change which
+        others are accepted), and the clip, not a rejection, bounds every norm.
     """
 
     def __init__(self, *, clip_bound: float | None = None, median_factor: float = 10.0,
-                 clip_slack: float = 1.01) -> None:  # fmt: skip
+                 clip_slack: float = 1.01, structural_only: bool = False) -> None:  # fmt: skip
         if median_factor <= 1:
             raise ValueError(f"median_factor must be > 1, got {median_factor}")
         if clip_bound is not None and clip_bound <= 0:
@@ -63,6 +67,7 @@ class UpdateValidator:
         self.clip_bound = clip_bound
         self.median_factor = median_factor
         self.clip_slack = clip_slack
+        self.structural_only = structural_only
 
     def _structural(self, update: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> tuple[str, str] | None:
         if set(update) != set(ref):
@@ -97,13 +102,16 @@ class UpdateValidator:
             if bad is not None:
                 rejections.append(Rejection(client, node, bad[0], None, bad[1]))
                 continue
+            if self.structural_only:
+                norms[i] = 0.0
+                continue
             norm = update_norm(arrays, reference)
             if self.clip_bound is not None and norm > self.clip_bound * self.clip_slack:
                 rejections.append(Rejection(client, node, K.REJECT_NORM_CLIP, norm,
                                             f"norm {norm:.4g} > clip bound {self.clip_bound:.4g}"))  # fmt: skip
                 continue
             norms[i] = norm
-        if len(norms) >= 3:
+        if len(norms) >= 3 and not self.structural_only:
             median = float(np.median(list(norms.values())))
             for i, norm in list(norms.items()):
                 if median > 0 and norm > self.median_factor * median:

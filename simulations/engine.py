@@ -22,7 +22,7 @@ from fedready.errors import ConfigError
 from fedready.federation import partition_sizes, task_of
 from fedready.models import check_model
 
-__all__ = ["check_config", "federated_evaluate", "load_run_config", "simulate"]
+__all__ = ["check_config", "data_digest", "federated_evaluate", "load_run_config", "simulate"]
 
 CONFIG_FILE = "config.json"
 SCHEMA_FILE = "schema.json"
@@ -53,6 +53,14 @@ def check_config(cfg: SimulationConfig) -> list[str]:
     return notes
 
 
+def data_digest(cfg: SimulationConfig) -> str:
+    """``sha256:`` over the bytes of every data file the run reads (recorded in config.json, checked on reproduce)."""
+    from fedready.task import TaskSpec
+    from fedready.task import data_digest as task_digest
+
+    return task_digest(TaskSpec.from_config(cfg))
+
+
 def load_run_config(run_dir: Path) -> SimulationConfig:
     """Read the configuration a run was started with."""
     p = Path(run_dir) / CONFIG_FILE
@@ -67,6 +75,7 @@ def simulate(
     *,
     on_round: Callable[[Any], None] | None = None,
     ray_address: str | None = None,
+    wire_log: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a simulated federation and return its summary.
 
@@ -81,6 +90,9 @@ def simulate(
     ray_address : str, optional
         Address of an existing Ray cluster (``ray start --head``); default: a
         local Ray instance started for this run.
+    wire_log : Path, optional
+        Every client appends the keys of each message it sends to this file
+        (:mod:`fedready.client.wire`).
     """
     from fedready.client.app import make_client_app
     from fedready.server.app import make_server_app
@@ -90,11 +102,16 @@ def simulate(
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.exists():
-        atomic_write_text(cfg_path, json.dumps({"config": cfg.model_dump()}, indent=2, sort_keys=True) + "\n")
+        doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg)}
+        atomic_write_text(cfg_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if not (run_dir / SCHEMA_FILE).exists():  # what the model's inputs and outputs mean, for every later step
         atomic_write_text(run_dir / SCHEMA_FILE, json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))
 
     overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir)}
+    if wire_log is not None:
+        from fedready.client.wire import WIRE_LOG_RUN_CONFIG
+
+        overrides[WIRE_LOG_RUN_CONFIG] = str(Path(wire_log).resolve())
     result: dict[str, Any] = {}
     server_app = make_server_app(overrides, on_round=on_round, on_summary=result.update)
     if cfg.secagg:  # SecAgg+ speaks the legacy NumPyClient protocol on the client side
@@ -106,7 +123,37 @@ def simulate(
     _run(server_app, client_app, cfg.num_clients, ray_address)
     if not result:
         raise RuntimeError(f"the simulation ended without a summary; see the logs in {run_dir}")
+    if cfg.dp:
+        result = _charge_unreported(cfg, run_dir, result)
     return result
+
+
+def _charge_unreported(cfg: SimulationConfig, run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Charge releases no reply reported (a straggler still training when the server last heard from it).
+
+    In a simulation every client's own record is at hand (``<run>.clients/<id>/state.json``), so
+    the run's ledger ends with every release any client made, late ones included.
+    """
+    from fedready.client.state import ClientPrivacyState, client_state_dir
+    from fedready.privacy.ledger import Ledger
+    from fedready.server.app import charge_history, refresh_privacy
+
+    path = run_dir / "ledger.json"
+    if not path.exists():
+        return summary
+    ledger = Ledger.load(path)
+    before = len(ledger.entries)
+    last = max((e.round for e in ledger.entries), default=0)
+    for pid in range(cfg.num_clients):
+        folder = client_state_dir(run_dir, pid)
+        state_file = folder / "state.json" if folder is not None else None
+        if state_file is None or not state_file.exists():
+            continue
+        state = ClientPrivacyState.from_dict(json.loads(state_file.read_text()))
+        charge_history(ledger, str(pid), state.wire_history(), delta=cfg.delta, current_round=last + 1)
+    if len(ledger.entries) == before:
+        return summary
+    return {**summary, **refresh_privacy(run_dir, cfg, ledger)}
 
 
 def federated_evaluate(run_dir: Path, *, ray_address: str | None = None) -> dict[str, Any]:

@@ -234,19 +234,35 @@ def reproduce(
         Path | None, typer.Option(help="Keep the re-run in OUT/reproduce-VERSION (default: discarded).")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    max_accuracy_gap: Annotated[
+        float, typer.Option(help="DP runs: largest accuracy difference from the recorded model.")
+    ] = 0.02,
+    min_agreement: Annotated[
+        float, typer.Option(help="DP runs: smallest share of benchmark rows decided alike with the shipped model.")
+    ] = 0.90,
 ) -> None:
-    """Re-run an artifact's recorded configuration and check the model digest matches (exit 1 if not)."""
+    """Re-run an artifact's recorded configuration and check it: config, data and code exactly; the model
+    bit for bit if training used no secret noise, else its behaviour within the stated bounds (exit 1 if not)."""
     from fedready.registry import reproduce_artifact
 
     with _errors():
-        report = reproduce_artifact(artifact, public_key=public_key, out=out)
+        report = reproduce_artifact(artifact, public_key=public_key, out=out, max_accuracy_gap=max_accuracy_gap,
+                                    min_agreement=min_agreement)  # fmt: skip
     if json_out:
         _echo_json(report)
     ok = report["match"] and report["config_matches"]
     verdict = "[green]matches[/]" if ok else "[red]MISMATCH[/]"
     if report["config_matches"]:
-        err.print(f"{report['version']}: recorded {report['recorded_digest']}, reproduced "
-                  f"{report['reproduced_digest']}: {verdict}")  # fmt: skip
+        data = "data matches" if report["data_matches"] else "[red]DATA DIFFERS[/]"
+        code = "code matches" if report["code_matches"] else "[yellow]code differs (version or commit)[/]"
+        if report["mode"] == "exact":
+            err.print(f"{report['version']}: {data}, {code}; recorded {report['recorded_digest']}, reproduced "
+                      f"{report['reproduced_digest']}: {verdict}")  # fmt: skip
+        else:
+            gap = report.get("accuracy_gap")
+            err.print(f"{report['version']}: {data}, {code}; DP noise is secret, so the model is compared by "
+                      f"behaviour: accuracy gap {gap if gap is None else round(gap, 4)} (<= {max_accuracy_gap}), "
+                      f"agreement {report['agreement']:.4f} (>= {min_agreement}): {verdict}")  # fmt: skip
     else:
         err.print(f"{report['version']}: {verdict}: the recorded config.json is not the one the model was trained "
                   "with (its digest differs from provenance.json); nothing was re-run")  # fmt: skip

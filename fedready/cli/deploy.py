@@ -79,13 +79,13 @@ def contract_check(
             raise IntegrityError(f"{data} violates the contract of {schema} ({len(report.violations)} violation(s))")
 
 
-def _run_foreground(cmd: list[str]) -> None:
+def _run_foreground(cmd: list[str], env: dict[str, str] | None = None) -> None:
     import subprocess
 
     from fedready.deploy.launch import describe, flower_env
 
     err.print(f"starting: {describe(cmd)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(subprocess.call(cmd, env=flower_env()))
+    raise typer.Exit(subprocess.call(cmd, env=env or flower_env()))
 
 
 @app.command()
@@ -115,11 +115,17 @@ def client(
     root_cert: Annotated[Path, typer.Option(help="The federation CA certificate (ca.crt).")],
     client_id: Annotated[int, typer.Option(help="This client's number in the federation.")] = 0,
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's own API.")] = 9094,
+    wire_log: Annotated[
+        Path | None, typer.Option(help="Append the keys of every message this client sends to this file.")
+    ] = None,
 ) -> None:
-    """Check the local data against its contract, then start a SuperNode for it (foreground)."""
+    """Check the local data against its contract, then start a SuperNode for it (foreground).
+
+    Every ClientApp runs behind the bundle guard: only the installed fedready's code runs.
+    """
     from fedready.data import read_csv
     from fedready.deploy.contract import validate_contract
-    from fedready.deploy.launch import supernode_command
+    from fedready.deploy.launch import client_environment, supernode_command
     from fedready.deploy.limits import load_limits
     from fedready.schema import load_schema
 
@@ -128,9 +134,10 @@ def client(
         load_limits(limits)
         report = validate_contract(read_csv(data, sch), sch)
         cmd = supernode_command(superlink=superlink, root_cert=root_cert, key=key, data=data, schema=schema,
-                                limits=limits, client_id=client_id, port=port)  # fmt: skip
+                                limits=limits, client_id=client_id, port=port, wire_log=wire_log)  # fmt: skip
+        env = client_environment(limits)
     for line in report.lines():
         err.print(f"data contract: {line}", highlight=False)
     if not report.ok:
         err.print("the client joins but declines every round (reason contract-violation) until the data is fixed")
-    _run_foreground(cmd)
+    _run_foreground(cmd, env)

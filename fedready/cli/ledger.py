@@ -29,15 +29,18 @@ def ledger(
         from rich.table import Table
 
         table = Table(title=f"privacy ledger: {report['path']}")
-        for col in ("client", "rounds", "noise", "sample rate", "steps", "epsilon", "recomputed"):
+        for col in ("client", "rounds", "noise", "sample rate", "steps", "other releases", "epsilon", "recomputed"):
             table.add_column(col, justify="right")
         for c in report["clients"]:
+            other = ", ".join(f"{k} {v}" for k, v in c["other_releases"].items()) or "-"
             table.add_row(c["client"], str(c["rounds"]), f"{c['noise_multiplier']:.3f}", f"{c['sample_rate']:.4f}",
-                          str(c["steps"]), f"{c['epsilon']:.4f}", f"{c['recomputed']:.4f}")  # fmt: skip
+                          str(c["steps"]), other, f"{c['epsilon']:.4f}", f"{c['recomputed']:.4f}")  # fmt: skip
         Console().print(table)
         verdict = "[green]matches[/]" if report["ok"] else "[red]DIFFERS[/]"
-        err.print(f"run epsilon {report['epsilon']:.4f} (delta {report['delta']:g}, {report['accountant']}); "
-                  f"recomputed with Opacus: {verdict}")  # fmt: skip
+        err.print(f"run epsilon {report['epsilon']:.4f} (every release about a client's rows, composed; delta "
+                  f"{report['delta']:g}, {report['accountant']}); recomputed with Opacus: {verdict}")  # fmt: skip
+        for caveat in report["caveats"]:
+            err.print(f"[bold red]{caveat}[/]")
     if not report["ok"]:
         raise typer.Exit(1)
 
@@ -56,12 +59,17 @@ def check_ledger(run: Path, *, rel_tol: float = 0.01) -> dict[str, Any]:
     again = recompute(led)
     clients, ok = [], True
     for client in sorted(again, key=lambda c: (len(c), c)):
-        mine = sorted((e for e in led.entries if e.client == client), key=lambda e: e.round)
+        mine = [e for e in led.entries if e.client == client]  # in the order charged, as recompute() reads them
         for e, (_, eps) in zip(mine, again[client], strict=True):
             ok &= abs(eps - e.epsilon) <= rel_tol * max(e.epsilon, 1e-12)
-        last = mine[-1]
-        clients.append({"client": client, "rounds": len(mine), "noise_multiplier": last.noise_multiplier,
-                        "sample_rate": last.sample_rate, "steps": sum(e.steps for e in mine),
-                        "epsilon": last.epsilon, "recomputed": again[client][-1][1]})  # fmt: skip
+        main = [e for e in mine if e.level in ("sample", "client")] or mine
+        other: dict[str, int] = {}
+        for e in mine:
+            if e.level not in ("sample", "client"):
+                other[e.level] = other.get(e.level, 0) + 1
+        clients.append({"client": client, "rounds": len(main), "noise_multiplier": main[-1].noise_multiplier,
+                        "sample_rate": main[-1].sample_rate, "steps": sum(e.steps for e in main),
+                        "other_releases": other, "epsilon": mine[-1].epsilon,
+                        "recomputed": again[client][-1][1]})  # fmt: skip
     return {"path": str(path), "epsilon": led.epsilon, "delta": led.delta, "accountant": led.accountant,
-            "declines": len(led.declines), "clients": clients, "ok": ok}  # fmt: skip
+            "declines": len(led.declines), "clients": clients, "caveats": led.caveats(), "ok": ok}  # fmt: skip

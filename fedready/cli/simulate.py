@@ -58,7 +58,27 @@ def simulate(
     delta: Annotated[float | None, typer.Option(help="Per-client delta, below 1/n. [default: 1e-5]")] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Sample-level DP-SGD (on by default).")] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Seed for partitioning, initialisation and sampling. [default: 0]")
+        int | None,
+        typer.Option(help="Seed for partitioning, initialisation and scenarios (never DP noise). [default: 0]"),
+    ] = None,
+    count_noise: Annotated[
+        float | None, typer.Option(help="Std (rows) of the noise on each client's row count. [default: 20]")
+    ] = None,
+    query_noise: Annotated[
+        float | None,
+        typer.Option(help="Noise multiplier of the counts clients answer after training. [default: 12]"),
+    ] = None,
+    insecure_seeded_noise: Annotated[
+        bool | None,
+        typer.Option("--insecure-seeded-noise", help="Derive DP noise from --seed (bit-exact reruns): NOT private."),
+    ] = None,
+    exact_evaluation: Annotated[
+        bool | None,
+        typer.Option("--exact-evaluation", help="Clients send exact group counts (outside the DP guarantee)."),
+    ] = None,
+    release_train_loss: Annotated[
+        bool | None,
+        typer.Option("--release-train-loss", help="Clients send their training loss (outside the DP guarantee)."),
     ] = None,
     model: Annotated[
         str | None,
@@ -128,6 +148,13 @@ def simulate(
         float | None,
         typer.Option(
             help="Adaptive clipping target quantile. [default: 0.5]", rich_help_panel="Client-level DP and SecAgg+"
+        ),
+    ] = None,
+    clip_count_stddev: Annotated[
+        float | None,
+        typer.Option(
+            help="Adaptive clipping: noise std of the unclipped count. [default: expected clients / 20]",
+            rich_help_panel="Client-level DP and SecAgg+",
         ),
     ] = None,
     secagg: Annotated[
@@ -241,6 +268,9 @@ def simulate(
     ] = None,
     ray_address: Annotated[str | None, typer.Option(help="Existing Ray cluster address (ray start --head).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+    wire_log: Annotated[
+        Path | None, typer.Option(help="Every client appends the keys of each message it sends to this file.")
+    ] = None,
 ) -> None:
     """Run a private federated training on your CSV (--data, --schema) or the embedded data set."""
     given = {
@@ -253,7 +283,9 @@ def simulate(
         "min_client_rows": min_client_rows, "fraction_evaluate": fraction_evaluate,
         "budget_rounds": budget_rounds, "client_dp": client_dp, "client_epsilon": client_epsilon,
         "client_noise_multiplier": client_noise_multiplier, "client_delta": client_delta, "client_clip": client_clip,
-        "clip_quantile": clip_quantile, "secagg": secagg, "secagg_shares": secagg_shares,
+        "clip_quantile": clip_quantile, "clip_count_stddev": clip_count_stddev, "secagg": secagg,
+        "count_noise": count_noise, "query_noise": query_noise, "insecure_seeded_noise": insecure_seeded_noise,
+        "exact_evaluation": exact_evaluation, "release_train_loss": release_train_loss, "secagg_shares": secagg_shares,
         "secagg_threshold": secagg_threshold, "secagg_clip_range": secagg_clip_range,
         "secagg_quantization": secagg_quantization, "aggregator": aggregator, "trim_beta": trim_beta,
         "num_malicious": num_malicious, "qffl_q": qffl_q, "validate_updates": validate, "median_factor": median_factor,
@@ -263,11 +295,19 @@ def simulate(
     }  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     try:
-        summary = run_simulate(given, out=out, name=name, resume=resume, ray_address=ray_address, quiet=json_out)
+        summary = run_simulate(
+            given, out=out, name=name, resume=resume, ray_address=ray_address, quiet=json_out, wire_log=wire_log
+        )
     except FedreadyError as e:
         raise _fail(e) from None
     if json_out:
         typer.echo(json.dumps(summary, sort_keys=True))
+        if summary.get("status") == "failed":
+            raise typer.Exit(1)
+    elif summary.get("status") == "failed":
+        err.print(f"error: the run failed: {summary['reason']}; first client error: {summary['first_client_error']}"
+                  f" (see {summary['run_dir']}/audit.jsonl)", highlight=False)  # fmt: skip
+        raise typer.Exit(1)
     else:
         eps = (
             f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" if summary["dp"] else "no sample-level DP"
@@ -275,6 +315,14 @@ def simulate(
         if summary["client_epsilon"] is not None:
             eps += f", client-level epsilon {summary['client_epsilon']:.3f} (delta {summary['client_delta']:g})"
         err.print(f"accuracy {summary['accuracy']:.4f}, {eps}, {summary['seconds']:.0f} s -> {summary['run_dir']}")
+        if summary["dp"] and summary.get("epsilon_parts"):
+            parts = summary["epsilon_parts"]
+            err.print(
+                f"epsilon composes every release about a client's rows: training {parts['sample']:.3f}, "
+                f"row count {parts['count']:.3f}, post-training counts {parts['query']:.3f} (each alone)"
+            )
+        for caveat in summary.get("caveats", []):
+            err.print(f"[bold red]{caveat}[/]")
         extra = [f"{k.replace('_', ' ')} {summary[k]}" for k in ("rejected_updates", "failed_clients", "declined")
                  if summary[k]]  # fmt: skip
         if summary["undefended_accuracy"] is not None:
@@ -295,6 +343,7 @@ def run_simulate(
     resume: Path | None,
     ray_address: str | None,
     quiet: bool = False,
+    wire_log: Path | None = None,
 ) -> dict[str, Any]:
     """Validate options, then start or resume a simulation with a progress bar (the body of ``fedready simulate``)."""
     import fedready
@@ -322,7 +371,8 @@ def run_simulate(
 
     try:
         result = fedready.simulate(**task, out=out, name=name, resume=resume, ray_address=ray_address,
-                                   on_round=on_round, on_note=on_note, on_start=on_start, **options)  # fmt: skip
+                                   on_round=on_round, on_note=on_note, on_start=on_start, wire_log=wire_log,
+                                   **options)  # fmt: skip
     finally:
         if "id" in bar:  # started (a refused configuration never draws the bar)
             progress.stop()

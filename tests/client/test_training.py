@@ -54,3 +54,37 @@ def test_batched_row_fetching_trains_exactly_as_a_tensor_dataset_loader(monkeypa
     b, rb = _run("ghost", noise, rows=4, batch=2, steps=40)
     assert ra == rb
     assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_dp_noise_and_sampling_are_secret_unless_a_seed_is_forced():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 20)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+
+    def once(seed):
+        model = create_model("mlp", 20, seed=1)
+        training.train(model, x, y, epochs=1, batch_size=64, lr=0.5, momentum=0.0, seed=seed,
+                       noise_multiplier=1.0, max_grad_norm=1.0, max_steps=3)  # fmt: skip
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert not torch.equal(once(None), once(None))  # OS entropy: two runs never share noise
+    assert torch.equal(once(5), once(5))  # a forced seed (--insecure-seeded-noise) reproduces bit for bit
+
+
+def test_the_dp_optimizer_uses_opacus_floating_point_safe_noise(monkeypatch):
+    from opacus.optimizers import optimizer as dp_optimizer
+    from opacus.optimizers import optimizer_fast_gradient_clipping as ghost_optimizer
+
+    modes = []
+    real = dp_optimizer._generate_noise
+
+    def spy(std, reference, generator=None, secure_mode=False):
+        modes.append(secure_mode)
+        return real(std, reference, generator, secure_mode)
+
+    for module in (dp_optimizer, ghost_optimizer):  # hooks and ghost clipping each import it
+        monkeypatch.setattr(module, "_generate_noise", spy)
+    for mode in ("ghost", "hooks"):
+        modes.clear()
+        _run(mode, 1.0, steps=2)
+        assert modes and all(modes)

@@ -23,7 +23,7 @@ from fedready import constants as K
 from fedready.cli import app
 from fedready.datasets.adult import load_adult
 from fedready.deploy.certs import generate_certificates
-from fedready.deploy.launch import flower_env, flwr_connection, superlink_command, supernode_command
+from fedready.deploy.launch import client_environment, flower_env, flwr_connection, superlink_command, supernode_command
 
 pytestmark = pytest.mark.slow
 
@@ -120,9 +120,10 @@ def federation(tmp_path_factory):
     procs: list[subprocess.Popen] = []
     logs = {}
 
-    def start(name: str, cmd: list[str]) -> subprocess.Popen:
+    def start(name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         logs[name] = base / f"{name}.log"
-        p = subprocess.Popen(cmd, env=env, cwd=base, stdout=logs[name].open("w"), stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, env={**env, **(extra_env or {})}, cwd=base, stdout=logs[name].open("w"),
+                             stderr=subprocess.STDOUT)  # fmt: skip
         procs.append(p)
         return p
 
@@ -141,10 +142,11 @@ def federation(tmp_path_factory):
             reg = subprocess.run([flwr, "supernode", "register", str(pub), "fedready"], env=env,
                                  capture_output=True, text=True, timeout=60)  # fmt: skip
             assert "registered" in reg.stdout, reg.stdout + reg.stderr
-        for i, org in enumerate(orgs):
+        for i, org in enumerate(orgs):  # as `fedready client` starts them: behind the bundle guard, with a wire log
             start(f"org-{i + 1}", supernode_command(
                 superlink=address, root_cert=certs.ca_cert, key=certs.node_keys[i][0], data=org / "local.csv",
-                schema=schema, limits=org / "limits.toml", client_id=i, port=_free_port()))  # fmt: skip
+                schema=schema, limits=org / "limits.toml", client_id=i, port=_free_port(),
+                wire_log=org / "wire.jsonl"), client_environment(org / "limits.toml"))  # fmt: skip
         intruder = start("intruder", supernode_command(
             superlink=address, root_cert=certs.ca_cert, key=certs.node_keys[3][0], data=orgs[0] / "local.csv",
             schema=schema, limits=orgs[0] / "limits.toml", client_id=9, port=_free_port(), max_wait=10))  # fmt: skip
@@ -155,10 +157,35 @@ def federation(tmp_path_factory):
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         intruder_rc = intruder.wait(timeout=60)
+        # A coordinator that edits fedready/__init__.py in its bundle: every SuperNode must refuse it
+        # before any of its code runs (the edit writes a marker from any guarded client process).
+        evil = _tampered_project(base / "evil-app", base / "pwned")
+        tampered = subprocess.run(
+            [flwr, "run", str(evil), "fedready", "--stream", "--run-config",
+             f"num-clients=3 rounds=1 epsilon=1.0 delta=1e-5 run-dir='{base / 'evil-run'}'"],
+            cwd=base, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
     finally:
         _stop(procs)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return {"run_dir": run_dir, "orgs": orgs, "intruder_rc": intruder_rc, "logs": logs, "schema": schema}
+    return {"run_dir": run_dir, "orgs": orgs, "intruder_rc": intruder_rc, "logs": logs, "schema": schema,
+            "tampered": tampered, "marker": base / "pwned", "evil_run": base / "evil-run"}  # fmt: skip
+
+
+def _tampered_project(folder: Path, marker: Path) -> Path:
+    """This project's pyproject and README, plus a bundled fedready/__init__.py with one line added."""
+    folder.mkdir()
+    (folder / "README.md").write_text("tampered\n", encoding="utf-8")
+    project = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    project = project.replace('fab-include = ["/README.md"]', 'fab-include = ["/README.md", "fedready/__init__.py"]')
+    assert "fedready/__init__.py" in project
+    (folder / "pyproject.toml").write_text(project, encoding="utf-8")
+    (folder / "fedready").mkdir()
+    original = (ROOT / "fedready" / "__init__.py").read_text(encoding="utf-8")
+    payload = (f"\nimport os as _os\nif _os.environ.get('FEDREADY_GUARD_AUDIT'):\n"
+               f"    open({str(marker)!r} + str(_os.getpid()), 'w').write('coordinator code ran here')\n")  # fmt: skip
+    (folder / "fedready" / "__init__.py").write_text(original + payload, encoding="utf-8")
+    return folder
 
 
 def _audit(path: Path) -> list[dict]:
@@ -175,7 +202,12 @@ def test_private_training_over_tls_leaves_model_ledger_and_audit_logs_on_all_sid
     events = _audit(run_dir / "audit.jsonl")
     fingerprints = [e for e in events if e["event"] == "client-data"]
     assert {e["client"] for e in fingerprints} == {"0", "1", "2"}
-    assert all(e["rows"] == ROWS and e["data_sha256"].startswith("sha256:") for e in fingerprints)
+    # the server learns a salted commitment, never the data's digest or its row count
+    assert all(set(e) >= {"schema_digest", "data_commitment"} and "rows" not in e and "data_sha256" not in e
+               for e in fingerprints)  # fmt: skip
+    shas = {f"sha256:{__import__('hashlib').sha256((org / 'local.csv').read_bytes()).hexdigest()}"
+            for org in federation["orgs"]}  # fmt: skip
+    assert not shas & {e["data_commitment"] for e in fingerprints}
     for org in federation["orgs"]:
         assert (org / "audit.jsonl").exists() and (org / "ledger.json").exists() or org.name == "org-3"
         assert CliRunner().invoke(app, ["audit", "verify", str(org / "audit.jsonl")]).exit_code == 0
@@ -194,7 +226,8 @@ def test_contract_violating_client_declines_with_a_readable_reason_while_others_
         assert {"client": "2", "reason": K.CONTRACT_VIOLATION} in m["declined"]
         assert "0" in m["trained"]
     server_side = [e for e in _audit(run_dir / "audit.jsonl") if e["event"] == "client-declined" and e["client"] == "2"]
-    assert server_side and server_side[0]["detail"] == "age:missing-rate"  # the check's name, no counts, no rows
+    # by default not even the failed check's name leaves (share_contract_report = true in limits.toml sends it)
+    assert server_side and "details stay on the client" in server_side[0]["detail"]
     client_side = [e for e in _audit(federation["orgs"][2] / "audit.jsonl") if e["event"] == "round-declined"]
     assert "column 'age': 450 of 1500 rows (30.0%) missing, limit 2.0%" in client_side[0]["report"]
     out = CliRunner().invoke(app, ["contract", "check", "--data", str(federation["orgs"][2] / "local.csv"),
@@ -205,16 +238,14 @@ def test_contract_violating_client_declines_with_a_readable_reason_while_others_
 def test_client_with_a_lower_local_limit_trains_only_up_to_it(federation):
     org = federation["orgs"][1]
     releases = json.loads((org / "ledger.json").read_text())["releases"]
-    assert [r["round"] for r in releases] == [1]
-    assert releases[-1]["epsilon"] <= LIMITED_EPSILON
+    assert [r["round"] for r in releases if r["level"] == "sample"] == [1]
+    assert [r["level"] for r in releases].count("count") == 1  # its noisy row count, once
+    assert max(r["epsilon"] for r in releases) <= LIMITED_EPSILON
     declined = [e for e in _audit(org / "audit.jsonl") if e["event"] == "round-declined"]
     assert [e["round"] for e in declined] == [2, 3] and all(e["reason"] == K.BUDGET_EXHAUSTED for e in declined)
     # the unconstrained client trained in every round
-    assert [r["round"] for r in json.loads((federation["orgs"][0] / "ledger.json").read_text())["releases"]] == [
-        1,
-        2,
-        3,
-    ]
+    first = json.loads((federation["orgs"][0] / "ledger.json").read_text())["releases"]
+    assert [r["round"] for r in first if r["level"] == "sample"] == [1, 2, 3]
 
 
 def test_editing_one_audit_line_makes_verify_fail(federation, tmp_path):
@@ -226,3 +257,39 @@ def test_editing_one_audit_line_makes_verify_fail(federation, tmp_path):
     log.write_text("\n".join(lines) + "\n")
     out = CliRunner().invoke(app, ["audit", "verify", str(log)])
     assert out.exit_code == 1 and "line 4" in out.output
+
+
+def test_deployed_clients_answer_the_post_training_queries_noised_and_charged(federation):
+    run_dir = federation["run_dir"]
+    evaluation = json.loads((run_dir / "federated_eval.json").read_text())
+    assert evaluation["clients_answered"] == 2 and evaluation["clients_declined"] == 1  # org-3: contract
+    assert evaluation["noise_std"] > 0 and not evaluation["exact"]
+    assert json.loads((run_dir / "reference_profile.json").read_text())["clients"] == 2
+    for org in federation["orgs"][:2]:  # each answer is in the organisation's own lifetime ledger and audit log
+        assert [r["level"] for r in json.loads((org / "ledger.json").read_text())["releases"]].count("query") == 1
+        assert [e for e in _audit(org / "audit.jsonl") if e["event"] == "query-answered"]
+    ledger = json.loads((run_dir / "ledger.json").read_text())
+    assert {e["client"] for e in ledger["entries"] if e["level"] == "query"} == {"0", "1"}
+    assert 0 < ledger["epsilon"] <= 1.0
+
+
+def test_a_bundle_with_edited_code_is_refused_by_every_supernode_before_it_runs(federation):
+    assert not list(federation["marker"].parent.glob(federation["marker"].name + "*"))  # no client ran it
+    for org in federation["orgs"]:
+        refused = [e for e in _audit(org / "audit.jsonl") if e["event"] == "bundle-refused"]
+        assert refused, f"{org.name} has no bundle-refused entry"
+        assert refused[0]["path"] == "fedready/__init__.py"
+        assert refused[0]["bundle_digest"] != refused[0]["installed_digest"]
+        accepted = [e for e in _audit(org / "audit.jsonl") if e["event"] == "bundle-accepted"]
+        assert accepted  # the honest bundle (no code at all) was accepted
+    metrics = [json.loads(x) for x in (federation["evil_run"] / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all(r["trained"] == [] and len(r["failed"]) == 3 for r in metrics)
+
+
+def test_every_key_a_deployed_client_sends_is_in_the_readme_table(federation):
+    from tests.wire_table import sent_keys, unlisted
+
+    for org in federation["orgs"]:
+        assert sent_keys(org / "wire.jsonl")  # the log recorded what left
+        unknown = unlisted(org / "wire.jsonl")
+        assert not unknown, f"{org.name} sent keys the README does not list: {sorted(unknown)}"

@@ -131,3 +131,22 @@ def test_thresholds_come_from_the_monitoring_table(tmp_path, adult_schema):
     policy.write_text("[monitoring]\npsi_alarm = 0.3\n")
     with pytest.raises(ConfigError, match="monitoring.psi_alarm"):
         load_monitoring_policy(policy)
+
+
+def test_noise_dominated_reference_buckets_are_pooled_not_compared_one_by_one():
+    from fedready.monitoring._drift import pool_noisy_buckets, psi
+
+    rng = np.random.default_rng(0)
+    true = np.array([9000.0, 5000.0] + [30.0] * 30)  # two large buckets and thirty rare ones
+    noisy = true + rng.normal(0, 170.0, true.size)  # a DP reference: std 170 on every summed bucket
+    window = true * 0.5  # the same distribution, unshifted
+    assert psi(noisy, window) > 0.2  # bucket by bucket, the noise alone looks like drift
+    r, w = pool_noisy_buckets(noisy, window, 170.0)
+    assert len(r) == 2 and psi(r, w) < 0.05  # no false alarm (the pooled rare mass is itself below the noise)
+    common = np.array([9000.0, 5000.0] + [200.0] * 30)  # rare but resolvable once pooled: kept as one bucket
+    r, _ = pool_noisy_buckets(common + rng.normal(0, 170.0, common.size), common, 170.0)
+    assert len(r) < 8 and r[-1] > 3000
+    shifted = window.copy()
+    shifted[:2] = shifted[1::-1]  # the two informative buckets swap: real drift
+    assert psi(*pool_noisy_buckets(noisy, shifted, 170.0)) > 0.2
+    assert np.array_equal(pool_noisy_buckets(noisy, window, None)[0], noisy)  # exact profiles are untouched

@@ -15,29 +15,41 @@ from fedready import constants as K
 from fedready.config import make_config
 from fedready.datasets.adult import load_adult
 from fedready.errors import IntegrityError
-from fedready.evaluation.federated import handle_query
 from fedready.modelio import save_npz
 from fedready.monitoring import PROFILE_FILE, Counts, compare, count_rows
-from fedready.monitoring.federated import local_profile_counts, resolve_noise, run_profile_query, sum_profiles
-from fedready.privacy.accounting import compose_epsilon
-from fedready.privacy.ledger import Ledger, LedgerEntry, recompute
+from fedready.monitoring.federated import local_profile_counts, run_profile_query, sum_profiles
+from fedready.privacy.ledger import Ledger, recompute
 
 
 class InMemoryGrid:
-    """The part of Flower's ``Grid`` the queries use, answering with the real client handler."""
+    """The part of Flower's ``Grid`` the queries use, answering with the real client handler.
 
-    def __init__(self, cfg) -> None:
+    Each node keeps one Flower ``Context`` (its privacy state persists between queries), and its
+    state folder sits beside the run folder, as in a simulation.
+    """
+
+    def __init__(self, cfg, run_dir) -> None:
+        from flwr.app import Context, RecordDict
+
         self.cfg = cfg
+        self.run_dir = run_dir
         self.sent: list[str] = []
+        self.replies: list = []
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": n - 1}, state=RecordDict(),
+                                    run_config={}) for n in self.get_node_ids()}  # fmt: skip
 
     def get_node_ids(self):
         return list(range(1, self.cfg.num_clients + 1))
 
     def send_and_receive(self, messages, timeout=None):
+        from fedready.client.app import handle_query
+
+        overrides = {**self.cfg.to_run_config(), K.RUN_DIR: str(self.run_dir)}
         replies = []
         for m in messages:
             self.sent.append(str(m.content[K.CONFIG][K.QUERY]))
-            replies.append(handle_query(m, self.cfg, m.metadata.dst_node_id - 1))
+            replies.append(handle_query(m, self.contexts[m.metadata.dst_node_id], overrides))
+        self.replies += replies
         return replies
 
 
@@ -62,9 +74,7 @@ def run_dir(tmp_path, cfg):
     model = task_of(cfg).model(seed=0)
     (tmp_path / "model.npz").write_bytes(save_npz({k: v.numpy() for k, v in model.state_dict().items()}))
     led = Ledger(run_id="r", delta=cfg.delta, target_epsilon=1.0, accountant="rdp")
-    eps = compose_epsilon([(1.0, 0.1, 3)], delta=cfg.delta)
-    led.record(LedgerEntry(round=1, client="0", noise_multiplier=1.0, sample_rate=0.1, steps=3, accountant="rdp",
-                           delta=cfg.delta, epsilon=eps))  # fmt: skip
+    led.charge(round=1, client="0", level="sample", noise_multiplier=1.0, sample_rate=0.1, steps=3, delta=cfg.delta)
     led.save(tmp_path / "ledger.json")
     return tmp_path
 
@@ -83,7 +93,7 @@ def test_clients_counts_sum_to_the_pooled_histograms(cfg, run_dir):
     assert np.array_equal(total.features["age"], direct.features["age"])
     assert np.array_equal(total.features["sex"], direct.features["sex"])
     bad = dict(replies[0])
-    bad[K.PROFILE_PREFIX + "scores"] = [-5] * 10
+    bad[K.PROFILE_PREFIX + "scores"] = [-5] * 10  # negative, and claimed exact (no noise std)
     with pytest.raises(IntegrityError, match="malformed profile counts"):
         sum_profiles([bad])
 
@@ -95,27 +105,35 @@ def _age_sex_schema():
     return s.model_copy(update={"ignore": [c.name for c in s.columns if c.name not in ("age", "sex")]})
 
 
-def test_noisy_profile_is_charged_to_the_ledger_and_still_detects_a_shift(cfg, run_dir):
-    mech, eps = resolve_noise({}, cfg)
-    assert (mech, eps) == ("gaussian", 1.0)  # on by default when DP is on
-    grid = InMemoryGrid(cfg)
-    doc = run_profile_query(grid, cfg, run_dir, mechanism=mech, epsilon=eps)
+def test_each_client_noises_its_profile_and_is_charged_and_it_still_detects_a_shift(cfg, run_dir):
+    grid = InMemoryGrid(cfg, run_dir)
+    doc = run_profile_query(grid, cfg, run_dir)
     assert grid.sent == [K.QUERY_PROFILE] * 3 and doc["clients"] == 3
     assert json.loads((run_dir / PROFILE_FILE).read_text()) == doc
-    noisy = Counts.from_dict(doc["counts"])
-    assert not all(float(v).is_integer() for v in noisy.features["age"])  # noise was added
+    arrays = _arrays(run_dir)
+    for reply in grid.replies:  # the server never saw an exact count: every histogram left the client noised
+        sent = dict(reply.content[K.METRICS])
+        exact = local_profile_counts(cfg, int(sent[K.PARTITION_ID]), arrays)
+        std = sent[K.QUERY_NOISE_STD]
+        assert std == pytest.approx(cfg.query_noise * np.sqrt(len([k for k in exact if k.startswith("profile/")])))
+        for key in (k for k in exact if k.startswith(K.PROFILE_PREFIX)):
+            diff = np.asarray(sent[key]) - np.asarray(exact[key])
+            assert np.all(diff != 0) and np.abs(diff).max() < 6 * std
+    assert doc["noise"]["client_std"] == pytest.approx(grid.replies[0].content[K.METRICS][K.QUERY_NOISE_STD])
     led = Ledger.load(run_dir / "ledger.json")
-    (entry,) = [e for e in led.entries if e.level == "profile"]
-    assert entry.client == "profile" and entry.epsilon == pytest.approx(doc["noise"]["epsilon"]) and entry.epsilon <= 1
-    model_eps = compose_epsilon([(1.0, 0.1, 3)], delta=cfg.delta)
-    assert led.profile_epsilon == entry.epsilon and led.epsilon == model_eps  # the model's epsilon is unchanged
-    assert recompute(led)["profile"][-1][1] == pytest.approx(entry.epsilon, rel=0.01)
+    queries = [e for e in led.entries if e.level == "query"]
+    assert sorted(e.client for e in queries) == ["0", "1", "2"]  # charged to each client, not to the server
+    assert all((e.noise_multiplier, e.sample_rate, e.steps) == (cfg.query_noise, 1.0, 1) for e in queries)
+    # client 0 also trained: its headline epsilon composes both releases (RDP), more than either alone
+    assert led.client_epsilon()["0"] > max(led.client_epsilon(("sample",))["0"], led.client_epsilon(("query",))["0"])
+    assert led.epsilon == led.client_epsilon()["0"]
+    assert recompute(led)["0"][-1][1] == pytest.approx(led.client_epsilon()["0"], rel=1e-9)
     from fedready.cli import check_ledger
 
-    assert check_ledger(run_dir)["ok"]  # `fedready ledger` recomputes the profile's epsilon too
+    assert check_ledger(run_dir)["ok"]  # `fedready ledger` recomputes the query releases too
     # the same model is not profiled (and charged) twice
-    assert run_profile_query(grid, cfg, run_dir, mechanism=mech, epsilon=eps) is None
-    assert len(Ledger.load(run_dir / "ledger.json").entries) == 2
+    assert run_profile_query(grid, cfg, run_dir) is None
+    assert len(Ledger.load(run_dir / "ledger.json").entries) == len(led.entries)
 
     test = load_adult("test")
     aged = {**test.columns, "age": np.array([f"{float(a) + 10:g}" for a in test.columns["age"]])}
@@ -126,19 +144,19 @@ def test_noisy_profile_is_charged_to_the_ledger_and_still_detects_a_shift(cfg, r
     assert any(b["feature"] == "age" for b in compare(doc, window)["breaches"])
 
 
-def test_laplace_profile_is_recomputed_as_pure_dp(cfg, run_dir):
-    doc = run_profile_query(InMemoryGrid(cfg), cfg, run_dir, mechanism="laplace", epsilon=0.5)
-    assert doc["noise"]["mechanism"] == "laplace" and doc["noise"]["delta"] == 0.0
-    led = Ledger.load(run_dir / "ledger.json")
-    assert led.profile_epsilon == pytest.approx(0.5)
-    assert recompute(led)["profile"] == [(1, pytest.approx(0.5))]
+def test_a_query_past_the_budget_is_declined_by_the_client(cfg, run_dir):
+    tight = cfg.model_copy(update={"epsilon": 0.05})  # a query at multiplier 12 alone spends more than this
+    grid = InMemoryGrid(tight, run_dir)
+    assert run_profile_query(grid, tight, run_dir) is None  # nobody answered: no profile, nothing charged
+    assert all(int(r.content[K.METRICS][K.DECLINED]) == 1 for r in grid.replies)
+    assert not [e for e in Ledger.load(run_dir / "ledger.json").entries if e.level == "query"]
 
 
 def test_profile_asks_the_same_seeded_share_as_the_group_count_evaluation(cfg, run_dir):
     # with thousands of simulated clients, asking every one would cost more than the training itself
-    sampled = cfg.model_copy(update={"fraction_evaluate": 0.5})
-    grid = InMemoryGrid(sampled)
-    doc = run_profile_query(grid, sampled, run_dir, mechanism="none", epsilon=1.0)
+    sampled = cfg.model_copy(update={"fraction_evaluate": 0.5, "dp": False})
+    grid = InMemoryGrid(sampled, run_dir)
+    doc = run_profile_query(grid, sampled, run_dir)
     assert grid.sent == [K.QUERY_PROFILE] * 2 and doc["clients"] == 2  # ceil(0.5 * 3)
     assert Counts.from_dict(doc["counts"]).rows < sum_profiles(
         [local_profile_counts(cfg, p, _arrays(run_dir)) for p in range(3)]).rows  # fmt: skip
@@ -154,13 +172,17 @@ def test_group_counts_and_profile_travel_in_one_message_per_client(cfg, run_dir)
     from fedready.evaluation.federated import FEDERATED_FILE
     from fedready.server.app import final_queries
 
-    grid = InMemoryGrid(cfg)
+    grid = InMemoryGrid(cfg, run_dir)
     summary = final_queries(grid, cfg, run_dir, {})
     assert grid.sent == [f"{K.QUERY_GROUP_COUNTS},{K.QUERY_PROFILE}"] * 3  # one round trip, not two
     assert summary["clients_answered"] == 3 and (run_dir / FEDERATED_FILE).exists()
     assert json.loads((run_dir / PROFILE_FILE).read_text())["clients"] == 3
-    # asked again for the same model (fedready evaluate): the profile is not asked for, nor charged, twice
+    # one release per client for both answers together
+    assert len([e for e in Ledger.load(run_dir / "ledger.json").entries if e.level == "query"]) == 3
+    # asked again for the same model (fedready evaluate): the profile is not asked for again, and the new
+    # group counts are a second release, charged under a round of their own
     grid.sent.clear()
     final_queries(grid, cfg, run_dir, {})
     assert grid.sent == [K.QUERY_GROUP_COUNTS] * 3
-    assert len([e for e in Ledger.load(run_dir / "ledger.json").entries if e.level == "profile"]) == 1
+    queries = [e for e in Ledger.load(run_dir / "ledger.json").entries if e.level == "query"]
+    assert len(queries) == 6 and len({e.round for e in queries}) == 2

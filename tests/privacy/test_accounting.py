@@ -89,10 +89,66 @@ def test_invalid_calibration_inputs_name_the_field(kwargs, field):
     assert e.value.field == field
 
 
-@pytest.mark.parametrize(("sampled", "population"), [(10, 10), (10, 100), (5, 40)])
-def test_client_level_accounting_agrees_with_flowers_accountant(sampled, population):
-    from fedready.privacy.accounting import flower_client_epsilon
+def _dp_accounting_direct(z: float, q: float, rounds: int, delta: float) -> float:
+    """The Poisson-subsampled Gaussian composed ``rounds`` times, written here with dp-accounting alone."""
+    import dp_accounting
+    from dp_accounting import rdp
 
-    ours = compose_epsilon([(1.0, sampled / population, 50)], delta=1e-5)
-    flowers = flower_client_epsilon([(1.0, sampled)] * 50, population=population, delta=1e-5)
-    assert ours == pytest.approx(flowers, rel=0.01)
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), rounds
+    )
+    acc = rdp.RdpAccountant()
+    acc.compose(event)
+    return acc.get_epsilon(delta)
+
+
+def test_client_level_epsilon_equals_an_independent_computation_within_one_percent():
+    """The issue's reference: 100 clients, 10 expected per round (Poisson), 50 rounds, z = 1, delta 1e-5."""
+    from fedready.privacy.ledger import Ledger
+
+    led = Ledger(run_id="r", delta=1e-5, target_epsilon=None, accountant="rdp")
+    for r in range(1, 51):  # what the server charges per released round
+        led.charge(round=r, client="*", level="client", noise_multiplier=1.0, sample_rate=10 / 100, steps=1,
+                   delta=1e-5)  # fmt: skip
+    independent = _dp_accounting_direct(1.0, 0.1, 50, 1e-5)
+    assert led.client_level_epsilon == pytest.approx(independent, rel=0.01)
+    assert 5.8 < led.client_level_epsilon < 5.95  # the mechanism as implemented: 5.88
+
+
+@pytest.mark.parametrize(("z", "q", "steps"), [(1.0, 0.1, 50), (16.6, 1 / 3, 150), (12.0, 1.0, 1), (20.0, 1.0, 1)])
+def test_dp_accounting_cross_check_agrees_with_opacus(z, q, steps):
+    from fedready.privacy.accounting import dp_accounting_epsilon
+
+    theirs = dp_accounting_epsilon([(z, q, steps)], delta=1e-5)
+    assert compose_epsilon([(z, q, steps)], delta=1e-5) == pytest.approx(theirs["rdp"], rel=0.01)
+    assert theirs["pld"] <= theirs["rdp"] * 1.001  # PLD is the tighter bound
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(
+    epsilon=st.floats(0.8, 4.0),
+    count=st.sampled_from([5.0, 20.0, 50.0]),
+    query=st.sampled_from([8.0, 12.0, 30.0]),
+    rate=st.sampled_from([0.05, 1 / 3, 1.0]),
+    steps=st.integers(10, 300),
+)
+def test_calibration_beside_other_releases_never_exceeds_the_budget(epsilon, count, query, rate, steps):
+    from fedready.privacy.accounting import calibrate_with_releases
+
+    others = [(count, 1.0, 1), (query, 1.0, 1)]
+    if compose_epsilon(others, delta=1e-5) >= epsilon * 0.95:
+        return  # too little left for training: refused (tested below)
+    z = calibrate_with_releases(target_epsilon=epsilon, target_delta=1e-5, sample_rate=rate, steps=steps,
+                                releases=others)  # fmt: skip
+    total = compose_epsilon([*others, (z, rate, steps)], delta=1e-5)
+    assert total <= epsilon
+    assert total >= 0.99 * epsilon  # tight: no budget left unused
+    assert z >= calibrate_noise(target_epsilon=epsilon, target_delta=1e-5, sample_rate=rate, steps=steps)
+
+
+def test_calibration_refuses_when_the_other_releases_spend_the_budget():
+    from fedready.privacy.accounting import calibrate_with_releases
+
+    with pytest.raises(ConfigError, match="count and query releases alone"):
+        calibrate_with_releases(target_epsilon=0.2, target_delta=1e-5, sample_rate=0.1, steps=10,
+                                releases=[(2.0, 1.0, 1)])  # fmt: skip

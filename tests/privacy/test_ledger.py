@@ -44,3 +44,39 @@ def test_foreign_file_is_refused(tmp_path):
     p.write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match="not a fedready ledger"):
         Ledger.load(p)
+
+
+def test_every_release_about_a_clients_rows_composes_into_the_headline():
+    led = Ledger(run_id="r", delta=1e-5, target_epsilon=1.0, accountant="rdp")
+    led.charge(round=1, client="0", level="count", noise_multiplier=20.0, sample_rate=1.0, steps=1, delta=1e-5)
+    for r in (1, 2, 3):
+        led.charge(round=r, client="0", level="sample", noise_multiplier=5.0, sample_rate=0.3, steps=3, delta=1e-5)
+    led.charge(round=4, client="0", level="query", noise_multiplier=12.0, sample_rate=1.0, steps=1, delta=1e-5)
+    history = [(20.0, 1.0, 1), (5.0, 0.3, 9), (12.0, 1.0, 1)]
+    assert led.epsilon == pytest.approx(compose_epsilon(history, delta=1e-5))  # RDP over all three kinds
+    parts = led.epsilon_parts()
+    assert parts["sample"] == pytest.approx(compose_epsilon([(5.0, 0.3, 9)], delta=1e-5))
+    assert led.epsilon > max(parts.values())  # composing costs more than any part alone
+    assert led.entries[-1].epsilon == pytest.approx(led.epsilon)  # each entry: composed up to itself
+    assert recompute(led)["0"][-1][1] == pytest.approx(led.epsilon, rel=1e-12)
+    # the federation-level mechanism (client "*") never mixes into a client's record-level epsilon
+    led.charge(round=1, client="*", level="client", noise_multiplier=1.0, sample_rate=0.1, steps=1, delta=1e-5)
+    assert led.epsilon == pytest.approx(compose_epsilon(history, delta=1e-5))
+    assert led.client_level_epsilon == pytest.approx(compose_epsilon([(1.0, 0.1, 1)], delta=1e-5))
+
+
+def test_an_unknown_level_is_refused():
+    led = Ledger(run_id="r", delta=1e-5, target_epsilon=1.0, accountant="rdp")
+    with pytest.raises(ValueError, match="unknown ledger level 'profile'"):
+        led.charge(round=1, client="0", level="profile", noise_multiplier=1.0, sample_rate=1.0, steps=1, delta=1e-5)
+
+
+def test_insecure_noise_and_uncharged_releases_are_stamped(tmp_path):
+    led = Ledger(run_id="r", delta=1e-5, target_epsilon=1.0, accountant="rdp", insecure_seeded_noise=True,
+                 outside_guarantee=["per-round training loss (--release-train-loss)"])  # fmt: skip
+    assert not led.private
+    assert led.caveats()[0].startswith("NOT PRIVATE") and "training loss" in led.caveats()[1]
+    led.save(tmp_path / "l.json")
+    back = Ledger.load(tmp_path / "l.json")
+    assert back.insecure_seeded_noise and not back.private and back.to_dict()["caveats"] == led.caveats()
+    assert Ledger(run_id="r", delta=1e-5, target_epsilon=1.0, accountant="rdp").private

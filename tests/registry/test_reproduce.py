@@ -1,4 +1,5 @@
-"""``fedready reproduce`` on a simulated artifact: the same digest, and a mismatch once the config is altered."""
+"""``fedready reproduce``: a DP artifact within its stated bounds, an insecure-seeded one bit for bit,
+and a mismatch once the config is altered."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.registry.conftest import run_cli
+from tests.registry.conftest import SMALL, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -20,12 +21,41 @@ def sim_artifact(sim_run, keys, tmp_path_factory):
     return path
 
 
-def test_reproduce_matches_recorded_digest(sim_artifact, keys):
-    proc = run_cli("reproduce", sim_artifact, "--public-key", keys["operator"][1], "--json")
+def test_dp_artifact_reproduces_within_the_stated_bounds_not_bit_for_bit(sim_artifact, keys):
+    proc = run_cli(
+        "reproduce",
+        sim_artifact,
+        "--public-key",
+        keys["operator"][1],
+        "--json",
+        "--max-accuracy-gap",
+        "0.05",
+        "--min-agreement",
+        "0.85",
+    )  # a 3-round run: looser than the defaults
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
-    assert report["match"] and report["config_matches"]
-    assert report["reproduced_digest"] == json.loads((sim_artifact / "provenance.json").read_text())["model_digest"]
+    assert report["config_matches"] and report["data_matches"] and report["code_matches"]
+    assert report["mode"] == "statistical" and report["match"] and report["within_bounds"]
+    # secret noise: the re-run is a different model, which behaves the same
+    assert report["reproduced_digest"] != json.loads((sim_artifact / "provenance.json").read_text())["model_digest"]
+    assert report["agreement"] >= 0.85 and report["accuracy_gap"] <= 0.05
+    # bounds nothing can meet are reported as a mismatch (the check can fail)
+    strict = run_cli("reproduce", sim_artifact, "--json", "--min-agreement", "1.0", "--max-accuracy-gap", "0")
+    assert strict.returncode == 1 and not json.loads(strict.stdout)["within_bounds"]
+
+
+def test_insecure_seeded_artifact_reproduces_bit_for_bit(keys, tmp_path):
+    from fedready.registry import package_run
+
+    proc = run_cli("simulate", *SMALL, "--rounds", "2", "--insecure-seeded-noise", "--out", tmp_path, "--name", "s",
+                   "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NOT PRIVATE" in json.loads(proc.stdout)["caveats"][0]
+    art, _ = package_run(tmp_path / "s", key=keys["operator"][0], version="1.0.0", out=tmp_path / "art")
+    report = json.loads(run_cli("reproduce", art, "--json").stdout)
+    assert report["mode"] == "exact" and report["match"]
+    assert report["reproduced_digest"] == json.loads((art / "provenance.json").read_text())["model_digest"]
 
 
 def test_reproduce_reports_mismatch_when_config_is_altered(sim_artifact, keys, tmp_path):

@@ -81,11 +81,18 @@ def test_impossible_combinations_are_refused(cfg, field):
     assert e.value.field == field
 
 
+def test_qfedavg_under_dp_needs_the_training_loss_released_outside_the_guarantee():
+    with pytest.raises(ConfigError, match="release-train-loss") as e:
+        make_config(aggregator="qfedavg")
+    assert e.value.field == "aggregator"
+    assert make_config(aggregator="qfedavg", dp=False).aggregator == "qfedavg"
+
+
 def test_qfedavg_keeps_the_global_models_dtype():
     """QFedAvg's float64 result would make every later float32 update a dtype mismatch."""
     from flwr.app import ConfigRecord
 
-    strategy = build_strategy(make_config(num_clients=2, aggregator="qfedavg"), None)
+    strategy = build_strategy(make_config(num_clients=2, aggregator="qfedavg", release_train_loss=True), None)
     strategy.current_arrays = ArrayRecord([np.zeros(3, dtype=np.float32)])
     replies = []
     for loss, value in ((0.5, 1.0), (1.5, -1.0)):

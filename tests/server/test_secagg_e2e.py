@@ -39,9 +39,12 @@ def test_server_never_holds_an_individual_update(tmp_path):
     assert len(handed) == 4
     # each round the server-side strategy received one vector for all four clients: the aggregate
     assert all(len(a["clients"]) == 4 and len(a["received"]) == 1 for a in handed)
-    # ... and it is none of the clients' own plaintext updates (each client keeps its last one locally)
-    updates = {c: load_npz((run / "clients" / c / "last_update.npz").read_bytes()) for c in "0123"}
-    metrics = {c: json.loads((run / "clients" / c / "last_metrics.json").read_text()) for c in "0123"}
+    # ... and it is none of the clients' own plaintext updates (each client keeps its last one locally,
+    # beside the server's run folder, never inside it)
+    assert not any("last_update" in p.name for p in run.rglob("*"))
+    local = run.with_name(run.name + ".clients")
+    updates = {c: load_npz((local / c / "last_update.npz").read_bytes()) for c in "0123"}
+    metrics = {c: json.loads((local / c / "last_metrics.json").read_text()) for c in "0123"}
     assert handed[-1]["received"][0] not in {arrays_digest(u) for u in updates.values()}
     # the aggregate is the example-weighted mean of the masked updates, up to quantisation
     weights = np.array([metrics[c]["num-examples"] for c in "0123"], dtype=np.float64)
@@ -57,7 +60,10 @@ def test_secagg_costs_no_accuracy(tmp_path):
     with_sa, _ = _run(tmp_path, "with", "--secagg")
     without, _ = _run(tmp_path, "without")
     assert abs(with_sa["accuracy"] - without["accuracy"]) <= 0.01
-    assert with_sa["epsilon"] == pytest.approx(without["epsilon"])
+    # the same training spend; the plain run also answered the post-training query (SecAgg+ runs answer it
+    # when `fedready evaluate` asks), whose share of the budget was reserved in both
+    assert with_sa["epsilon_parts"]["sample"] == pytest.approx(without["epsilon_parts"]["sample"])
+    assert with_sa["epsilon"] <= without["epsilon"] <= 1.0
 
 
 def test_secagg_with_client_side_clipping_dp(tmp_path):
@@ -66,3 +72,10 @@ def test_secagg_with_client_side_clipping_dp(tmp_path):
     assert summary["client_epsilon"] > 0 and summary["rounds_completed"] == 4
     entries = [e for e in json.loads((run / "ledger.json").read_text())["entries"] if e["level"] == "client"]
     assert [e["round"] for e in entries] == [1, 2, 3, 4]
+
+
+def test_secagg_client_level_budget_is_enforced(tmp_path):
+    summary, run = _run(tmp_path, "sabud", "--secagg", "--client-dp", "client-fixed", "--client-epsilon", "3",
+                        "--budget-rounds", "2", "--client-delta", "1e-3")  # fmt: skip
+    assert summary["rounds_completed"] == 2 and "client-level budget" in summary["stopped"]
+    assert summary["client_epsilon"] <= 3.0

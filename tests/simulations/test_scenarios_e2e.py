@@ -8,7 +8,6 @@ import sys
 import tempfile
 
 import pytest
-from opacus.accountants import RDPAccountant
 
 from fedready import constants as K
 from fedready.privacy.ledger import Ledger
@@ -65,26 +64,40 @@ def test_nan_updates_and_dropout_never_crash_a_round(tmp_path):
     assert verify_chain(run / "audit.jsonl") == (True, None)
 
 
-def test_slow_client_is_left_behind_by_the_round_timeout(tmp_path):
-    summary, rounds, _, _ = _run(tmp_path, "slow", "--clients", "4", "--rounds", "2", "--partitioner", "iid",
-                                 "--slow-fraction", "0.25", "--round-timeout", "40", "--local-steps", "1")  # fmt: skip
+def test_slow_client_is_left_behind_by_the_round_timeout_and_its_late_updates_are_charged(tmp_path):
+    summary, rounds, _, run = _run(
+        tmp_path, "slow", "--clients", "4", "--rounds", "2", "--partitioner", "iid", "--slow-fraction", "0.25",
+        "--round-timeout", "40", "--local-steps", "1",
+    )  # fmt: skip
     assert [r["late"] for r in rounds] == [1, 1]
     assert all(len(r["trained"]) == 3 for r in rounds)
+    # the straggler's updates left it after the timeout: the server never used them, but they were released,
+    # so they are charged as soon as the client is heard from again (here: its post-training query answer)
+    slow = ({"0", "1", "2", "3"} - set(rounds[0]["trained"])).pop()
+    ledger = Ledger.load(run / "ledger.json")
+    late = sorted(e.round for e in ledger.entries if e.client == slow and e.level == "sample")
+    assert late == [1, 2] and all(e.note == "late" for e in ledger.entries if e.client == slow and e.level == "sample")
+    assert ledger.client_epsilon()[slow] <= 1.0
 
 
-def test_client_level_epsilon_matches_opacus_for_100_clients(tmp_path):
-    # 100 clients, 10 sampled per round, 50 rounds, z = 1.0, delta 1e-5 (DP-FedAvg only).
+def test_client_level_epsilon_of_a_real_run_equals_an_independent_computation(tmp_path):
+    # 100 clients, 10 expected per round (Poisson sampling), 50 rounds, z = 1.0, delta 1e-5 (DP-FedAvg only).
+    import dp_accounting
+    from dp_accounting import rdp
+
     summary, rounds, _, run = _run(
         tmp_path, "cl", "--clients", "100", "--fraction-train", "0.1", "--rounds", "50", "--no-dp",
         "--client-dp", "server-fixed", "--client-noise-multiplier", "1.0", "--client-delta", "1e-5",
         "--partitioner", "iid", "--local-steps", "1", "--batch-size", "64", "--lr", "0.5",
     )  # fmt: skip
-    independent = RDPAccountant()
-    independent.history = [(1.0, 0.1, 50)]
-    expected = independent.get_epsilon(delta=1e-5)
+    event = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.SelfComposedDpEvent(event, 50))
+    expected = acc.get_epsilon(1e-5)  # Google's dp-accounting, not Opacus: independent code
     assert summary["client_epsilon"] == pytest.approx(expected, rel=0.01)
-    assert summary["client_epsilon_flower"] == pytest.approx(expected, rel=0.01)  # Flower's accountant agrees
-    assert all(len(r["trained"]) == 10 for r in rounds)
+    assert summary["client_epsilon_dp_accounting"]["rdp"] == pytest.approx(expected, rel=0.01)
+    sampled = [r["sampled"] for r in rounds]
+    assert 6 < sum(sampled) / len(sampled) < 14 and len(set(sampled)) > 1  # Poisson: 10 expected, varying
     ledger = Ledger.load(run / "ledger.json")
     assert ledger.client_level_epsilon == summary["client_epsilon"]
     assert ledger.epsilon == 0.0  # no sample-level DP in this run
@@ -99,3 +112,43 @@ def test_client_level_budget_stops_the_run_cleanly(tmp_path):
     assert 0 < summary["client_epsilon"] <= 8.0
     assert json.loads((run / "checkpoint.json").read_text())["round"] == 2
     assert any(a["event"] == "run-stopped" for a in audit)
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        ["--client-dp", "server-fixed", "--dropout", "0.4"],  # dropped clients contribute zero
+        ["--client-dp", "server-fixed", "--attack", "nan", "--attack-fraction", "0.25"],  # rejections
+        ["--client-dp", "server-adaptive", "--clip-count-stddev", "2.0"],  # adaptive clipping
+        ["--client-dp", "client-fixed", "--secagg", "--secagg-shares", "3", "--secagg-threshold", "2"],  # SecAgg+
+    ],
+    ids=["dropout", "rejections", "adaptive", "secagg"],
+)
+def test_no_configuration_exceeds_its_budgets(tmp_path, scenario):
+    summary, rounds, _, run = _run(
+        tmp_path, "b", "--clients", "4", "--rounds", "3", "--budget-rounds", "2", "--partitioner", "iid",
+        "--client-epsilon", "3", "--client-delta", "1e-3", "--local-steps", "1", *scenario,
+    )  # fmt: skip
+    ledger = Ledger.load(run / "ledger.json")
+    assert 0 < summary["client_epsilon"] <= 3.0 and ledger.client_level_epsilon <= 3.0
+    assert summary["epsilon"] <= 1.0 and all(e <= 1.0 for e in ledger.client_epsilon().values())
+    assert summary["rounds_completed"] == 2 and "client-level budget" in summary["stopped"]
+
+
+def test_a_run_in_which_no_round_aggregated_fails_loudly(tmp_path):
+    tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")
+    env = {**__import__("os").environ, "TMPDIR": tmp, "RAY_TMPDIR": tmp}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fedready.cli", "simulate", "--out", str(tmp_path), "--name",
+                               "dead", "--clients", "3", "--rounds", "2", "--partitioner", "iid", "--attack", "nan",
+                               "--attack-fraction", "1.0", "--local-steps", "1"], capture_output=True, text=True,
+                              timeout=600, env=env)  # fmt: skip
+    finally:
+        subprocess.run(["pkill", "-9", "-f", tmp], check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "error: the run failed: no round aggregated any update" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = json.loads((tmp_path / "dead" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["accuracy"] is None  # the untrained model is no result
+    assert "rejected: non-finite" in summary["first_client_error"]
+    assert summary["problems"]["rejected"] == 6

@@ -1,0 +1,200 @@
+"""A client's own privacy state: every release about its rows, kept on its side.
+
+Notes
+-----
+The state lives in Flower's per-node ``context.state`` (it survives from round to round)
+and is mirrored to a folder of the client's own (it survives a crash, a resume and, for a
+deployed client, a relaunch of the same run). In simulation that folder is
+``<run folder>.clients/<id>/``, beside the server's run folder and never inside it: it
+holds the client's last released update, which under SecAgg+ the server must never hold.
+
+Every release is recorded with its level (``count``, ``sample``, ``query``), round and DP
+parameters, and replies carry the whole list (:meth:`ClientPrivacyState.wire_history`), so
+the server's ledger charges releases it did not see arrive (a straggler's late update) as
+soon as the client is heard from again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+
+from fedready import constants as K
+from fedready._io import atomic_write_bytes, atomic_write_text
+from fedready.modelio import load_npz, save_npz
+from fedready.privacy.accounting import calibrate_with_releases, compose_epsilon
+from fedready.privacy.randomness import secret_numpy_rng
+
+__all__ = ["ClientPrivacyState", "Release", "Store", "client_state_dir"]
+
+_STATE_KEY = "fedready.privacy"
+LEVEL_CODES = {"count": 0, "sample": 1, "query": 2}  # on the wire (MetricRecord holds numbers only)
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release about this client's rows: its level, round and Gaussian parameters."""
+
+    level: str
+    round: int
+    noise: float
+    rate: float
+    steps: int
+
+    def step(self) -> tuple[float, float, int]:
+        return (self.noise, self.rate, self.steps)
+
+
+@dataclass
+class ClientPrivacyState:
+    """A client's own record of what it has released, and its noisy row count."""
+
+    releases: list[Release] = field(default_factory=list)
+    noisy_rows: int | None = None  # released once per run; FedAvg weight and sample rate come from it
+    last_round: int = 0  # last round a training update was released for
+    last_input_digest: str = ""  # global model that update was computed from
+    # noise multipliers this client calibrated, by budget and plan: the search takes a fifth of a
+    # second, and the simulation engine may hand the client to a different worker process each round
+    calibrated: dict[str, float] = field(default_factory=dict)
+
+    def history(self) -> list[tuple[float, float, int]]:
+        """Every release, in Opacus's accountant-history format."""
+        return [r.step() for r in self.releases]
+
+    def training_rounds(self) -> list[int]:
+        return [r.round for r in self.releases if r.level == "sample"]
+
+    def epsilon(self, *, delta: float, accountant: str) -> float:
+        """This client's epsilon over every release so far (RDP composition)."""
+        return compose_epsilon(self.history(), delta=delta, accountant=accountant)
+
+    def noisy_count(self, n: int, *, noise_std: float, server_round: int) -> int:
+        """The client's row count with Gaussian noise of std ``noise_std`` (drawn once, recorded).
+
+        Notes
+        -----
+        Adding or removing one row changes the count by 1, so this is the Gaussian mechanism
+        with noise multiplier ``noise_std``; its noise comes from OS entropy. The exact count
+        never leaves the client: the FedAvg weight, the DP-SGD sample rate and the delta check
+        are all computed from this noisy value (post-processing).
+        """
+        if self.noisy_rows is None:
+            noisy = int(round(n + secret_numpy_rng().normal(0.0, noise_std)))
+            self.noisy_rows = max(1, noisy)
+            self.releases.append(Release("count", server_round, float(noise_std), 1.0, 1))
+        return self.noisy_rows
+
+    def noise_for(self, *, epsilon: float, delta: float, rate: float, steps: int, accountant: str,
+                  planned: list[tuple[float, float, int]]) -> float:  # fmt: skip
+        """The DP-SGD noise meeting (epsilon, delta) over ``steps`` beside the ``planned`` other releases."""
+        key = json.dumps([epsilon, delta, rate, steps, accountant, planned])
+        if key not in self.calibrated:
+            self.calibrated[key] = _calibrate(epsilon, delta, rate, steps, accountant, tuple(map(tuple, planned)))
+        return self.calibrated[key]
+
+    def wire_history(self) -> dict[str, list]:
+        """Every release as parallel lists (MetricRecord values), for the server's ledger."""
+        return {
+            K.HISTORY_LEVEL: [LEVEL_CODES[r.level] for r in self.releases],
+            K.HISTORY_ROUND: [int(r.round) for r in self.releases],
+            K.HISTORY_NOISE: [float(r.noise) for r in self.releases],
+            K.HISTORY_RATE: [float(r.rate) for r in self.releases],
+            K.HISTORY_STEPS: [int(r.steps) for r in self.releases],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"releases": [r.__dict__ for r in self.releases], "noisy_rows": self.noisy_rows,
+                "last_round": self.last_round, "last_input_digest": self.last_input_digest,
+                "calibrated": self.calibrated}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClientPrivacyState:
+        return cls([Release(**r) for r in d["releases"]], d.get("noisy_rows"), int(d.get("last_round", 0)),
+                   d.get("last_input_digest", ""), dict(d.get("calibrated", {})))  # fmt: skip
+
+
+@lru_cache(maxsize=64)
+def _calibrate(epsilon: float, delta: float, rate: float, steps: int, accountant: str,
+               planned: tuple[tuple[float, float, int], ...]) -> float:  # fmt: skip
+    return calibrate_with_releases(target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps,
+                                   releases=list(planned), accountant=accountant)  # fmt: skip
+
+
+def query_sensitivity(count_keys: int) -> float:
+    """L2 sensitivity of a query answer made of ``count_keys`` count vectors.
+
+    Each vector gains at most 1 in one bucket when a row is added (a histogram, a
+    per-group confusion table, the row count, the count of correct predictions).
+    """
+    return math.sqrt(max(1, count_keys))
+
+
+def client_state_dir(run_dir: str | Path | None, partition_id: int) -> Path | None:
+    """Where a simulated client keeps its state: beside the server's run folder, never inside it."""
+    if not run_dir:
+        return None
+    run = Path(run_dir)
+    return run.with_name(run.name + ".clients") / str(partition_id)
+
+
+class Store:
+    """Client state in a folder on the client's disk (the record), mirrored in ``context.state``.
+
+    Two messages for the same client can be handled at once (a straggler's round and the next
+    one, a query): :meth:`locked` serialises them, so each release is checked against, and
+    recorded on top of, every earlier one.
+    """
+
+    def __init__(self, context: Context, folder: Path | None) -> None:
+        self.context = context
+        self.folder = folder
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the client's state lock (an exclusive ``flock`` on ``folder/.lock``) for a whole release."""
+        if self.folder is None:
+            yield
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def load(self) -> ClientPrivacyState:
+        if self.folder is not None and (self.folder / "state.json").exists():
+            return ClientPrivacyState.from_dict(json.loads((self.folder / "state.json").read_text()))
+        rec = self.context.state.get(_STATE_KEY)
+        if rec is not None:
+            return ClientPrivacyState.from_dict(json.loads(str(rec["json"])))
+        return ClientPrivacyState()
+
+    def save(self, state: ClientPrivacyState, reply: tuple[dict[str, np.ndarray], dict] | None = None) -> None:
+        """Save the state (and the released update it points at, written first)."""
+        blob = json.dumps(state.to_dict(), sort_keys=True)
+        self.context.state[_STATE_KEY] = ConfigRecord({"json": blob})
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if reply is not None:  # the cached reply is written before the state that points at it
+                atomic_write_bytes(self.folder / "last_update.npz", save_npz(reply[0]))
+                atomic_write_text(self.folder / "last_metrics.json", json.dumps(reply[1], sort_keys=True))
+            atomic_write_text(self.folder / "state.json", blob)
+
+    def cached_reply(self) -> tuple[dict[str, np.ndarray], dict] | None:
+        if self.folder is None or not (self.folder / "last_update.npz").exists():
+            return None
+        arrays = load_npz((self.folder / "last_update.npz").read_bytes())
+        metrics = json.loads((self.folder / "last_metrics.json").read_text())
+        return arrays, metrics
