@@ -42,6 +42,9 @@ def test_own_multiclass_data_and_own_batchnorm_model_go_from_training_to_the_dev
 
 
 def test_own_binary_data_with_a_held_out_fraction(binary_task, tmp_path):
+    import fedready
+
+    assert callable(fedready.pipeline) and callable(fedready.simulate)  # no submodule shadows the API
     res, out = _pipeline(binary_task, tmp_path, "--test-fraction", "0.25", "--model", "mlp")
     assert "a seeded, stratified 0.25 of" in res.stderr
     preds = out["device"]["predictions"]

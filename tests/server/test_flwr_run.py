@@ -36,7 +36,7 @@ def test_flwr_run_dot_trains_with_the_same_app_on_a_declared_csv(tmp_path, multi
             [str(flwr), "run", ".", "--stream", "--federation-config", "num-supernodes=4",
              "--run-config", f"num-clients=4 rounds=2 partitioner='iid' run-dir='{run_dir}' "
                              f"data='{multiclass_task['data']}' schema='{multiclass_task['schema']}' "
-                             f"test='{multiclass_task['test']}' local-steps=10 batch-size=128"],
+                             f"test='{multiclass_task['test']}'"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
     finally:
