@@ -24,7 +24,6 @@ from fedready.models import check_model
 __all__ = ["check_config", "data_digest", "federated_evaluate", "load_run_config", "simulate"]
 
 
-
 def check_config(cfg: SimulationConfig) -> list[str]:
     """Check what depends on the data and the model: the task loads, the model builds (and Opacus can
     train it), the partitioning is possible and delta < 1/n.
