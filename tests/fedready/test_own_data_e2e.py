@@ -23,7 +23,7 @@ def _pipeline(task, out, *extra):
 def test_own_multiclass_data_and_own_batchnorm_model_go_from_training_to_the_device(multiclass_task, tmp_path):
     res, out = _pipeline(multiclass_task, tmp_path, "--test", str(multiclass_task["test"]), "--model",
                          "fedready_test_models:residual_batchnorm")  # fmt: skip
-    assert "Opacus replaced BatchNorm1d with GroupNorm" in res.stderr
+    assert "BatchNorm1d replaced with GroupNorm for Opacus" in res.stderr
     assert 0 < out["train"]["epsilon"] <= 1.0 + 1e-9
     run = tmp_path / "runs" / "pipeline"
     assert json.loads((run / "schema.json").read_text())["name"] == "synthetic-3"
