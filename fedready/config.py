@@ -21,10 +21,9 @@ from fedready.errors import ConfigError
 __all__ = ["SimulationConfig", "make_config"]
 
 
-# `schema` (the data's schema file) shadows pydantic's deprecated BaseModel.schema(); the warning says only that.
-_shadow = warnings.catch_warnings()
-_shadow.__enter__()
-warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
+# The field `schema` (the data's schema file) shadows pydantic's deprecated BaseModel.schema() classmethod,
+# which nothing here calls; pydantic warns about exactly that when the class is built.
+warnings.filterwarnings("ignore", message='Field name "schema" in "SimulationConfig"', category=UserWarning)
 
 
 class SimulationConfig(BaseModel):
@@ -169,9 +168,6 @@ class SimulationConfig(BaseModel):
         kw = {k.replace("-", "_"): v for k, v in run_config.items()}
         kw = {k: v for k, v in kw.items() if k in known and not (k in unset and v in (0, 0.0, ""))}
         return make_config(**kw)
-
-
-_shadow.__exit__(None, None, None)
 
 
 def _cross_checks(cfg: SimulationConfig) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from fedready.partition import create_partitioner
 from fedready.task import Task, TaskSpec, load_task, task_of
 
 __all__ = [
+    "CONFIG_FILE",
+    "SCHEMA_FILE",
     "ClientShard",
     "client_shard",
     "client_train_columns",
@@ -25,8 +28,12 @@ __all__ = [
     "data_digest",
     "holdout",
     "partition_sizes",
+    "record_run",
     "task_of",
 ]
+
+CONFIG_FILE = "config.json"  # the run's configuration (every later command rebuilds the task from it)
+SCHEMA_FILE = "schema.json"  # what the model's inputs and outputs mean
 
 
 @dataclass(frozen=True)
@@ -92,19 +99,27 @@ def holdout(cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def data_digest(cfg: SimulationConfig) -> str:
-    """``sha256:`` over every data file the run reads (recorded in config.json, checked on reproduce).
+    """``sha256:`` over every data file the run reads (recorded in config.json, checked on reproduce)."""
+    from fedready.task import TaskSpec
+    from fedready.task import data_digest as task_digest
 
-    The embedded data set is identified by its benchmark's published digest (both its files are
-    checked against their published digests whenever they are loaded).
+    return task_digest(TaskSpec.from_config(cfg))
+
+
+def record_run(cfg: SimulationConfig, run_dir: Path) -> None:
+    """Write ``config.json`` (with the data digest) and ``schema.json`` into ``run_dir`` unless they are there.
+
+    Every later step (evaluate, compress, package, reproduce) reads the task from them. Called
+    by the simulation engine, and meant for any ServerApp that starts a run (``flwr run``).
     """
-    import hashlib
-    from pathlib import Path
+    import json
 
-    h = hashlib.sha256(task_of(cfg).test_digest.encode())
-    for f in (cfg.data, cfg.test):
-        if f:
-            h.update(b"\0" + Path(f).name.encode() + b"\0")
-            with Path(f).open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    from fedready._io import atomic_write_text
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / CONFIG_FILE).exists():
+        doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg)}
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    if not (run_dir / SCHEMA_FILE).exists():
+        atomic_write_text(run_dir / SCHEMA_FILE, json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))

@@ -21,6 +21,7 @@ No other library module names the embedded data set: they all ask the task.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_TEST_FRACTION",
     "Task",
     "TaskSpec",
+    "data_digest",
     "load_task",
     "task_from_dict",
     "task_of",
@@ -349,6 +351,22 @@ def load_task(spec: TaskSpec | None = None) -> Task:
     """
     spec = spec or TaskSpec()
     return _load(spec, tuple(_stamp(p) for p in (spec.data, spec.schema, spec.test)))
+
+
+def data_digest(spec: TaskSpec) -> str:
+    """``sha256:`` over the bytes of every data file the task reads (the embedded data set: its published checksums)."""
+    paths = [Path(p) for p in (spec.data, spec.test) if p]
+    h = hashlib.sha256()
+    if not paths:
+        from fedready.datasets import adult
+
+        h.update(json.dumps(adult.ADULT_SHA256, sort_keys=True).encode())  # verified on every load
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def task_of(cfg: Any) -> Task:

@@ -27,7 +27,7 @@ from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
-from fedready.federation import holdout, task_of
+from fedready.federation import holdout, record_run, task_of
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon, dp_accounting_epsilon
 from fedready.privacy.ledger import Ledger
@@ -538,21 +538,6 @@ class _FilteredGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
-
-
-def record_run(cfg: SimulationConfig, run_dir: Path) -> None:
-    """Write ``config.json`` (with the data digest) and ``schema.json`` if missing: every later command reads them.
-
-    ``fedready simulate`` writes them before Flower starts; a run launched with ``flwr run`` gets them here.
-    """
-    from fedready.federation import data_digest
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.json").exists():
-        doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg)}
-        atomic_write_text(run_dir / "config.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    if not (run_dir / "schema.json").exists():
-        atomic_write_text(run_dir / "schema.json", json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))
 
 
 def schema_handshake(grid: Grid, cfg: SimulationConfig, run_dir: Path) -> list[dict[str, Any]]:

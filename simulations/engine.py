@@ -16,16 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from fedready import constants as K
-from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig, make_config
 from fedready.errors import ConfigError
-from fedready.federation import data_digest, partition_sizes, task_of
+from fedready.federation import CONFIG_FILE, partition_sizes, record_run, task_of
 from fedready.models import check_model
 
 __all__ = ["check_config", "federated_evaluate", "load_run_config", "simulate"]
-
-CONFIG_FILE = "config.json"
-SCHEMA_FILE = "schema.json"
 
 
 def check_config(cfg: SimulationConfig) -> list[str]:
@@ -92,12 +88,7 @@ def simulate(
     check_config(cfg)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / CONFIG_FILE
-    if not cfg_path.exists():
-        doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg)}
-        atomic_write_text(cfg_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    if not (run_dir / SCHEMA_FILE).exists():  # what the model's inputs and outputs mean, for every later step
-        atomic_write_text(run_dir / SCHEMA_FILE, json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))
+    record_run(cfg, run_dir)  # config.json and schema.json: every later step reads the task from them
 
     overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir), K.SIMULATION: True}
     if wire_log is not None:

@@ -34,8 +34,12 @@ def test_identical_code_is_accepted_edited_code_is_refused_with_both_digests():
     assert installed is not None and installed.is_file()
     same = _fab({"pyproject.toml": PYPROJECT.encode(), "fedready/__init__.py": installed.read_bytes()})
     assert guard.verify_bundle(same).ok
-    edited = _fab({"pyproject.toml": PYPROJECT.encode(),
-                   "fedready/__init__.py": installed.read_bytes() + b"\nimport os  # coordinator's code\n"})
+    edited = _fab(
+        {
+            "pyproject.toml": PYPROJECT.encode(),
+            "fedready/__init__.py": installed.read_bytes() + b"\nimport os  # coordinator's code\n",
+        }
+    )
     report = guard.verify_bundle(edited)
     assert not report.ok and report.path == "fedready/__init__.py"
     assert report.bundle_digest != report.installed_digest and report.installed_digest.startswith("sha256:")
