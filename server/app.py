@@ -24,13 +24,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
+from fedready.audit import AuditLog
 from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.models import create_model
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon, flower_client_epsilon
 from fedready.privacy.ledger import Ledger, LedgerEntry
-from fedready.server.audit import AuditLog
 from fedready.server.strategies import build_strategy, sampled_clients
 from fedready.server.validation import UpdateValidator, update_norm
 from fedready.simulations.federated import holdout

@@ -36,6 +36,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
 from fedready import constants as K
+from fedready.audit import AuditLog
 from fedready.config import SimulationConfig
 from fedready.modelio import arrays_digest
 from fedready.models import create_model
@@ -49,7 +50,6 @@ from fedready.server.app import (
     client_noise_multiplier,
     write_summary,
 )
-from fedready.server.audit import AuditLog
 from fedready.server.strategies import sampled_clients
 from fedready.simulations.federated import holdout
 

@@ -11,8 +11,8 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from fedready import constants as K
+from fedready.audit import verify_chain
 from fedready.privacy.ledger import Ledger
-from fedready.server.audit import verify_chain
 
 pytestmark = pytest.mark.slow
 
