@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ __all__ = [
     "compress_run",
     "gate_assessor",
     "measure",
+    "public_outputs",
     "public_split",
     "select",
 ]
@@ -233,15 +234,38 @@ def _why_none(measured: Sequence[Measured]) -> str:
     return "no variant passes every gate: " + "; ".join(fails)
 
 
+def public_outputs(
+    onnx: bytes, rule: Mapping[str, Any] | None, *, x: np.ndarray, y: np.ndarray, groups: Mapping[str, np.ndarray],
+    source: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The output histograms of a model as it ships (``rule``: its thresholds.json) on public rows.
+
+    The reference profile's score and decision histograms must describe the model a device
+    serves: the selected variant (temperature-scaled, pruned or quantised) with its own
+    post-processing. Computed on the server's public holdout, so it costs no privacy budget and
+    asks no client anything; the price is fidelity, since public rows may be distributed unlike
+    the clients' (see the README, "Monitoring").
+    """
+    import hashlib
+
+    from fedready.monitoring._profile import shipped_outputs
+
+    return shipped_outputs(onnx_predict_proba(onnx, x), y, rule=rule, groups=groups,
+                           model_sha256=hashlib.sha256(onnx).hexdigest(), source=source)  # fmt: skip
+
+
 def compress(
     run_dir: str | Path, *, assess: Assess, options: CompressionOptions | None = None,
-    x: np.ndarray, y: np.ndarray, timing: bool = True,
+    x: np.ndarray, y: np.ndarray, timing: bool = True, groups: Mapping[str, np.ndarray] | None = None,
+    source: str = "the server's public holdout",
 ) -> dict[str, Any]:  # fmt: skip
     """Build, measure and gate the variants of ``run_dir``'s model; write ``run_dir/compression/``.
 
-    ``x``, ``y`` are the server's public holdout (encoded). The folder is built beside the
-    run and renamed into place, so it is written whole or not at all. Returns the report
-    that is also written to ``compression/compression.json``.
+    ``x``, ``y`` are the server's public holdout (encoded); ``groups`` its raw sensitive
+    columns, with which the selected variant's outputs on it are written to
+    ``compression/output_profile.json`` for the reference profile (:func:`public_outputs`). The
+    folder is built beside the run and renamed into place, so it is written whole or not at
+    all. Returns the report that is also written to ``compression/compression.json``.
     """
     opts = options or CompressionOptions()
     run = Path(run_dir)
@@ -302,6 +326,11 @@ def compress(
                 rule = {**rule, "model": SELECTED, "model_sha256": hashlib.sha256(chosen.variant.onnx).hexdigest(),
                         "fitted_on": "half A of the evaluation half of the benchmark (stratified, seed 0)"}  # fmt: skip
                 (tmp / "thresholds.json").write_text(json.dumps(rule, indent=2, sort_keys=True) + "\n")
+            if groups is not None:
+                from fedready.monitoring._profile import OUTPUTS_FILE
+
+                doc = public_outputs(chosen.variant.onnx, rule or None, x=x, y=y, groups=groups, source=source)
+                (tmp / OUTPUTS_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         (tmp / "compression.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=float) + "\n")
         (tmp / "compression.md").write_text(
             f"# Compression of {run.name}\n\n{_table(measured, chosen)}\n"
@@ -359,8 +388,13 @@ def compress_run(
     timing: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """``fedready compress RUN --gate POLICY``: build, gate and select (see :func:`gate_assessor`)."""
+    from fedready.evaluation.suite import load_eval_data
+
     assess, x, y = gate_assessor(run_dir, policy)
-    report = compress(run_dir, assess=assess, options=options or CompressionOptions(), x=x, y=y, timing=timing)
+    ev = load_eval_data()  # the benchmark gate_assessor read (cached): its raw sensitive columns
+    groups = {a: ev.table.columns[a] for a in ev.schema.sensitive}
+    report = compress(run_dir, assess=assess, options=options or CompressionOptions(), x=x, y=y, timing=timing,
+                      groups=groups, source=ev.source)  # fmt: skip
     evaluation = Path(run_dir) / "evaluation.json"
     if evaluation.exists():  # the model card gains its "Edge variants" section
         from fedready.evaluation.card import write_model_card

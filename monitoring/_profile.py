@@ -20,18 +20,25 @@ from fedready.errors import IntegrityError
 from fedready.schema import DataSchema, NumericColumn
 
 __all__ = [
+    "OUTPUTS_FILE",
     "PROFILE_FILE",
     "PROFILE_FORMAT",
     "SCORE_EDGES",
     "Counts",
     "NoiseRecord",
     "count_rows",
+    "output_counts",
+    "outputs_document",
     "privatize",
     "profile_document",
+    "shipped_outputs",
+    "with_outputs",
 ]
 
 PROFILE_FILE = "reference_profile.json"
 PROFILE_FORMAT = "fedready-reference-profile/1"
+OUTPUTS_FILE = "output_profile.json"  # the shipped model's outputs on public data (written by `fedready compress`)
+OUTPUTS_FORMAT = "fedready-output-profile/1"
 SCORE_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]  # score histogram: ten buckets of width 0.1
 UNKNOWN = "<unknown>"
 
@@ -172,14 +179,71 @@ def count_rows(
         if col.name not in columns:
             raise IntegrityError(f"column '{col.name}' is missing from the input")
         feats[col.name] = _hist(_bucket(schema, col.name, columns[col.name]), len(bucket_labels(schema, col.name)))
+    out = output_counts(scores, np.asarray(predictions, dtype=np.float64), labels)
+    return Counts(feats, out.scores, out.predictions, out.labels, out.score_positives)
+
+
+def output_counts(scores: np.ndarray, positive: np.ndarray, labels: np.ndarray | None = None) -> Counts:
+    """The output histograms alone (no feature histograms): scores, decisions, labels, calibration.
+
+    ``positive`` is each row's decision, or its probability of a positive decision under a
+    randomised rule (the decision histogram then holds the expected counts).
+    """
     s_codes = np.searchsorted(np.asarray(SCORE_EDGES), np.asarray(scores, dtype=np.float64), side="right")
     n_s = len(SCORE_EDGES) + 1
+    q = np.asarray(positive, dtype=np.float64)
     pos = None
     if labels is not None:
         y = np.asarray(labels, dtype=np.int64)
         pos = _hist(s_codes[y == 1], n_s)
         labels = _hist(y, 2)
-    return Counts(feats, _hist(s_codes, n_s), _hist(np.asarray(predictions, dtype=np.int64), 2), labels, pos)
+    return Counts({}, _hist(s_codes, n_s), np.array([len(q) - q.sum(), q.sum()]), labels, pos)
+
+
+def outputs_document(counts: Counts, *, model_sha256: str, source: str, post_processing: str | None) -> dict[str, Any]:
+    """``output_profile.json``: the output histograms of one model on public data (no client data)."""
+    return {"format": OUTPUTS_FORMAT, "model_sha256": model_sha256, "source": source, "rows": int(counts.rows),
+            "post_processing": post_processing, "counts": counts.to_dict()}  # fmt: skip
+
+
+def shipped_outputs(
+    scores: np.ndarray, labels: np.ndarray, *, rule: Mapping[str, Any] | None, groups: Mapping[str, np.ndarray],
+    model_sha256: str, source: str,
+) -> dict[str, Any]:  # fmt: skip
+    """``output_profile.json`` of a model as it ships: its scores, and decisions after its ``rule``.
+
+    ``rule`` is the artifact's ``thresholds.json`` (None: ``score >= 0.5``); ``groups`` the rows'
+    raw sensitive columns. Rows whose group the rule does not know count with the rule's
+    fallback, else with ``score >= 0.5`` (a histogram cannot refuse a row).
+    """
+    from fedready.thresholds import DecisionRule
+
+    decide = DecisionRule() if rule is None else DecisionRule.from_dict(rule)
+    column = groups.get(decide.attribute) if decide.attribute is not None else None
+    positive = decide.expected_positive(scores, np.full(len(scores), "") if column is None else np.asarray(column))
+    return outputs_document(output_counts(scores, positive, labels), model_sha256=model_sha256, source=source,
+                            post_processing=None if rule is None else "thresholds.json")  # fmt: skip
+
+
+def with_outputs(profile: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference profile with its output histograms replaced by those of ``outputs``.
+
+    The feature histograms (the clients' rows) stay; scores, decisions, labels and the
+    calibration histogram become the shipped model's on public data, so a device serving
+    that model compares like with like. ``profile["outputs"]`` records where they came from.
+
+    Raises
+    ------
+    IntegrityError
+        If either document is malformed.
+    """
+    if outputs.get("format") != OUTPUTS_FORMAT:
+        raise IntegrityError(f"not an output profile (format {outputs.get('format')!r}, expected {OUTPUTS_FORMAT!r})")
+    mine = Counts.from_dict({"features": {}, **outputs["counts"]})
+    theirs = dict(profile["counts"])
+    merged = {**theirs, **{k: v for k, v in mine.to_dict().items() if k != "features"}}
+    meta = {k: outputs.get(k) for k in ("source", "rows", "model_sha256", "post_processing")}
+    return {**profile, "counts": merged, "outputs": {**meta, "decisions": "shipped"}}
 
 
 @dataclass(frozen=True)
