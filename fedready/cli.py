@@ -584,20 +584,48 @@ def registry_auto_rollback(
     alerts: Annotated[
         Path, typer.Option(help="Alert JSON lines from `fedready monitor` (devices' files concatenated).")
     ],
-    min_alerts: Annotated[int, typer.Option(help="Breaches of the current version needed to roll back.")] = 1,
+    min_devices: Annotated[
+        int, typer.Option(help="Distinct devices that must report a breach of the current version.")
+    ] = 3,
+    min_share: Annotated[
+        float, typer.Option(help="... or this share of the channel's devices (needs --fleet-size), if larger.")
+    ] = 0.1,
+    fleet_size: Annotated[
+        int | None, typer.Option(help="Devices following this registry (the canary's share of them is its cohort).")
+    ] = None,
     approver: Annotated[str, typer.Option(help="Recorded as the rollback's approver.")] = "fedready auto-rollback",
 ) -> None:
-    """Roll a channel back when its devices' alerts show a breach of the version it serves (for cron or CI).
+    """Roll a channel back when enough distinct devices report a breach of the version it serves (for cron or CI).
 
-    Prints one JSON object with the decision; exit code 0 whether or not it rolled back.
+    Each device counts once however many alerts it raised. Prints one JSON object with the decision;
+    exit code 0 whether or not it rolled back.
     """
     from fedready.registry import Registry
 
     with _errors():
-        result = Registry(path).auto_rollback(channel=channel, alerts=alerts, min_alerts=min_alerts, approver=approver)
+        result = Registry(path).auto_rollback(channel=channel, alerts=alerts, min_devices=min_devices,
+                                              min_share=min_share, fleet_size=fleet_size, approver=approver)  # fmt: skip
     _echo_json(result)
     if result["rolled_back"]:
-        err.print(f"{channel}: {result['replaced']} -> {result['version']} ({result['breaches']} breach(es))")
+        err.print(f"{channel}: {result['replaced']} -> {result['version']} ({result['devices']} device(s), "
+                  f"{result['breaches']} breach(es))")  # fmt: skip
+    elif result.get("breaches"):
+        err.print(f"{channel}: {result['devices']} device(s) reported breaches, {result['needed']} needed; no rollback")
+
+
+@registry_app.command("rollout")
+def registry_rollout(
+    path: RegistryPath,
+    percent: Annotated[float, typer.Argument(help="Share of devices (0-100] that take the canary.")],
+    approver: Annotated[str, typer.Option(help="Who approved the change (recorded).")],
+    channel: Annotated[str, typer.Option(help="The channel whose rollout changes.")] = "canary",
+) -> None:
+    """Widen or narrow a canary's rollout, keeping its version (refused while the canary is paused)."""
+    from fedready.registry import Registry
+
+    with _errors():
+        doc = Registry(path).set_rollout(channel=channel, rollout_percent=percent, approver=approver)
+    err.print(f"{channel} {doc.version}: rollout {doc.rollout_percent:g}%")
 
 
 @registry_app.command("refresh")
@@ -643,8 +671,16 @@ def registry_status(
             continue
         flag = "  PAST REVIEW DATE" if ch["past_review"] else ""
         forced = f"  forced: {ch['reason']}" if ch["forced"] else ""
+        forced += f"  PAUSED: {ch['paused_reason']}" if ch.get("paused") else ""
         typer.echo(f"{name}: {ch['version']} rollout {ch['rollout_percent']:g}% approved by {ch['approver']} "
                    f"review by {ch['review_by']}{flag}{forced}")  # fmt: skip
+    devices = status.get("devices")
+    if devices is not None:
+        state = {"live": "live", "paused": "PAUSED", "behind-stable": "behind stable (a later stable change wins)",
+                 "none": "none"}[devices["canary_state"]]  # fmt: skip
+        typer.echo(f"devices: stable outside the cohort -> {devices['stable_outside_cohort']}; stable inside the "
+                   f"{devices['cohort_percent']:g}% cohort -> {devices['stable_inside_cohort']}; canary devices -> "
+                   f"{devices['canary_devices']} (canary {state})")  # fmt: skip
     typer.echo(f"published: {', '.join(status['versions']) or 'none'}")
     for role, md in status["metadata"].items():
         typer.echo(f"{role}.json v{md['version']} expires {md['expires']}{'  EXPIRED' if md['expired'] else ''}")
@@ -658,13 +694,14 @@ def edge_update(
     channel: Annotated[str, typer.Option(help="Channel to follow.")] = "stable",
     root: Annotated[Path | None, typer.Option(help="Trusted TUF root.json (first update only).")] = None,
     public_key: Annotated[Path | None, typer.Option(help="Operator signing public key (first update only).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds the registry may stall between bytes.")] = 30.0,
 ) -> None:
     """Fetch, verify (TUF, then model signature) and atomically activate the channel's model."""
     from fedready.registry import EdgeAgent
 
     with _errors():
         res = EdgeAgent(home).update(repo=repo, channel=channel, device_id=device_id, root=root,
-                                     public_key=public_key)  # fmt: skip
+                                     public_key=public_key, timeout=timeout)  # fmt: skip
     if res.changed:
         err.print(f"updated {res.previous or '(none)'} -> {res.version} from {res.channel}")
     else:
@@ -703,10 +740,15 @@ def _read_input(input: Path | None) -> str:
     import sys
 
     if input is None or str(input) == "-":
-        return sys.stdin.read()
-    if not input.is_file():
+        data = sys.stdin.buffer.read()
+    elif not input.is_file():
         raise ConfigError("input", f"{input} does not exist")
-    return input.read_text(encoding="utf-8")
+    else:
+        data = input.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError("input", f"{input or 'stdin'} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 @edge_app.command("status")
@@ -720,7 +762,7 @@ def edge_status(home: Home) -> None:
 
 @edge_app.command("rollback")
 def edge_rollback(home: Home) -> None:
-    """Make the previous model active again."""
+    """Make the previous model active again, after checking its files and signature as an update would."""
     from fedready.registry import EdgeAgent
 
     with _errors():
@@ -757,14 +799,27 @@ def edge_serve(
     record_inputs: Annotated[bool, typer.Option(help="Also keep raw rows in HOME/monitoring/inputs.jsonl.")] = False,
     monitor_window: Annotated[int, typer.Option(help="Newest rows behind the drift gauges of GET /metrics.")] = 1000,
     gate: Annotated[Path | None, typer.Option(help="Policy TOML whose [monitoring] table sets the thresholds.")] = None,
+    max_request_rows: Annotated[int, typer.Option(help="Rows in one request; more is answered 413.")] = 1000,
+    max_body_bytes: Annotated[int, typer.Option(help="Bytes of one request body; more is answered 413.")] = 1 << 20,
+    max_header_bytes: Annotated[int, typer.Option(help="Bytes of request line and headers; more: 431.")] = 16 << 10,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Seconds a request may take to arrive and an idle connection may stay open.")
+    ] = 15.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections; the next one is answered 503.")] = 512,
 ) -> None:
-    """Serve the active model over HTTP (POST /predict, GET /metrics) with dynamic micro-batching."""
+    """Serve the active model over HTTP (POST /predict, GET /metrics) with dynamic micro-batching.
+
+    Hardened for untrusted clients: per-request row and byte limits (413), header limit (431), idle timeout (408),
+    connection cap (503), a JSON error naming the problem for every malformed request.
+    """
     from fedready.registry import EdgeServer, ServeConfig
 
     with _errors():
         cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, defer_low=defer_low,
                           defer_high=defer_high, review_queue=review_queue, record_inputs=record_inputs,
-                          monitor_window=monitor_window, gate=gate)  # fmt: skip
+                          monitor_window=monitor_window, gate=gate, max_request_rows=max_request_rows,
+                          max_body_bytes=max_body_bytes, max_header_bytes=max_header_bytes, idle_timeout=idle_timeout,
+                          max_connections=max_connections)  # fmt: skip
         server = EdgeServer(home, cfg)
     server.serve_forever(on_ready=lambda url: err.print(f"serving {server.predictor.version} on {url}/predict"))
 
@@ -977,31 +1032,58 @@ def certs(
         typer.echo(f"{priv} {pub}")
 
 
-def verify_audit_log(log: Path) -> int:
-    """Check an audit log's hash chain; return its number of lines.
+def verify_audit_log(log: Path, **anchors: Any) -> Any:
+    """Check an audit log's chain, signatures and anchors (see :func:`fedready.registry.verify_anchored_log`).
+
+    Returns the :class:`fedready.audit.AuditReport`.
 
     Raises
     ------
     IntegrityError
-        Naming the first line whose ``prev`` digest does not match (edited, removed or reordered lines).
+        Naming every finding (edited, removed, forged or re-signed lines, a log cut short or emptied).
     """
     from fedready.errors import IntegrityError
-    from fedready.server.audit import verify_chain
+    from fedready.registry._registry import verify_anchored_log
 
-    if not log.is_file():
-        raise ConfigError("log", f"file {log} does not exist")
-    ok, bad = verify_chain(log)
-    if not ok:
-        raise IntegrityError(f"{log}: hash chain broken at line {bad} (that line or the one before it was changed)")
-    return len(log.read_text(encoding="utf-8").splitlines())
+    report = verify_anchored_log(log, **anchors)
+    if not report.ok:
+        for f in report.findings:
+            err.print(f"FOUND {f.kind}" + (f" at line {f.line}" if f.line else "") + f": {escape(f.message)}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        kinds = ", ".join(dict.fromkeys(f.kind for f in report.findings))
+        raise IntegrityError(f"{log}: {len(report.findings)} finding(s) ({kinds}); the log was changed after it "
+                             "was written")  # fmt: skip
+    return report
 
 
 @audit_app.command("verify")
-def audit_verify(log: Annotated[Path, typer.Argument(help="An audit.jsonl file.")]) -> None:
-    """Check the hash chain of an audit log (exit 1 naming the first broken line)."""
+def audit_verify(
+    log: Annotated[Path, typer.Argument(help="An audit.jsonl file (a run's, a client's or a registry's).")],
+    artifact: Annotated[
+        Path | None, typer.Option(help="An artifact of this run: its provenance anchors the run's log.")
+    ] = None,
+    public_key: Annotated[Path | None, typer.Option(help="Operator public key that signed --artifact.")] = None,
+    metadata: Annotated[
+        Path | None, typer.Option(help="Another copy of the registry's TUF metadata (e.g. a device's HOME/tuf).")
+    ] = None,
+    audit_key: Annotated[
+        str | None, typer.Option(help="The log's Ed25519 public key (base64), if kept elsewhere.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Check an audit log: hash chain, the signature of every entry, and the heads anchored in signed documents.
+
+    A registry's log is checked against its TUF metadata automatically. Exit 1 naming each finding.
+    """
     with _errors():
-        n = verify_audit_log(log)
-    err.print(f"{log}: {n} entries, chain intact")
+        report = verify_audit_log(log, key=audit_key, metadata=metadata, artifact=artifact, public_key=public_key)
+    if json_out:
+        _echo_json(report.to_dict())
+    anchored = ", ".join(f"{a.lines} line(s) in {a.source}" for a in report.anchors) or "none"
+    err.print(f"{log}: {report.lines} entries, chain and signatures intact (key {report.key_source}); "
+              f"anchored: {anchored}", highlight=False, soft_wrap=True)  # fmt: skip
+    for note in report.notes:
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
 @contract_app.command("check")
