@@ -205,9 +205,9 @@ def main() -> None:
 
         def summary(mode: str) -> dict:
             rs = runs[mode]
-            return {"requests_per_s": statistics.median(r["requests_per_s"] for r in rs),
-                    "p50_ms": statistics.median(r["p50_ms"] for r in rs if r["p50_ms"] is not None),
-                    "p99_ms": statistics.median(r["p99_ms"] for r in rs if r["p99_ms"] is not None),
+            return {"requests_per_s": round(statistics.median(r["requests_per_s"] for r in rs), 1),
+                    "p50_ms": round(statistics.median(r["p50_ms"] for r in rs if r["p50_ms"] is not None), 1),
+                    "p99_ms": round(statistics.median(r["p99_ms"] for r in rs if r["p99_ms"] is not None), 1),
                     "requests": sum(r["requests"] for r in rs), "lost": sum(r["lost"] for r in rs)}  # fmt: skip
 
         base, hit = summary("baseline"), summary("attacked")

@@ -348,7 +348,22 @@ def verify_log(
     if not anchors:
         notes.append("no anchor: removing lines at the end of the log would not show (pass --artifact or --metadata)")
     return AuditReport(str(p), len(lines), expected_key, "pinned" if pinned else "declared by the log itself",
-                       list(anchors), findings, notes)  # fmt: skip
+                       list(anchors), _runs(findings), notes)  # fmt: skip
+
+
+def _runs(findings: list[Finding]) -> list[Finding]:
+    """Fold consecutive lines with the same finding into one (a wrong key fails every line after it)."""
+    out: list[Finding] = []
+    last: tuple[str, int] | None = None  # (kind, last line) of the open run
+    for f in findings:
+        if last is not None and f.line is not None and (f.kind, f.line - 1) == last and out[-1].line is not None:
+            first = out[-1].line
+            text = f.message.split(": ", 1)[1] if f.message.startswith(f"line {f.line}: ") else f.message
+            out[-1] = Finding(f.kind, first, f"lines {first}-{f.line}: {text}")
+        else:
+            out.append(f)
+        last = (f.kind, f.line) if f.line is not None else None
+    return out
 
 
 def verify_chain(path: Path) -> tuple[bool, int | None]:

@@ -676,11 +676,14 @@ def registry_status(
                    f"review by {ch['review_by']}{flag}{forced}")  # fmt: skip
     devices = status.get("devices")
     if devices is not None:
-        state = {"live": "live", "paused": "PAUSED", "behind-stable": "behind stable (a later stable change wins)",
+        state = {"live": "live", "paused": "PAUSED", "behind-stable": "behind stable: a later stable change wins",
                  "none": "none"}[devices["canary_state"]]  # fmt: skip
-        typer.echo(f"devices: stable outside the cohort -> {devices['stable_outside_cohort']}; stable inside the "
-                   f"{devices['cohort_percent']:g}% cohort -> {devices['stable_inside_cohort']}; canary devices -> "
-                   f"{devices['canary_devices']} (canary {state})")  # fmt: skip
+        outside, inside = devices["stable_outside_cohort"], devices["stable_inside_cohort"]
+        groups = [f"stable outside the cohort -> {outside}"] if outside else []
+        if inside:
+            groups.append(f"stable inside the {devices['cohort_percent']:g}% cohort -> {inside}")
+        groups.append(f"canary devices -> {devices['canary_devices']}")
+        typer.echo(f"devices: {'; '.join(groups)} (canary {state})")
     typer.echo(f"published: {', '.join(status['versions']) or 'none'}")
     for role, md in status["metadata"].items():
         typer.echo(f"{role}.json v{md['version']} expires {md['expires']}{'  EXPIRED' if md['expired'] else ''}")
