@@ -454,12 +454,20 @@ def package(
     parent_version: Annotated[
         str | None, typer.Option(help="Version this model replaces (recorded in provenance).")
     ] = None,
+    unknown_group: Annotated[
+        str | None,
+        typer.Option(
+            help="Rows whose sensitive value the fairness rule does not know: refuse (default), "
+            "no-post-processing or group:NAME (signed into thresholds.json)."
+        ),
+    ] = None,
 ) -> None:
     """Write a signed, versioned artifact (ONNX model, schema, provenance, reports) for a run."""
     from fedready.registry import package_run
 
     with _errors():
-        path, new = package_run(run, key=key, version=version, out=out, parent_version=parent_version)
+        path, new = package_run(run, key=key, version=version, out=out, parent_version=parent_version,
+                                unknown_group=unknown_group)  # fmt: skip
     err.print(f"{'packaged' if new else 'already packaged, unchanged'}: {path}")
     typer.echo(str(path))
 

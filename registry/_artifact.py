@@ -217,9 +217,14 @@ def _same_payload(a: Path, b: Path) -> bool:
 
 
 def package_run(
-    run: Path, *, key: Path, version: str, out: Path, parent_version: str | None = None
-) -> tuple[Path, bool]:
+    run: Path, *, key: Path, version: str, out: Path, parent_version: str | None = None,
+    unknown_group: str | None = None,
+) -> tuple[Path, bool]:  # fmt: skip
     """Write the signed artifact ``out/<version>/`` for the run folder ``run``.
+
+    ``unknown_group`` writes the fallback of the shipped fairness rule into its
+    ``thresholds.json`` (see :mod:`fedready.thresholds`: ``refuse``, ``no-post-processing`` or
+    ``group:NAME``), so it is signed with the model; None keeps the file's own (default: refuse).
 
     Returns the artifact folder and whether it was newly written. Packaging the same run
     again under the same version returns the existing folder untouched; anything else under
@@ -264,6 +269,8 @@ def package_run(
                 src = onnx_src.parent / THRESHOLDS_FILE if (onnx_src.parent / THRESHOLDS_FILE).is_file() else None
             if src is not None:
                 shutil.copyfile(src, staging / name)
+        if unknown_group is not None:
+            _set_fallback(staging / THRESHOLDS_FILE, unknown_group)
         if (staging / "evaluation.json").exists():
             ev = read_json(staging / "evaluation.json", what="evaluation report")
             evaluation = "passed" if ev.get("passed") is True else "failed"
@@ -323,6 +330,20 @@ def package_run(
 
 
 _STAGING = ".staging-"
+
+
+def _set_fallback(path: Path, unknown_group: str) -> None:
+    from fedready.thresholds import DecisionRule
+
+    if not path.is_file():
+        raise ConfigError("unknown-group", "the run ships no thresholds.json (no fairness rule), so there is "
+                                           "no fallback to set; run `fedready evaluate` first")  # fmt: skip
+    rule = {**read_json(path, what="thresholds"), "unknown_group": unknown_group}
+    try:
+        DecisionRule.from_dict(rule, where="--unknown-group")
+    except IntegrityError as e:
+        raise ConfigError("unknown-group", str(e).removeprefix("--unknown-group: ")) from None
+    write_json(path, rule)
 
 
 def _clean_stale_staging(out: Path) -> None:

@@ -138,9 +138,11 @@ class EdgeAgent:
         with self._locked():
             state = self.state()
             prev = state.get("previous")
+            if prev:
+                prev = _untrusted_version(prev, f"{self.home / _STATE}")  # device.json is a file anyone local can edit
             if not prev or not (self.models / prev).is_dir():
                 raise ConfigError("home", "no previous model on this device to roll back to")
-            folder = self.models / check_version(prev, field="previous version")
+            folder = self.models / prev
             self._reverify(folder, state.get("digests", {}).get(prev))
             Predictor(folder, secret=self.decision_secret())  # must still load before it becomes active
             self._save({**state, "active": prev, "previous": state["active"], "updated_at": time.time(),
