@@ -13,9 +13,11 @@ baseline) and beside a hostile client running in another process, which at the s
   5,000-digit integer, JSON nested 100,000 deep, a chunked body, a row with a bad value.
 
 Each well-behaved client sends one raw Adult row per request, back to back. Prints JSON: their
-requests/s and latency in both modes (medians over the repetitions), the ratio (target >= 0.5),
-well-behaved requests lost (sent but not answered 200; target 0), and how the server answered
-the hostile client (status -> count; "dropped" = connection closed without an answer).
+requests/s, latency and the server's CPU time per request in both modes (medians over the
+repetitions), the ratio (target >= 0.5), well-behaved requests lost (sent but not answered 200;
+target 0), how the server answered the hostile client (status -> count; "dropped" = connection
+closed without an answer) and the share of one core the attacker's own process used (it runs on
+the same machine, so its CPU is taken from the server and the well-behaved clients too).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -161,6 +164,20 @@ async def _hostile(port: int, seconds: float) -> dict:
     return dict(answers)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(server_pid: int, args: argparse.Namespace) -> dict:
+    """One measurement of the well-behaved clients, with the server's CPU time per answered request."""
+    cpu = _cpu_seconds(server_pid)
+    result = asyncio.run(_well_behaved(args.port, args.connections, args.seconds))
+    spent = _cpu_seconds(server_pid) - cpu
+    return {**result, "server_cpu_ms_per_request": 1000 * spent / max(result["requests"], 1)}
+
+
 def _start_attacker(port: int, seconds: float) -> subprocess.Popen:
     """The hostile client in its own process (no fedready import: it starts in milliseconds)."""
     proc = subprocess.Popen([sys.executable, __file__, "--attack", str(port), "--seconds", str(seconds)],
@@ -193,12 +210,16 @@ def main() -> None:
         asyncio.run(_well_behaved(args.port, args.connections, 1.0))  # warm-up
         runs: dict[str, list[dict]] = {"baseline": [], "attacked": []}
         hostile: Counter[str] = Counter()
+        attacker_cpu = 0.0
         for _ in range(args.repeat):
-            runs["baseline"].append(asyncio.run(_well_behaved(args.port, args.connections, args.seconds)))
+            runs["baseline"].append(_measured(proc.pid, args))
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             attacker = _start_attacker(args.port, args.seconds + 1.5)
             time.sleep(1.0)  # the attack is under way (slow connections open) before the measurement starts
-            runs["attacked"].append(asyncio.run(_well_behaved(args.port, args.connections, args.seconds)))
+            runs["attacked"].append(_measured(proc.pid, args))
             out, _ = attacker.communicate(timeout=120)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            attacker_cpu += (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
             hostile.update(json.loads(out.strip().splitlines()[-1]))
             time.sleep(0.5)
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{args.port}/health", timeout=10).read())
@@ -206,6 +227,8 @@ def main() -> None:
         def summary(mode: str) -> dict:
             rs = runs[mode]
             return {"requests_per_s": round(statistics.median(r["requests_per_s"] for r in rs), 1),
+                    "server_cpu_ms_per_request": round(statistics.median(r["server_cpu_ms_per_request"] for r in rs),
+                                                       3),
                     "p50_ms": round(statistics.median(r["p50_ms"] for r in rs if r["p50_ms"] is not None), 1),
                     "p99_ms": round(statistics.median(r["p99_ms"] for r in rs if r["p99_ms"] is not None), 1),
                     "requests": sum(r["requests"] for r in rs), "lost": sum(r["lost"] for r in rs)}  # fmt: skip
@@ -215,6 +238,7 @@ def main() -> None:
         print(json.dumps({"connections": args.connections, "seconds": args.seconds, "repeat": args.repeat,
                           "baseline": base, "attacked": hit, "ratio": ratio,
                           "lost_well_behaved": base["lost"] + hit["lost"], "hostile_answers": dict(hostile),
+                          "attacker_cpu_share": round(attacker_cpu / (args.repeat * (args.seconds + 1.5)), 2),
                           "server_health": health}, indent=2))  # fmt: skip
     finally:
         if proc is not None:

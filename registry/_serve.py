@@ -57,6 +57,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}  # fmt: skip
 _INLINE_BODY = 4096  # smaller bodies are parsed on the event loop (a thread hop costs more than the parse)
+_ACTIVE_S = 0.05  # a client that sent a request this recently still takes part in the fair share
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class _Request:
     cols: dict[str, list[str]]
     predictor: Predictor
     future: asyncio.Future
+    client: int = 0  # the connection it came on
     taken: int = 0  # rows handed to batches so far
     answered: int = 0
     results: list[dict[str, Any] | None] = field(default_factory=list)
@@ -149,6 +151,7 @@ class EdgeServer:
         self.policy = load_monitoring_policy(config.gate)
         self._load()
         self._pending: deque[_Request] = deque()
+        self._seen: dict[int, float] = {}  # connection -> loop time of its last request: who is active
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -191,18 +194,29 @@ class EdgeServer:
         return single, rows, cols, predictor
 
     # -- batching ---------------------------------------------------------------------------
+    def _share(self) -> int:
+        """Rows one request may put in the next batch: an equal share among the active clients.
+
+        Active: a connection with a request waiting, or that sent one within the last
+        ``_ACTIVE_S`` seconds (a keep-alive client between two requests still counts), so a large
+        request cannot take the batches the small ones are about to fill.
+        """
+        now = asyncio.get_running_loop().time()
+        for c in [c for c, t in self._seen.items() if now - t > _ACTIVE_S]:
+            del self._seen[c]
+        active = set(self._seen) | {r.client for r in self._pending}
+        return max(1, self.config.max_batch // max(1, len(active)))
+
     def _take(self) -> list[tuple[_Request, int, int]]:
         """Slices of the waiting requests for one batch: at most an equal share of ``max_batch`` each.
 
         A request with more rows than its share continues in a later batch, behind the others,
-        so one large request cannot crowd the small ones out: with ``n`` requests waiting each
-        gets ``max_batch // n`` rows (at least one) per model call, oldest first.
+        so one large request cannot crowd the small ones out.
         """
-        waiting = list(self._pending)
         budget = self.config.max_batch
-        share = max(1, budget // max(1, len(waiting)))
+        share = self._share()
         spans: list[tuple[_Request, int, int]] = []
-        for r in waiting:
+        for r in list(self._pending):
             n = min(len(r.rows) - r.taken, share, budget)
             if n <= 0:
                 continue
@@ -212,10 +226,15 @@ class EdgeServer:
             if budget == 0:
                 break
         served = {id(r) for r, _, _ in spans}
-        rest = [r for r in waiting if id(r) not in served]
+        rest = [r for r in self._pending if id(r) not in served]
         partial = [r for r, _, _ in spans if r.taken < len(r.rows)]
         self._pending = deque(rest + partial)  # a request that got a share and has rows left goes to the back
         return spans
+
+    def _ready_rows(self) -> int:
+        """Rows the next batch would hold now (each request counted up to its share)."""
+        share = self._share()
+        return sum(min(len(r.rows) - r.taken, share) for r in self._pending)
 
     async def _batcher(self) -> None:
         assert self._wake is not None
@@ -226,7 +245,7 @@ class EdgeServer:
                 self._wake.clear()
                 await self._wake.wait()
             deadline = loop.time() + wait
-            while sum(len(r.rows) - r.taken for r in self._pending) < self.config.max_batch:
+            while self._ready_rows() < self.config.max_batch:
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -286,7 +305,7 @@ class EdgeServer:
                 f.write("".join(json.dumps(d, sort_keys=True, default=str) + "\n" for d in deferred))
 
     # -- HTTP -------------------------------------------------------------------------------
-    async def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    async def _route(self, method: str, path: str, body: bytes, client: int = 0) -> tuple[int, Any]:
         loop = asyncio.get_running_loop()
         if path == "/health" and method == "GET":
             calls = sum(self.batch_sizes.values())
@@ -307,7 +326,8 @@ class EdgeServer:
         else:
             single, rows, cols, predictor = await loop.run_in_executor(self._parse_pool, self._parse, body)
         assert self._wake is not None
-        request = _Request(rows, cols, predictor, loop.create_future())
+        request = _Request(rows, cols, predictor, loop.create_future(), client)
+        self._seen[client] = loop.time()
         self._pending.append(request)
         self._wake.set()
         results = await request.future
@@ -373,7 +393,7 @@ class EdgeServer:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return  # the client went away mid-request: nobody to answer
                 try:
-                    status, payload = await self._route(method, path, body)
+                    status, payload = await self._route(method, path, body, id(writer))
                 except _Refused as e:
                     self.refused[e.status] += 1
                     status, payload, keep = e.status, {"error": e.message}, keep and not e.close
