@@ -194,10 +194,12 @@ def section_hostile(full: bool) -> tuple[list[str], str]:
     d = _json(_run(cmd)[0])
     base, hit = d["baseline"], d["attacked"]
     rows = [["64 well-behaved clients alone (baseline)", base["requests_per_s"], base["p50_ms"], base["p99_ms"],
-             base["lost"]],
-            ["the same 64 beside one hostile client", hit["requests_per_s"], hit["p50_ms"], hit["p99_ms"], hit["lost"]],
-            ["attacked / baseline", d["ratio"], "", "", ""]]  # fmt: skip
-    text = _table(["well-behaved clients", "requests/s", "p50 ms", "p99 ms", "lost requests"], rows)
+             base["lost"], base["server_cpu_ms_per_request"]],
+            ["the same 64 beside one hostile client", hit["requests_per_s"], hit["p50_ms"], hit["p99_ms"], hit["lost"],
+             hit["server_cpu_ms_per_request"]],
+            ["attacked / baseline", d["ratio"], "", "", "", ""]]  # fmt: skip
+    text = _table(["well-behaved clients", "requests/s", "p50 ms", "p99 ms", "lost requests",
+                   "server CPU ms per well-behaved request"], rows)  # fmt: skip
     answers = ", ".join(f"{k}: {v:,}" for k, v in sorted(d["hostile_answers"].items()))
     text += (f"\n\n`fedready edge serve` with its default limits; each well-behaved client sends one Adult row per "
              f"request on a keep-alive connection, back to back; medians of {d['repeat']} alternating repetitions of "
@@ -205,8 +207,9 @@ def section_hostile(full: bool) -> tuple[list[str], str]:
              "largest request the limits allow (1,000 rows) back to back, holds 200 slowloris connections and sends "
              f"garbage (bad request line and Content-Length, 70 KB header, non-UTF-8 body, 5,000-digit integer, JSON "
              f"nested 100,000 deep, chunked body, a bad row). The server's answers to it: {answers} (\"dropped\" "
-             "would be a connection closed without an answer). Targets: attacked / baseline >= 0.5, no well-behaved "
-             "request lost.")  # fmt: skip
+             f"would be a connection closed without an answer). The attacker's own process used "
+             f"{d['attacker_cpu_share']:g} of a core on the same 2-core machine. Targets: attacked / baseline >= 0.5, "
+             "no well-behaved request lost.")  # fmt: skip
     return cmd, text
 
 
