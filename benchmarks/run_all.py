@@ -189,6 +189,30 @@ def section_serve(full: bool) -> tuple[list[str], str]:
     return cmd, _table(["mode", "result"], rows) + f"\n\n`fedready edge serve`, {d['connections']} connections."
 
 
+def section_hostile(full: bool) -> tuple[list[str], str]:
+    cmd = [PY, str(HERE / "hostile_clients.py"), "--seconds", "8" if full else "5", "--repeat", "3" if full else "2"]
+    d = _json(_run(cmd)[0])
+    base, hit = d["baseline"], d["attacked"]
+    rows = [["64 well-behaved clients alone (baseline)", base["requests_per_s"], base["p50_ms"], base["p99_ms"],
+             base["lost"], base["server_cpu_ms_per_request"]],
+            ["the same 64 beside one hostile client", hit["requests_per_s"], hit["p50_ms"], hit["p99_ms"], hit["lost"],
+             hit["server_cpu_ms_per_request"]],
+            ["attacked / baseline", d["ratio"], "", "", "", ""]]  # fmt: skip
+    text = _table(["well-behaved clients", "requests/s", "p50 ms", "p99 ms", "lost requests",
+                   "server CPU ms per well-behaved request"], rows)  # fmt: skip
+    answers = ", ".join(f"{k}: {v:,}" for k, v in sorted(d["hostile_answers"].items()))
+    text += (f"\n\n`fedready edge serve` with its default limits; each well-behaved client sends one Adult row per "
+             f"request on a keep-alive connection, back to back; medians of {d['repeat']} alternating repetitions of "
+             f"{d['seconds']:g} s. The hostile client (another process) sends 10,000-row requests back to back, the "
+             "largest request the limits allow (1,000 rows) back to back, holds 200 slowloris connections and sends "
+             f"garbage (bad request line and Content-Length, 70 KB header, non-UTF-8 body, 5,000-digit integer, JSON "
+             f"nested 100,000 deep, chunked body, a bad row). The server's answers to it: {answers} (\"dropped\" "
+             f"would be a connection closed without an answer). The attacker's own process used "
+             f"{d['attacker_cpu_share']:g} of a core on the same 2-core machine. Targets: attacked / baseline >= 0.5, "
+             "no well-behaved request lost.")  # fmt: skip
+    return cmd, text
+
+
 SECTIONS = [
     ("DP overhead: private vs non-private round", section_dp),
     ("Aggregation throughput (1M parameters)", section_aggregation),
@@ -196,6 +220,7 @@ SECTIONS = [
     ("Compression: edge variants vs the fp32 teacher", section_compression),
     ("Artifact verification", section_verify),
     ("Edge serving throughput", section_serve),
+    ("Edge serving under attack: 64 clients with and without a hostile one", section_hostile),
 ]
 
 
@@ -223,8 +248,18 @@ def main() -> None:
         "figure stands beside a baseline measured in the same run, with alternating repetitions, and the ratios "
         "are what to compare.",
     ]
+    kept = _existing_sections(args.out) if only else {}
+    if kept:  # --only updates those sections in place; the others stay as they were generated
+        rerun = ",".join(map(str, sorted(only)))
+        preamble = [line for line in args.out.read_text().split("\n## ")[0].rstrip("\n").splitlines()
+                    if not line.startswith("Section(s) ")]  # fmt: skip
+        parts = [*preamble, "",
+                 f"Section(s) {rerun} re-run on {started:%Y-%m-%d %H:%M} UTC with `python benchmarks/run_all.py "
+                 f"--only {rerun}` ({_cpu()}, {os.cpu_count()} cores)."]  # fmt: skip
     for i, (title, fn) in enumerate(SECTIONS, start=1):
         if only and i not in only:
+            if i in kept:
+                parts += ["", kept[i]]
             continue
         print(f"[{i}/{len(SECTIONS)}] {title} ...", file=sys.stderr, flush=True)
         t = time.perf_counter()
@@ -236,6 +271,18 @@ def main() -> None:
         parts += ["", f"## {i}. {title}", "", body]
         args.out.write_text("\n".join(parts) + "\n")  # written after every section: partial results survive
     print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _existing_sections(path: Path) -> dict[int, str]:
+    """The ``## N. Title`` sections of an earlier report, by number (empty if there is none)."""
+    if not path.exists():
+        return {}
+    out: dict[int, str] = {}
+    for chunk in path.read_text().split("\n## ")[1:]:
+        number = chunk.split(".", 1)[0]
+        if number.isdigit():
+            out[int(number)] = "## " + chunk.rstrip("\n")
+    return out
 
 
 def _mem_gb() -> float:

@@ -56,17 +56,30 @@ async def _load(port: int, connections: int, seconds: float) -> tuple[int, int]:
     return done, errors
 
 
-def _run_mode(home: Path, port: int, *, max_batch: int, max_wait_ms: float, connections: int, seconds: float) -> dict:
+def demo_device(tmp: Path) -> Path:
+    """A device folder running a signed demo artifact (an untrained Adult MLP)."""
+    priv, pub = generate_keys(tmp / "keys")
+    art, _ = package_run(write_demo_run(tmp / "run"), key=priv, version="1.0.0", out=tmp / "artifacts")
+    EdgeAgent(tmp / "device").install(art, public_key=pub)
+    return tmp / "device"
+
+
+def start_server(home: Path, port: int, *options: str) -> subprocess.Popen:
+    """``fedready edge serve`` in its own process, once it answers ``GET /health``."""
     proc = subprocess.Popen([sys.executable, "-m", "fedready.cli", "edge", "serve", "--home", str(home), "--port",
-                             str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                             str(port), *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc
+
+
+def _run_mode(home: Path, port: int, *, max_batch: int, max_wait_ms: float, connections: int, seconds: float) -> dict:
+    proc = start_server(home, port, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms))
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
         asyncio.run(_load(port, connections, 1.0))  # warm-up
         t = time.perf_counter()
         done, errors = asyncio.run(_load(port, connections, seconds))
@@ -90,9 +103,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fr-serve-"))
     try:
-        priv, pub = generate_keys(tmp / "keys")
-        art, _ = package_run(write_demo_run(tmp / "run"), key=priv, version="1.0.0", out=tmp / "artifacts")
-        EdgeAgent(tmp / "device").install(art, public_key=pub)
+        demo_device(tmp)
         common = {"connections": args.connections, "seconds": args.seconds}
         single = _run_mode(tmp / "device", args.port, max_batch=1, max_wait_ms=0, **common)
         batched = _run_mode(tmp / "device", args.port + 1, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,

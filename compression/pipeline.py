@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ __all__ = [
     "compress_run",
     "gate_assessor",
     "measure",
+    "public_outputs",
     "public_split",
     "select",
 ]
@@ -291,15 +292,38 @@ def _why_none(measured: Sequence[Measured]) -> str:
     return "no variant passes every gate: " + "; ".join(fails)
 
 
+def public_outputs(
+    onnx: bytes, rule: Mapping[str, Any] | None, *, x: np.ndarray, y: np.ndarray, groups: Mapping[str, np.ndarray],
+    source: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The output histograms of a model as it ships (``rule``: its thresholds.json) on public rows.
+
+    The reference profile's score and decision histograms must describe the model a device
+    serves: the selected variant (temperature-scaled, pruned or quantised) with its own
+    post-processing. Computed on the server's public holdout, so it costs no privacy budget and
+    asks no client anything; the price is fidelity, since public rows may be distributed unlike
+    the clients' (see the README, "Monitoring").
+    """
+    import hashlib
+
+    from fedready.monitoring._profile import shipped_outputs
+
+    return shipped_outputs(onnx_probabilities(onnx, x), y, rule=rule, groups=groups,
+                           model_sha256=hashlib.sha256(onnx).hexdigest(), source=source)  # fmt: skip
+
+
 def compress(
     run_dir: str | Path, *, assess: Assess, options: CompressionOptions | None = None,
-    x: np.ndarray, y: np.ndarray, timing: bool = True,
+    x: np.ndarray, y: np.ndarray, timing: bool = True, groups: Mapping[str, np.ndarray] | None = None,
+    source: str = "the server's public holdout",
 ) -> dict[str, Any]:  # fmt: skip
     """Build, measure and gate the variants of ``run_dir``'s model; write ``run_dir/compression/``.
 
-    ``x``, ``y`` are the server's public holdout (encoded). The folder is built beside the
-    run and renamed into place, so it is written whole or not at all. Returns the report
-    that is also written to ``compression/compression.json``.
+    ``x``, ``y`` are the server's public holdout (encoded); ``groups`` its raw sensitive
+    columns, with which the selected variant's outputs on it are written to
+    ``compression/output_profile.json`` for the reference profile (:func:`public_outputs`). The
+    folder is built beside the run and renamed into place, so it is written whole or not at
+    all. Returns the report that is also written to ``compression/compression.json``.
     """
     opts = options or CompressionOptions()
     run = Path(run_dir)
@@ -362,6 +386,11 @@ def compress(
                 rule = {**rule, "model": SELECTED, "model_sha256": hashlib.sha256(chosen.variant.onnx).hexdigest(),
                         "fitted_on": "half A of the evaluation half of the benchmark (stratified, seed 0)"}  # fmt: skip
                 (tmp / "thresholds.json").write_text(json.dumps(rule, indent=2, sort_keys=True) + "\n")
+            if groups is not None:
+                from fedready.monitoring._profile import OUTPUTS_FILE
+
+                doc = public_outputs(chosen.variant.onnx, rule or None, x=x, y=y, groups=groups, source=source)
+                (tmp / OUTPUTS_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         (tmp / "compression.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=float) + "\n")
         (tmp / "compression.md").write_text(
             f"# Compression of {run.name}\n\n{_table(measured, chosen)}\n"
@@ -402,6 +431,14 @@ def _run_config(run: Path) -> Any:
     return load_run_config(run)
 
 
+def _run_task(run: Path) -> Any:
+    """The run's task (its schema and benchmark); the embedded data set's for a folder without config.json."""
+    from fedready.task import load_task, task_of
+
+    cfg = _run_config(run)
+    return task_of(cfg) if cfg is not None else load_task()
+
+
 def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tuple[Assess, np.ndarray, np.ndarray]:
     """The ``assess`` function ``fedready compress`` gates variants with, and the benchmark (x, y).
 
@@ -414,11 +451,9 @@ def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tupl
     from fedready.evaluation.fairness import sensitive_attributes
     from fedready.evaluation.gates import check_gates, load_policy
     from fedready.evaluation.suite import EVALUATION_FILE, _privacy, assess_predictor, load_eval_data
-    from fedready.task import load_task, task_of
 
     run = Path(run_dir)
-    cfg = _run_config(run)
-    task = task_of(cfg) if cfg is not None else load_task()
+    task = _run_task(run)
     ev = load_eval_data(task=task)
     if policy is None and task.policy is not None:
         policy = task.policy  # the policy shipped beside the data set, as fedready evaluate uses
@@ -445,7 +480,10 @@ def compress_run(
 ) -> dict[str, Any]:  # fmt: skip
     """``fedready compress RUN --gate POLICY``: build, gate and select (see :func:`gate_assessor`)."""
     assess, x, y = gate_assessor(run_dir, policy)
-    report = compress(run_dir, assess=assess, options=options or CompressionOptions(), x=x, y=y, timing=timing)
+    task = _run_task(Path(run_dir))  # the benchmark gate_assessor read (cached): its raw sensitive columns
+    groups = {a: task.test.columns[a] for a in task.schema.sensitive}
+    report = compress(run_dir, assess=assess, options=options or CompressionOptions(), x=x, y=y, timing=timing,
+                      groups=groups, source=task.test_source)  # fmt: skip
     evaluation = Path(run_dir) / "evaluation.json"
     if evaluation.exists():  # the model card gains its "Edge variants" section
         from fedready.evaluation.card import write_model_card

@@ -14,7 +14,8 @@ local privacy limits and contracts would be only as trustworthy as the coordinat
    file it carries is byte-identical to the organisation's installed fedready (the bundle
    fedready builds carries no code at all: ``fab-include`` in pyproject.toml);
 3. writes ``bundle-accepted`` or ``bundle-refused`` (with the offending file and both
-   digests) to the client's hash-chained audit log;
+   digests) to the client's audit log, signed with the same key (``audit.key`` beside the log)
+   as the ClientApp's own entries, so the two writers keep one chain;
 4. runs the *installed* ``fedready.client.app:app``, never the bundle's copy.
 
 Why not Flower's ``--trusted-entities``: in Flower 1.42 it verifies only bundles whose
@@ -120,7 +121,7 @@ def _audit(report: BundleReport) -> None:
     path = os.environ.get(AUDIT_ENV)
     if not path:
         return
-    from fedready.server.audit import AuditLog
+    from fedready.audit import AuditLog
 
     if report.ok:
         AuditLog(Path(path)).append("bundle-accepted", fab_sha256=report.fab_sha256, files=report.files)

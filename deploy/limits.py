@@ -38,7 +38,7 @@ class LocalLimits(BaseModel):
     max_delta: float = Field(gt=0, lt=1)  # largest delta the client accepts (accounting uses it)
     accountant: str = "rdp"  # how the lifetime ledger is composed
     ledger: Path = Path("ledger.json")  # lifetime ledger (kept across runs)
-    audit_log: Path = Path("audit.jsonl")  # the client's hash-chained audit log
+    audit_log: Path = Path("audit.jsonl")  # the client's signed, hash-chained audit log (its key: audit.key beside it)
     state_dir: Path = Path("state")  # per-run accountant state and the last released update
     share_contract_report: bool = False  # tell the coordinator which contract checks failed (outside the guarantee)
 

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from fedready import constants as K
+from fedready.audit import AuditLog
 from fedready.data import Table, read_csv
 from fedready.deploy.contract import ContractReport, row_validity, validate_contract
 from fedready.deploy.limits import LocalLedger, LocalLimits, Release, load_limits
 from fedready.encoding import FeatureEncoder
 from fedready.schema import DataSchema, load_schema
-from fedready.server.audit import AuditLog
 
 __all__ = ["LocalData", "Site", "site_from_node_config"]
 

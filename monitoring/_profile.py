@@ -20,18 +20,25 @@ from fedready.errors import IntegrityError
 from fedready.schema import DataSchema, NumericColumn
 
 __all__ = [
+    "OUTPUTS_FILE",
     "PROFILE_FILE",
     "PROFILE_FORMAT",
     "SCORE_EDGES",
     "Counts",
     "NoiseRecord",
     "count_rows",
+    "output_counts",
+    "outputs_document",
     "privatize",
     "profile_document",
+    "shipped_outputs",
+    "with_outputs",
 ]
 
 PROFILE_FILE = "reference_profile.json"
 PROFILE_FORMAT = "fedready-reference-profile/1"
+OUTPUTS_FILE = "output_profile.json"  # the shipped model's outputs on public data (written by `fedready compress`)
+OUTPUTS_FORMAT = "fedready-output-profile/1"
 SCORE_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]  # score histogram: ten buckets of width 0.1
 UNKNOWN = "<unknown>"
 
@@ -71,11 +78,12 @@ class Counts:
     scores : ndarray
         Rows per score bucket (``SCORE_EDGES``).
     predictions : ndarray
-        Rows predicted ``[negative, positive]``.
+        Rows decided per class (binary: ``[negative, positive]``).
     labels : ndarray or None
-        Rows labelled ``[negative, positive]`` (None where labels are unknown).
+        Rows labelled per class (None where labels are unknown).
     score_positives : ndarray or None
-        Label-positive rows per score bucket: the reliability diagram, for calibration.
+        Label-positive rows per score bucket (multi-class: correctly decided rows): the reliability
+        diagram, for calibration.
     """
 
     features: dict[str, np.ndarray]
@@ -165,21 +173,96 @@ def count_rows(
         The true label (class index) per row; adds the label and calibration histograms (binary:
         positives per score bucket; multi-class: correctly decided rows per score bucket).
     """
-    k = schema.target.num_classes
     feats = {}
     for col in schema.features:
         if col.name not in columns:
             raise IntegrityError(f"column '{col.name}' is missing from the input")
         feats[col.name] = _hist(_bucket(schema, col.name, columns[col.name]), len(bucket_labels(schema, col.name)))
+    decided = np.eye(schema.target.num_classes)[np.asarray(predictions, dtype=np.int64)]
+    out = output_counts(scores, decided, labels)
+    return Counts(feats, out.scores, out.predictions, out.labels, out.score_positives)
+
+
+def output_counts(scores: np.ndarray, decisions: np.ndarray, labels: np.ndarray | None = None) -> Counts:
+    """The output histograms alone (no feature histograms): scores, decisions, labels, calibration.
+
+    ``decisions`` is ``(rows, classes)``: each row's probability of each decision, one-hot for a
+    decided class; under a randomised binary rule ``[1 - q, q]``, so the decision histogram holds
+    the expected counts. ``scores`` are as in :func:`count_rows` (binary: P(positive); multi-class:
+    the decided class's probability, whose calibration histogram counts the correctly decided rows).
+    """
+    d = np.asarray(decisions, dtype=np.float64)
+    k = d.shape[1]
     s_codes = np.searchsorted(np.asarray(SCORE_EDGES), np.asarray(scores, dtype=np.float64), side="right")
     n_s = len(SCORE_EDGES) + 1
     pos = None
     if labels is not None:
         y = np.asarray(labels, dtype=np.int64)
-        hit = y == 1 if k == 2 else y == np.asarray(predictions, dtype=np.int64)
+        hit = y == 1 if k == 2 else y == d.argmax(axis=1)
         pos = _hist(s_codes[hit], n_s)
         labels = _hist(y, k)
-    return Counts(feats, _hist(s_codes, n_s), _hist(np.asarray(predictions, dtype=np.int64), k), labels, pos)
+    return Counts({}, _hist(s_codes, n_s), d.sum(axis=0), labels, pos)
+
+
+def outputs_document(counts: Counts, *, model_sha256: str, source: str, post_processing: str | None) -> dict[str, Any]:
+    """``output_profile.json``: the output histograms of one model on public data (no client data)."""
+    return {"format": OUTPUTS_FORMAT, "model_sha256": model_sha256, "source": source, "rows": int(counts.rows),
+            "post_processing": post_processing, "counts": counts.to_dict()}  # fmt: skip
+
+
+def shipped_outputs(
+    proba: np.ndarray, labels: np.ndarray, *, rule: Mapping[str, Any] | None, groups: Mapping[str, np.ndarray],
+    model_sha256: str, source: str,
+) -> dict[str, Any]:  # fmt: skip
+    """``output_profile.json`` of a model as it ships: its scores, and decisions after its ``rule``.
+
+    ``proba`` is the model's class probabilities ``(rows, classes)``, counted as a device counts
+    them (:func:`count_rows`): binary, P(positive) and the decision after ``rule``, the
+    artifact's ``thresholds.json`` (None: ``score >= 0.5``); multi-class, the decided class's
+    probability and one decision per class (the fairness post-processing is binary-only).
+    ``groups`` are the rows' raw sensitive columns. Rows whose group the rule does not know count
+    with the rule's fallback, else with ``score >= 0.5`` (a histogram cannot refuse a row).
+
+    Raises
+    ------
+    IntegrityError
+        If a multi-class model comes with a ``rule``.
+    """
+    from fedready.thresholds import DecisionRule
+
+    p = np.asarray(proba, dtype=np.float64)
+    if p.shape[1] == 2:
+        decide = DecisionRule() if rule is None else DecisionRule.from_dict(rule)
+        column = groups.get(decide.attribute) if decide.attribute is not None else None
+        q = decide.expected_positive(p[:, 1], np.full(len(p), "") if column is None else np.asarray(column))
+        scores, decisions = p[:, 1], np.stack([1.0 - q, q], axis=1)
+    elif rule is not None:
+        raise IntegrityError(f"a thresholds.json rule decides between two classes; this model has {p.shape[1]}")
+    else:
+        scores, decisions = p.max(axis=1), np.eye(p.shape[1])[p.argmax(axis=1)]
+    return outputs_document(output_counts(scores, decisions, labels), model_sha256=model_sha256, source=source,
+                            post_processing=None if rule is None else "thresholds.json")  # fmt: skip
+
+
+def with_outputs(profile: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference profile with its output histograms replaced by those of ``outputs``.
+
+    The feature histograms (the clients' rows) stay; scores, decisions, labels and the
+    calibration histogram become the shipped model's on public data, so a device serving
+    that model compares like with like. ``profile["outputs"]`` records where they came from.
+
+    Raises
+    ------
+    IntegrityError
+        If either document is malformed.
+    """
+    if outputs.get("format") != OUTPUTS_FORMAT:
+        raise IntegrityError(f"not an output profile (format {outputs.get('format')!r}, expected {OUTPUTS_FORMAT!r})")
+    mine = Counts.from_dict({"features": {}, **outputs["counts"]})
+    theirs = dict(profile["counts"])
+    merged = {**theirs, **{k: v for k, v in mine.to_dict().items() if k != "features"}}
+    meta = {k: outputs.get(k) for k in ("source", "rows", "model_sha256", "post_processing")}
+    return {**profile, "counts": merged, "outputs": {**meta, "decisions": "shipped"}}
 
 
 @dataclass(frozen=True)

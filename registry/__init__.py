@@ -6,9 +6,10 @@ imports the training stack, and only inside :func:`package_run`.
 """
 
 from fedready.registry._artifact import Provenance, generate_keys, package_run, verify_artifact
-from fedready.registry._edge import EdgeAgent, UpdateResult, in_canary
+from fedready.registry._channels import cohort_versions, in_canary, resolve
+from fedready.registry._edge import EdgeAgent, UpdateResult
 from fedready.registry._predict import Predictor, read_rows
-from fedready.registry._registry import CHANNELS, DEFAULT_EXPIRY, ROLES, Channel, Registry
+from fedready.registry._registry import CHANNELS, DEFAULT_EXPIRY, ROLES, Channel, Registry, metadata_anchors
 from fedready.registry._reproduce import reproduce_artifact
 from fedready.registry._serve import EdgeServer, ServeConfig
 
@@ -24,10 +25,13 @@ __all__ = [
     "Registry",
     "ServeConfig",
     "UpdateResult",
+    "cohort_versions",
     "generate_keys",
     "in_canary",
+    "metadata_anchors",
     "package_run",
     "read_rows",
     "reproduce_artifact",
+    "resolve",
     "verify_artifact",
 ]

@@ -29,7 +29,15 @@ from typing import Any
 
 from fedready.errors import ConfigError, IntegrityError
 from fedready.monitoring._profile import PROFILE_FILE  # the reference for drift monitoring, when the run has one
-from fedready.registry._canonical import check_version, file_sha256, json_digest, read_json, write_json
+from fedready.registry._canonical import (
+    artifact_files,
+    check_file_name,
+    check_version,
+    file_sha256,
+    json_digest,
+    read_json,
+    write_json,
+)
 
 __all__ = [
     "MODEL_FILE",
@@ -39,6 +47,7 @@ __all__ = [
     "SIGNATURE_FILE",
     "THRESHOLDS_FILE",
     "Provenance",
+    "check_coverage",
     "generate_keys",
     "package_run",
     "payload_digests",
@@ -80,21 +89,30 @@ class Provenance:
     compression: dict[str, Any]  # {"status": "not-run"} or what compression.json selected
     data_fingerprints: dict[str, Any] | None  # what clients reported; None: this run recorded none
     created: str
+    # the run's audit log when packaged: {"lines", "head", "key"} (fedready.audit.Anchor); None: no log
+    audit: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON form (``extra`` merged back at the top level)."""
-        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        """Return the JSON form (``extra`` merged back at the top level; optional fields only when set)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "extra" and not (k == "audit" and v is None)}
         return {**self.extra, **out}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Provenance:
         """Build from JSON, keeping unknown keys; a missing key is an :class:`IntegrityError`."""
-        names = [f for f in cls.__dataclass_fields__ if f != "extra"]
-        missing = [n for n in names if n not in data]
+        import dataclasses
+
+        fields = [f for f in dataclasses.fields(cls) if f.name != "extra"]
+        names = [f.name for f in fields]
+        if not isinstance(data, dict):
+            raise IntegrityError(f"provenance.json is a JSON {type(data).__name__}, not an object")
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        missing = [n for n in required if n not in data]
         if missing:
             raise IntegrityError(f"provenance.json lacks {missing}")
-        return cls(**{n: data[n] for n in names}, extra={k: v for k, v in data.items() if k not in names})
+        return cls(**{n: data[n] for n in names if n in data},
+                   extra={k: v for k, v in data.items() if k not in names})  # fmt: skip
 
     @property
     def gates_passed(self) -> bool:
@@ -199,9 +217,14 @@ def _same_payload(a: Path, b: Path) -> bool:
 
 
 def package_run(
-    run: Path, *, key: Path, version: str, out: Path, parent_version: str | None = None
-) -> tuple[Path, bool]:
+    run: Path, *, key: Path, version: str, out: Path, parent_version: str | None = None,
+    unknown_group: str | None = None,
+) -> tuple[Path, bool]:  # fmt: skip
     """Write the signed artifact ``out/<version>/`` for the run folder ``run``.
+
+    ``unknown_group`` writes the fallback of the shipped fairness rule into its
+    ``thresholds.json`` (see :mod:`fedready.thresholds`: ``refuse``, ``no-post-processing`` or
+    ``group:NAME``), so it is signed with the model; None keeps the file's own (default: refuse).
 
     Returns the artifact folder and whether it was newly written. Packaging the same run
     again under the same version returns the existing folder untouched; anything else under
@@ -226,7 +249,9 @@ def package_run(
         raise ConfigError("key", f"{key} does not exist; create one with `fedready keys generate --out DIR`")
     target = out / version
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{version}.staging-"))
+    _clean_stale_staging(out)
+    audit = _audit_anchor(run)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{version}{_STAGING}{os.getpid()}-"))
     try:
         onnx_src, compression = _selected_onnx(run)
         report = _find(run, COMPRESSION_FILE, ("compression",))
@@ -244,8 +269,8 @@ def package_run(
                 src = onnx_src.parent / THRESHOLDS_FILE if (onnx_src.parent / THRESHOLDS_FILE).is_file() else None
             if src is not None:
                 shutil.copyfile(src, staging / name)
-        if (run / PROFILE_FILE).is_file():
-            shutil.copyfile(run / PROFILE_FILE, staging / PROFILE_FILE)
+        if unknown_group is not None:
+            _set_fallback(staging / THRESHOLDS_FILE, unknown_group)
         if (staging / "evaluation.json").exists():
             ev = read_json(staging / "evaluation.json", what="evaluation report")
             evaluation = "passed" if ev.get("passed") is True else "failed"
@@ -283,14 +308,18 @@ def package_run(
             compression=compression,
             data_fingerprints=summary.get("data_fingerprints"),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            audit=audit,
         )
         write_json(staging / PROVENANCE_FILE, prov.to_dict())
+        if (run / PROFILE_FILE).is_file():  # last: describing the shipped model needs the whole artifact
+            write_json(staging / PROFILE_FILE, _shipped_profile(run, staging, onnx_src))
         if target.exists():
             if _same_payload(staging, target):
                 return target, False
             raise ConfigError("version", f"{version} already exists in {out} with different contents; a version "
                                          "is immutable, package under a new --version")  # fmt: skip
         sign_artifact(staging, key=key)
+        check_coverage(staging)
         try:
             os.rename(staging, target)  # atomic; fails if another writer created the version meanwhile
         except OSError as e:
@@ -298,6 +327,113 @@ def package_run(
         return target, True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_STAGING = ".staging-"
+
+
+def _set_fallback(path: Path, unknown_group: str) -> None:
+    from fedready.thresholds import DecisionRule
+
+    if not path.is_file():
+        raise ConfigError("unknown-group", "the run ships no thresholds.json (no fairness rule), so there is "
+                                           "no fallback to set; run `fedready evaluate` first")  # fmt: skip
+    rule = {**read_json(path, what="thresholds"), "unknown_group": unknown_group}
+    try:
+        DecisionRule.from_dict(rule, where="--unknown-group")
+    except IntegrityError as e:
+        raise ConfigError("unknown-group", str(e).removeprefix("--unknown-group: ")) from None
+    write_json(path, rule)
+
+
+def _clean_stale_staging(out: Path) -> None:
+    """Remove staging folders of packaging runs that were killed (their process is gone)."""
+    for d in out.glob(f".*{_STAGING}*"):
+        try:
+            pid = int(d.name.rsplit(_STAGING, 1)[1].split("-", 1)[0])
+        except ValueError:
+            pid = None  # written before staging names carried a pid: nobody is writing it any more
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            continue
+        if pid != os.getpid():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _audit_anchor(run: Path) -> dict[str, Any] | None:
+    """The head of the run's audit log, checked first: an artifact never anchors a broken log."""
+    from fedready.audit import log_head, verify_log
+
+    log = run / "audit.jsonl"
+    if not log.is_file():
+        return None
+    report = verify_log(log)
+    if not report.ok:
+        first = report.findings[0]
+        raise IntegrityError(f"{log} fails verification ({first.kind}: {first.message}); an artifact anchors "
+                             "the run's audit log, so it is not packaged (`fedready audit verify` lists every "
+                             "finding)")  # fmt: skip
+    return log_head(log).to_dict()
+
+
+def _shipped_profile(run: Path, staging: Path, onnx_src: Path | None) -> dict[str, Any]:
+    """The run's reference profile, its output histograms made to describe the model that ships.
+
+    The clients' feature histograms stay. The scores and decisions come from ``fedready
+    compress``'s public-data outputs of the selected variant (``output_profile.json``), or,
+    when the fp32 model ships with post-processing, are computed the same way here on the run's
+    benchmark (the server's public holdout). When the trained model ships as it is, or that
+    holdout cannot be read any more, they stay the clients' and the profile says why.
+    """
+    from fedready.monitoring._profile import OUTPUTS_FILE, with_outputs
+
+    profile = read_json(run / PROFILE_FILE, what="reference profile")
+    model_sha = file_sha256(staging / MODEL_FILE)
+    if onnx_src is not None and (onnx_src.parent / OUTPUTS_FILE).is_file():
+        outputs = read_json(onnx_src.parent / OUTPUTS_FILE, what="output profile")
+        if outputs.get("model_sha256") != model_sha:
+            raise IntegrityError(f"{onnx_src.parent / OUTPUTS_FILE} describes another model (sha256 "
+                                 f"{outputs.get('model_sha256')}, shipped {model_sha}); run `fedready compress` "
+                                 "again")  # fmt: skip
+        return with_outputs(profile, outputs)
+    why = "the shipped model is the trained one, without post-processing"
+    if (staging / THRESHOLDS_FILE).is_file() or onnx_src is not None:
+        outputs, why = _public_outputs_now(run, staging, profile)
+        if outputs is not None:
+            return with_outputs(profile, outputs)
+    decisions = "shipped" if not (staging / THRESHOLDS_FILE).is_file() else "before-post-processing"
+    return {**profile, "outputs": {"source": "clients (the trained model on their rows)", "decisions": decisions,
+                                   "model_sha256": model_sha, "why": why}}  # fmt: skip
+
+
+def _public_outputs_now(run: Path, staging: Path, profile: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """Public-data outputs of the staged model on the run's benchmark; or None and why not."""
+    from fedready.monitoring._profile import shipped_outputs
+    from fedready.registry._predict import Predictor
+    from fedready.task import task_from_dict
+
+    try:
+        task = task_from_dict(read_json(run / CONFIG_FILE, what="run config").get("config", {}))
+    except ConfigError as e:
+        return None, f"the run's benchmark cannot be read here ({e})"
+    if profile.get("schema_digest") != task.schema.digest():
+        return None, "the run's benchmark has another schema than the profile"
+    rule = read_json(staging / THRESHOLDS_FILE, what="thresholds") if (staging / THRESHOLDS_FILE).is_file() else None
+    proba = Predictor(staging).column_probabilities(task.test.columns)
+    groups = {a: task.test.columns[a] for a in task.schema.sensitive}
+    outputs = shipped_outputs(proba, task.test.labels(task.schema), rule=rule, groups=groups,
+                              model_sha256=file_sha256(staging / MODEL_FILE),
+                              source=task.test_source)  # fmt: skip
+    return outputs, ""
 
 
 def sign_artifact(folder: Path, *, key: Path) -> Path:
@@ -356,13 +492,38 @@ def verify_artifact(artifact: Path, *, public_key: Path) -> Provenance:
         verifier = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key)
     except ValueError as e:
         raise ConfigError("public-key", f"{public_key} is not an ECDSA public key in PEM ({e})") from e
+    artifact_files(artifact)  # names and layout first: nothing a device would refuse, no folder, no git path
     try:
         verifier.verify(artifact, sig)
     except ValueError as e:
         raise IntegrityError(_explain(artifact, public_key, str(e))) from e
     except Exception as e:  # noqa: BLE001 -- sigstore raises its own types for malformed bundles
         raise IntegrityError(f"{artifact}: {SIGNATURE_FILE} could not be verified ({type(e).__name__}: {e})") from e
+    check_coverage(artifact)  # model-signing skips some paths (.git*, .github); fedready covers every file
     return Provenance.from_dict(read_json(artifact / PROVENANCE_FILE, what="provenance"))
+
+
+def check_coverage(artifact: Path) -> dict[str, str]:
+    """Refuse any file of ``artifact`` its signature does not list (or lists under a name a device refuses).
+
+    Returns the signed digests. Call after the signature itself verified, so the list is the operator's.
+
+    Raises
+    ------
+    IntegrityError
+        Naming the first file on disk the signature does not cover, or a signed name that is not allowed.
+    """
+    signed = payload_digests(artifact)
+    for name in signed:
+        check_file_name(name)
+    on_disk = set(artifact_files(artifact)) - {SIGNATURE_FILE}
+    uncovered = sorted(on_disk - set(signed))
+    if uncovered:
+        raise IntegrityError(f"{artifact}: file '{uncovered[0]}' is not covered by the signature; refused")
+    missing = sorted(set(signed) - on_disk)
+    if missing:
+        raise IntegrityError(f"{artifact}: file '{missing[0]}' is signed but missing")
+    return signed
 
 
 def _explain(artifact: Path, public_key: Path, message: str) -> str:

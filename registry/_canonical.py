@@ -12,7 +12,9 @@ from fedready._io import atomic_write_text
 from fedready.errors import ConfigError, IntegrityError
 
 __all__ = [
+    "artifact_files",
     "canonical_json",
+    "check_file_name",
     "check_version",
     "file_sha256",
     "json_digest",
@@ -22,6 +24,9 @@ __all__ = [
 ]
 
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+# A file of an artifact: one path component, no leading dot (so no .git, .gitignore, .github:
+# model-signing skips those), no backslash or other separator a device's filesystem might honour.
+_FILE = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._+-]{0,127}$")
 
 
 def canonical_json(obj: Any) -> str:
@@ -78,3 +83,34 @@ def safe_relpath(path: str) -> PurePosixPath:
     if not path or "\\" in path or p.is_absolute() or any(part in {"..", ""} for part in p.parts) or "\x00" in path:
         raise IntegrityError(f"target path '{path}' escapes the device folder; refused")
     return p
+
+
+def check_file_name(name: str) -> str:
+    """Refuse an artifact file name a device would not write: anything but one plain path component.
+
+    Raises
+    ------
+    IntegrityError
+        For a subfolder, ``..``, a backslash, a leading dot (git paths included) or other characters.
+    """
+    if not isinstance(name, str) or not _FILE.match(name) or ".." in name:
+        raise IntegrityError(f"file name {name!r} is not allowed in an artifact (one plain file name: letters, "
+                             "digits and . _ + -, no leading dot, no folders); refused")  # fmt: skip
+    return name
+
+
+def artifact_files(folder: Path) -> dict[str, Path]:
+    """Every entry of an artifact folder by name, refusing what a device would refuse.
+
+    Raises
+    ------
+    IntegrityError
+        If the folder holds a subfolder, a symlink or a file whose name fails :func:`check_file_name`.
+    """
+    out: dict[str, Path] = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_symlink() or not p.is_file():
+            kind = "symlink" if p.is_symlink() else "folder" if p.is_dir() else "special file"
+            raise IntegrityError(f"{folder}: '{p.name}' is a {kind}; an artifact holds plain files only, refused")
+        out[check_file_name(p.name)] = p
+    return out

@@ -7,11 +7,18 @@ Layout of a registry folder::
         metadata/                 1.root.json, root.json, targets.json, snapshot.json, timestamp.json
         targets/artifacts/V/...   every file of every published artifact (immutable)
         targets/channels/C.json   channel C: the version it points at, rollout, approver, review-by
-      keys/                       one ECDSA P-256 key per TUF role (keep root and targets offline)
-      audit.jsonl                 every registry action, hash-chained
+      keys/                       one ECDSA P-256 key per TUF role (keep root and targets offline),
+                                  and audit.key (Ed25519) that signs each audit entry
+      audit.jsonl                 every registry action, hash-chained and signed (fedready.audit)
 
 Channels are TUF targets, so a device learns which version a channel points at from the same
-signed, versioned, expiring metadata that protects the model files.
+signed, versioned, expiring metadata that protects the model files. Which version each device
+runs is :mod:`fedready.registry._channels`.
+
+The audit log is anchored in the metadata: ``root.json`` pins its public key
+(``x-fedready-audit-key``), and every write records the log's head (line count, sha256 of the
+last line) in ``targets.json`` and ``timestamp.json`` (``x-fedready-audit``), so a log cut short
+or rewritten no longer matches what the registry signed and devices downloaded.
 
 Notes
 -----
@@ -25,18 +32,32 @@ refresh``), which bounds how long an attacker can freeze a device on stale metad
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedready.audit import Anchor, AuditLog
 from fedready.errors import ConfigError, IntegrityError
 from fedready.registry._artifact import PROVENANCE_FILE, SIGNATURE_FILE, Provenance, verify_artifact
-from fedready.registry._canonical import canonical_json, check_version, file_sha256, read_json
+from fedready.registry._canonical import artifact_files, canonical_json, check_version, file_sha256, read_json
+from fedready.registry._channels import CANARY, STABLE, canary_state, cohort_versions
 
-__all__ = ["CHANNELS", "DEFAULT_EXPIRY", "ROLES", "Channel", "Registry", "channel_target", "artifact_target"]
+__all__ = [
+    "CHANNELS",
+    "DEFAULT_EXPIRY",
+    "ROLES",
+    "Channel",
+    "Registry",
+    "artifact_target",
+    "channel_target",
+    "metadata_anchors",
+    "verify_anchored_log",
+]
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 CHANNELS = ("canary", "stable")
@@ -48,6 +69,11 @@ DEFAULT_EXPIRY = {
     "timestamp": dt.timedelta(days=1),
 }
 DEFAULT_REVIEW = dt.timedelta(days=90)
+AUDIT_FIELD = "x-fedready-audit"  # targets.json and timestamp.json: the audit log's head when they were signed
+AUDIT_KEY_FIELD = "x-fedready-audit-key"  # root.json: the audit log's Ed25519 public key
+AUDIT_KEY = "audit.key"
+DEFAULT_MIN_DEVICES = 3  # auto-rollback: distinct devices that must report a breach, at least
+DEFAULT_MIN_SHARE = 0.1  # ... or this share of the channel's devices (with --fleet-size), whichever is larger
 
 
 def channel_target(channel: str) -> str:
@@ -79,6 +105,9 @@ class Channel:
     reason: str | None = None
     gates: str = "passed"  # the artifact's evaluation status when promoted
     previous: tuple[str, ...] = ()  # versions this channel pointed at before, oldest first
+    serial: int = 0  # targets metadata version of the write: orders stable and canary changes (see _channels)
+    paused: bool = False  # canary only: set when stable rolls back from this version; devices ignore it then
+    paused_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,9 +149,7 @@ class Registry:
         self.keys_dir = self.path / "keys"
         if not (self.metadata_dir / "root.json").is_file():
             raise ConfigError("registry", f"{self.path} is not a registry; create one with `fedready registry init`")
-        from fedready.server.audit import AuditLog
-
-        self.audit = AuditLog(self.path / "audit.jsonl")
+        self.audit = AuditLog(self.path / "audit.jsonl", key=self.keys_dir / AUDIT_KEY)
 
     # -- creation -------------------------------------------------------------------------
     @classmethod
@@ -144,11 +171,13 @@ class Registry:
         (path / "repository" / "metadata").mkdir(parents=True, exist_ok=True)
         (path / "repository" / "targets").mkdir(parents=True, exist_ok=True)
         signers = {role: _new_key(path / "keys" / f"{role}.key") for role in ROLES}
+        audit_key = AuditLog(path / "audit.jsonl", key=path / "keys" / AUDIT_KEY).public_key
         now = _now()
         root = Root(expires=now + DEFAULT_EXPIRY["root"], consistent_snapshot=False)
         for role, signer in signers.items():
             root.add_key(signer.public_key, role)
         root.unrecognized_fields["x-fedready-channels"] = list(channels)
+        root.unrecognized_fields[AUDIT_KEY_FIELD] = audit_key
         mds = {
             "root": Metadata(root),
             "targets": Metadata(Targets(expires=now + DEFAULT_EXPIRY["targets"])),
@@ -161,8 +190,8 @@ class Registry:
         for role, md in mds.items():
             _write(path / "repository" / "metadata", md, f"{role}.json")
         reg = cls(path)
-        reg.audit.append("registry-init", channels=list(channels), actor=actor,
-                         keys={r: s.public_key.keyid for r, s in signers.items()})  # fmt: skip
+        reg._record("registry-init", channels=list(channels), actor=actor,
+                    keys={r: s.public_key.keyid for r, s in signers.items()})  # fmt: skip
         return reg
 
     # -- reading --------------------------------------------------------------------------
@@ -213,10 +242,17 @@ class Registry:
             raise ConfigError("channel", f"unknown channel '{name}'; expected one of: {', '.join(self.channels)}")
 
     # -- writing --------------------------------------------------------------------------
-    def _commit(self, changed: dict[str, bytes | None], *, targets_expiry: dt.timedelta | None = None) -> None:
-        """Write target files (None deletes) then re-sign targets, snapshot and timestamp, in that order."""
+    def _commit(self, changed: dict[str, bytes | None], *, event: str | None = None,
+                targets_expiry: dt.timedelta | None = None, **fields: Any) -> None:  # fmt: skip
+        """Write target files (None deletes), record ``event``, then re-sign targets, snapshot, timestamp.
+
+        The audit entry is appended before the metadata is signed, so the signed metadata
+        anchors a log that already holds it.
+        """
         from tuf.api.metadata import MetaFile, TargetFile
 
+        for role in ("targets", "snapshot", "timestamp"):
+            self._signer(role)  # a missing key fails before anything is written or recorded
         targets = self._load("targets")
         for tpath, data in changed.items():
             local = self.targets_dir / tpath
@@ -231,10 +267,19 @@ class Registry:
             tf = TargetFile.from_data(tpath, data, ["sha256"])
             tf.unrecognized_fields["custom"] = {"published": int(_now().timestamp())}  # canonical JSON: no floats
             targets.signed.targets[tpath] = tf
+        if event is not None:
+            self.audit.append(event, **fields)
+        targets.signed.unrecognized_fields[AUDIT_FIELD] = self.audit.head().to_dict()
         self._bump(targets, "targets", targets_expiry)
         snapshot = self._load("snapshot")
         snapshot.signed.meta["targets.json"] = MetaFile(version=targets.signed.version)
         self._bump(snapshot, "snapshot")
+        self.refresh()
+
+    def _record(self, event: str, **fields: Any) -> None:
+        """Record an action that changes no target, and anchor it in the timestamp metadata."""
+        self._signer("timestamp")
+        self.audit.append(event, **fields)
         self.refresh()
 
     def _bump(self, md: Any, role: str, expiry: dt.timedelta | None = None) -> None:
@@ -244,14 +289,31 @@ class Registry:
         _write(self.metadata_dir, md, f"{role}.json")
 
     def refresh(self, *, timestamp_expiry: dt.timedelta | None = None) -> int:
-        """Re-sign the timestamp over the current snapshot (run at least daily); return its version."""
+        """Re-sign the timestamp over the current snapshot (run at least daily); return its version.
+
+        The timestamp also carries the audit log's current head (see the module docstring).
+        """
         from tuf.api.metadata import MetaFile
 
         snapshot = self._load("snapshot")
         ts = self._load("timestamp")
         ts.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
+        ts.signed.unrecognized_fields[AUDIT_FIELD] = self.audit.head().to_dict()
         self._bump(ts, "timestamp", timestamp_expiry)
         return ts.signed.version
+
+    def audit_anchors(self, metadata_dir: Path | None = None) -> tuple[str | None, list[Anchor]]:
+        """The audit key pinned in root and the heads anchored in targets and timestamp metadata.
+
+        ``metadata_dir`` reads another copy of the metadata (a device's ``HOME/tuf``, a mirror):
+        each file's signature is checked with the root in that folder before its anchor is used.
+
+        Raises
+        ------
+        IntegrityError
+            If a metadata file is not signed by its role's keys in that root.
+        """
+        return metadata_anchors(Path(metadata_dir) if metadata_dir is not None else self.metadata_dir)
 
     def publish(self, artifact: Path, *, public_key: Path, actor: str = "") -> str:
         """Verify ``artifact`` with the operator's ``public_key`` and add every file as a TUF target.
@@ -266,12 +328,18 @@ class Registry:
         ConfigError
             If the version is already published with different contents.
         """
+        from fedready.registry._predict import Predictor
+
         artifact = Path(artifact)
-        prov = verify_artifact(artifact, public_key=public_key)
-        version = check_version(prov.version)
+        prov = verify_artifact(artifact, public_key=public_key)  # flat, every file signed, names a device accepts
+        try:
+            version = check_version(prov.version)
+        except ConfigError as e:
+            raise IntegrityError(f"{artifact} names version {prov.version!r}, which no device installs ({e})") from e
         if artifact.name != version:
             raise IntegrityError(f"{artifact} holds version {version}; artifact folders are named after their version")
-        files = {p.name: p for p in sorted(artifact.iterdir()) if p.is_file()}
+        Predictor(artifact)  # a device loads the model and its rule before activating it: so must the registry
+        files = artifact_files(artifact)
         existing = self._load("targets").signed.targets
         prefix = artifact_target(version, "")
         published = {k[len(prefix) :]: v.hashes["sha256"] for k, v in existing.items() if k.startswith(prefix)}
@@ -284,9 +352,9 @@ class Registry:
                                              f"({differ[0]} differs); a published version is immutable, "
                                              "package a new version")  # fmt: skip
             return version
-        self._commit({artifact_target(version, name): p.read_bytes() for name, p in files.items()})
-        self.audit.append("publish", version=version, actor=actor, run_id=prov.run_id, model_digest=prov.model_digest,
-                          evaluation=prov.evaluation)  # fmt: skip
+        self._commit({artifact_target(version, name): p.read_bytes() for name, p in files.items()}, event="publish",
+                     version=version, actor=actor, run_id=prov.run_id, model_digest=prov.model_digest,
+                     evaluation=prov.evaluation)  # fmt: skip
         return version
 
     def promote(
@@ -334,120 +402,210 @@ class Registry:
             raise ConfigError("review-by", f"must be a future date, got {review.isoformat()}")
         current = self.channel(channel)
         previous = () if current is None else current.previous + (current.version,)
-        prefix = artifact_target(version, "")
-        files = {k[len(prefix) :]: v.hashes["sha256"] for k, v in self._load("targets").signed.targets.items()
-                 if k.startswith(prefix)}  # fmt: skip
+        files = self._files(version)
         doc = Channel(channel=channel, version=version, files=files, rollout_percent=float(rollout_percent),
                       approver=approver, review_by=review.isoformat(), promoted_at=_now().isoformat(),
                       forced=bool(force and not prov.gates_passed), reason=reason if force else None,
-                      gates=prov.evaluation, previous=previous[-10:])  # fmt: skip
-        self._commit({channel_target(channel): canonical_json(doc.to_dict()).encode()})
-        self.audit.append("promote", channel=channel, version=version, approver=approver, rollout=rollout_percent,
-                          review_by=doc.review_by, forced=doc.forced, reason=doc.reason, gates=prov.evaluation,
-                          replaced=None if current is None else current.version, shadow=shadow)  # fmt: skip
+                      gates=prov.evaluation, previous=previous[-10:], serial=self._next_serial())  # fmt: skip
+        self._commit({channel_target(channel): canonical_json(doc.to_dict()).encode()}, event="promote",
+                     channel=channel, version=version, approver=approver, rollout=rollout_percent,
+                     review_by=doc.review_by, forced=doc.forced, reason=doc.reason, gates=prov.evaluation,
+                     replaced=None if current is None else current.version, shadow=shadow)  # fmt: skip
         return doc
+
+    def _next_serial(self) -> int:
+        return int(self._load("targets").signed.version) + 1  # the version the coming commit signs
 
     def rollback(self, *, channel: str, approver: str, reason: str = "") -> Channel:
         """Point ``channel`` back at the version it held before the last promotion.
+
+        Rolling back ``stable`` also pauses a canary that points at the version being rolled
+        back, in the same signed metadata: that version then reaches no device (see
+        :mod:`fedready.registry._channels`).
 
         Raises
         ------
         ConfigError
             If the channel has no earlier version.
         """
+        self._check_channel(channel)
         current = self.channel(channel)
         if current is None or not current.previous:
             raise ConfigError("channel", f"{channel} has no earlier version to roll back to")
         if not approver.strip():
             raise ConfigError("approver", "a rollback records who approved it; pass --approver NAME")
         target = current.previous[-1]
-        prefix = artifact_target(target, "")
-        files = {k[len(prefix) :]: v.hashes["sha256"] for k, v in self._load("targets").signed.targets.items()
-                 if k.startswith(prefix)}  # fmt: skip
         gates = self.provenance(target).evaluation
         # A rollback may restore a model whose gates never passed: it stays marked as forced.
-        doc = Channel.from_dict({**current.to_dict(), "version": target, "files": files, "approver": approver,
-                                 "promoted_at": _now().isoformat(), "previous": list(current.previous[:-1]),
-                                 "forced": gates != "passed", "reason": f"rollback: {reason or 'no reason given'}",
-                                 "gates": gates})  # fmt: skip
-        self._commit({channel_target(channel): canonical_json(doc.to_dict()).encode()})
-        self.audit.append("rollback", channel=channel, version=target, replaced=current.version, approver=approver,
-                          reason=reason)  # fmt: skip
+        doc = Channel.from_dict({**current.to_dict(), "version": target, "files": self._files(target),
+                                 "approver": approver, "promoted_at": _now().isoformat(),
+                                 "previous": list(current.previous[:-1]), "forced": gates != "passed",
+                                 "reason": f"rollback: {reason or 'no reason given'}", "gates": gates,
+                                 "serial": self._next_serial(), "paused": False, "paused_reason": None})  # fmt: skip
+        changed = {channel_target(channel): canonical_json(doc.to_dict()).encode()}
+        canary = self.channel(CANARY) if channel == STABLE and CANARY in self.channels else None
+        paused = canary is not None and canary.version == current.version and not canary.paused
+        if paused:
+            assert canary is not None
+            held = dataclasses.replace(canary, paused=True, paused_reason=f"stable rolled back from {current.version}")
+            changed[channel_target(CANARY)] = canonical_json(held.to_dict()).encode()
+        self._commit(changed, event="rollback", channel=channel, version=target, replaced=current.version,
+                     approver=approver, reason=reason, paused_canary=current.version if paused else None)  # fmt: skip
         return doc
 
-    def auto_rollback(self, *, channel: str, alerts: Path, min_alerts: int = 1,
-                      approver: str = "fedready auto-rollback") -> dict[str, Any]:  # fmt: skip
-        """Roll ``channel`` back if its devices reported enough breaches of the version it serves now.
+    def set_rollout(self, *, channel: str, rollout_percent: float, approver: str) -> Channel:
+        """Change the share of devices a canary reaches, keeping its version (``registry rollout``).
+
+        Raises
+        ------
+        ConfigError
+            If nothing was promoted to ``channel``, the canary is paused, or the share is outside (0, 100].
+        """
+        self._check_channel(channel)
+        if not 0 < rollout_percent <= 100:
+            raise ConfigError("percent", f"must be in (0, 100], got {rollout_percent}")
+        if not approver.strip():
+            raise ConfigError("approver", "a rollout change records who approved it; pass --approver NAME")
+        current = self.channel(channel)
+        if current is None:
+            raise ConfigError("channel", f"nothing was promoted to {channel} yet")
+        if current.paused:
+            raise ConfigError("channel", f"{channel} is paused ({current.paused_reason}); promote a version to "
+                                         f"{channel} to start a new rollout")  # fmt: skip
+        doc = dataclasses.replace(current, rollout_percent=float(rollout_percent), approver=approver)
+        self._commit({channel_target(channel): canonical_json(doc.to_dict()).encode()}, event="rollout",
+                     channel=channel, version=doc.version, rollout=rollout_percent,
+                     replaced_rollout=current.rollout_percent, approver=approver)  # fmt: skip
+        return doc
+
+    def _files(self, version: str) -> dict[str, str]:
+        prefix = artifact_target(version, "")
+        return {k[len(prefix) :]: v.hashes["sha256"] for k, v in self._load("targets").signed.targets.items()
+                if k.startswith(prefix)}  # fmt: skip
+
+    def auto_rollback(
+        self,
+        *,
+        channel: str,
+        alerts: Path,
+        min_devices: int = DEFAULT_MIN_DEVICES,
+        min_share: float = DEFAULT_MIN_SHARE,
+        fleet_size: int | None = None,
+        approver: str = "fedready auto-rollback",
+    ) -> dict[str, Any]:
+        """Roll ``channel`` back if enough *distinct devices* reported a breach of the version it serves now.
 
         An alert counts when it names this channel and its current version and was raised after
-        that version's promotion (older alerts belong to another rollout). Meant for cron or CI:
-        running it again after a rollback does nothing, because the alerts name the old version.
+        that version's promotion (older alerts belong to another rollout). Each device counts
+        once however many alerts it raised: rolling back takes at least ``min_devices`` devices,
+        or ``min_share`` of the channel's devices when ``fleet_size`` says how many devices
+        follow the registry (for the canary: its rollout share of them), whichever is larger.
+        Meant for cron or CI: running it again after a rollback does nothing, because the
+        alerts name the old version.
 
         Parameters
         ----------
         alerts : Path
             JSON lines written by ``fedready monitor`` (devices' files concatenated).
-        min_alerts : int
-            Breaches needed to act.
+        min_devices : int
+            Distinct devices needed, at least.
+        min_share : float
+            Share of the channel's devices needed (applied with ``fleet_size`` only).
+        fleet_size : int, optional
+            Devices that follow this registry.
 
         Returns
         -------
         dict
-            ``rolled_back``, ``channel``, ``version`` (now served), ``replaced``, ``breaches`` and a
-            summary by kind and feature.
+            ``rolled_back``, ``channel``, ``version`` (now served), ``replaced``, ``breaches``,
+            ``devices`` (distinct), ``needed`` and a summary by kind and feature.
 
         Raises
         ------
         ConfigError
-            If the alerts file is missing, or a rollback is due but the channel has no earlier version.
+            If an option is out of range, the alerts file is missing, or a rollback is due but the
+            channel has no earlier version.
         IntegrityError
             If an alert line is not JSON.
+
+        Notes
+        -----
+        Whoever can POST to a device's ``/predict`` feeds its monitor, so one device's alerts
+        are one witness, not proof: counting devices instead of alerts keeps a single poisoned
+        (or broken) device from rolling a release back for everyone.
         """
         self._check_channel(channel)
-        if min_alerts < 1:
-            raise ConfigError("min-alerts", f"must be >= 1, got {min_alerts}")
+        if min_devices < 1:
+            raise ConfigError("min-devices", f"must be >= 1, got {min_devices}")
+        if not 0 <= min_share <= 1:
+            raise ConfigError("min-share", f"must be a share in [0, 1], got {min_share}")
+        if fleet_size is not None and fleet_size < 1:
+            raise ConfigError("fleet-size", f"must be >= 1 device, got {fleet_size}")
         path = Path(alerts)
         if not path.is_file():
             raise ConfigError("alerts", f"{path} does not exist; pass the JSON lines written by `fedready monitor`")
         current = self.channel(channel)
         if current is None:
-            return {"rolled_back": False, "channel": channel, "version": None, "replaced": None, "breaches": 0}
+            return {"rolled_back": False, "channel": channel, "version": None, "replaced": None, "breaches": 0,
+                    "devices": 0}  # fmt: skip
+        cohort = None
+        if fleet_size is not None:
+            cohort = fleet_size * (current.rollout_percent / 100 if channel == CANARY else 1.0)
+        needed = max(min_devices, math.ceil(min_share * cohort) if cohort is not None else 0)
         since = dt.datetime.fromisoformat(current.promoted_at).timestamp()
         hits: list[dict[str, Any]] = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 alert = json.loads(line)
-            except json.JSONDecodeError as e:
+            except (ValueError, RecursionError) as e:
                 raise IntegrityError(f"{path}: line {n} is not JSON ({e})") from e
-            if (alert.get("channel") == channel and alert.get("version") == current.version
-                    and float(alert.get("time", 0)) >= since):  # fmt: skip
+            if not isinstance(alert, dict):
+                raise IntegrityError(f"{path}: line {n} is not an alert object")
+            try:
+                recent = float(alert.get("time", 0)) >= since
+            except (TypeError, ValueError):
+                recent = False
+            if alert.get("channel") == channel and alert.get("version") == current.version and recent:
                 hits.append(alert)
+        devices = sorted({str(a["device_id"]) for a in hits if isinstance(a.get("device_id"), str) and a["device_id"]})
         kinds = sorted({f"{a.get('kind')}:{a.get('feature') or a.get('metric')}" for a in hits})
         out = {"rolled_back": False, "channel": channel, "version": current.version, "replaced": None,
-               "breaches": len(hits), "devices": len({a.get("device_id") for a in hits}), "kinds": kinds}  # fmt: skip
-        if len(hits) < min_alerts:
+               "breaches": len(hits), "devices": len(devices), "needed": needed, "cohort": cohort,
+               "rule": f"at least {min_devices} distinct device(s)"
+                       + (f" or {min_share:g} of {cohort:g} device(s), whichever is larger" if cohort else ""),
+               "kinds": kinds}  # fmt: skip
+        if len(devices) < needed:
             return out
-        reason = f"auto-rollback: {len(hits)} monitoring breach(es) of {current.version} ({', '.join(kinds)})"
+        reason = (f"auto-rollback: {len(devices)} device(s) reported {len(hits)} monitoring breach(es) of "
+                  f"{current.version} ({', '.join(kinds)})")  # fmt: skip
         doc = self.rollback(channel=channel, approver=approver, reason=reason)
-        self.audit.append("auto-rollback", channel=channel, version=doc.version, replaced=current.version,
-                          breaches=len(hits), devices=out["devices"], kinds=kinds, alerts=str(path))  # fmt: skip
+        self._record("auto-rollback", channel=channel, version=doc.version, replaced=current.version,
+                     breaches=len(hits), devices=len(devices), device_ids=devices[:50], needed=needed, kinds=kinds,
+                     alerts=str(path))  # fmt: skip
         return {**out, "rolled_back": True, "version": doc.version, "replaced": current.version}
 
     def status(self) -> dict[str, Any]:
-        """Channels (flagging past-review models), published versions and metadata expiry."""
+        """Channels (flagging past-review models), what each group of devices runs, versions and expiry."""
         now = _now()
         channels = {}
+        docs = {}
         for name in self.channels:
             ch = self.channel(name)
+            docs[name] = None if ch is None else ch.to_dict()
             channels[name] = None if ch is None else {**ch.to_dict(), "past_review": ch.past_review(now.date())}
         expiry = {}
         for role in ROLES:
             md = self._load(role)
             expiry[role] = {"version": md.signed.version, "expires": md.signed.expires.isoformat(),
                             "expired": md.signed.expires <= now}  # fmt: skip
-        return {"registry": str(self.path), "channels": channels, "versions": self.versions(), "metadata": expiry}
+        out = {"registry": str(self.path), "channels": channels, "versions": self.versions(), "metadata": expiry,
+               "audit": self.audit.head().to_dict()}  # fmt: skip
+        if STABLE in docs and CANARY in docs:
+            out["devices"] = cohort_versions(docs[STABLE], docs[CANARY])
+            out["canary_state"] = canary_state(docs[STABLE], docs[CANARY])
+        return out
 
     def rotate_key(self, role: str, *, actor: str = "") -> str:
         """Replace ``role``'s key with a new one; return the new key id.
@@ -474,17 +632,104 @@ class Registry:
         _write(self.metadata_dir, root, f"{root.signed.version}.root.json")
         _write(self.metadata_dir, root, "root.json")
         os.replace(staged, key_file)
+        fields = {"role": role, "keyid": signer.public_key.keyid, "root_version": root.signed.version, "actor": actor}
         if role == "targets":
-            self._commit({})
-        elif role == "snapshot":
-            snapshot = self._load("snapshot")
-            self._bump(snapshot, "snapshot")
-            self.refresh()
-        elif role == "timestamp":
-            self.refresh()
-        self.audit.append("rotate-key", role=role, keyid=signer.public_key.keyid, root_version=root.signed.version,
-                          actor=actor)  # fmt: skip
+            self._commit({}, event="rotate-key", **fields)
+        else:
+            if role == "snapshot":
+                self._bump(self._load("snapshot"), "snapshot")
+            self._record("rotate-key", **fields)
         return signer.public_key.keyid
+
+
+def metadata_anchors(metadata_dir: Path) -> tuple[str | None, list[Anchor]]:
+    """The audit key pinned in ``root.json`` and the audit heads of ``targets.json`` and ``timestamp.json``.
+
+    Each file's signatures are checked with the keys of the ``root.json`` in the same folder
+    (a registry's own metadata, a device's ``HOME/tuf`` cache or a mirror's copy).
+
+    Raises
+    ------
+    ConfigError
+        If the folder holds no ``root.json``.
+    IntegrityError
+        If a metadata file does not parse or is not signed by its role's keys.
+    """
+    from tuf.api.exceptions import RepositoryError
+    from tuf.api.metadata import Metadata
+
+    folder = Path(metadata_dir)
+    if not (folder / "root.json").is_file():
+        raise ConfigError("metadata", f"{folder} holds no root.json; pass a registry's repository/metadata or a "
+                                      "device's HOME/tuf folder")  # fmt: skip
+    try:
+        root = Metadata.from_file(str(folder / "root.json"))
+        root.signed.verify_delegate("root", root.signed_bytes, root.signatures)
+        anchors = []
+        for role in ("targets", "timestamp"):
+            p = folder / f"{role}.json"
+            if not p.is_file():
+                continue
+            md = Metadata.from_file(str(p))
+            root.signed.verify_delegate(role, md.signed_bytes, md.signatures)
+            head = md.signed.unrecognized_fields.get(AUDIT_FIELD)
+            if head is not None:
+                anchors.append(Anchor.from_dict(head, source=f"{p} (version {md.signed.version})"))
+    except (RepositoryError, ValueError, OSError) as e:
+        raise IntegrityError(f"{folder}: TUF metadata does not verify ({type(e).__name__}: {e})") from e
+    key = root.signed.unrecognized_fields.get(AUDIT_KEY_FIELD)
+    return (None if key is None else str(key)), anchors
+
+
+def verify_anchored_log(
+    log: Path,
+    *,
+    key: str | None = None,
+    metadata: Path | None = None,
+    artifact: Path | None = None,
+    public_key: Path | None = None,
+) -> Any:
+    """Verify an audit log against every anchor that applies (``fedready audit verify``).
+
+    A registry's own log (``REGISTRY/audit.jsonl``) is checked against the key pinned in its
+    root and the heads in its signed metadata, and every line must be anchored (each write
+    re-signs the metadata). ``metadata`` adds another copy of the metadata (a device's
+    ``HOME/tuf``, which may predate the newest lines); ``artifact`` (verified with ``public_key``
+    first) adds the run's head that ``fedready package`` recorded in the provenance.
+
+    Returns
+    -------
+    fedready.audit.AuditReport
+
+    Raises
+    ------
+    ConfigError
+        If ``artifact`` comes without ``public_key`` or records no audit head.
+    IntegrityError
+        If an anchor's own signature does not verify.
+    """
+    from fedready.audit import verify_log
+
+    log = Path(log)
+    pinned, anchors, strict = key, [], False
+    sources = [m for m in (log.parent / "repository" / "metadata", metadata) if m is not None]
+    for i, folder in enumerate(sources):
+        if i == 0 and not (folder / "root.json").is_file():
+            continue  # not a registry's own log
+        found_key, found = metadata_anchors(folder)
+        pinned = pinned or found_key
+        strict = strict or i == 0  # a copy elsewhere (a device's) may predate the latest writes
+        anchors += found
+    if artifact is not None:
+        if public_key is None:
+            raise ConfigError("public-key", "--artifact needs --public-key, the operator's key that signed it")
+        prov = verify_artifact(artifact, public_key=public_key)
+        if prov.audit is None:
+            raise ConfigError("artifact", f"{artifact} records no audit log head (packaged from a run without one)")
+        anchor = Anchor.from_dict(prov.audit, source=f"the provenance of artifact {prov.version}")
+        pinned = pinned or anchor.key
+        anchors.append(anchor)
+    return verify_log(log, key=pinned, anchors=anchors, strict_tail=strict)
 
 
 def _check_shadow(version: str, min_agreement: float | None, report: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -1,8 +1,12 @@
-"""``fedready edge serve``: HTTP predictions with dynamic micro-batching and a human review queue.
+"""``fedready edge serve``: HTTP predictions with dynamic micro-batching, hardened against hostile clients.
 
-A small asyncio HTTP/1.1 server (keep-alive, JSON bodies). Requests are queued; one batcher
-takes the first waiting request, then keeps collecting until ``max_batch`` rows are waiting or
-``max_wait_ms`` has passed, and runs the encoder and ONNX Runtime once for all of them.
+A small asyncio HTTP/1.1 server (keep-alive, JSON bodies). The event loop only moves bytes:
+parsing and validating a body runs on one worker thread, the model on another. Each request's
+rows are checked before they join a batch, so a bad row refuses its own request (422) and
+nothing else. A batcher collects rows from the waiting requests until ``max_batch`` rows are
+waiting or ``max_wait_ms`` has passed, giving every waiting request an equal share of the batch
+first (a request larger than its share continues in the next batch), and runs the encoder and
+ONNX Runtime once for all of them.
 
 Routes: ``POST /predict`` with one row (a JSON object; answered with one result) or a list of
 rows (answered with ``{"results": [...]}``), ``GET /health``, and ``GET /metrics`` (Prometheus:
@@ -13,6 +17,16 @@ folder (:class:`fedready.monitoring.Recorder`): histograms only, raw rows only w
 A prediction whose probability falls inside the uncertainty band ``[defer_low, defer_high]``
 is answered ``"decision": "deferred"`` and the row is appended to the review queue (JSON lines)
 for a person to decide, instead of the model deciding it.
+
+Notes
+-----
+Limits against hostile clients, each answered with a JSON error naming it: a body over
+``max_body_bytes`` or more than ``max_request_rows`` rows (413), a header block over
+``max_header_bytes`` (431), a request not complete within ``idle_timeout`` seconds (408; an idle
+keep-alive connection is closed after the same time), more than ``max_connections`` open
+connections (503), and every malformed request (400: bad request line, Content-Length, JSON,
+UTF-8, integers beyond Python's digit limit, nesting beyond its recursion limit; 411 for
+chunked bodies; 404/405 for other routes).
 """
 
 from __future__ import annotations
@@ -22,21 +36,28 @@ import contextlib
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedready.errors import ConfigError, FedreadyError
+from fedready.errors import ConfigError, IntegrityError
 from fedready.monitoring import PROFILE_FILE, Metrics, Recorder, load_monitoring_policy
 from fedready.registry._canonical import read_json
 from fedready.registry._edge import EdgeAgent
+from fedready.registry._predict import Predictor, parse_json
 
 __all__ = ["EdgeServer", "ServeConfig"]
 
-_MAX_BODY = 1 << 20
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            411: "Length Required", 413: "Content Too Large", 422: "Unprocessable Content",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}  # fmt: skip
+_INLINE_BODY = 4096  # smaller bodies are parsed on the event loop (a thread hop costs more than the parse)
+_ACTIVE_S = 0.05  # a client that sent a request this recently still takes part in the fair share
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,11 @@ class ServeConfig:
     record_inputs: bool = False  # also keep raw rows (HOME/monitoring/inputs.jsonl); summaries are always kept
     monitor_window: int = 1000  # rows behind the drift gauges of GET /metrics
     gate: Path | None = None  # policy TOML whose [monitoring] table sets the thresholds
+    max_request_rows: int = 1000  # rows in one request; more is answered 413
+    max_body_bytes: int = 1 << 20  # bytes of one request body; more is answered 413
+    max_header_bytes: int = 16 << 10  # request line and headers; more is answered 431
+    idle_timeout: float = 15.0  # seconds a request may take to arrive, and an idle connection may stay open
+    max_connections: int = 512  # open connections; the next one is answered 503 and closed
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -67,6 +93,39 @@ class ServeConfig:
             raise ConfigError("monitor-window", f"must be >= 1 row, got {self.monitor_window}")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in 0..65535, got {self.port}")
+        for name, value, least in (("max-request-rows", self.max_request_rows, 1),
+                                   ("max-body-bytes", self.max_body_bytes, 64),
+                                   ("max-header-bytes", self.max_header_bytes, 256),
+                                   ("max-connections", self.max_connections, 1)):  # fmt: skip
+            if value < least:
+                raise ConfigError(name, f"must be >= {least}, got {value}")
+        if not self.idle_timeout > 0:
+            raise ConfigError("idle-timeout", f"must be > 0 seconds, got {self.idle_timeout}")
+
+
+class _Refused(Exception):
+    """A request answered with an error status (and closed when ``close``)."""
+
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.close = status, message, close
+
+
+@dataclass(eq=False)
+class _Request:
+    """One validated /predict request waiting for (part of) a batch."""
+
+    rows: list[Mapping[str, Any]]
+    cols: dict[str, list[str]]
+    predictor: Predictor
+    future: asyncio.Future
+    client: int = 0  # the connection it came on
+    taken: int = 0  # rows handed to batches so far
+    answered: int = 0
+    results: list[dict[str, Any] | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.rows)
 
 
 class EdgeServer:
@@ -78,7 +137,7 @@ class EdgeServer:
         The device folder; the model is reloaded when ``edge update`` or ``edge rollback``
         switches the active version.
     config : ServeConfig
-        Batching, uncertainty band and address.
+        Batching, limits, uncertainty band and address.
     """
 
     def __init__(self, home: Path, config: ServeConfig) -> None:
@@ -91,12 +150,18 @@ class EdgeServer:
         self.metrics = Metrics()
         self.policy = load_monitoring_policy(config.gate)
         self._load()
-        self._queue: asyncio.Queue[tuple[list[Mapping[str, Any]], asyncio.Future]] | None = None
+        self._pending: deque[_Request] = deque()
+        self._seen: dict[int, float] = {}  # connection -> loop time of its last request: who is active
+        self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
+        self._parse_pool = ThreadPoolExecutor(1, thread_name_prefix="fedready-parse")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="fedready-infer")
+        self.connections = 0
         self.url = ""
         self.batch_sizes: Counter[int] = Counter()  # rows per model call -> calls (see GET /health)
+        self.refused: Counter[int] = Counter()  # status -> requests answered with that error
 
     def _load(self) -> None:
         self.predictor = self.agent.predictor()
@@ -108,9 +173,124 @@ class EdgeServer:
         if self._state_file.stat().st_mtime_ns != self._stamp:
             self._load()  # device.json only changes after a verified swap
 
-    # -- batching -------------------------------------------------------------------------
-    def _decide(self, rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        results = self.predictor.predict(rows)
+    # -- parsing (parse thread, or the loop for small bodies) -------------------------------
+    def _parse(self, body: bytes) -> tuple[bool, list[Mapping[str, Any]], dict[str, list[str]], Predictor]:
+        try:
+            payload = parse_json(body, what="the body")
+        except ConfigError as e:
+            raise _Refused(400, str(e).removeprefix("input: ")) from None
+        single = isinstance(payload, dict)
+        rows = [payload] if single else payload
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            raise _Refused(400, "send one row (a JSON object) or a non-empty list of rows (JSON objects)")
+        if len(rows) > self.config.max_request_rows:
+            raise _Refused(413, f"{len(rows)} rows in one request; the limit is {self.config.max_request_rows} "
+                                "(--max-request-rows): split it")  # fmt: skip
+        predictor = self.predictor
+        try:
+            cols = predictor.check_rows(rows)
+        except IntegrityError as e:
+            raise _Refused(422, str(e)) from None
+        return single, rows, cols, predictor
+
+    # -- batching ---------------------------------------------------------------------------
+    def _share(self) -> int:
+        """Rows one request may put in the next batch: an equal share among the active clients.
+
+        Active: a connection with a request waiting, or that sent one within the last
+        ``_ACTIVE_S`` seconds (a keep-alive client between two requests still counts), so a large
+        request cannot take the batches the small ones are about to fill.
+        """
+        now = asyncio.get_running_loop().time()
+        for c in [c for c, t in self._seen.items() if now - t > _ACTIVE_S]:
+            del self._seen[c]
+        active = set(self._seen) | {r.client for r in self._pending}
+        return max(1, self.config.max_batch // max(1, len(active)))
+
+    def _take(self) -> list[tuple[_Request, int, int]]:
+        """Slices of the waiting requests for one batch: at most an equal share of ``max_batch`` each.
+
+        A request with more rows than its share continues in a later batch, behind the others,
+        so one large request cannot crowd the small ones out.
+        """
+        budget = self.config.max_batch
+        share = self._share()
+        spans: list[tuple[_Request, int, int]] = []
+        for r in list(self._pending):
+            n = min(len(r.rows) - r.taken, share, budget)
+            if n <= 0:
+                continue
+            spans.append((r, r.taken, r.taken + n))
+            r.taken += n
+            budget -= n
+            if budget == 0:
+                break
+        served = {id(r) for r, _, _ in spans}
+        rest = [r for r in self._pending if id(r) not in served]
+        partial = [r for r, _, _ in spans if r.taken < len(r.rows)]
+        self._pending = deque(rest + partial)  # a request that got a share and has rows left goes to the back
+        return spans
+
+    def _ready_rows(self) -> int:
+        """Rows the next batch would hold now (each request counted up to its share)."""
+        share = self._share()
+        return sum(min(len(r.rows) - r.taken, share) for r in self._pending)
+
+    async def _batcher(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        wait = self.config.max_wait_ms / 1000
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            deadline = loop.time() + wait
+            while self._ready_rows() < self.config.max_batch:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), left)
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._infer_pool, self._run_batch, batch)
+            except Exception as e:  # noqa: BLE001 -- the requests of this batch get a 500; the server carries on
+                for r, _, _ in batch:
+                    if not r.future.done():
+                        r.future.set_exception(_Refused(500, f"prediction failed ({type(e).__name__}: {e})"))
+                    r.taken = len(r.rows)
+                self._pending = deque(r for r in self._pending if r.taken < len(r.rows))
+                continue
+            i = 0
+            for r, a, b in batch:
+                r.results[a:b] = results[i : i + b - a]
+                i += b - a
+                r.answered += b - a
+                if r.answered == len(r.rows) and not r.future.done():
+                    r.future.set_result(r.results)
+
+    def _run_batch(self, batch: list[tuple[_Request, int, int]]) -> list[dict[str, Any]]:
+        """One model call for the batch (inference thread): decide, record, count."""
+        self._maybe_reload()
+        predictor = self.predictor
+        for r, _, _ in batch:
+            if r.predictor is not predictor:  # the model was swapped after the request was checked
+                r.cols, r.predictor = predictor.check_rows(r.rows), predictor
+        rows = [row for r, a, b in batch for row in r.rows[a:b]]
+        cols = {k: [v for r, a, b in batch for v in r.cols[k][a:b]] for k in batch[0][0].cols}
+        t0 = time.perf_counter()
+        results = predictor.predict_checked(rows, cols)
+        self._defer(rows, results)
+        latency = time.perf_counter() - t0
+        self.metrics.observe(version=predictor.version, rows=len(rows), latency=latency)
+        self.recorder.record(predictor.schema, rows, results, version=predictor.version, latency=latency)
+        self.batch_sizes[len(rows)] += 1
+        return results
+
+    def _defer(self, rows: list[Mapping[str, Any]], results: list[dict[str, Any]]) -> None:
         low, high = self.config.defer_low, self.config.defer_high
         deferred = []
         for row, res in zip(rows, results, strict=True):
@@ -123,125 +303,129 @@ class EdgeServer:
         if deferred:
             with self.review_queue.open("a", encoding="utf-8") as f:
                 f.write("".join(json.dumps(d, sort_keys=True, default=str) + "\n" for d in deferred))
-        return results
 
-    async def _batcher(self) -> None:
-        assert self._queue is not None
+    # -- HTTP -------------------------------------------------------------------------------
+    async def _route(self, method: str, path: str, body: bytes, client: int = 0) -> tuple[int, Any]:
         loop = asyncio.get_running_loop()
-        wait = self.config.max_wait_ms / 1000
-        while True:
-            items = [await self._queue.get()]
-            n = len(items[0][0])
-            deadline = loop.time() + wait
-            while n < self.config.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self._queue.get(), left)
-                    except TimeoutError:
-                        break
-                items.append(item)
-                n += len(item[0])
-            self._run_batch(items)
-
-    def _run_batch(self, items: list[tuple[list[Mapping[str, Any]], asyncio.Future]]) -> None:
-        self._maybe_reload()
-        rows = [r for rs, _ in items for r in rs]
-        self.batch_sizes[len(rows)] += 1
-        t0 = time.perf_counter()
-        try:
-            results = self._decide(rows)
-            latency = time.perf_counter() - t0
-            self.metrics.observe(version=self.predictor.version, rows=len(rows), latency=latency)
-            self.recorder.record(self.predictor.schema, rows, results, version=self.predictor.version, latency=latency)
-        except FedreadyError:
-            if len(items) == 1:
-                return items[0][1].set_exception(self._error(items[0][0]))
-            for rs, fut in items:  # one malformed request must not fail its neighbours
-                self._run_batch([(rs, fut)])
-            return
-        i = 0
-        for rs, fut in items:
-            if not fut.done():
-                fut.set_result(results[i : i + len(rs)])
-            i += len(rs)
-
-    def _error(self, rows: list[Mapping[str, Any]]) -> FedreadyError:
-        try:
-            self.predictor.predict(rows)
-        except FedreadyError as e:
-            return e
-        return FedreadyError("prediction failed")
-
-    # -- HTTP -----------------------------------------------------------------------------
-    async def _route(self, method: str, path: str, body: bytes) -> tuple[str, Any]:
-        if method == "GET" and path == "/health":
+        if path == "/health" and method == "GET":
             calls = sum(self.batch_sizes.values())
             rows = sum(k * v for k, v in self.batch_sizes.items())
-            return "200 OK", {"status": "ok", "version": self.predictor.version, "model_calls": calls, "rows": rows}
-        if method == "GET" and path == "/metrics":
+            refused = {str(k): v for k, v in sorted(self.refused.items())}
+            return 200, {"status": "ok", "version": self.predictor.version, "model_calls": calls, "rows": rows,
+                         "connections": self.connections, "refused": refused}  # fmt: skip
+        if path == "/metrics" and method == "GET":
             window = self.recorder.window(self.predictor.version)
-            return "200 OK", self.metrics.render(self.profile, window, self.policy)
-        if method != "POST" or path != "/predict":
-            return "404 Not Found", {"error": "use POST /predict, GET /health or GET /metrics"}
+            return 200, await loop.run_in_executor(self._parse_pool, self.metrics.render, self.profile, window,
+                                                   self.policy)  # fmt: skip
+        if path not in ("/predict", "/health", "/metrics"):
+            raise _Refused(404, f"no route {path[:100]!r}; use POST /predict, GET /health or GET /metrics")
+        if path != "/predict" or method != "POST":
+            raise _Refused(405, f"{method[:20]} {path} is not served; use POST /predict, GET /health or GET /metrics")
+        if len(body) <= _INLINE_BODY:
+            single, rows, cols, predictor = self._parse(body)
+        else:
+            single, rows, cols, predictor = await loop.run_in_executor(self._parse_pool, self._parse, body)
+        assert self._wake is not None
+        request = _Request(rows, cols, predictor, loop.create_future(), client)
+        self._seen[client] = loop.time()
+        self._pending.append(request)
+        self._wake.set()
+        results = await request.future
+        return 200, results[0] if single else {"results": results}
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes, bool]:
+        """Read one request: method, path, headers, body, keep-alive; :class:`_Refused` for anything malformed."""
         try:
-            payload = json.loads(body)
-        except json.JSONDecodeError as e:
-            return "400 Bad Request", {"error": f"body is not JSON ({e})"}
-        single = isinstance(payload, dict)
-        rows = [payload] if single else payload
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-            return "400 Bad Request", {"error": "send one row (a JSON object) or a non-empty list of rows"}
-        assert self._queue is not None
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((rows, fut))
-        try:
-            results = await fut
-        except FedreadyError as e:
-            return "422 Unprocessable Entity", {"error": str(e)}
-        return "200 OK", results[0] if single else {"results": results}
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise _Refused(431, f"request line and headers exceed {self.config.max_header_bytes} bytes "
+                                "(--max-header-bytes)", close=True) from None  # fmt: skip
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
+            raise _Refused(400, "malformed request line; expected 'METHOD /path HTTP/1.1'", close=True)
+        headers: dict[str, str] = {}
+        for h in lines[1:]:
+            name, sep, value = h.partition(":")
+            if not sep or not name.strip() or name != name.strip():
+                raise _Refused(400, f"malformed header line {h[:60]!r}", close=True)
+            key = name.lower()
+            if key in headers and key == "content-length" and headers[key] != value.strip():
+                raise _Refused(400, "conflicting Content-Length headers", close=True)
+            headers[key] = value.strip()
+        if "transfer-encoding" in headers:
+            raise _Refused(411, "chunked or encoded bodies are not supported; send Content-Length", close=True)
+        raw_length = headers.get("content-length", "0") or "0"
+        if not raw_length.isdigit() or len(raw_length) > 12:
+            raise _Refused(400, f"Content-Length must be a non-negative integer, got {raw_length[:20]!r}", close=True)
+        length = int(raw_length)
+        if length > self.config.max_body_bytes:
+            raise _Refused(413, f"body of {length} bytes; the limit is {self.config.max_body_bytes} "
+                                "(--max-body-bytes): send fewer rows per request", close=True)  # fmt: skip
+        body = await reader.readexactly(length) if length else b""
+        keep = headers.get("connection", "").lower() != "close" and parts[2] == "HTTP/1.1"
+        return parts[0], parts[1].split("?", 1)[0], headers, body, keep
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
+            if self.connections > self.config.max_connections:
+                self.refused[503] += 1
+                await self._respond(writer, 503, {"error": f"{self.connections - 1} connections are open, the limit "
+                                                           f"is {self.config.max_connections} (--max-connections); "
+                                                           "retry later"}, keep=False)  # fmt: skip
+                return
+            timeout = self.config.idle_timeout
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    async with asyncio.timeout(timeout):  # cheaper than wait_for: no task per request
+                        method, path, _, body, keep = await self._read_request(reader)
+                except _Refused as e:
+                    self.refused[e.status] += 1
+                    await self._respond(writer, e.status, {"error": e.message}, keep=False)
                     return
-                lines = head.decode("latin-1").split("\r\n")
-                parts = lines[0].split(" ")
-                headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
-                length = int(headers.get("content-length", "0") or 0)
-                if len(parts) != 3 or length > _MAX_BODY:
-                    status, payload = "400 Bad Request", {"error": "malformed request or body over 1 MB"}
-                    body, keep = b"", False
-                else:
-                    body = await reader.readexactly(length) if length else b""
-                    status, payload = await self._route(parts[0], parts[1], body)
-                    keep = headers.get("connection", "").lower() != "close" and parts[2] == "HTTP/1.1"
-                if isinstance(payload, bytes):
-                    data, kind = payload, _PROMETHEUS_TEXT
-                else:
-                    data, kind = json.dumps(payload, sort_keys=True).encode(), "application/json"
-                close = "" if keep else "Connection: close\r\n"
-                head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(data)}\r\n"
-                writer.write(f"{head}{close}\r\n".encode() + data)
-                await writer.drain()
-                if not keep:
+                except TimeoutError:
+                    if not reader.at_eof():
+                        self.refused[408] += 1
+                        why = f"no complete request within {timeout:g} s (--idle-timeout); connection closed"
+                        await self._respond(writer, 408, {"error": why}, keep=False)
                     return
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            return
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # the client went away mid-request: nobody to answer
+                try:
+                    status, payload = await self._route(method, path, body, id(writer))
+                except _Refused as e:
+                    self.refused[e.status] += 1
+                    status, payload, keep = e.status, {"error": e.message}, keep and not e.close
+                if not await self._respond(writer, status, payload, keep=keep) or not keep:
+                    return
         finally:
+            self.connections -= 1
             writer.close()
 
+    async def _respond(self, writer: asyncio.StreamWriter, status: int, payload: Any, *, keep: bool) -> bool:
+        """Write one response; False if the client cannot take it (then the connection is dropped)."""
+        if isinstance(payload, bytes):
+            data, kind = payload, _PROMETHEUS_TEXT
+        else:
+            data, kind = json.dumps(payload, sort_keys=True).encode(), "application/json"
+        close = "" if keep else "Connection: close\r\n"
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(data)}\r\n")  # fmt: skip
+        try:
+            writer.write(f"{head}{close}\r\n".encode() + data)
+            if writer.transport.get_write_buffer_size():  # the client is not reading: wait, but not for ever
+                async with asyncio.timeout(self.config.idle_timeout):
+                    await writer.drain()
+        except (ConnectionError, TimeoutError):
+            return False
+        return True
+
     async def _start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._wake = asyncio.Event()
         self._batch_task = asyncio.create_task(self._batcher())
-        self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port, backlog=512)
+        self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port, backlog=512,
+                                                  limit=self.config.max_header_bytes)  # fmt: skip
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://{self.config.host}:{port}"
 
@@ -255,8 +439,11 @@ class EdgeServer:
             assert self._server is not None
             await self._server.serve_forever()
 
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(main())
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(main())
+        finally:
+            self._shutdown_pools()
 
     def start(self) -> str:
         """Serve from a background thread; return the base URL (for tests and benchmarks)."""
@@ -287,3 +474,8 @@ class EdgeServer:
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._shutdown_pools()
+
+    def _shutdown_pools(self) -> None:
+        self._parse_pool.shutdown(wait=False, cancel_futures=True)
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)

@@ -43,6 +43,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedready import constants as K
+from fedready.audit import AuditLog
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
 from fedready.federation import task_of
@@ -58,7 +59,6 @@ from fedready.server.app import (
     new_ledger,
     write_summary,
 )
-from fedready.server.audit import AuditLog
 from fedready.server.client_dp import ClientLevelDP
 from fedready.server.strategies import client_sample_rate, sampled_clients
 

@@ -111,3 +111,18 @@ def binary_task(tmp_path_factory):
 def multiclass_task(tmp_path_factory):
     """A synthetic three-class task (integer classes 0, 1, 2; sensitive attribute ``group``)."""
     return write_task(tmp_path_factory.mktemp("multiclass-task"), classes=3)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """One short ``fedready pipeline`` (2 rounds of the default MLP), shared by the slow tests that need it.
+
+    Returns (out folder, the CLI arguments, the first run's result).
+    """
+    from typer.testing import CliRunner
+
+    from fedready.cli import app
+
+    out = tmp_path_factory.mktemp("pipeline")
+    args = ["pipeline", "--out", str(out), "--model", "mlp", "--rounds", "2", "--json"]
+    return out, args, CliRunner().invoke(app, args)

@@ -62,7 +62,12 @@ def _read_input(input: Path | None) -> str:
     import sys
 
     if input is None or str(input) == "-":
-        return sys.stdin.read()
-    if not input.is_file():
+        data = sys.stdin.buffer.read()
+    elif not input.is_file():
         raise ConfigError("input", f"{input} does not exist")
-    return input.read_text(encoding="utf-8")
+    else:
+        data = input.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError("input", f"{input or 'stdin'} is not UTF-8 text ({e.reason} at byte {e.start})") from None

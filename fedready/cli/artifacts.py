@@ -38,12 +38,20 @@ def package(
     parent_version: Annotated[
         str | None, typer.Option(help="Version this model replaces (recorded in provenance).")
     ] = None,
+    unknown_group: Annotated[
+        str | None,
+        typer.Option(
+            help="Rows whose sensitive value the fairness rule does not know: refuse (default), "
+            "no-post-processing or group:NAME (signed into thresholds.json)."
+        ),
+    ] = None,
 ) -> None:
     """Write a signed, versioned artifact (ONNX model, schema, provenance, reports) for a run."""
     from fedready.registry import package_run
 
     with _errors():
-        path, new = package_run(run, key=key, version=version, out=out, parent_version=parent_version)
+        path, new = package_run(run, key=key, version=version, out=out, parent_version=parent_version,
+                                unknown_group=unknown_group)  # fmt: skip
     err.print(f"{'packaged' if new else 'already packaged, unchanged'}: {path}")
     typer.echo(str(path))
 
@@ -160,20 +168,48 @@ def registry_auto_rollback(
     alerts: Annotated[
         Path, typer.Option(help="Alert JSON lines from `fedready monitor` (devices' files concatenated).")
     ],
-    min_alerts: Annotated[int, typer.Option(help="Breaches of the current version needed to roll back.")] = 1,
+    min_devices: Annotated[
+        int, typer.Option(help="Distinct devices that must report a breach of the current version.")
+    ] = 3,
+    min_share: Annotated[
+        float, typer.Option(help="... or this share of the channel's devices (needs --fleet-size), if larger.")
+    ] = 0.1,
+    fleet_size: Annotated[
+        int | None, typer.Option(help="Devices following this registry (the canary's share of them is its cohort).")
+    ] = None,
     approver: Annotated[str, typer.Option(help="Recorded as the rollback's approver.")] = "fedready auto-rollback",
 ) -> None:
-    """Roll a channel back when its devices' alerts show a breach of the version it serves (for cron or CI).
+    """Roll a channel back when enough distinct devices report a breach of the version it serves (for cron or CI).
 
-    Prints one JSON object with the decision; exit code 0 whether or not it rolled back.
+    Each device counts once however many alerts it raised. Prints one JSON object with the decision;
+    exit code 0 whether or not it rolled back.
     """
     from fedready.registry import Registry
 
     with _errors():
-        result = Registry(path).auto_rollback(channel=channel, alerts=alerts, min_alerts=min_alerts, approver=approver)
+        result = Registry(path).auto_rollback(channel=channel, alerts=alerts, min_devices=min_devices,
+                                              min_share=min_share, fleet_size=fleet_size, approver=approver)  # fmt: skip
     _echo_json(result)
     if result["rolled_back"]:
-        err.print(f"{channel}: {result['replaced']} -> {result['version']} ({result['breaches']} breach(es))")
+        err.print(f"{channel}: {result['replaced']} -> {result['version']} ({result['devices']} device(s), "
+                  f"{result['breaches']} breach(es))")  # fmt: skip
+    elif result.get("breaches"):
+        err.print(f"{channel}: {result['devices']} device(s) reported breaches, {result['needed']} needed; no rollback")
+
+
+@registry_app.command("rollout")
+def registry_rollout(
+    path: RegistryPath,
+    percent: Annotated[float, typer.Argument(help="Share of devices (0-100] that take the canary.")],
+    approver: Annotated[str, typer.Option(help="Who approved the change (recorded).")],
+    channel: Annotated[str, typer.Option(help="The channel whose rollout changes.")] = "canary",
+) -> None:
+    """Widen or narrow a canary's rollout, keeping its version (refused while the canary is paused)."""
+    from fedready.registry import Registry
+
+    with _errors():
+        doc = Registry(path).set_rollout(channel=channel, rollout_percent=percent, approver=approver)
+    err.print(f"{channel} {doc.version}: rollout {doc.rollout_percent:g}%")
 
 
 @registry_app.command("refresh")
@@ -219,8 +255,19 @@ def registry_status(
             continue
         flag = "  PAST REVIEW DATE" if ch["past_review"] else ""
         forced = f"  forced: {ch['reason']}" if ch["forced"] else ""
+        forced += f"  PAUSED: {ch['paused_reason']}" if ch.get("paused") else ""
         typer.echo(f"{name}: {ch['version']} rollout {ch['rollout_percent']:g}% approved by {ch['approver']} "
                    f"review by {ch['review_by']}{flag}{forced}")  # fmt: skip
+    devices = status.get("devices")
+    if devices is not None:
+        state = {"live": "live", "paused": "PAUSED", "behind-stable": "behind stable: a later stable change wins",
+                 "none": "none"}[devices["canary_state"]]  # fmt: skip
+        outside, inside = devices["stable_outside_cohort"], devices["stable_inside_cohort"]
+        groups = [f"stable outside the cohort -> {outside}"] if outside else []
+        if inside:
+            groups.append(f"stable inside the {devices['cohort_percent']:g}% cohort -> {inside}")
+        groups.append(f"canary devices -> {devices['canary_devices']}")
+        typer.echo(f"devices: {'; '.join(groups)} (canary {state})")
     typer.echo(f"published: {', '.join(status['versions']) or 'none'}")
     for role, md in status["metadata"].items():
         typer.echo(f"{role}.json v{md['version']} expires {md['expires']}{'  EXPIRED' if md['expired'] else ''}")

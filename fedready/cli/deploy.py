@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from fedready.cli._common import _errors, app, err
-from fedready.errors import ConfigError
+from fedready.cli._common import _echo_json, _errors, app, err
 
-audit_app = typer.Typer(no_args_is_help=True, help="Hash-chained audit logs (server and clients).")
+audit_app = typer.Typer(no_args_is_help=True, help="Signed, hash-chained audit logs (runs, clients, registries).")
 app.add_typer(audit_app, name="audit")
 contract_app = typer.Typer(no_args_is_help=True, help="Data contracts: check a local CSV before it trains.")
 app.add_typer(contract_app, name="contract")
@@ -32,31 +32,58 @@ def certs(
         typer.echo(f"{priv} {pub}")
 
 
-def verify_audit_log(log: Path) -> int:
-    """Check an audit log's hash chain; return its number of lines.
+def verify_audit_log(log: Path, **anchors: Any) -> Any:
+    """Check an audit log's chain, signatures and anchors (see :func:`fedready.registry.verify_anchored_log`).
+
+    Returns the :class:`fedready.audit.AuditReport`.
 
     Raises
     ------
     IntegrityError
-        Naming the first line whose ``prev`` digest does not match (edited, removed or reordered lines).
+        Naming every finding (edited, removed, forged or re-signed lines, a log cut short or emptied).
     """
     from fedready.errors import IntegrityError
-    from fedready.server.audit import verify_chain
+    from fedready.registry._registry import verify_anchored_log
 
-    if not log.is_file():
-        raise ConfigError("log", f"file {log} does not exist")
-    ok, bad = verify_chain(log)
-    if not ok:
-        raise IntegrityError(f"{log}: hash chain broken at line {bad} (that line or the one before it was changed)")
-    return len(log.read_text(encoding="utf-8").splitlines())
+    report = verify_anchored_log(log, **anchors)
+    if not report.ok:
+        for f in report.findings:
+            err.print(f"FOUND {f.kind}" + (f" at line {f.line}" if f.line else "") + f": {escape(f.message)}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        kinds = ", ".join(dict.fromkeys(f.kind for f in report.findings))
+        raise IntegrityError(f"{log}: {len(report.findings)} finding(s) ({kinds}); the log was changed after it "
+                             "was written")  # fmt: skip
+    return report
 
 
 @audit_app.command("verify")
-def audit_verify(log: Annotated[Path, typer.Argument(help="An audit.jsonl file.")]) -> None:
-    """Check the hash chain of an audit log (exit 1 naming the first broken line)."""
+def audit_verify(
+    log: Annotated[Path, typer.Argument(help="An audit.jsonl file (a run's, a client's or a registry's).")],
+    artifact: Annotated[
+        Path | None, typer.Option(help="An artifact of this run: its provenance anchors the run's log.")
+    ] = None,
+    public_key: Annotated[Path | None, typer.Option(help="Operator public key that signed --artifact.")] = None,
+    metadata: Annotated[
+        Path | None, typer.Option(help="Another copy of the registry's TUF metadata (e.g. a device's HOME/tuf).")
+    ] = None,
+    audit_key: Annotated[
+        str | None, typer.Option(help="The log's Ed25519 public key (base64), if kept elsewhere.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Check an audit log: hash chain, the signature of every entry, and the heads anchored in signed documents.
+
+    A registry's log is checked against its TUF metadata automatically. Exit 1 naming each finding.
+    """
     with _errors():
-        n = verify_audit_log(log)
-    err.print(f"{log}: {n} entries, chain intact")
+        report = verify_audit_log(log, key=audit_key, metadata=metadata, artifact=artifact, public_key=public_key)
+    if json_out:
+        _echo_json(report.to_dict())
+    anchored = ", ".join(f"{a.lines} line(s) in {a.source}" for a in report.anchors) or "none"
+    err.print(f"{log}: {report.lines} entries, chain and signatures intact (key {report.key_source}); "
+              f"anchored: {anchored}", highlight=False, soft_wrap=True)  # fmt: skip
+    for note in report.notes:
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
 @contract_app.command("check")

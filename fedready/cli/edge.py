@@ -23,13 +23,14 @@ def edge_update(
     channel: Annotated[str, typer.Option(help="Channel to follow.")] = "stable",
     root: Annotated[Path | None, typer.Option(help="Trusted TUF root.json (first update only).")] = None,
     public_key: Annotated[Path | None, typer.Option(help="Operator signing public key (first update only).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds the registry may stall between bytes.")] = 30.0,
 ) -> None:
     """Fetch, verify (TUF, then model signature) and atomically activate the channel's model."""
     from fedready.registry import EdgeAgent
 
     with _errors():
         res = EdgeAgent(home).update(repo=repo, channel=channel, device_id=device_id, root=root,
-                                     public_key=public_key)  # fmt: skip
+                                     public_key=public_key, timeout=timeout)  # fmt: skip
     if res.changed:
         err.print(f"updated {res.previous or '(none)'} -> {res.version} from {res.channel}")
     else:
@@ -74,7 +75,7 @@ def edge_status(home: Home) -> None:
 
 @edge_app.command("rollback")
 def edge_rollback(home: Home) -> None:
-    """Make the previous model active again."""
+    """Make the previous model active again, after checking its files and signature as an update would."""
     from fedready.registry import EdgeAgent
 
     with _errors():
@@ -111,13 +112,26 @@ def edge_serve(
     record_inputs: Annotated[bool, typer.Option(help="Also keep raw rows in HOME/monitoring/inputs.jsonl.")] = False,
     monitor_window: Annotated[int, typer.Option(help="Newest rows behind the drift gauges of GET /metrics.")] = 1000,
     gate: Annotated[Path | None, typer.Option(help="Policy TOML whose [monitoring] table sets the thresholds.")] = None,
+    max_request_rows: Annotated[int, typer.Option(help="Rows in one request; more is answered 413.")] = 1000,
+    max_body_bytes: Annotated[int, typer.Option(help="Bytes of one request body; more is answered 413.")] = 1 << 20,
+    max_header_bytes: Annotated[int, typer.Option(help="Bytes of request line and headers; more: 431.")] = 16 << 10,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Seconds a request may take to arrive and an idle connection may stay open.")
+    ] = 15.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections; the next one is answered 503.")] = 512,
 ) -> None:
-    """Serve the active model over HTTP (POST /predict, GET /metrics) with dynamic micro-batching."""
+    """Serve the active model over HTTP (POST /predict, GET /metrics) with dynamic micro-batching.
+
+    Hardened for untrusted clients: per-request row and byte limits (413), header limit (431), idle timeout (408),
+    connection cap (503), a JSON error naming the problem for every malformed request.
+    """
     from fedready.registry import EdgeServer, ServeConfig
 
     with _errors():
         cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, defer_low=defer_low,
                           defer_high=defer_high, review_queue=review_queue, record_inputs=record_inputs,
-                          monitor_window=monitor_window, gate=gate)  # fmt: skip
+                          monitor_window=monitor_window, gate=gate, max_request_rows=max_request_rows,
+                          max_body_bytes=max_body_bytes, max_header_bytes=max_header_bytes, idle_timeout=idle_timeout,
+                          max_connections=max_connections)  # fmt: skip
         server = EdgeServer(home, cfg)
     server.serve_forever(on_ready=lambda url: err.print(f"serving {server.predictor.version} on {url}/predict"))

@@ -10,9 +10,8 @@ from fedready.cli import app
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_runs_end_to_end_and_reruns_without_redoing_the_training(tmp_path):
-    args = ["pipeline", "--out", str(tmp_path), "--model", "mlp", "--rounds", "2", "--json"]
-    first = CliRunner().invoke(app, args)
+def test_pipeline_runs_end_to_end_and_reruns_without_redoing_the_training(pipeline_run):
+    tmp_path, args, first = pipeline_run  # shared with tests/security (the pipeline's device)
     assert first.exit_code == 0, first.output
     res = json.loads(first.stdout)
     assert res["train"]["epsilon"] <= 1.0 + 1e-9

@@ -134,3 +134,21 @@ def fleet(tmp_path, artifact, artifact_v2, keys):
     assert device.state()["active"] == "1.0.0"
     yield reg, server, device
     server.stop()
+
+
+@pytest.fixture
+def serve(device):
+    """Start ``edge serve`` (in a thread) on the test's ``device`` with the given options; stopped afterwards."""
+    from fedready.registry import EdgeServer, ServeConfig
+
+    servers = []
+
+    def start(**kw):
+        server = EdgeServer(device.home, ServeConfig(port=0, **kw))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()

@@ -135,7 +135,8 @@ def test_canary_breach_rolls_back_through_registry_and_edge_agent(fleet, keys, t
         ]
         is False
     )
-    decision = json.loads(_cli("registry", "auto-rollback", reg.path, "--channel", "canary", "--alerts", alerts))
+    decision = json.loads(_cli("registry", "auto-rollback", reg.path, "--channel", "canary", "--alerts", alerts,
+                               "--min-devices", 1))  # one canary device in this test; the default is 3  # fmt: skip
     assert (decision["rolled_back"], decision["replaced"], decision["version"]) == (True, "2.0.0", "1.0.0")
     assert reg.channel("canary").version == "1.0.0" and reg.channel("stable").version == "1.0.0"
     audit = [json.loads(x) for x in (reg.path / "audit.jsonl").read_text().splitlines()]
@@ -143,9 +144,9 @@ def test_canary_breach_rolls_back_through_registry_and_edge_agent(fleet, keys, t
     assert audit[-1]["breaches"] == decision["breaches"] and "feature-drift:age" in audit[-1]["kinds"]
     # the same alerts again: nothing to do (they name the version already rolled back)
     assert (
-        json.loads(_cli("registry", "auto-rollback", reg.path, "--channel", "canary", "--alerts", alerts))[
-            "rolled_back"
-        ]
+        json.loads(
+            _cli("registry", "auto-rollback", reg.path, "--channel", "canary", "--alerts", alerts, "--min-devices", 1)
+        )["rolled_back"]
         is False
     )
     res = canary.update(**update)

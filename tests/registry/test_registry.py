@@ -9,9 +9,9 @@ import shutil
 import pytest
 from tuf.api.metadata import Metadata
 
+from fedready.audit import verify_chain
 from fedready.errors import ConfigError, IntegrityError
 from fedready.registry import DEFAULT_EXPIRY, Registry, in_canary
-from fedready.server.audit import verify_chain
 
 
 @pytest.fixture

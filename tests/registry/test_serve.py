@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fedready.errors import ConfigError
-from fedready.registry import EdgeAgent, EdgeServer, ServeConfig
+from fedready.registry import EdgeAgent, ServeConfig
 from tests.registry.test_edge_attacks import ROW
 
 
@@ -28,21 +28,6 @@ def device(tmp_path, artifact_v2, keys):
     agent = EdgeAgent(tmp_path / "device")
     agent.install(artifact_v2, public_key=keys["operator"][1])
     return agent
-
-
-@pytest.fixture
-def serve(device):
-    servers = []
-
-    def start(**kw):
-        server = EdgeServer(device.home, ServeConfig(port=0, **kw))
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def _rows(n):

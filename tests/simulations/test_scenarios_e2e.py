@@ -10,8 +10,8 @@ import tempfile
 import pytest
 
 from fedready import constants as K
+from fedready.audit import verify_chain
 from fedready.privacy.ledger import Ledger
-from fedready.server.audit import verify_chain
 
 pytestmark = pytest.mark.slow
 
