@@ -132,10 +132,15 @@ def run_pipeline(
     fresh = not (reg_dir / "repository" / "metadata" / "root.json").exists()
     reg = Registry.init(reg_dir, actor="pipeline") if fresh else Registry(reg_dir)
     reg.publish(artifact, public_key=pub, actor="pipeline")
-    ok = prov.evaluation == "passed"
-    why = None if ok else "pipeline demo: no variant passed the default gates"
+    ok, private = prov.evaluation == "passed", summary.get("private") is True
+    overridden = [*([] if ok else ["no variant passed the default gates"]),
+                  *([] if private else ["the run is not private (see its caveats)"])]  # fmt: skip
+    why = f"pipeline demo: {'; '.join(overridden)}" if overridden else None
+    if not private:
+        say("    NOT PRIVATE: promoted with --allow-not-private (recorded in the registry's audit log)")
     for channel in ("canary", "stable"):
-        reg.promote(version, channel=channel, approver="pipeline", rollout_percent=100.0, force=not ok, reason=why)
+        reg.promote(version, channel=channel, approver="pipeline", rollout_percent=100.0, force=not ok, reason=why,
+                    allow_not_private=not private)  # fmt: skip
     say(f"    canary and stable -> {version}; serve {reg.repo} from any static host")
 
     say("6/6 device: edge update over HTTP (TUF + signature checks), predict raw rows")

@@ -194,10 +194,20 @@ def _selected_onnx(run: Path) -> tuple[Path | None, dict[str, Any]]:
     raise IntegrityError(f"{report} names a selected variant but no ONNX file for it was found in {report.parent}")
 
 
-def _ledger_summary(run: Path) -> dict[str, Any]:
+_PRIVACY_STAMP = ("private", "insecure_seeded_noise", "caveats", "epsilon_parts")  # whether the epsilon is a guarantee
+
+
+def _ledger_summary(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """``ledger_summary.json``: the run's epsilon and what it means, signed with the model.
+
+    ``private``, ``insecure_seeded_noise``, ``caveats`` and ``epsilon_parts`` come from the ledger
+    (format 2), else from the run's ``summary.json`` (``summary``); ``registry promote`` refuses an artifact
+    whose ``private`` is not true (a ``--insecure-seeded-noise`` or non-DP run).
+    """
     led = read_json(run / "ledger.json", what="ledger")
-    keys = ("accountant", "delta", "dp", "epsilon", "client_level_epsilon", "clients")
+    keys = ("accountant", "delta", "dp", "epsilon", "client_level_epsilon", "clients", *_PRIVACY_STAMP)
     out = {k: led.get(k) for k in keys if k in led}
+    out |= {k: summary[k] for k in _PRIVACY_STAMP if k not in out and k in summary}
     out["entries"] = len(led.get("entries", []))
     out["declines"] = len(led.get("declines", []))
     return out
@@ -293,7 +303,7 @@ def package_run(
         write_json(staging / CONFIG_FILE, config)
         summary = read_json(run / "summary.json", what="run summary")
         write_json(staging / TRAINING_SUMMARY_FILE, {k: v for k, v in summary.items() if k != "run_dir"})
-        write_json(staging / LEDGER_SUMMARY_FILE, _ledger_summary(run))
+        write_json(staging / LEDGER_SUMMARY_FILE, _ledger_summary(run, summary))
         prov = Provenance(
             version=version,
             run_id=summary.get("run_id", run.name),

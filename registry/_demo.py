@@ -36,8 +36,9 @@ def write_demo_run(run: Path, *, seed: int = 0, hidden: int = 16) -> Path:
     (run / "config.json").write_text(json.dumps({"config": cfg.model_dump()}, sort_keys=True))
     summary = {"run_id": run.name, "model_digest": arrays_digest(arrays), "accuracy": None, "epsilon": None}
     (run / "summary.json").write_text(json.dumps(summary, sort_keys=True))
+    # no release at all (the model saw no data), so nothing voids the guarantee: private, as a ledger states it
     ledger = {"accountant": "rdp", "delta": 1e-5, "dp": True, "epsilon": None, "clients": {}, "entries": [],
-              "declines": []}  # fmt: skip
+              "declines": [], "private": True, "insecure_seeded_noise": False, "caveats": []}  # fmt: skip
     (run / "ledger.json").write_text(json.dumps(ledger, sort_keys=True))
     _write_profile(run, arrays)
     return run

@@ -43,7 +43,13 @@ from typing import Any
 
 from fedready.audit import Anchor, AuditLog
 from fedready.errors import ConfigError, IntegrityError
-from fedready.registry._artifact import PROVENANCE_FILE, SIGNATURE_FILE, Provenance, verify_artifact
+from fedready.registry._artifact import (
+    LEDGER_SUMMARY_FILE,
+    PROVENANCE_FILE,
+    SIGNATURE_FILE,
+    Provenance,
+    verify_artifact,
+)
 from fedready.registry._canonical import artifact_files, canonical_json, check_version, file_sha256, read_json
 from fedready.registry._channels import CANARY, STABLE, canary_state, cohort_versions
 
@@ -237,6 +243,34 @@ class Registry:
             raise ConfigError("version", f"{version} is not published; published: {published}")
         return Provenance.from_dict(read_json(p, what="provenance"))
 
+    def _check_private(self, version: str, *, allow_not_private: bool) -> bool | None:
+        """The version's signed ``private`` stamp (``ledger_summary.json``); refuse ``False`` or none unless allowed.
+
+        Raises
+        ------
+        ConfigError
+            Naming the field and why the model is not private, unless ``allow_not_private``.
+        """
+        p = self.targets_dir / artifact_target(version, LEDGER_SUMMARY_FILE)
+        ledger = read_json(p, what="ledger summary") if p.exists() else {}
+        led = ledger if isinstance(ledger, dict) else {}
+        private = led.get("private")
+        if private is True or allow_not_private:
+            return private if isinstance(private, bool) else None
+        if led.get("insecure_seeded_noise"):
+            why = "its DP noise was seeded from the configuration (anyone can recompute it)"
+            fix = "train it again without --insecure-seeded-noise"
+        elif led.get("dp") is False:
+            why, fix = "it was trained without DP", "train it again with DP (drop --no-dp)"
+        elif private is None:
+            why, fix = "an earlier fedready packaged it without the stamp", "package the run again"
+        else:
+            why = "; ".join(map(str, led.get("caveats") or [])) or "its epsilon is no guarantee"
+            fix = "train it again without the releases its caveats name"
+        raise ConfigError("private", f"{version} is not private ({LEDGER_SUMMARY_FILE}: private is "
+                                     f"{json.dumps(private)}: {why}); {fix}, or pass --allow-not-private --reason "
+                                     "'...' to promote it anyway (recorded in the audit log)")  # fmt: skip
+
     def _check_channel(self, name: str) -> None:
         if name not in self.channels:
             raise ConfigError("channel", f"unknown channel '{name}'; expected one of: {', '.join(self.channels)}")
@@ -369,6 +403,7 @@ class Registry:
         reason: str | None = None,
         min_agreement: float | None = None,
         shadow_report: dict[str, Any] | None = None,
+        allow_not_private: bool = False,
     ) -> Channel:
         """Point ``channel`` at ``version``.
 
@@ -381,7 +416,16 @@ class Registry:
         ConfigError
             If the artifact's gates failed or never ran and ``force``/``reason`` are not both
             given, if ``approver`` is empty, the rollout is outside (0, 100], or the shadow
-            agreement is missing, about another version, or below ``min_agreement``.
+            agreement is missing, about another version, or below ``min_agreement``; or if the
+            artifact's signed ``ledger_summary.json`` does not say ``private: true`` (a run with
+            ``--insecure-seeded-noise``, without DP, or with a release outside the guarantee) and
+            ``allow_not_private``/``reason`` are not both given (``force`` does not lift it).
+
+        Notes
+        -----
+        Seeded noise can be recomputed by anyone who knows the configuration (tests/security/
+        test_dp_noise_reconstruction.py), so such a model's epsilon guarantees nothing: it reaches
+        a device only on an explicit, recorded decision.
         """
         self._check_channel(channel)
         shadow = _check_shadow(version, min_agreement, shadow_report)
@@ -391,7 +435,11 @@ class Registry:
             raise ConfigError("rollout", f"must be in (0, 100], got {rollout_percent}")
         if force and not (reason and reason.strip()):
             raise ConfigError("reason", "--force needs --reason explaining why the gates are overridden")
+        if allow_not_private and not (reason and reason.strip()):
+            raise ConfigError("reason", "--allow-not-private needs --reason explaining why a model without a "
+                                        "privacy guarantee ships")  # fmt: skip
         prov = self.provenance(version)
+        private = self._check_private(version, allow_not_private=allow_not_private)
         if not prov.gates_passed and not force:
             why = "failed its evaluation gates" if prov.evaluation == "failed" else "has no evaluation (gates not run)"
             raise ConfigError("version", f"{version} {why}; run `fedready evaluate` and package again, or pass "
@@ -405,12 +453,14 @@ class Registry:
         files = self._files(version)
         doc = Channel(channel=channel, version=version, files=files, rollout_percent=float(rollout_percent),
                       approver=approver, review_by=review.isoformat(), promoted_at=_now().isoformat(),
-                      forced=bool(force and not prov.gates_passed), reason=reason if force else None,
+                      forced=bool(force and not prov.gates_passed),
+                      reason=reason if force or allow_not_private else None,
                       gates=prov.evaluation, previous=previous[-10:], serial=self._next_serial())  # fmt: skip
         self._commit({channel_target(channel): canonical_json(doc.to_dict()).encode()}, event="promote",
                      channel=channel, version=version, approver=approver, rollout=rollout_percent,
                      review_by=doc.review_by, forced=doc.forced, reason=doc.reason, gates=prov.evaluation,
-                     replaced=None if current is None else current.version, shadow=shadow)  # fmt: skip
+                     replaced=None if current is None else current.version, shadow=shadow, private=private,
+                     allow_not_private=allow_not_private)  # fmt: skip
         return doc
 
     def _next_serial(self) -> int:

@@ -116,13 +116,19 @@ def registry_promote(
         str | None, typer.Option(help="ISO date the model must be reviewed by. [default: +90 days]")
     ] = None,
     force: Annotated[bool, typer.Option(help="Promote although gates failed or never ran (needs --reason).")] = False,
-    reason: Annotated[str | None, typer.Option(help="Why --force is justified (recorded).")] = None,
+    allow_not_private: Annotated[
+        bool, typer.Option(help="Promote a model whose ledger says it is not private (needs --reason; recorded).")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="Why --force or --allow-not-private is justified (recorded).")
+    ] = None,
     min_agreement: Annotated[
         float | None, typer.Option(help="Refuse unless the shadow report shows at least this agreement (0-1).")
     ] = None,
     shadow_report: Annotated[Path | None, typer.Option(help="JSON written by `fedready shadow --out`.")] = None,
 ) -> None:
-    """Point a channel at a version; refuses failed or unrun gates without --force --reason."""
+    """Point a channel at a version; refuses failed or unrun gates without --force --reason, and a model that is
+    not private (--insecure-seeded-noise, --no-dp) without --allow-not-private --reason."""
     import datetime as dt
 
     from fedready.registry import Registry
@@ -140,7 +146,7 @@ def registry_promote(
         report = read_json(shadow_report, what="shadow report") if shadow_report is not None else None
         doc = Registry(path).promote(version, channel=channel, approver=approver, rollout_percent=rollout,
                                      review_by=review, force=force, reason=reason, min_agreement=min_agreement,
-                                     shadow_report=report)  # fmt: skip
+                                     shadow_report=report, allow_not_private=allow_not_private)  # fmt: skip
     forced = f" FORCED ({doc.reason})" if doc.forced else ""
     err.print(f"{channel} -> {doc.version} ({doc.rollout_percent:g}%), approved by {doc.approver}, "
               f"review by {doc.review_by}{forced}")  # fmt: skip
