@@ -265,6 +265,15 @@ def handle_query(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     cfg, run_dir = resolve_config(context, overrides)
     pid = int(context.node_config["partition-id"])
     site = site_from_node_config(context.node_config)
+    config = msg.content.config_records.get(K.CONFIG)
+    if config is not None and str(config.get(K.QUERY, "")) == K.QUERY_SCHEMA:
+        # The handshake before round 1: the digest of the schema this client prepared its data with
+        # (public: the schema is the federation's shared declaration). No row is read, so a client
+        # whose data breaks its contract still answers, and then declines each round with the reason.
+        schema = site.schema if site is not None else task_of(cfg).schema
+        return Message(content=RecordDict({K.METRICS: MetricRecord({K.PARTITION_ID: pid}),
+                                           K.CONFIG: ConfigRecord({K.SCHEMA_DIGEST: schema.digest()})}),
+                       reply_to=msg)  # fmt: skip
     local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed) if site is not None else None
     if site is not None and not site.report.ok:  # bad data answers nothing, as it trains nothing
         return _decline(msg, pid, K.CONTRACT_VIOLATION, site.contract_detail())

@@ -380,6 +380,32 @@ def run_simulate(
 
 
 @app.command()
+def status(
+    run: Annotated[Path, typer.Argument(help="a run folder (simulated, or written by flwr run)")],
+    json_out: Annotated[bool, typer.Option("--json", help="print summary.json")] = False,
+) -> None:
+    """A run's outcome from its summary.json: exit 0 completed, 1 failed (for scripts around `flwr run`)."""
+    from fedready.errors import ConfigError
+
+    path = run / "summary.json"
+    if not path.is_file():
+        raise _fail(ConfigError("run", f"{run} holds no summary.json (still running, or not a run folder); "
+                                       "pass the run-dir of a finished run"))  # fmt: skip
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    failed = summary.get("status") == "failed"
+    if json_out:
+        _echo_json(summary)
+    elif failed:
+        err.print(f"failed: {summary.get('reason')}; first client error: {summary.get('first_client_error')} "
+                  f"(see {run}/audit.jsonl)", highlight=False, soft_wrap=True)  # fmt: skip
+    else:
+        eps = f"epsilon {summary['epsilon']:.3f}" if summary.get("dp") else "no sample-level DP"
+        typer.echo(f"completed: {summary.get('rounds_completed')} rounds, accuracy {summary['accuracy']:.4f}, {eps}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def pipeline(
     data: Annotated[
         Path | None, typer.Option(help="Training CSV (header row). [default: the embedded data set]")

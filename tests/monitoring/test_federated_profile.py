@@ -186,3 +186,27 @@ def test_group_counts_and_profile_travel_in_one_message_per_client(cfg, run_dir)
     assert grid.sent == [K.QUERY_GROUP_COUNTS] * 3
     queries = [e for e in Ledger.load(run_dir / "ledger.json").entries if e.level == "query"]
     assert len(queries) == 6 and len({e.round for e in queries}) == 2
+
+
+def test_schema_handshake_answers_the_digest_only_and_refuses_a_mismatch(cfg, run_dir):
+    from flwr.app import ConfigRecord
+
+    from fedready.federation import task_of
+    from fedready.server.app import schema_handshake
+
+    class OneForeignClient(InMemoryGrid):
+        def send_and_receive(self, messages, timeout=None):
+            replies = super().send_and_receive(messages, timeout)
+            replies[-1].content[K.CONFIG] = ConfigRecord({K.SCHEMA_DIGEST: "sha256:" + "0" * 64})
+            return replies
+
+    grid = InMemoryGrid(cfg, run_dir)
+    assert schema_handshake(grid, cfg, run_dir) == []
+    assert grid.sent == [K.QUERY_SCHEMA] * 3
+    digest = task_of(cfg).schema.digest()
+    for reply in grid.replies:  # the public digest and the client's number, nothing about its rows
+        assert dict(reply.content[K.CONFIG]) == {K.SCHEMA_DIGEST: digest}
+        assert dict(reply.content[K.METRICS]).keys() == {K.PARTITION_ID}
+    assert not list(run_dir.glob("*.clients/*/*"))  # nothing charged, no state written
+    (refused,) = schema_handshake(OneForeignClient(cfg, run_dir), cfg, run_dir)
+    assert refused["client"] == "2" and refused["reason"].startswith(K.SCHEMA_MISMATCH)

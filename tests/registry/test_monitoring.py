@@ -184,9 +184,13 @@ def test_a_real_simulation_writes_a_noisy_accounted_profile_that_detects_both_sh
 
     profile = json.loads((sim_run / "reference_profile.json").read_text())
     assert profile["noise"]["mechanism"] == "gaussian" and profile["clients"] == 4  # DP run: noisy by default
+    # each client noised its own counts and charged them to its budget: one query release per client, the
+    # last one composed into that client's epsilon (at most the run's budget)
     led = Ledger.load(sim_run / "ledger.json")
-    (entry,) = [e for e in led.entries if e.level == "profile"]
-    assert entry.epsilon == pytest.approx(profile["noise"]["epsilon"]) and 0.9 < entry.epsilon <= 1.0
+    queries = [e for e in led.entries if e.level == "query"]
+    assert sorted(e.client for e in queries) == ["0", "1", "2", "3"]
+    assert all(e.noise_multiplier == profile["noise"]["noise_multiplier"] and 0.9 < e.epsilon <= 1.0 for e in queries)
+    assert profile["noise"]["client_std"] > 0 and led.epsilon_parts()["query"] > 0
     schema = adult_schema()
     test = load_adult("test")
     n = len(test)
