@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -21,13 +22,19 @@ def sim_artifact(sim_run, keys, tmp_path_factory):
     return path
 
 
-def test_dp_artifact_reproduces_within_the_stated_bounds_not_bit_for_bit(sim_artifact, keys):
+def test_dp_artifact_reproduces_within_the_stated_bounds_not_bit_for_bit(sim_artifact, keys, tmp_path):
+    from fedready.config import make_config
+    from fedready.modelio import load_npz, save_npz
+    from fedready.registry._reproduce import _behaviour
+
     proc = run_cli(
         "reproduce",
         sim_artifact,
         "--public-key",
         keys["operator"][1],
         "--json",
+        "--out",
+        tmp_path,
         "--max-accuracy-gap",
         "0.05",
         "--min-agreement",
@@ -40,16 +47,24 @@ def test_dp_artifact_reproduces_within_the_stated_bounds_not_bit_for_bit(sim_art
     # secret noise: the re-run is a different model, which behaves the same
     assert report["reproduced_digest"] != json.loads((sim_artifact / "provenance.json").read_text())["model_digest"]
     assert report["agreement"] >= 0.85 and report["accuracy_gap"] <= 0.05
-    # bounds nothing can meet are reported as a mismatch (the check can fail)
-    strict = run_cli("reproduce", sim_artifact, "--json", "--min-agreement", "1.0", "--max-accuracy-gap", "0")
-    assert strict.returncode == 1 and not json.loads(strict.stdout)["within_bounds"]
+    # the check can fail: a re-run whose decisions are the opposite (output layer negated) is out of bounds
+    rerun = Path(report["run_dir"])
+    arrays = load_npz((rerun / "model.npz").read_bytes())
+    last = [k for k in arrays if k.endswith("weight")][-1]
+    flipped = {k: (-v if k in (last, last.replace("weight", "bias")) else v) for k, v in arrays.items()}
+    (rerun / "model.npz").write_bytes(save_npz(flipped))
+    cfg = make_config(**json.loads((sim_artifact / "config.json").read_text())["config"])
+    summary = json.loads((rerun / "summary.json").read_text())
+    out = _behaviour(sim_artifact, rerun, cfg, summary, 0.05, 0.85)
+    assert not out["within_bounds"] and out["agreement"] < 0.85
 
 
-def test_insecure_seeded_artifact_reproduces_bit_for_bit(keys, tmp_path):
+def test_insecure_seeded_artifact_reproduces_bit_for_bit(keys, tmp_path, binary_task):
     from fedready.registry import package_run
 
-    proc = run_cli("simulate", *SMALL, "--rounds", "2", "--insecure-seeded-noise", "--out", tmp_path, "--name", "s",
-                   "--json")  # fmt: skip
+    data = ["--data", binary_task["data"], "--schema", binary_task["schema"], "--test", binary_task["test"]]
+    proc = run_cli("simulate", *SMALL, *data, "--rounds", "2", "--insecure-seeded-noise", "--out", tmp_path,
+                   "--name", "s", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "NOT PRIVATE" in json.loads(proc.stdout)["caveats"][0]
     art, _ = package_run(tmp_path / "s", key=keys["operator"][0], version="1.0.0", out=tmp_path / "art")

@@ -53,11 +53,12 @@ def _attack(run: Path, client: int = 0, server_round: int = 2) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, binary_task):
     base = tmp_path_factory.mktemp("recon")
+    task = {k: str(binary_task[k]) for k in ("data", "schema", "test")}  # a small synthetic table
     out = {}
     for name, extra in (("secret-a", {}), ("secret-b", {}), ("seeded", {"insecure_seeded_noise": True})):
-        out[name] = simulate(make_config(**OPTIONS, **extra), base / name)
+        out[name] = simulate(make_config(**OPTIONS, **task, model="logreg", batch_size=64, **extra), base / name)
     return out
 
 

@@ -31,8 +31,14 @@ def _run(tmp_path, name, *extra):
     return json.loads(proc.stdout), tmp_path / name
 
 
-def test_server_never_holds_an_individual_update(tmp_path):
-    summary, run = _run(tmp_path, "sa", "--secagg")
+@pytest.fixture(scope="module")
+def secagg_run(tmp_path_factory):
+    """One DP + SecAgg+ run, read by the tests that need it."""
+    return _run(tmp_path_factory.mktemp("sa"), "sa", "--secagg")
+
+
+def test_server_never_holds_an_individual_update(secagg_run):
+    summary, run = secagg_run
     assert summary["secagg"] and summary["rounds_completed"] == 4
     audit = [json.loads(x) for x in (run / "audit.jsonl").read_text().splitlines()]
     handed = [a for a in audit if a["event"] == "secagg-aggregate"]
@@ -56,8 +62,8 @@ def test_server_never_holds_an_individual_update(tmp_path):
     assert {e["round"] for e in ledger["entries"]} == {1, 2, 3, 4} and ledger["epsilon"] <= 1.0
 
 
-def test_secagg_costs_no_accuracy(tmp_path):
-    with_sa, _ = _run(tmp_path, "with", "--secagg")
+def test_secagg_costs_no_accuracy(secagg_run, tmp_path):
+    with_sa, _ = secagg_run
     without, _ = _run(tmp_path, "without")
     assert abs(with_sa["accuracy"] - without["accuracy"]) <= 0.01
     # the same training spend; the plain run also answered the post-training query (SecAgg+ runs answer it

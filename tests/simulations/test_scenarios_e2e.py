@@ -1,4 +1,9 @@
-"""Hostile, failing and slow clients, and client-level DP, end to end through Flower."""
+"""Hostile, failing and slow clients, and client-level DP, end to end through Flower.
+
+Each run trains on a small synthetic table (tests/conftest.py, 3,000 rows), not the embedded data set:
+the scenarios are about what the server and the ledger do, and small shards keep each run to its
+fixed cost (starting Ray and the client processes).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,27 @@ from fedready.privacy.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 
+TASK: list[str] = []
 
-def _run(tmp_path, name, *args, timeout=900):
+
+@pytest.fixture(scope="module", autouse=True)
+def _synthetic_task(tmp_path_factory):
+    from tests.conftest import write_task
+
+    task = write_task(tmp_path_factory.mktemp("scenario-task"), rows=3000, test_rows=1000, seed=7)
+    TASK[:] = ["--data", str(task["data"]), "--schema", str(task["schema"]), "--test", str(task["test"]),
+               "--model", "logreg", "--batch-size", "64"]  # fmt: skip
+    yield
+    TASK.clear()
+
+
+def _run(tmp_path, name, *args, timeout=900, synthetic=True):
     tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")  # private Ray temp dir, stopped afterwards
     env = {**__import__("os").environ, "TMPDIR": tmp, "RAY_TMPDIR": tmp}
     try:
-        proc = subprocess.run([sys.executable, "-m", "fedready.cli", "simulate", "--out", str(tmp_path), "--name", name,
-                               "--json", *args], capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
+        cmd = [sys.executable, "-m", "fedready.cli", "simulate", "--out", str(tmp_path), "--name", name, "--json",
+               *(TASK if synthetic else []), *args]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     finally:
         subprocess.run(["pkill", "-9", "-f", tmp], check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -33,10 +52,11 @@ def _run(tmp_path, name, *args, timeout=900):
 
 def test_scaled_updates_are_rejected_and_fedavg_collapse_is_reported(tmp_path):
     # 2 of 10 clients send x100-scaled updates; the median-norm check is the defence.
-    summary, rounds, audit, _ = _run(tmp_path, "scale", "--rounds", "8", "--attack", "scale",
-                                     "--attack-fraction", "0.2")  # fmt: skip
-    assert summary["accuracy"] >= 0.83
-    assert summary["undefended_accuracy"] < 0.80  # plain FedAvg on the same updates collapses
+    # On the embedded data with DP-SGD: a x100-scaled noisy update throws plain FedAvg far off.
+    summary, rounds, audit, _ = _run(tmp_path, "scale", "--clients", "10", "--rounds", "4", "--attack", "scale",
+                                     "--attack-fraction", "0.2", "--partitioner", "iid", synthetic=False)  # fmt: skip
+    assert summary["accuracy"] >= 0.76
+    assert summary["undefended_accuracy"] < summary["accuracy"] - 0.3  # plain FedAvg on the same updates collapses
     assert all(len(r["rejected"]) == 2 for r in rounds)
     attackers = {x["client"] for r in rounds for x in r["rejected"]}
     assert len(attackers) == 2
@@ -48,7 +68,7 @@ def test_scaled_updates_are_rejected_and_fedavg_collapse_is_reported(tmp_path):
 def test_nan_updates_and_dropout_never_crash_a_round(tmp_path):
     summary, rounds, audit, run = _run(
         tmp_path, "faults", "--clients", "10", "--rounds", "4", "--partitioner", "iid", "--attack", "nan",
-        "--attack-fraction", "0.1", "--dropout", "0.3", "--local-steps", "2", "--batch-size", "256",
+        "--attack-fraction", "0.1", "--dropout", "0.3", "--local-steps", "2",
     )  # fmt: skip
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]  # every round completed
     rejected = [a for a in audit if a["event"] == "update-rejected"]
@@ -66,33 +86,33 @@ def test_nan_updates_and_dropout_never_crash_a_round(tmp_path):
 
 def test_slow_client_is_left_behind_by_the_round_timeout_and_its_late_updates_are_charged(tmp_path):
     summary, rounds, _, run = _run(
-        tmp_path, "slow", "--clients", "4", "--rounds", "2", "--partitioner", "iid", "--slow-fraction", "0.25",
-        "--round-timeout", "40", "--local-steps", "1",
+        tmp_path, "slow", "--clients", "4", "--rounds", "1", "--partitioner", "iid", "--slow-fraction", "0.25",
+        "--round-timeout", "60", "--local-steps", "1",
     )  # fmt: skip
-    assert [r["late"] for r in rounds] == [1, 1]
+    assert [r["late"] for r in rounds] == [1]
     assert all(len(r["trained"]) == 3 for r in rounds)
     # the straggler's updates left it after the timeout: the server never used them, but they were released,
     # so they are charged as soon as the client is heard from again (here: its post-training query answer)
     slow = ({"0", "1", "2", "3"} - set(rounds[0]["trained"])).pop()
     ledger = Ledger.load(run / "ledger.json")
     late = sorted(e.round for e in ledger.entries if e.client == slow and e.level == "sample")
-    assert late == [1, 2] and all(e.note == "late" for e in ledger.entries if e.client == slow and e.level == "sample")
+    assert late == [1] and all(e.note == "late" for e in ledger.entries if e.client == slow and e.level == "sample")
     assert ledger.client_epsilon()[slow] <= 1.0
 
 
 def test_client_level_epsilon_of_a_real_run_equals_an_independent_computation(tmp_path):
-    # 100 clients, 10 expected per round (Poisson sampling), 50 rounds, z = 1.0, delta 1e-5 (DP-FedAvg only).
+    # 100 clients, 10 expected per round (Poisson sampling), 20 rounds, z = 1.0, delta 1e-5 (DP-FedAvg only).
     import dp_accounting
     from dp_accounting import rdp
 
     summary, rounds, _, run = _run(
-        tmp_path, "cl", "--clients", "100", "--fraction-train", "0.1", "--rounds", "50", "--no-dp",
+        tmp_path, "cl", "--clients", "100", "--fraction-train", "0.1", "--rounds", "20", "--no-dp",
         "--client-dp", "server-fixed", "--client-noise-multiplier", "1.0", "--client-delta", "1e-5",
-        "--partitioner", "iid", "--local-steps", "1", "--batch-size", "64", "--lr", "0.5",
+        "--partitioner", "iid", "--local-steps", "1", "--batch-size", "16", "--lr", "0.5",
     )  # fmt: skip
     event = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
     acc = rdp.RdpAccountant()
-    acc.compose(dp_accounting.SelfComposedDpEvent(event, 50))
+    acc.compose(dp_accounting.SelfComposedDpEvent(event, 20))
     expected = acc.get_epsilon(1e-5)  # Google's dp-accounting, not Opacus: independent code
     assert summary["client_epsilon"] == pytest.approx(expected, rel=0.01)
     assert summary["client_epsilon_dp_accounting"]["rdp"] == pytest.approx(expected, rel=0.01)
@@ -103,31 +123,21 @@ def test_client_level_epsilon_of_a_real_run_equals_an_independent_computation(tm
     assert ledger.epsilon == 0.0  # no sample-level DP in this run
 
 
-def test_client_level_budget_stops_the_run_cleanly(tmp_path):
-    summary, rounds, audit, run = _run(
-        tmp_path, "budget", "--clients", "4", "--rounds", "3", "--budget-rounds", "2", "--partitioner", "iid",
-        "--client-dp", "client-fixed", "--client-epsilon", "8", "--client-delta", "1e-3", "--local-steps", "1",
-    )  # fmt: skip
-    assert summary["rounds_completed"] == 2 and "client-level budget" in summary["stopped"]
-    assert 0 < summary["client_epsilon"] <= 8.0
-    assert json.loads((run / "checkpoint.json").read_text())["round"] == 2
-    assert any(a["event"] == "run-stopped" for a in audit)
-
-
 @pytest.mark.parametrize(
     "scenario",
     [
+        ["--client-dp", "client-fixed"],  # the plain path
         ["--client-dp", "server-fixed", "--dropout", "0.4"],  # dropped clients contribute zero
         ["--client-dp", "server-fixed", "--attack", "nan", "--attack-fraction", "0.25"],  # rejections
         ["--client-dp", "server-adaptive", "--clip-count-stddev", "2.0"],  # adaptive clipping
         ["--client-dp", "client-fixed", "--secagg", "--secagg-shares", "3", "--secagg-threshold", "2"],  # SecAgg+
     ],
-    ids=["dropout", "rejections", "adaptive", "secagg"],
+    ids=["client-fixed", "dropout", "rejections", "adaptive", "secagg"],
 )
 def test_no_configuration_exceeds_its_budgets(tmp_path, scenario):
     from tests.wire_table import unlisted
 
-    summary, rounds, _, run = _run(
+    summary, rounds, audit, run = _run(
         tmp_path, "b", "--clients", "4", "--rounds", "3", "--budget-rounds", "2", "--partitioner", "iid",
         "--client-epsilon", "3", "--client-delta", "1e-3", "--local-steps", "1", *scenario,
         "--wire-log", str(tmp_path / "wire.jsonl"),
@@ -136,17 +146,20 @@ def test_no_configuration_exceeds_its_budgets(tmp_path, scenario):
     ledger = Ledger.load(run / "ledger.json")
     assert 0 < summary["client_epsilon"] <= 3.0 and ledger.client_level_epsilon <= 3.0
     assert summary["epsilon"] <= 1.0 and all(e <= 1.0 for e in ledger.client_epsilon().values())
+    # the run stops cleanly at its budget: checkpoint at round 2, the stop in the audit log
     assert summary["rounds_completed"] == 2 and "client-level budget" in summary["stopped"]
+    assert json.loads((run / "checkpoint.json").read_text())["round"] == 2
+    assert any(a["event"] == "run-stopped" for a in audit)
 
 
 def test_a_run_in_which_no_round_aggregated_fails_loudly(tmp_path):
     tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")
     env = {**__import__("os").environ, "TMPDIR": tmp, "RAY_TMPDIR": tmp}
     try:
-        proc = subprocess.run([sys.executable, "-m", "fedready.cli", "simulate", "--out", str(tmp_path), "--name",
-                               "dead", "--clients", "3", "--rounds", "2", "--partitioner", "iid", "--attack", "nan",
-                               "--attack-fraction", "1.0", "--local-steps", "1"], capture_output=True, text=True,
-                              timeout=600, env=env)  # fmt: skip
+        cmd = [sys.executable, "-m", "fedready.cli", "simulate", "--out", str(tmp_path), "--name", "dead", *TASK,
+               "--clients", "3", "--rounds", "2", "--partitioner", "iid", "--attack", "nan", "--attack-fraction", "1.0",
+               "--local-steps", "1"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     finally:
         subprocess.run(["pkill", "-9", "-f", tmp], check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
