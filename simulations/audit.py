@@ -157,15 +157,15 @@ def accounted_epsilon(ledger: Ledger, cfg: SimulationConfig, level: str) -> dict
             return {"epsilon": None, "delta": cfg.client_delta, "claimed": None, "what": "no client-level DP"}
         eps = ledger.client_level_epsilon
         return {"epsilon": eps, "delta": cfg.client_delta, "claimed": eps,
-                "what": "client-level epsilon (ledger: every round's (z, q, 1), composed)"}  # fmt: skip
+                "what": "client level: the ledger's (z, q, 1) of every round, composed"}  # fmt: skip
     candidates = []
     if cfg.dp:
         model = max(ledger.client_epsilon(("count", "sample")).values(), default=0.0)
-        candidates.append((model, cfg.delta, "record-level epsilon of the model (ledger: noisy row count and "
-                                             "DP-SGD rounds, composed; largest over clients)"))  # fmt: skip
+        candidates.append((model, cfg.delta, "record level, of the model: the ledger's noisy row count and "
+                                             "DP-SGD rounds, composed, largest client"))  # fmt: skip
     if cfg.client_dp != "off" and (not cfg.dp or cfg.client_delta == cfg.delta):
         candidates.append((ledger.client_level_epsilon, cfg.client_delta,
-                           "client-level epsilon (a row is part of its client)"))  # fmt: skip
+                           "client level: a row is part of its client"))  # fmt: skip
     if not candidates:
         return {"epsilon": None, "delta": cfg.delta, "claimed": None, "what": "no differential privacy"}
     eps, delta, what = min(candidates)
@@ -311,7 +311,7 @@ class CanaryClients(Strategy):
             "fit": {k: v for k, v in primary.to_dict().items() if k != "bound"},
             "secondary": {"score": "final-model cosine (Andrew et al.)", **secondary.to_dict()},
             "estimate": {"epsilon": secondary.estimate,
-                         "method": "Gaussian fit to final-model cosines (Andrew et al.)"},
+                         "method": "Gaussian fit to final-model cosines, Andrew et al."},
             "extra": f"{len(self.included)} canary clients ({int(self.included.sum())} inserted): "
                      f"{self.participations.sum() / rounds:.1f} canary updates aggregated per round beside "
                      f"{np.mean(self.real_replies):.1f} real ones",
@@ -567,7 +567,7 @@ def run_audit(
             score="per-step residual projection (noisy sum minus the real rows' clipped sum), subsampled-Gaussian "
                   "likelihood ratio at the client's claimed noise multiplier",
             steps_scored=steps, fit={k: v for k, v in primary.to_dict().items() if k != "bound"},
-            estimate={"epsilon": primary.estimate, "method": "Gaussian fit to the same scores (Andrew et al.)"},
+            estimate={"epsilon": primary.estimate, "method": "Gaussian fit to the same scores, Andrew et al."},
             extra=f"{canaries} gradient canaries ({int(bits.sum())} inserted, in {len(seeds)} clients' DP-SGD "
                   f"steps; {steps} client steps scored)",
         )  # fmt: skip
