@@ -40,7 +40,7 @@ from fedready.federation import client_shard, task_of
 from fedready.modelio import arrays_digest
 from fedready.models import model_for_schema
 from fedready.privacy.accounting import compose_epsilon
-from fedready.privacy.randomness import secret_numpy_rng
+from fedready.privacy.randomness import dp_numpy_rng
 
 __all__ = ["app", "make_client_app", "planned_query_release"]
 
@@ -154,7 +154,8 @@ def _local_update(
     if cfg.dp:
         # Everything below (weight, sample rate, steps, the delta check) is computed from the noisy
         # count, so the exact row count never leaves the client.
-        rows = state.noisy_count(n, noise_std=cfg.count_noise, server_round=server_round)
+        seed = (cfg.seed, pid, 0xC0, server_round) if cfg.insecure_seeded_noise else None
+        rows = state.noisy_count(n, noise_std=cfg.count_noise, server_round=server_round, insecure_seed=seed)
     else:
         rows = n
     batches = max(1, math.ceil(rows / cfg.batch_size))
@@ -309,7 +310,7 @@ def _answer_privately(msg: Message, context: Context, cfg: SimulationConfig, run
     classes = 1 if schema.target.binary else schema.target.num_classes
     cells = sum(classes if k.startswith(K.COUNTS_PREFIX) else 1 for k in noised)
     std = cfg.query_noise * query_sensitivity(cells) if noised else 0.0
-    rng = secret_numpy_rng()
+    rng = dp_numpy_rng((cfg.seed, pid, 0x9E, r) if cfg.insecure_seeded_noise else None)
     for k in noised:
         values = np.asarray(answer[k], dtype=np.float64)
         noisy = values + rng.normal(0.0, std, values.shape)

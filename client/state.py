@@ -33,7 +33,7 @@ from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.modelio import load_npz, save_npz
 from fedready.privacy.accounting import calibrate_with_releases, compose_epsilon
-from fedready.privacy.randomness import secret_numpy_rng
+from fedready.privacy.randomness import dp_numpy_rng
 
 __all__ = ["ClientPrivacyState", "Release", "Store", "client_state_dir"]
 
@@ -78,7 +78,8 @@ class ClientPrivacyState:
         """This client's epsilon over every release so far (RDP composition)."""
         return compose_epsilon(self.history(), delta=delta, accountant=accountant)
 
-    def noisy_count(self, n: int, *, noise_std: float, server_round: int) -> int:
+    def noisy_count(self, n: int, *, noise_std: float, server_round: int,
+                    insecure_seed: tuple[int, ...] | None = None) -> int:  # fmt: skip
         """The client's row count with Gaussian noise of std ``noise_std`` (drawn once, recorded).
 
         Notes
@@ -89,7 +90,7 @@ class ClientPrivacyState:
         are all computed from this noisy value (post-processing).
         """
         if self.noisy_rows is None:
-            noisy = int(round(n + secret_numpy_rng().normal(0.0, noise_std)))
+            noisy = int(round(n + dp_numpy_rng(insecure_seed).normal(0.0, noise_std)))
             self.noisy_rows = max(1, noisy)
             self.releases.append(Release("count", server_round, float(noise_std), 1.0, 1))
         return self.noisy_rows

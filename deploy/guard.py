@@ -153,8 +153,11 @@ def _installed_loader(*args, **kwargs):
 
 def main() -> None:
     """``flwr-clientapp`` with the guard: same arguments, same protocol, the installed ClientApp only."""
-    from flwr.supernode.cli import flwr_clientapp as cli
-    from flwr.supernode.runtime import run_clientapp as runtime
+    import importlib
+
+    # the modules themselves (flwr.supernode.cli re-exports a function under the module's name)
+    cli = importlib.import_module("flwr.supernode.cli.flwr_clientapp")
+    runtime = importlib.import_module("flwr.supernode.runtime.run_clientapp")
 
     runtime.install_from_fab = _guarded_install
     runtime.get_load_client_app_fn = _installed_loader

@@ -70,18 +70,32 @@ def confusion_counts(
 ) -> np.ndarray:
     """Per-group confusion counts: int64 ``(len(names), 4)`` of (tp, fp, tn, fn) for a binary target.
 
-    For ``classes`` > 2 the table is ``(len(names), 4 * classes)``: one-vs-rest (tp, fp, tn, fn)
-    of class 0, then class 1, and so on.
+    For ``classes`` > 2 each group's row is its ``classes x classes`` confusion matrix, flattened
+    (true class by row, decided class by column): one row of data adds 1 to exactly one cell per
+    group table, as in the binary case, so a noisy release has the same sensitivity. The
+    one-vs-rest counts of every class follow from it (:func:`one_vs_rest_counts`).
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    targets = [1] if classes == 2 else list(range(classes))
-    out = np.zeros((len(names), 4 * len(targets)), dtype=np.int64)
+    width = 4 if classes == 2 else classes * classes
+    out = np.zeros((len(names), width), dtype=np.int64)
     for i, g in enumerate(names):
         m = groups == g
-        for j, c in enumerate(targets):
-            t, p = y_true[m] == c, y_pred[m] == c
-            out[i, 4 * j : 4 * j + 4] = [np.sum(t & p), np.sum(~t & p), np.sum(~t & ~p), np.sum(t & ~p)]
+        if classes == 2:
+            t, p = y_true[m] == 1, y_pred[m] == 1
+            out[i] = [np.sum(t & p), np.sum(~t & p), np.sum(~t & ~p), np.sum(t & ~p)]
+        else:
+            np.add.at(out[i], y_true[m].astype(np.int64) * classes + y_pred[m].astype(np.int64), 1)
     return out
+
+
+def one_vs_rest_counts(matrices: np.ndarray, classes: int) -> np.ndarray:
+    """``(groups, classes * classes)`` confusion matrices -> ``(groups, classes, 4)`` one-vs-rest (tp, fp, tn, fn)."""
+    m = np.asarray(matrices, dtype=np.float64).reshape(len(matrices), classes, classes)
+    tp = np.einsum("gcc->gc", m)
+    fn = m.sum(axis=2) - tp
+    fp = m.sum(axis=1) - tp
+    tn = m.sum(axis=(1, 2))[:, None] - tp - fn - fp
+    return np.stack([tp, fp, tn, fn], axis=2)
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -102,9 +116,8 @@ def fairness_from_counts(counts: Mapping[str, np.ndarray], schema: DataSchema) -
     Parameters
     ----------
     counts : mapping
-        Attribute -> counts as returned by :func:`confusion_counts` (``(groups, 4)``, or
-        ``(groups, 4 * classes)`` one-vs-rest for a multi-class target), in
-        :func:`group_names` order.
+        Attribute -> counts as returned by :func:`confusion_counts` (``(groups, 4)``, or a
+        flattened confusion matrix per group for a multi-class target), in :func:`group_names` order.
     schema : DataSchema
         The declared schema (group names, classes).
 
@@ -121,15 +134,21 @@ def fairness_from_counts(counts: Mapping[str, np.ndarray], schema: DataSchema) -
         if schema.target.binary:
             out[attr] = _disparities(_groups_from_counts(names, table))
             continue
-        per_class = {c: _disparities(_groups_from_counts(names, table[:, 4 * j : 4 * j + 4]))
-                     for j, c in enumerate(schema.classes)}  # fmt: skip
-        # a row is correct exactly when it is a true positive of its own class
-        correct = table[:, 0::4].sum(axis=1)
-        sizes = table[:, :4].sum(axis=1)
-        overall = {g: (int(n), int(k)) for g, n, k in zip(names, sizes, correct, strict=True)
+        k = len(schema.classes)
+        ovr = one_vs_rest_counts(table, k)
+        ovr = ovr.astype(np.int64) if np.array_equal(ovr, np.round(ovr)) else ovr  # exact counts stay integers
+        per_class = {c: _disparities(_groups_from_counts(names, ovr[:, j, :])) for j, c in enumerate(schema.classes)}
+        correct = ovr[:, :, 0].sum(axis=1)  # the confusion matrix's diagonal
+        sizes = ovr[:, 0, :].sum(axis=1)
+        overall = {g: (_num(n), _num(c)) for g, n, c in zip(names, sizes, correct, strict=True)
                    if n > 0 or g != UNKNOWN_GROUP}  # fmt: skip
         out[attr] = _one_vs_rest(per_class, overall)
     return out
+
+
+def _num(v: float) -> float | int:
+    """An exact count stays an int; a noisy one stays a float."""
+    return int(v) if float(v).is_integer() else float(v)
 
 
 def _groups_from_counts(names: list[str], table: np.ndarray) -> dict[str, dict[str, Any]]:

@@ -108,7 +108,8 @@ def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig) -> dict[st
         If a reply's count tables disagree in shape with the schema, or exact counts hold negatives.
     """
     schema = task_of(cfg).schema
-    width = 4 * (1 if schema.target.binary else schema.target.num_classes)  # one-vs-rest tables per class
+    k = schema.target.num_classes
+    width = 4 if k == 2 else k * k  # (tp, fp, tn, fn), or the confusion matrix, per group
     sums: dict[str, np.ndarray] = {}
     per_client: dict[str, tuple[float, float]] = {}
     noisy = any(float(r.get(K.QUERY_NOISE_STD, 0.0)) > 0 for r in replies)

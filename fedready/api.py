@@ -197,7 +197,7 @@ def simulate(
     if on_start is not None:
         on_start(cfg)
     summary = run(cfg, run_dir, on_round=on_round, ray_address=ray_address,
-                  wire_log=Path(wire_log) if wire_log is not None else None)
+                  wire_log=Path(wire_log) if wire_log is not None else None)  # fmt: skip
     return simulation_result(summary)
 
 
@@ -503,7 +503,7 @@ def pipeline(
     ``model``: ``mlp-large`` (the teacher worth compressing) when the clients hold at least
     :data:`LARGE_MODEL_ROWS` training rows each on average, else ``logreg`` (see :func:`default_model`).
     """
-    from fedready.pipeline import run_pipeline
+    from fedready._pipeline import run_pipeline
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
     if model is None:

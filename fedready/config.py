@@ -21,10 +21,9 @@ from fedready.errors import ConfigError
 __all__ = ["SimulationConfig", "make_config"]
 
 
-# `schema` (the data's schema file) shadows pydantic's deprecated BaseModel.schema(); the warning says only that.
-_shadow = warnings.catch_warnings()
-_shadow.__enter__()
-warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
+# The field `schema` (the data's schema file) shadows pydantic's deprecated BaseModel.schema() classmethod,
+# which nothing here calls; pydantic warns about exactly that when the class is built.
+warnings.filterwarnings("ignore", message='Field name "schema" in "SimulationConfig"', category=UserWarning)
 
 
 class SimulationConfig(BaseModel):
@@ -159,13 +158,16 @@ class SimulationConfig(BaseModel):
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> SimulationConfig:
-        """Build from a Flower run config, ignoring keys that are not ours."""
+        """Build from a Flower run config, ignoring keys that are not ours.
+
+        Flower needs every key declared with a value, so an option whose default is "unset"
+        (``lr``, ``budget_rounds``, ...) is declared as 0 or "" in pyproject.toml: read as unset.
+        """
         known = set(cls.model_fields)
+        unset = {k for k, f in cls.model_fields.items() if f.default is None}
         kw = {k.replace("-", "_"): v for k, v in run_config.items()}
-        return make_config(**{k: v for k, v in kw.items() if k in known})
-
-
-_shadow.__exit__(None, None, None)
+        kw = {k: v for k, v in kw.items() if k in known and not (k in unset and v in (0, 0.0, ""))}
+        return make_config(**kw)
 
 
 def _cross_checks(cfg: SimulationConfig) -> None:

@@ -77,6 +77,11 @@ NODE_LIMITS = "limits-path"
 # Reference profile (monitoring): an "evaluate" message with this query is answered with
 # histograms of the client's training rows over the schema's bins (never rows).
 QUERY_PROFILE = "reference-profile"
+# Before round 1 the server asks every client for its schema's digest (public: no privacy cost) and
+# refuses, for the whole run, any client whose digest differs from its own.
+QUERY_SCHEMA = "schema"
+SCHEMA_MISMATCH = "schema-mismatch"
+SIMULATION = "fedready.simulation"  # run-config key set by `fedready simulate`: every client shares the task
 PROFILE_PREFIX = "profile/"  # + "feature/<name>", "scores", "predictions", "labels", "score-positives"
 # Wire log: a file where a client records the keys of every message it sends (node config / env)
 NODE_WIRE_LOG = "wire-log"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -18,14 +19,21 @@ from fedready.partition import create_partitioner
 from fedready.task import Task, TaskSpec, load_task, task_of
 
 __all__ = [
+    "CONFIG_FILE",
+    "SCHEMA_FILE",
     "ClientShard",
     "client_shard",
     "client_train_columns",
     "client_validation_attributes",
+    "data_digest",
     "holdout",
     "partition_sizes",
+    "record_run",
     "task_of",
 ]
+
+CONFIG_FILE = "config.json"  # the run's configuration (every later command rebuilds the task from it)
+SCHEMA_FILE = "schema.json"  # what the model's inputs and outputs mean
 
 
 @dataclass(frozen=True)
@@ -88,3 +96,30 @@ def holdout(cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
     """Return the server's public holdout (the task's benchmark rows), encoded, and its labels."""
     task: Task = task_of(cfg)
     return task.x_test, task.y_test
+
+
+def data_digest(cfg: SimulationConfig) -> str:
+    """``sha256:`` over every data file the run reads (recorded in config.json, checked on reproduce)."""
+    from fedready.task import TaskSpec
+    from fedready.task import data_digest as task_digest
+
+    return task_digest(TaskSpec.from_config(cfg))
+
+
+def record_run(cfg: SimulationConfig, run_dir: Path) -> None:
+    """Write ``config.json`` (with the data digest) and ``schema.json`` into ``run_dir`` unless they are there.
+
+    Every later step (evaluate, compress, package, reproduce) reads the task from them. Called
+    by the simulation engine, and meant for any ServerApp that starts a run (``flwr run``).
+    """
+    import json
+
+    from fedready._io import atomic_write_text
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / CONFIG_FILE).exists():
+        doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg)}
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    if not (run_dir / SCHEMA_FILE).exists():
+        atomic_write_text(run_dir / SCHEMA_FILE, json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))

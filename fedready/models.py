@@ -98,6 +98,23 @@ def resolve_factory(name: str) -> Callable[[int, int], nn.Module]:
     return factory
 
 
+def _batchnorm1d_to_groupnorm(model: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm1d`` with ``GroupNorm(1, C)``: a tabular layer's features normalised together.
+
+    Opacus's own fix gives ``min(32, C)`` groups, meant for images: on a ``[batch, C]`` input with
+    ``C <= 32`` every group then holds one value, normalises it to zero, and a single row cannot be
+    scored at all. One group is LayerNorm over the features, per row, so it needs no batch.
+    """
+    for child_name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm1d):
+            setattr(model, child_name, nn.GroupNorm(1, child.num_features, affine=child.affine))
+        else:
+            _batchnorm1d_to_groupnorm(child)
+    if isinstance(model, nn.BatchNorm1d):
+        return nn.GroupNorm(1, model.num_features, affine=model.affine)
+    return model
+
+
 def _fix(name: str, model: nn.Module) -> tuple[nn.Module, str | None]:
     """Apply Opacus's fixes; return the model and a one-line note of what changed (or None).
 
@@ -117,11 +134,13 @@ def _fix(name: str, model: nn.Module) -> tuple[nn.Module, str | None]:
         if before:
             types_before = {type(m).__name__ for m in model.modules()}
             replaced = sorted(t for t in types_before if "BatchNorm" in t or t in ("LSTM", "MultiheadAttention"))
+            model = _batchnorm1d_to_groupnorm(model)
             model = ModuleValidator.fix(model)
             added = sorted({type(m).__name__ for m in model.modules()} - types_before)
             note = (
-                f"model {name}: Opacus replaced {', '.join(replaced) or 'unsupported layers'} with "
-                f"{', '.join(added) or 'private equivalents'} (DP-SGD cannot use statistics of the batch)"
+                f"model {name}: {', '.join(replaced) or 'unsupported layers'} replaced with "
+                f"{', '.join(added) or 'private equivalents'} for Opacus (DP-SGD cannot use statistics of the "
+                "batch; BatchNorm1d becomes one group, the features normalised per row)"
             )
         errors = [*ModuleValidator.validate(model, strict=False), *GradSampleModule.validate(model, strict=False)]
     if errors:

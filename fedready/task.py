@@ -21,6 +21,7 @@ No other library module names the embedded data set: they all ask the task.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_TEST_FRACTION",
     "Task",
     "TaskSpec",
+    "data_digest",
     "load_task",
     "task_from_dict",
     "task_of",
@@ -78,14 +80,18 @@ class TaskSpec:
     model: str = "mlp"
 
     def __post_init__(self) -> None:
-        if self.schema and not self.data:
-            raise ConfigError("schema", "a schema describes --data; pass --data train.csv with it")
+        # schema + test without data: the coordinator of a deployment (the clients hold the rows)
+        if self.schema and not self.data and not self.test:
+            raise ConfigError("schema", "a schema describes --data; pass --data train.csv with it (a deployment's "
+                                        "server passes test=holdout.csv, its public holdout)")  # fmt: skip
         if self.data and not self.schema:
             raise ConfigError("schema", f"--data {self.data} needs its --schema; write one with "
                                         f"`fedready schema draft {self.data}` and review it")  # fmt: skip
-        if (self.test or self.test_fraction) and not self.data:
-            which = "test" if self.test else "test-fraction"
-            raise ConfigError(which, f"--{which} goes with --data (the embedded data has its own test split)")
+        if self.test and not self.schema:
+            raise ConfigError("test", "--test goes with --schema (the embedded data has its own test split)")
+        if self.test_fraction and not self.data:
+            raise ConfigError("test-fraction", "--test-fraction goes with --data (the embedded data has its own "
+                                               "test split)")  # fmt: skip
         if self.test and self.test_fraction:
             raise ConfigError("test-fraction", "pass either --test test.csv or --test-fraction, not both")
         if not 0.0 <= self.test_fraction < 1.0:
@@ -94,7 +100,12 @@ class TaskSpec:
     @property
     def embedded(self) -> bool:
         """Whether the task uses the embedded data set."""
-        return not self.data
+        return not self.data and not self.schema
+
+    @property
+    def server_only(self) -> bool:
+        """A deployment's coordinator: a schema and a public holdout, no training rows (the clients hold them)."""
+        return not self.data and bool(self.schema)
 
     @classmethod
     def from_config(cls, cfg: Any) -> TaskSpec:
@@ -270,6 +281,16 @@ def _embedded(spec: TaskSpec) -> Task:
                 policy=adult.policy_path())  # fmt: skip
 
 
+def _server_only(spec: TaskSpec) -> Task:
+    """The task a deployment's server builds: schema, encoder, model and its public holdout, no training rows."""
+    schema = load_schema(spec.schema)
+    test, note = _labelled(read_csv(spec.test, schema), schema)
+    _check_classes(test, schema)
+    return Task(spec, schema, test.take(np.arange(0)), test, train_source="the clients' own rows (a deployment)",
+                test_source=f"{spec.test} ({len(test)} rows)", test_digest=_digest(Path(spec.test)),
+                notes=(note,) if note else ())  # fmt: skip
+
+
 def _from_files(spec: TaskSpec) -> Task:
     schema = load_schema(spec.schema)
     encoder = FeatureEncoder(schema)
@@ -310,7 +331,7 @@ def _stamp(path: str) -> tuple[str, int, int]:
 
 @lru_cache(maxsize=4)
 def _load(spec: TaskSpec, _stamps: tuple[tuple[str, int, int], ...]) -> Task:
-    task = _embedded(spec) if spec.embedded else _from_files(spec)
+    task = _embedded(spec) if spec.embedded else _server_only(spec) if spec.server_only else _from_files(spec)
     for note in task.notes:
         log.warning(note)
     return task
@@ -330,6 +351,22 @@ def load_task(spec: TaskSpec | None = None) -> Task:
     """
     spec = spec or TaskSpec()
     return _load(spec, tuple(_stamp(p) for p in (spec.data, spec.schema, spec.test)))
+
+
+def data_digest(spec: TaskSpec) -> str:
+    """``sha256:`` over the bytes of every data file the task reads (the embedded data set: its published checksums)."""
+    paths = [Path(p) for p in (spec.data, spec.test) if p]
+    h = hashlib.sha256()
+    if not paths:
+        from fedready.datasets import adult
+
+        h.update(json.dumps(adult.ADULT_SHA256, sort_keys=True).encode())  # verified on every load
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def task_of(cfg: Any) -> Task:

@@ -32,6 +32,7 @@ from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
 from fedready.federation import task_of
 from fedready.modelio import arrays_digest, load_npz
+from fedready.models import model_for_schema
 
 if TYPE_CHECKING:
     from fedready.deploy.site import LocalData
@@ -62,7 +63,7 @@ def local_profile_counts(
         shard = client_shard(cfg, partition_id)
         x_train, y_train, columns = shard.x_train, shard.y_train, client_train_columns(cfg, partition_id)
     schema = local.schema if local is not None and local.schema is not None else task_of(cfg).schema
-    model = task_of(cfg).load_model(arrays)
+    model = model_for_schema(cfg.model, schema, arrays=arrays)  # the local schema
     with torch.no_grad():
         proba = torch.softmax(model(torch.from_numpy(x_train)), dim=1).numpy()
     decided = proba.argmax(axis=1)  # binary: P(positive) is the score; multi-class: the decided class's probability

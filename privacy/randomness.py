@@ -34,12 +34,19 @@ import os
 
 import numpy as np
 
-__all__ = ["harden_optimizer", "secret_numpy_rng", "secret_torch_generator", "seeded_torch_generator"]
+__all__ = ["dp_numpy_rng", "harden_optimizer", "secret_numpy_rng", "secret_torch_generator", "seeded_torch_generator"]
 
 
 def secret_numpy_rng() -> np.random.Generator:
     """A NumPy generator seeded with 128 bits of operating-system entropy."""
     return np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+
+
+def dp_numpy_rng(insecure_seed: tuple[int, ...] | None = None) -> np.random.Generator:
+    """The generator for one DP mechanism: secret, unless ``--insecure-seeded-noise`` gives its seed parts."""
+    if insecure_seed is None:
+        return secret_numpy_rng()
+    return np.random.default_rng(np.random.SeedSequence([int(x) for x in insecure_seed]))
 
 
 def secret_torch_generator():  # -> torch.Generator (torch imported lazily: edge installs have none)

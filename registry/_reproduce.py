@@ -69,7 +69,8 @@ def reproduce_artifact(
         If the artifact holds no run configuration, or a bound is out of range.
     """
     from fedready.config import make_config
-    from fedready.simulations.engine import check_config, data_digest, simulate
+    from fedready.federation import data_digest
+    from fedready.simulations.engine import check_config, simulate
 
     if not 0 <= max_accuracy_gap <= 1:
         raise ConfigError("max-accuracy-gap", f"must be in [0, 1], got {max_accuracy_gap}")
@@ -130,12 +131,11 @@ def _behaviour(artifact: Path, run_dir: Path, cfg: Any, summary: dict[str, Any],
     """How the DP re-run compares with the recorded model: accuracy gap and decision agreement."""
     import torch
 
-    from fedready.evaluation._model import model_from_arrays
-    from fedready.federation import holdout
+    from fedready.federation import holdout, task_of
     from fedready.modelio import load_npz
 
     x, _ = holdout(cfg)
-    rerun = model_from_arrays(cfg.model, load_npz((run_dir / "model.npz").read_bytes()))
+    rerun = task_of(cfg).load_model(load_npz((run_dir / "model.npz").read_bytes()))
     with torch.no_grad():
         mine = rerun(torch.from_numpy(x)).argmax(1).numpy()
     shipped = _decisions_of_artifact(artifact, np.ascontiguousarray(x, dtype=np.float32))

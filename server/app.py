@@ -28,7 +28,7 @@ from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
-from fedready.federation import holdout, task_of
+from fedready.federation import holdout, record_run, task_of
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon, dp_accounting_epsilon
 from fedready.privacy.ledger import Ledger
@@ -256,9 +256,13 @@ def run_rounds(
     run_dir: Path,
     *,
     on_round: Callable[[RoundReport], None] | None = None,
+    refused: int = 0,
     strategy_hook: Callable[[Strategy], Strategy] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the federated training described by ``cfg`` in ``run_dir``.
+
+    ``refused`` clients were refused before round 1 (:func:`schema_handshake`): the strategy waits
+    for and samples among the others only.
 
     Each round: sample and instruct clients, wait up to ``cfg.round_timeout``, sort
     replies into trained / declined / failed, charge every release the replies report,
@@ -297,6 +301,8 @@ def run_rounds(
 
     z = client_noise_multiplier(cfg)
     strategy = build_strategy(cfg, z)
+    if refused:
+        _exclude(strategy, refused, cfg)
     client_dp = strategy if isinstance(strategy, ClientLevelDP) else None
     if client_dp is not None and "clipping_norm" in ckpt.strategy_state:
         client_dp.clipping_norm = float(ckpt.strategy_state["clipping_norm"])  # adaptive clipping resumes where it was
@@ -529,6 +535,58 @@ def refresh_privacy(run_dir: Path, cfg: SimulationConfig, ledger: Ledger) -> dic
     return summary
 
 
+class _FilteredGrid:
+    """A Grid that hides refused nodes from every strategy (they are never sampled)."""
+
+    def __init__(self, grid: Grid, refused: set[int]) -> None:
+        self._grid, self._refused = grid, set(refused)
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in self._grid.get_node_ids() if n not in self._refused]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def schema_handshake(grid: Grid, cfg: SimulationConfig, run_dir: Path) -> list[dict[str, Any]]:
+    """Before round 1: ask every client for its schema's digest; refuse (for this run) every mismatch.
+
+    Returns the refusals (node id, client, both digests, reason), each also written to the audit log
+    and, by the caller, to the summary. A client that does not answer is not refused here (it fails
+    like any absent client).
+    """
+    from fedready.evaluation.federated import query_all
+
+    mine = task_of(cfg).schema.digest()
+    audit = AuditLog(run_dir / "audit.jsonl")
+    replies = query_all(grid, ArrayRecord(), cfg.num_clients, cfg.round_timeout, query=K.QUERY_SCHEMA)
+    refused = []
+    for m in replies:
+        if m.has_error():
+            continue
+        config = m.content.config_records.get(K.CONFIG)
+        theirs = str(config.get(K.SCHEMA_DIGEST, "")) if config is not None else ""
+        if theirs != mine:
+            reason = (f"{K.SCHEMA_MISMATCH}: the client's schema digest {theirs or '(none)'} differs from the "
+                      f"server's {mine}; both sides must use the same schema file")  # fmt: skip
+            entry = {"node_id": m.metadata.src_node_id, "client": _client_id(m), "reason": reason,
+                     "client_schema_digest": theirs, "server_schema_digest": mine}  # fmt: skip
+            refused.append(entry)
+            audit.append("client-refused", **entry)
+            log.warning("client %s refused: %s", entry["client"], reason)
+    return refused
+
+
+def _exclude(strategy: Any, refused: int, cfg: SimulationConfig) -> None:
+    """Wait for, and sample among, only the clients that were not refused."""
+    available = max(1, cfg.num_clients - refused)
+    for attr in ("min_available_nodes", "population_to_wait_for"):
+        if hasattr(strategy, attr):
+            setattr(strategy, attr, available)
+    if hasattr(strategy, "min_train_nodes"):
+        strategy.min_train_nodes = min(strategy.min_train_nodes, available)
+
+
 def make_server_app(
     overrides: dict[str, Any] | None = None,
     *,
@@ -555,20 +613,33 @@ def make_server_app(
         merged = {**dict(context.run_config), **fixed}
         cfg = SimulationConfig.from_run_config(merged)
         run_dir = Path(str(merged.get(K.RUN_DIR) or f"runs/flwr-{context.run_id}")).resolve()
+        record_run(cfg, run_dir)
+        refused: list[dict[str, Any]] = []
+        if merged.get(K.MODE) != K.MODE_EVALUATE and not merged.get(K.SIMULATION):
+            # a deployment: the clients' schemas are theirs; a simulation's clients share the server's task
+            refused = schema_handshake(grid, cfg, run_dir)
+            if refused:
+                grid = _FilteredGrid(grid, {int(r["node_id"]) for r in refused})  # type: ignore[assignment]
         if merged.get(K.MODE) == K.MODE_EVALUATE:
             summary = final_queries(grid, cfg, run_dir, merged)
+        elif refused and len(refused) >= cfg.num_clients:
+            summary = _all_refused(cfg, run_dir, refused)
         elif cfg.secagg:  # SecAgg+ runs through Flower's legacy workflow (server/secagg.py)
             from fedready.server.secagg import run_secagg_rounds
 
             if strategy_hook is not None:
                 raise RuntimeError("strategy_hook applies to plain rounds; SecAgg+ aggregates inside its workflow")
 
-            summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round)
+            summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round, refused=len(refused))
         else:
-            summary = run_rounds(grid, cfg, run_dir, on_round=on_round, strategy_hook=strategy_hook)
+            summary = run_rounds(grid, cfg, run_dir, on_round=on_round, refused=len(refused),
+                                 strategy_hook=strategy_hook)  # fmt: skip
             if summary["status"] != "failed":  # nothing to ask about a model nobody trained
                 final_queries(grid, cfg, run_dir, merged)  # while the clients are up (fedready evaluate reuses it)
                 summary = json.loads((run_dir / "summary.json").read_text())  # with the query releases charged
+        if refused:
+            summary = {**summary, "refused_clients": refused}
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if on_summary is not None:
             on_summary(summary)
         if summary.get("status") == "failed" and on_summary is None:
@@ -602,6 +673,18 @@ def charge_queries(run_dir: Path, cfg: SimulationConfig, replies: list[Message])
             log.warning("query reply refused: %s", e)
     refresh_privacy(run_dir, cfg, ledger)
     return ok
+
+
+def _all_refused(cfg: SimulationConfig, run_dir: Path, refused: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary of a run none of whose clients could take part (nothing trained, nothing released)."""
+    audit = AuditLog(run_dir / "audit.jsonl")
+    model = task_of(cfg).model(seed=cfg.seed)
+    summary = write_summary(cfg, run_dir, {k: v.numpy() for k, v in model.state_dict().items()},
+                            new_ledger(cfg, run_dir.name), audit, accuracy=float("nan"), loss=float("nan"),
+                            noise_multiplier=None, stopped="", resumed_from=0, t0=time.perf_counter())  # fmt: skip
+    summary.update(reason=f"every client was refused before round 1: {refused[0]['reason']}",
+                   first_client_error=f"client {refused[0]['client']}: {refused[0]['reason']}")  # fmt: skip
+    return summary
 
 
 def final_queries(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: dict[str, Any]) -> dict[str, Any]:

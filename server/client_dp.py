@@ -39,7 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT, compute_adaptive_noise_params
 
-from fedready.privacy.randomness import secret_numpy_rng
+from fedready.privacy.randomness import dp_numpy_rng
 
 __all__ = ["AdaptiveClipping", "ClientLevelDP", "clip_update", "clipped_sum"]
 
@@ -108,6 +108,7 @@ class ClientLevelDP(Strategy):
         self, strategy: Strategy, *, noise_multiplier: float, clipping_norm: float, sample_rate: float,
         population: int, clip_on_client: bool = False, adaptive: AdaptiveClipping | None = None,
         arrayrecord_key: str = "arrays", configrecord_key: str = "config", wait_for_nodes: float = 600.0,
+        insecure_seed: tuple[int, ...] | None = None,
     ) -> None:  # fmt: skip
         if not noise_multiplier >= 0:
             raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
@@ -134,7 +135,8 @@ class ClientLevelDP(Strategy):
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
         self.wait_for_nodes = wait_for_nodes
-        self._rng = secret_numpy_rng()
+        self.population_to_wait_for = self.population  # fewer when clients were refused before round 1
+        self._rng = dp_numpy_rng(insecure_seed)  # secret unless --insecure-seeded-noise
         self.current: ArrayRecord | None = None
         self.last_pre_noise: dict[str, np.ndarray] | None = None  # sum / m before noise (tests, audits)
         self.last_clip = self.clipping_norm  # the norm the last aggregate was clipped and noised with
@@ -153,7 +155,7 @@ class ClientLevelDP(Strategy):
         self.current = arrays
         deadline = time.monotonic() + self.wait_for_nodes
         nodes = list(grid.get_node_ids())
-        while len(nodes) < self.population and time.monotonic() < deadline:
+        while len(nodes) < self.population_to_wait_for and time.monotonic() < deadline:
             time.sleep(0.2)
             nodes = list(grid.get_node_ids())
         config["server-round"] = server_round

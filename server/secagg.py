@@ -87,7 +87,7 @@ class _BookkeepingFedAvg(LegacyFedAvg):
         self.current = parameters_to_ndarrays(parameters)
         if self.client_dp is None:
             return super().configure_fit(server_round, parameters, client_manager)
-        client_manager.wait_for(self.client_dp.population, timeout=self.client_dp.wait_for_nodes)
+        client_manager.wait_for(self.client_dp.population_to_wait_for, timeout=self.client_dp.wait_for_nodes)
         clients = client_manager.all()
         picked = self.client_dp.sample(clients)
         config = dict(self.on_fit_config_fn(server_round)) if self.on_fit_config_fn else {}
@@ -124,7 +124,7 @@ def _history(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_secagg_rounds(
     grid: Grid, context: Context, cfg: SimulationConfig, run_dir: Path,
-    *, on_round: Callable[[RoundReport], None] | None = None,
+    *, on_round: Callable[[RoundReport], None] | None = None, refused: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) ``cfg`` with SecAgg+; same run folder, ledger and audit log as ``run_rounds``."""
     t0 = time.perf_counter()
@@ -154,7 +154,9 @@ def run_secagg_rounds(
             population=cfg.num_clients,
             clip_on_client=True,
             wait_for_nodes=cfg.round_timeout,
+            insecure_seed=(cfg.seed, 0xD9) if cfg.insecure_seeded_noise else None,
         )  # type: ignore[arg-type]
+        client_dp.population_to_wait_for = cfg.num_clients - refused
     book: dict[str, Any] = {"report": None, "first": True, "accuracy": float("nan"), "loss": float("nan"),
                             "t": time.perf_counter()}  # fmt: skip
 
@@ -215,7 +217,8 @@ def run_secagg_rounds(
     if remaining > 0:
         strategy = _BookkeepingFedAvg(
             on_fit=on_fit, client_dp=client_dp, fraction_fit=cfg.fraction_train, fraction_evaluate=0.0,
-            min_fit_clients=m, min_evaluate_clients=0, min_available_clients=cfg.num_clients,
+            min_fit_clients=min(m, cfg.num_clients - refused), min_evaluate_clients=0,
+            min_available_clients=cfg.num_clients - refused,
             evaluate_fn=evaluate_fn, on_fit_config_fn=lambda r: {K.SERVER_ROUND: offset + r},
             initial_parameters=ndarrays_to_parameters([current[k] for k in names]),
         )  # fmt: skip

@@ -125,7 +125,7 @@ def build_strategy(cfg: SimulationConfig, noise_multiplier: float | None) -> Str
         return ClientLevelDP(inner, noise_multiplier=noise_multiplier, clipping_norm=cfg.client_clip,
                              sample_rate=client_sample_rate(cfg), population=cfg.num_clients,
                              clip_on_client=cfg.client_dp.startswith("client-"), adaptive=adaptive,
-                             arrayrecord_key=K.ARRAYS, configrecord_key=K.CONFIG,
-                             wait_for_nodes=cfg.round_timeout)  # fmt: skip
+                             arrayrecord_key=K.ARRAYS, configrecord_key=K.CONFIG, wait_for_nodes=cfg.round_timeout,
+                             insecure_seed=(cfg.seed, 0xD9) if cfg.insecure_seeded_noise else None)  # fmt: skip
     except ValueError as e:  # e.g. z too large for the clipped-count noise of adaptive clipping
         raise ConfigError("clip-count-stddev", f"{e}") from e

@@ -16,16 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from fedready import constants as K
-from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig, make_config
 from fedready.errors import ConfigError
-from fedready.federation import partition_sizes, task_of
+from fedready.federation import CONFIG_FILE, partition_sizes, record_run, task_of
 from fedready.models import check_model
 
-__all__ = ["check_config", "data_digest", "federated_evaluate", "load_run_config", "simulate"]
-
-CONFIG_FILE = "config.json"
-SCHEMA_FILE = "schema.json"
+__all__ = ["check_config", "federated_evaluate", "load_run_config", "simulate"]
 
 
 def check_config(cfg: SimulationConfig) -> list[str]:
@@ -51,24 +47,6 @@ def check_config(cfg: SimulationConfig) -> list[str]:
         raise ConfigError("delta", f"must be below 1/n = {1.0 / n_max:.3g} (the largest client holds "
                                    f"{n_max} rows); pass e.g. --delta 1e-5")  # fmt: skip
     return notes
-
-
-def data_digest(cfg: SimulationConfig) -> str:
-    """``sha256:`` over every data file the run reads (recorded in config.json, checked on reproduce).
-
-    The embedded data set is identified by its benchmark's published digest (both its files are
-    checked against their published digests whenever they are loaded).
-    """
-    import hashlib
-
-    h = hashlib.sha256(task_of(cfg).test_digest.encode())
-    for f in (cfg.data, cfg.test):
-        if f:
-            h.update(b"\0" + Path(f).name.encode() + b"\0")
-            with Path(f).open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def load_run_config(run_dir: Path) -> SimulationConfig:
@@ -116,14 +94,9 @@ def simulate(
     check_config(cfg)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / CONFIG_FILE
-    if not cfg_path.exists():
-        doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg)}
-        atomic_write_text(cfg_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    if not (run_dir / SCHEMA_FILE).exists():  # what the model's inputs and outputs mean, for every later step
-        atomic_write_text(run_dir / SCHEMA_FILE, json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))
+    record_run(cfg, run_dir)  # config.json and schema.json: every later step reads the task from them
 
-    overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir)}
+    overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir), K.SIMULATION: True}
     if wire_log is not None:
         from fedready.client.wire import WIRE_LOG_RUN_CONFIG
 

@@ -1,12 +1,12 @@
-"""End to end on 127.0.0.1: a SuperLink with TLS and node authentication, three SuperNodes with CSV shards.
+"""End to end on 127.0.0.1: a SuperLink with TLS and node authentication, SuperNodes with CSV shards.
 
-One federation is started for the whole module (it takes most of a minute); the tests read
-what it left behind: the server's run folder, each client's ledger and audit log.
+The data set is a synthetic table (tests/conftest.py), not the embedded one: the server reads its schema
+and its public holdout from the run config. One federation is started for the whole module (a few
+minutes); the tests read what it left behind: the server's run folder, each client's ledger and audit log.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -15,30 +15,28 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from fedready import constants as K
 from fedready.cli import app
-from fedready.datasets.adult import load_adult
 from fedready.deploy.certs import generate_certificates
 from fedready.deploy.launch import client_environment, flower_env, flwr_connection, superlink_command, supernode_command
+from tests.conftest import synthetic_rows, write_task
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = (ROOT / "fedready" / "datasets" / "adult" / "schema.toml").read_text(encoding="utf-8")
 CONTRACT = """
 [contract]
-min_rows = 500
+min_rows = 300
 max_missing_rate = 0.02
-missing_rate = { workclass = 0.1, occupation = 0.1, native-country = 0.1 }
+missing_rate = { score = 0.1 }
 min_positive_rate = 0.05
-max_positive_rate = 0.6
+max_positive_rate = 0.95
 """
-ROWS = 1500
-LIMITED_EPSILON = 0.75  # the coordinator asks 1.0 over 3 rounds: round 1 spends ~0.65, round 2 would reach ~0.84
+ROWS = 640  # 576 training rows: the noisy count stays within one batch size of 128 (5 batches)
+LIMITED_EPSILON = 0.75  # asked 1.0 over 3 rounds: count + round 1 ~0.61, round 2 would reach ~0.80, the query ~0.68
 
 
 def _free_port() -> int:
@@ -47,17 +45,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _write_csv(path: Path, rows: np.ndarray, *, blank_age: float = 0.0) -> None:
-    table = load_adult("train")
-    names = list(table.columns)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        for k, i in enumerate(rows):
-            row = [str(table.columns[n][i]) for n in names]
-            if k < blank_age * len(rows):
-                row[names.index("age")] = ""
-            w.writerow(row)
+def _write_csv(path: Path, seed: int, *, blank_age: float = 0.0) -> None:
+    lines = synthetic_rows(ROWS, seed)
+    if blank_age:
+        head, rows = lines[0], lines[1:]
+        cut = int(blank_age * len(rows))
+        rows = [",".join(["", *r.split(",")[1:]]) if i < cut else r for i, r in enumerate(rows)]
+        lines = [head, *rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _descendants(pids: set[int]) -> set[int]:
@@ -101,15 +96,20 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def federation(tmp_path_factory):
     base = tmp_path_factory.mktemp("fed")
     home = base / "flwr-home"
-    certs = generate_certificates(base / "certs", hosts=["127.0.0.1", "localhost"], nodes=4)
+    certs = generate_certificates(base / "certs", hosts=["127.0.0.1", "localhost"], nodes=5)
+    task = write_task(base / "task", rows=600, test_rows=800, seed=100)  # the server's holdout is task["test"]
     schema = base / "schema.toml"
-    schema.write_text(SCHEMA + CONTRACT, encoding="utf-8")
-    rows = np.random.default_rng(0).permutation(32561)
+    schema.write_text(task["schema"].read_text(encoding="utf-8") + CONTRACT, encoding="utf-8")
+    # an organisation that prepared its data with another schema (one more colour): refused before round 1
+    foreign_schema = base / "foreign.toml"
+    foreign_schema.write_text(schema.read_text(encoding="utf-8").replace('"blue"]', '"blue", "black"]'),
+                              encoding="utf-8")  # fmt: skip
+    assert foreign_schema.read_text() != schema.read_text()
     orgs = []
-    for i in range(3):
+    for i in range(4):
         org = base / f"org-{i + 1}"
         org.mkdir()
-        _write_csv(org / "local.csv", rows[i * ROWS : (i + 1) * ROWS], blank_age=0.3 if i == 2 else 0.0)
+        _write_csv(org / "local.csv", seed=i, blank_age=0.3 if i == 2 else 0.0)
         eps = LIMITED_EPSILON if i == 1 else 5.0
         (org / "limits.toml").write_text(f"max_epsilon = {eps}\nmax_delta = 1e-5\n", encoding="utf-8")
         orgs.append(org)
@@ -138,23 +138,24 @@ def federation(tmp_path_factory):
                 break
             time.sleep(1)
         assert "registered" in reg.stdout, reg.stdout + reg.stderr
-        for _priv, pub in certs.node_keys[1:3]:
+        for _priv, pub in certs.node_keys[1:4]:
             reg = subprocess.run([flwr, "supernode", "register", str(pub), "fedready"], env=env,
                                  capture_output=True, text=True, timeout=60)  # fmt: skip
             assert "registered" in reg.stdout, reg.stdout + reg.stderr
         for i, org in enumerate(orgs):  # as `fedready client` starts them: behind the bundle guard, with a wire log
             start(f"org-{i + 1}", supernode_command(
                 superlink=address, root_cert=certs.ca_cert, key=certs.node_keys[i][0], data=org / "local.csv",
-                schema=schema, limits=org / "limits.toml", client_id=i, port=_free_port(),
-                wire_log=org / "wire.jsonl"), client_environment(org / "limits.toml"))  # fmt: skip
+                schema=foreign_schema if i == 3 else schema, limits=org / "limits.toml", client_id=i,
+                port=_free_port(), wire_log=org / "wire.jsonl"), client_environment(org / "limits.toml"))  # fmt: skip
         intruder = start("intruder", supernode_command(
-            superlink=address, root_cert=certs.ca_cert, key=certs.node_keys[3][0], data=orgs[0] / "local.csv",
+            superlink=address, root_cert=certs.ca_cert, key=certs.node_keys[4][0], data=orgs[0] / "local.csv",
             schema=schema, limits=orgs[0] / "limits.toml", client_id=9, port=_free_port(), max_wait=10))  # fmt: skip
         run_dir = base / "run"
+        task_config = f"schema='{schema}' test='{task['test']}' batch-size=128 model='logreg' round-timeout=120.0"
         run = subprocess.run(
             [flwr, "run", ".", "fedready", "--stream", "--run-config",
-             f"num-clients=3 rounds=3 epsilon=1.0 delta=1e-5 run-dir='{run_dir}'"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+             f"num-clients=4 rounds=3 epsilon=1.0 delta=1e-5 run-dir='{run_dir}' {task_config}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
         intruder_rc = intruder.wait(timeout=60)
         # A coordinator that edits fedready/__init__.py in its bundle: every SuperNode must refuse it
@@ -162,13 +163,13 @@ def federation(tmp_path_factory):
         evil = _tampered_project(base / "evil-app", base / "pwned")
         tampered = subprocess.run(
             [flwr, "run", str(evil), "fedready", "--stream", "--run-config",
-             f"num-clients=3 rounds=1 epsilon=1.0 delta=1e-5 run-dir='{base / 'evil-run'}'"],
-            cwd=base, env=env, capture_output=True, text=True, timeout=300,
+             f"num-clients=4 rounds=1 epsilon=1.0 delta=1e-5 run-dir='{base / 'evil-run'}' {task_config}"],
+            cwd=base, env=env, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
     finally:
         _stop(procs)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return {"run_dir": run_dir, "orgs": orgs, "intruder_rc": intruder_rc, "logs": logs, "schema": schema,
+    return {"run_dir": run_dir, "orgs": orgs, "intruder_rc": intruder_rc, "logs": logs, "schema": schema.resolve(),
             "tampered": tampered, "marker": base / "pwned", "evil_run": base / "evil-run"}  # fmt: skip
 
 
@@ -195,20 +196,23 @@ def _audit(path: Path) -> list[dict]:
 def test_private_training_over_tls_leaves_model_ledger_and_audit_logs_on_all_sides(federation):
     run_dir = federation["run_dir"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rounds_completed"] == 3 and summary["accuracy"] > 0.7
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 3 and summary["accuracy"] > 0.6
+    # flwr run wrote the run's records, so every other command works on a deployed run
+    assert json.loads((run_dir / "config.json").read_text())["config"]["schema"] == str(federation["schema"])
+    assert json.loads((run_dir / "schema.json").read_text())["name"] == "synthetic-2"
     assert (run_dir / "model.npz").exists()
     ledger = json.loads((run_dir / "ledger.json").read_text())
     assert 0 < ledger["epsilon"] <= 1.0
     events = _audit(run_dir / "audit.jsonl")
     fingerprints = [e for e in events if e["event"] == "client-data"]
-    assert {e["client"] for e in fingerprints} == {"0", "1", "2"}
+    assert {e["client"] for e in fingerprints} == {"0", "1", "2"}  # org-4 was refused before round 1
     # the server learns a salted commitment, never the data's digest or its row count
     assert all(set(e) >= {"schema_digest", "data_commitment"} and "rows" not in e and "data_sha256" not in e
                for e in fingerprints)  # fmt: skip
     shas = {f"sha256:{__import__('hashlib').sha256((org / 'local.csv').read_bytes()).hexdigest()}"
             for org in federation["orgs"]}  # fmt: skip
     assert not shas & {e["data_commitment"] for e in fingerprints}
-    for org in federation["orgs"]:
+    for org in federation["orgs"][:3]:
         assert (org / "audit.jsonl").exists() and (org / "ledger.json").exists() or org.name == "org-3"
         assert CliRunner().invoke(app, ["audit", "verify", str(org / "audit.jsonl")]).exit_code == 0
     assert CliRunner().invoke(app, ["audit", "verify", str(run_dir / "audit.jsonl")]).exit_code == 0
@@ -229,10 +233,10 @@ def test_contract_violating_client_declines_with_a_readable_reason_while_others_
     # by default not even the failed check's name leaves (share_contract_report = true in limits.toml sends it)
     assert server_side and "details stay on the client" in server_side[0]["detail"]
     client_side = [e for e in _audit(federation["orgs"][2] / "audit.jsonl") if e["event"] == "round-declined"]
-    assert "column 'age': 450 of 1500 rows (30.0%) missing, limit 2.0%" in client_side[0]["report"]
+    assert "column 'age': 192 of 640 rows (30.0%) missing, limit 2.0%" in client_side[0]["report"]
     out = CliRunner().invoke(app, ["contract", "check", "--data", str(federation["orgs"][2] / "local.csv"),
                                    "--schema", str(federation["schema"])])  # fmt: skip
-    assert out.exit_code == 1 and "column 'age': 450 of 1500 rows" in out.output
+    assert out.exit_code == 1 and "column 'age': 192 of 640 rows" in out.output
 
 
 def test_client_with_a_lower_local_limit_trains_only_up_to_it(federation):
@@ -259,6 +263,29 @@ def test_editing_one_audit_line_makes_verify_fail(federation, tmp_path):
     assert out.exit_code == 1 and "line 4" in out.output
 
 
+def test_a_client_with_another_schema_is_refused_before_round_1(federation):
+    run_dir = federation["run_dir"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (refused,) = summary["refused_clients"]
+    assert refused["client"] == "3" and refused["reason"].startswith(K.SCHEMA_MISMATCH)
+    assert refused["client_schema_digest"] != refused["server_schema_digest"]
+    assert refused["client_schema_digest"] in refused["reason"] and refused["server_schema_digest"] in refused["reason"]
+    events = _audit(run_dir / "audit.jsonl")
+    first_round = min(i for i, e in enumerate(events) if e["event"] == "round-finished")
+    refusals = [i for i, e in enumerate(events) if e["event"] == "client-refused"]
+    assert refusals and max(refusals) < first_round  # before round 1
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("3" not in r["trained"] and not any(d["client"] == "3" for d in r["declined"]) for r in metrics)
+    assert not (federation["orgs"][3] / "ledger.json").exists()  # it never released anything
+
+
+def test_a_run_where_every_client_fails_exits_non_zero(federation):
+    tampered = federation["tampered"]  # every SuperNode refused the bundle: no round aggregated
+    assert tampered.returncode != 0, tampered.stdout[-2000:]
+    summary = json.loads((federation["evil_run"] / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["accuracy"] is None
+
+
 def test_deployed_clients_answer_the_post_training_queries_noised_and_charged(federation):
     run_dir = federation["run_dir"]
     evaluation = json.loads((run_dir / "federated_eval.json").read_text())
@@ -283,7 +310,7 @@ def test_a_bundle_with_edited_code_is_refused_by_every_supernode_before_it_runs(
         accepted = [e for e in _audit(org / "audit.jsonl") if e["event"] == "bundle-accepted"]
         assert accepted  # the honest bundle (no code at all) was accepted
     metrics = [json.loads(x) for x in (federation["evil_run"] / "metrics.jsonl").read_text().splitlines()]
-    assert metrics and all(r["trained"] == [] and len(r["failed"]) == 3 for r in metrics)
+    assert metrics and all(r["trained"] == [] and len(r["failed"]) == 4 for r in metrics)
 
 
 def test_every_key_a_deployed_client_sends_is_in_the_readme_table(federation):

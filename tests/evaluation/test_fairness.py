@@ -69,3 +69,35 @@ def test_client_spread_reports_std_worst_and_worst_decile():
     assert spread["worst_10pct_accuracy"] == pytest.approx(0.1)
     assert spread["std"] == pytest.approx(np.std(np.arange(1, 11) / 10))
     assert spread["undefined_clients"] == ["10"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), clients=st.integers(1, 5), k=st.integers(3, 5))
+def test_summed_multiclass_confusion_matrices_equal_fairlearn_one_vs_rest(seed, clients, k):
+    from fedready.evaluation.fairness import holdout_fairness
+    from fedready.schema import DataSchema
+
+    schema = DataSchema.model_validate({
+        "name": "mc", "sensitive": ["g"], "target": {"column": "y", "classes": list(range(k))},
+        "columns": [{"name": "g", "kind": "categorical", "categories": ["a", "b", "c"]}],
+    })  # fmt: skip
+    rng = np.random.default_rng(seed)
+    n = 500
+    y, p, g = rng.integers(0, k, n), rng.integers(0, k, n), rng.choice(["a", "b", "c"], n)
+    names = group_names(schema, "g")
+    split = np.sort(rng.choice(np.arange(1, n), clients - 1, replace=False)) if clients > 1 else []
+    parts = zip(np.split(y, split), np.split(p, split), np.split(g, split), strict=True)
+    tables = [confusion_counts(yc, pc, gc, names, classes=k) for yc, pc, gc in parts]
+    # one row adds 1 to exactly one cell of its group's table (the noise calibration relies on it)
+    assert all(t.shape == (len(names), k * k) for t in tables) and int(sum(t.sum() for t in tables)) == n
+    fair = fairness_from_counts({"g": sum(tables)}, schema)["g"]
+    pooled = holdout_fairness(y, p, {"g": g}, classes=schema.classes)["g"]
+    for j, c in enumerate(schema.classes):
+        yt, yp = (y == j).astype(int), (p == j).astype(int)
+        assert fair["per_class"][c]["equalized_odds_difference"] == pytest.approx(
+            equalized_odds_difference(yt, yp, sensitive_features=g), abs=1e-12)  # fmt: skip
+        assert fair["per_class"][c]["demographic_parity_difference"] == pytest.approx(
+            demographic_parity_difference(yt, yp, sensitive_features=g), abs=1e-12)  # fmt: skip
+    for key in ("equalized_odds_difference", "demographic_parity_difference", "worst_group_accuracy"):
+        assert fair[key] == pytest.approx(pooled[key], abs=1e-12), key
+    assert fair["groups"]["a"]["accuracy"] == pytest.approx(float((y == p)[g == "a"].mean()), abs=1e-12)

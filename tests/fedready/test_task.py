@@ -168,9 +168,14 @@ def test_data_options_go_together():
 def test_user_models_are_checked_with_opacus():
     assert check_model("fedready_test_models:residual_layernorm", 12, 3) is None
     note = check_model("fedready_test_models:residual_batchnorm", 12, 3)
-    assert note is not None and "BatchNorm1d with GroupNorm" in note and "\n" not in note
-    fixed = create_model("fedready_test_models:residual_batchnorm", 12, num_classes=3)
+    assert note is not None and "BatchNorm1d replaced with GroupNorm" in note and "\n" not in note
+    fixed = create_model("fedready_test_models:residual_batchnorm", 12, num_classes=3).eval()
     assert not any("BatchNorm" in type(m).__name__ for m in fixed.modules())
+    import torch
+
+    x = torch.randn(5, 12)
+    with torch.no_grad():  # one group per layer: a single row is scored, and the same way as in a batch
+        assert torch.allclose(fixed(x[:1]), fixed(x)[:1], atol=1e-6)
     with pytest.raises(ConfigError, match="Opacus cannot train .* trainable layer with buffers"):
         check_model("fedready_test_models:buffered", 12, 3)
     with pytest.raises(ConfigError, match=r"logits of shape \[batch, 3\]"):

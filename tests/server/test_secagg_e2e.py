@@ -67,8 +67,14 @@ def test_secagg_costs_no_accuracy(tmp_path):
 
 
 def test_secagg_with_client_side_clipping_dp(tmp_path):
+    from tests.wire_table import sent_keys, unlisted
+
     summary, run = _run(tmp_path, "sadp", "--secagg", "--client-dp", "client-fixed", "--client-noise-multiplier",
-                        "0.5", "--client-clip", "2.0", "--client-delta", "1e-3")  # fmt: skip
+                        "0.5", "--client-clip", "2.0", "--client-delta", "1e-3", "--wire-log",
+                        str(tmp_path / "wire.jsonl"))  # fmt: skip
+    # what a SecAgg+ client sends: protocol messages and its (noisy, charged) metrics, all listed in the README
+    assert "secaggplus_configs.masked_params" in sent_keys(tmp_path / "wire.jsonl")
+    assert not unlisted(tmp_path / "wire.jsonl")
     assert summary["client_epsilon"] > 0 and summary["rounds_completed"] == 4
     entries = [e for e in json.loads((run / "ledger.json").read_text())["entries"] if e["level"] == "client"]
     assert [e["round"] for e in entries] == [1, 2, 3, 4]

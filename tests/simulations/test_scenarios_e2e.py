@@ -125,10 +125,14 @@ def test_client_level_budget_stops_the_run_cleanly(tmp_path):
     ids=["dropout", "rejections", "adaptive", "secagg"],
 )
 def test_no_configuration_exceeds_its_budgets(tmp_path, scenario):
+    from tests.wire_table import unlisted
+
     summary, rounds, _, run = _run(
         tmp_path, "b", "--clients", "4", "--rounds", "3", "--budget-rounds", "2", "--partitioner", "iid",
         "--client-epsilon", "3", "--client-delta", "1e-3", "--local-steps", "1", *scenario,
+        "--wire-log", str(tmp_path / "wire.jsonl"),
     )  # fmt: skip
+    assert not unlisted(tmp_path / "wire.jsonl")  # each path's messages, every key in the README table
     ledger = Ledger.load(run / "ledger.json")
     assert 0 < summary["client_epsilon"] <= 3.0 and ledger.client_level_epsilon <= 3.0
     assert summary["epsilon"] <= 1.0 and all(e <= 1.0 for e in ledger.client_epsilon().values())

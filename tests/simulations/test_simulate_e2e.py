@@ -54,7 +54,8 @@ def reference_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")
     try:
-        proc = _fedready("simulate", *SMALL, "--rounds", "4", "--out", str(out), "--name", "ref", "--json", tmp=tmp)
+        proc = _fedready("simulate", *SMALL, "--rounds", "4", "--out", str(out), "--name", "ref", "--json",
+                         "--wire-log", str(out / "wire.jsonl"), tmp=tmp)  # fmt: skip
     finally:
         _stop_ray(tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -174,3 +175,14 @@ def test_ledger_command_verifies_and_catches_tampering(reference_run, tmp_path):
     res = subprocess.run([sys.executable, "-m", "fedready.cli", "ledger", str(bad)], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert res.returncode == 1 and "DIFFERS" in res.stderr
+
+
+def test_every_key_a_simulated_client_sends_is_in_the_readme_table(reference_run):
+    from tests.wire_table import sent_keys, unlisted
+
+    _, run = reference_run
+    wire = run.parent / "wire.jsonl"
+    sent = sent_keys(wire)
+    assert {"arrays.*", "metrics.num-examples", "metrics.counts/sex", "metrics.profile/scores"} <= sent
+    assert "metrics.train-loss" not in sent  # under DP the loss stays on the client unless released on purpose
+    assert not unlisted(wire), f"keys the README does not list: {sorted(unlisted(wire))}"

@@ -153,7 +153,7 @@ def run_pipeline(
     hits = sum(p["label"] == t for p, t in zip(preds, truth, strict=True))
     say(f"    {shown} raw benchmark rows predicted on the device; {hits} match their label")
     for i, (row, p, t) in enumerate(zip(rows, preds, truth, strict=True)):
-        first = ", ".join(f"{k}={v}" for k, v in list(row.items())[:3])
+        first = ", ".join(f"{c.name}={row[c.name]}" for c in task.schema.features[:3])  # model inputs only
         say(f"    row {i} ({first}, ...) -> {p['label']} (p={p['probability']:.3f}; labelled {t})")
     say(f"serve it: fedready edge serve --home {device}")
     return result
