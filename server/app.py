@@ -613,7 +613,7 @@ def make_server_app(
         merged = {**dict(context.run_config), **fixed}
         cfg = SimulationConfig.from_run_config(merged)
         run_dir = Path(str(merged.get(K.RUN_DIR) or f"runs/flwr-{context.run_id}")).resolve()
-        record_run(cfg, run_dir)
+        record_run(cfg, run_dir, simulated=bool(merged.get(K.SIMULATION)))
         refused: list[dict[str, Any]] = []
         if merged.get(K.MODE) != K.MODE_EVALUATE and not merged.get(K.SIMULATION):
             # a deployment: the clients' schemas are theirs; a simulation's clients share the server's task

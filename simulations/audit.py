@@ -62,7 +62,7 @@ from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.config import SimulationConfig
 from fedready.errors import ConfigError
-from fedready.federation import task_of
+from fedready.federation import CONFIG_FILE, LAUNCHED_BY_SIMULATION, task_of
 from fedready.privacy.auditing import (
     AUDIT_FILE,
     AUDIT_FORMAT,
@@ -111,22 +111,36 @@ REFERENCES = (
 
 
 def check_simulated_run(run_dir: Path) -> None:
-    """Refuse a folder that is not a finished-or-started ``fedready simulate`` run (e.g. a deployment's).
+    """Refuse a folder that is not a ``fedready simulate`` run (e.g. one a deployment wrote).
+
+    A simulation's ``config.json`` says ``launched_by: "fedready simulate"``
+    (:func:`fedready.federation.record_run`); a ServerApp started by ``flwr run`` records
+    ``"ServerApp"``. Older folders carry no such field: they are taken as simulations unless their
+    audit log shows deployed clients (their data fingerprints, or a schema handshake's refusals).
 
     Raises
     ------
     ConfigError
-        Naming ``run``: no ``config.json`` (a run launched with ``flwr run`` against a SuperLink, or
-        not a run folder), or deployed clients' data fingerprints in its audit log.
+        Naming ``run``: no ``config.json`` (not a run folder), a run a ServerApp started
+        (``flwr run``), or deployed clients' traces in its audit log.
     """
     why = ("the audit inserts canaries, so it only ever re-runs a recorded configuration as a local "
            "simulation; it never sends canaries to real clients")  # fmt: skip
-    if not (run_dir / "config.json").is_file():
-        raise ConfigError("run", f"{run_dir} holds no config.json: it is not a `fedready simulate` run (a run "
-                                 f"launched with `flwr run` against a SuperLink records none); {why}")  # fmt: skip
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError("run", f"{run_dir} holds no {CONFIG_FILE}: it is not a `fedready simulate` run; {why}")
+    try:
+        launched_by = json.loads(path.read_text(encoding="utf-8")).get("launched_by")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ConfigError("run", f"{path} is not a run's configuration ({e})") from None
+    if launched_by is not None and launched_by != LAUNCHED_BY_SIMULATION:
+        raise ConfigError("run", f"{run_dir} was started by a {launched_by} (`flwr run`), possibly with deployed "
+                                 f"clients, not by `fedready simulate`; {why}")  # fmt: skip
     log_file = run_dir / "audit.jsonl"
-    if log_file.is_file() and '"client-data"' in log_file.read_text(encoding="utf-8"):
-        raise ConfigError("run", f"{run_dir} was trained by deployed clients on their own data; {why}")
+    if log_file.is_file():
+        text = log_file.read_text(encoding="utf-8")
+        if '"client-data"' in text or '"client-refused"' in text:
+            raise ConfigError("run", f"{run_dir} was trained by deployed clients on their own data; {why}")
 
 
 def check_auditable(cfg: SimulationConfig, level: str) -> None:

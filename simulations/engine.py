@@ -94,7 +94,7 @@ def simulate(
     check_config(cfg)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    record_run(cfg, run_dir)  # config.json and schema.json: every later step reads the task from them
+    record_run(cfg, run_dir, simulated=True)  # config.json and schema.json: every later step reads the task from them
 
     overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir), K.SIMULATION: True}
     if wire_log is not None:

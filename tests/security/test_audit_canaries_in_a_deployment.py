@@ -4,7 +4,8 @@ The audit's canaries reach a run only through Python hooks a local simulation pa
 ``strategy_hook``, the clients' ``optimizer_hooks``). A coordinator cannot send them: the apps that
 ``flwr run`` and SuperNodes load are built without hooks, a deployed client (a site with its own
 CSV) never calls one even if it were given one, and ``fedready audit-privacy`` refuses a run folder a
-deployment wrote. Each refusal is checked against a positive control that shows the path is live.
+deployment wrote (``launched_by`` in its config.json, deployed clients in its audit log). Each refusal
+is checked against a positive control that shows the path is live.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def test_an_audit_of_a_deployment_run_folder_is_refused(tmp_path):
     (flwr_run / "summary.json").write_text("{}")
     result = CliRunner().invoke(app, ["audit-privacy", "--run", str(flwr_run)])
     assert result.exit_code == 2 and "never sends canaries to real clients" in result.output
+    # a ServerApp started by `flwr run` records the run's config.json too, marked as such
+    (flwr_run / "config.json").write_text(
+        json.dumps({"config": make_config().model_dump(), "launched_by": "ServerApp"})
+    )
+    result = CliRunner().invoke(app, ["audit-privacy", "--run", str(flwr_run)])
+    assert result.exit_code == 2 and "flwr run" in result.output and "never sends canaries" in result.output
     deployed = tmp_path / "deployed"  # a run folder whose audit log holds deployed clients' data fingerprints
     deployed.mkdir()
     (deployed / "config.json").write_text(json.dumps({"config": make_config().model_dump()}))
@@ -81,7 +88,9 @@ def test_simulated_run_folders_are_accepted(level, tmp_path):
 
     sim = tmp_path / "sim"
     sim.mkdir()
-    (sim / "config.json").write_text(json.dumps({"config": make_config().model_dump()}))
+    (sim / "config.json").write_text(
+        json.dumps({"config": make_config().model_dump(), "launched_by": "fedready simulate"})
+    )
     (sim / "audit.jsonl").write_text(json.dumps({"event": "round-finished", "round": 1}) + "\n")
     check_simulated_run(sim)
     check_auditable(make_config(), level)
