@@ -2,10 +2,10 @@
 
     python benchmarks/audit_runtime.py --repeat 1
 
-Runs ``fedready simulate`` (the baseline) and ``fedready audit-privacy --level client`` and
-``--level sample`` with the same (default) options, alternating, and prints one JSON document: the
-median wall time of each command (Ray start-up included), its ratio to the plain run, and each
-audit's bound and accounted epsilon.
+Runs ``fedready simulate`` (the baseline) and ``fedready audit-privacy --level client``,
+``--level sample`` and ``--level both`` with the same (default) options, alternating, and prints one
+JSON document: the median wall time of each command (Ray start-up included), its ratio to the plain
+run, and each audit's bound and accounted epsilon.
 """
 
 from __future__ import annotations
@@ -43,29 +43,36 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="server rounds (default: the default, 50)")
     args = ap.parse_args()
     options = ["--rounds", str(args.rounds)] if args.rounds else []
-    runs: dict[str, list[float]] = {"plain": [], "client": [], "sample": []}
+    modes = ("client", "sample", "both")
+    runs: dict[str, list[float]] = {"plain": [], **{m: [] for m in modes}}
     last: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="fr-bench-audit-") as out:
         for i in range(args.repeat):
             s, summary = _timed(["simulate", *options, "--out", out, "--name", f"plain-{i}", "--json"])
             runs["plain"].append(s)
             last["plain"] = summary
-            for level in ("client", "sample"):
+            for level in modes:
                 s, audit = _timed(["audit-privacy", "--level", level, *options, "--out", out, "--name",
                                    f"{level}-{i}", "--json"])  # fmt: skip
                 runs[level].append(s)
                 last[level] = audit
                 print(f"[{i + 1}/{args.repeat}] {level} {s:.0f} s", file=sys.stderr, flush=True)
     plain = statistics.median(runs["plain"])
+
+    def audits(mode: str) -> dict[str, dict]:  # --level both prints the reports by level
+        return last[mode] if mode == "both" else {mode: last[mode]}
+
     results = {
         "rounds": last["plain"]["rounds"], "clients": last["plain"]["clients"], "repeat": args.repeat,
         "plain_s": round(plain, 1), "plain_epsilon": last["plain"]["epsilon"],
-        "levels": [{"level": lv, "seconds": round(statistics.median(runs[lv]), 1),
-                    "vs_plain": round(statistics.median(runs[lv]) / plain, 2),
-                    "bound": round(last[lv]["epsilon_lower_bound"], 3),
-                    "accounted": last[lv]["accounted"]["epsilon"], "canaries": last[lv]["canaries"],
-                    "extra": last[lv]["cost"]["extra"]} for lv in ("client", "sample")],
+        "levels": [{"level": m, "seconds": round(statistics.median(runs[m]), 1),
+                    "vs_plain": round(statistics.median(runs[m]) / plain, 2),
+                    "runs_s": [round(x, 1) for x in runs[m]],
+                    "audits": {lv: {"bound": round(a["epsilon_lower_bound"], 3), "accounted": a["accounted"]["epsilon"],
+                                    "canaries": a["canaries"], "extra": a["cost"]["extra"]}
+                               for lv, a in audits(m).items()}} for m in modes],
     }  # fmt: skip
+    results["plain_runs_s"] = [round(x, 1) for x in runs["plain"]]
     print(json.dumps(results, indent=1))
 
 

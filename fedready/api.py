@@ -225,7 +225,7 @@ class AuditResult:
     Attributes
     ----------
     level : str
-        ``client`` (canary clients) or ``sample`` (canary rows).
+        ``client`` (canary clients) or ``sample`` (gradient canaries).
     epsilon_lower_bound : float
         The empirical lower bound (Steinke et al. 2023): with probability ``confidence`` the mechanism
         as implemented is not ``(epsilon, delta)``-DP for any smaller epsilon. Not a guarantee.
@@ -275,7 +275,7 @@ def audit_privacy(
     on_note: Callable[[str], None] | None = None,
     on_start: Callable[[Any], None] | None = None,
     **options: Any,
-) -> AuditResult:
+) -> AuditResult | dict[str, AuditResult]:
     """Measure an empirical epsilon lower bound with canaries, in a second, simulated run.
 
     Parameters
@@ -284,11 +284,13 @@ def audit_privacy(
         Audit this run's configuration (its ``config.json``); ``audit_privacy.json`` is written into
         it. Without ``run``: the task and ``options`` as for :func:`simulate`, and the file goes into
         the audit's own run folder.
-    level : {"client", "sample"}
-        Canary clients in the aggregation (Andrew et al. 2024) or canary rows in clients' training
-        data (Steinke et al. 2023, black box).
+    level : {"client", "sample", "both"}
+        Canary clients in the aggregation (Andrew et al. 2024), gradient canaries in the clients'
+        DP-SGD steps (Steinke et al. 2023, white box), or both in one run: then the result is a
+        dict of the two :class:`AuditResult`, by level.
     canaries : int
-        Canaries, each inserted with probability 1/2 (default 1000: the bound cannot exceed about 4.4).
+        Canaries per level, each inserted with probability 1/2 (default 1000: the bound cannot exceed
+        about 4.4).
     confidence : float
         Confidence of the lower bound (default 0.95).
     out, name : path, str
@@ -325,21 +327,26 @@ def audit_privacy(
                  f"{secrets.token_hex(2)}").resolve()  # fmt: skip
     if on_start is not None:
         on_start(cfg)
-    report = run_audit(cfg, audit_dir, level=level, canaries=canaries, confidence=confidence,
-                       ray_address=ray_address, on_round=on_round)  # fmt: skip
-    if run is not None:
-        plain = run_dir / "summary.json"
-        if plain.exists():
-            report["cost"]["plain_run_seconds"] = json.loads(plain.read_text()).get("seconds")
-        report["audited_run"] = str(run_dir)
+    reports = run_audit(cfg, audit_dir, level=level, canaries=canaries, confidence=confidence,
+                        ray_address=ray_address, on_round=on_round)  # fmt: skip
     target = run_dir if run is not None else audit_dir
-    record_audit(report, target)
-    report = read_audits(target)[level]
-    return AuditResult(level=level, epsilon_lower_bound=float(report["epsilon_lower_bound"]),
-                       confidence=float(report["confidence"]), delta=float(report["delta"]),
-                       accounted_epsilon=report["accounted"]["epsilon"], exceeded=bool(report["exceeds_accounted"]),
-                       estimate=float(report["estimate"]["epsilon"]), written_to=target, audit_run_dir=audit_dir,
-                       report=report)  # fmt: skip
+    plain = target / "summary.json" if run is not None else None
+    for report in reports.values():
+        if plain is not None:
+            if plain.exists():
+                report["cost"]["plain_run_seconds"] = json.loads(plain.read_text()).get("seconds")
+            report["audited_run"] = str(run_dir)
+        record_audit(report, target)
+    recorded = read_audits(target)
+    results = {
+        lv: AuditResult(level=lv, epsilon_lower_bound=float(r["epsilon_lower_bound"]),
+                        confidence=float(r["confidence"]), delta=float(r["delta"]),
+                        accounted_epsilon=r["accounted"]["epsilon"], exceeded=bool(r["exceeds_accounted"]),
+                        estimate=float(r["estimate"]["epsilon"]), written_to=target, audit_run_dir=audit_dir,
+                        report=r)
+        for lv, r in ((lv, recorded[lv]) for lv in reports)
+    }  # fmt: skip
+    return results if len(results) > 1 else results[level]
 
 
 @dataclass(frozen=True)

@@ -848,7 +848,7 @@ def read_audits(run_dir: Any) -> dict[str, dict[str, Any]]:
 
 def empirical_privacy_line(audit: Mapping[str, Any]) -> str:
     """One line for reports and the model card: the bound, its confidence and the accounted epsilon."""
-    unit = {"client": "canary clients", "sample": "canary rows"}.get(str(audit.get("level")), "canaries")
+    unit = {"client": "canary clients", "sample": "gradient canaries"}.get(str(audit.get("level")), "canaries")
     acc = audit.get("accounted") or {}
     versus = f"accounted {acc['epsilon']:.3f}" if acc.get("epsilon") is not None else "no epsilon accounted"
     line = (f"empirical privacy ({audit.get('level')} level): epsilon >= {audit['epsilon_lower_bound']:.3f} at delta "

@@ -18,6 +18,9 @@ A bound above the accounted epsilon means the implementation releases more than 
   of its client it is Poisson-sampled at the client's rate and added to the clipped sum before the
   noise (:class:`GradientCanaries`). Score: each step's noisy sum minus the real rows' clipped sum,
   projected on each canary, scored by the likelihood ratio of the subsampled Gaussian as claimed.
+* **Both** in one run (``level="both"``): each score removes everything but its own canaries and
+  the noise (the client level subtracts the real replies, gradient canaries included; the sample
+  level subtracts the real rows inside the client), so neither kind disturbs the other's bound.
 
 Notes
 -----
@@ -81,6 +84,7 @@ from fedready.server.client_dp import ClientLevelDP, clipped_sum
 from fedready.server.strategies import client_sample_rate
 
 __all__ = [
+    "BOTH",
     "DEFAULT_CANARIES",
     "LEVELS",
     "CanaryClients",
@@ -95,6 +99,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEVELS = ("client", "sample")
+BOTH = "both"  # both levels' canaries in one run
 DEFAULT_CANARIES = 1000  # the one-run bound's cap is 4.39 at 1000 (3.72 at 500, 5.03 at 2000): privacy/auditing.py
 _ORTHOGONAL_MAX_DIM = 20_000  # orthogonalise canary directions up to this many parameters (above: nearly orthogonal)
 _FLOAT32_ABOVE = 50_000_000  # store directions in float32 above this many values (1000 canaries x mlp-large)
@@ -145,13 +150,13 @@ def check_simulated_run(run_dir: Path) -> None:
 
 def check_auditable(cfg: SimulationConfig, level: str) -> None:
     """Refuse what the audit cannot run faithfully, naming the option and the way out."""
-    if level not in LEVELS:
-        raise ConfigError("level", f"unknown level '{level}'; expected one of: {', '.join(LEVELS)}")
+    if level not in (*LEVELS, BOTH):
+        raise ConfigError("level", f"unknown level '{level}'; expected one of: {', '.join((*LEVELS, BOTH))}")
     if cfg.secagg:
         raise ConfigError("secagg", "the audit does not run under SecAgg+ (canary updates would have to enter the "
                                     "masked sum); audit the same configuration without --secagg: the DP "
                                     "mechanism (clip, sum, noise, fixed denominator) is the same")  # fmt: skip
-    if level == "client" and cfg.aggregator != "fedavg":
+    if level in ("client", BOTH) and cfg.aggregator != "fedavg":
         raise ConfigError("aggregator", f"canary clients are scored through the mean; '{cfg.aggregator}' is not "
                                         "one (and client-level DP needs --aggregator fedavg)")  # fmt: skip
 
@@ -353,7 +358,7 @@ def _directions(count: int, dim: int, rng: np.random.Generator) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Sample level: canary rows in clients' training data
+# Sample level: gradient canaries in clients' DP-SGD steps
 # --------------------------------------------------------------------------------------------
 
 
@@ -497,8 +502,8 @@ def run_audit(
     confidence: float = 0.95,
     ray_address: str | None = None,
     on_round: Callable[[Any], None] | None = None,
-) -> dict[str, Any]:
-    """Simulate ``cfg`` in ``run_dir`` with ``canaries`` canaries at ``level``; return the audit report.
+) -> dict[str, dict[str, Any]]:
+    """Simulate ``cfg`` in ``run_dir`` with ``canaries`` canaries per level audited; return the reports by level.
 
     Parameters
     ----------
@@ -506,18 +511,20 @@ def run_audit(
         The configuration to audit (as recorded in a run's ``config.json``, or new options).
     run_dir : Path
         A new folder for the audit's own run (its ledger is the one compared with).
-    level : {"client", "sample"}
-        Canary clients in the aggregation, or canary rows in clients' training data.
+    level : {"client", "sample", "both"}
+        Canary clients in the aggregation, gradient canaries in clients' DP-SGD steps, or both in
+        the same run (each level's score removes everything but its own canaries and the noise,
+        so neither disturbs the other's bound: one run for the price of two).
     canaries : int
-        Canaries, each included with probability 1/2.
+        Canaries per level, each included with probability 1/2.
     confidence : float
         Confidence of the lower bound.
 
     Returns
     -------
     dict
-        The audit (bound, its confidence, the accounted and claimed epsilon, the Gaussian-fit
-        estimate, canaries, scores, inclusion bits, cost); not yet written anywhere.
+        Level -> the audit (bound, its confidence, the accounted and claimed epsilon, the
+        Gaussian-fit estimate, canaries, scores, inclusion bits, cost); not yet written anywhere.
     """
     from fedready.simulations.engine import simulate
 
@@ -528,76 +535,86 @@ def run_audit(
         raise ConfigError("confidence", f"must be in [0.5, 1), e.g. 0.95; got {confidence}")
     if (run_dir / "config.json").exists():
         raise ConfigError("name", f"{run_dir} already holds a run; an audit always starts a new one")
+    levels = LEVELS if level == BOTH else (level,)
     t0 = time.perf_counter()
     task = task_of(cfg)
-    rng = secret_numpy_rng()  # directions / rows, bits, owners, per-round sampling: never --seed
+    rng = secret_numpy_rng()  # directions, bits, owners, per-round sampling: never --seed
     holder: dict[str, CanaryClients] = {}
-    report: dict[str, Any] = {"level": level, "canaries": canaries, "seed_source": "os-entropy"}
+    reports: dict[str, dict[str, Any]] = {
+        lv: {"level": lv, "canaries": canaries, "seed_source": "os-entropy"} for lv in levels
+    }
     q = client_sample_rate(cfg)
     dim = sum(v.numel() for v in task.model(seed=cfg.seed).state_dict().values())
-    notes: list[str] = []
-    if level == "client":
+    hook, gradient = None, None
+    bits: dict[str, np.ndarray] = {}
+    crowded: dict[str, int] = {}
+    if "client" in levels:
         directions = _directions(canaries, dim, rng)
-        bits = inclusion_bits(canaries, rng=rng)
+        bits["client"] = inclusion_bits(canaries, rng=rng)
 
         def hook(strategy: Strategy) -> Strategy:
-            holder["canaries"] = CanaryClients(strategy, directions=directions, included=bits, sample_rate=q,
-                                               norm=cfg.client_clip, rng=rng)  # fmt: skip
+            holder["canaries"] = CanaryClients(strategy, directions=directions, included=bits["client"],
+                                               sample_rate=q, norm=cfg.client_clip, rng=rng)  # fmt: skip
             return holder["canaries"]
 
-        summary = simulate(cfg, run_dir, on_round=on_round, ray_address=ray_address, strategy_hook=hook)
-        report.update(canary="an isotropic update of the clipping norm (a canary client, Andrew et al.)",
-                      directions_sha256=_digest(directions), sample_rate=q)  # fmt: skip
-        crowded = canaries
-    else:
-        bits = inclusion_bits(canaries, rng=rng)
+        reports["client"].update(canary="an isotropic update of the clipping norm (a canary client, Andrew et al.)",
+                                 directions_sha256=_digest(directions), sample_rate=q)  # fmt: skip
+        crowded["client"] = canaries
+    if "sample" in levels:
+        bits["sample"] = inclusion_bits(canaries, rng=rng)
         owners = rng.integers(0, cfg.num_clients, size=canaries)
         seeds = {int(pid): int(rng.integers(2**63)) for pid in np.unique(owners)}
-        gradient = GradientCanaries(run_dir / "canaries", owners=owners, included=bits, seeds=seeds)
-        summary = simulate(cfg, run_dir, on_round=on_round, ray_address=ray_address, optimizer_hooks=gradient)
-        report.update(canary="a gradient canary: a row whose clipped gradient is a fixed isotropic vector of norm "
-                             "max-grad-norm, in one random client's DP-SGD steps (white box)",
-                      owners=owners.tolist(), clients_with_canaries=len(seeds))  # fmt: skip
-        crowded = int(np.bincount(owners).max())
-    if crowded > dim:
-        notes.append(f"{crowded} canaries share a model of {dim} parameters: their directions cannot be orthogonal "
-                     f"and interfere, which weakens the bound (it stays valid); use --canaries so that at most "
-                     f"{dim} share one model, or a larger model")  # fmt: skip
+        gradient = GradientCanaries(run_dir / "canaries", owners=owners, included=bits["sample"], seeds=seeds)
+        reports["sample"].update(canary="a gradient canary: a row whose clipped gradient is a fixed isotropic vector "
+                                        "of norm max-grad-norm, in one random client's DP-SGD steps (white box)",
+                                 owners=owners.tolist(), clients_with_canaries=len(seeds))  # fmt: skip
+        crowded["sample"] = int(np.bincount(owners).max())
+    summary = simulate(cfg, run_dir, on_round=on_round, ray_address=ray_address, strategy_hook=hook,
+                       optimizer_hooks=gradient)  # fmt: skip
     simulated = time.perf_counter() - t0
     if summary.get("status") == "failed":
         raise ConfigError("run", f"the audit's simulation failed ({summary.get('reason')}); nothing to score")
     ledger = Ledger.load(run_dir / "ledger.json")
-    accounted = accounted_epsilon(ledger, cfg, level)
-    delta = float(accounted["delta"])
-    if level == "client":
-        scores, primary, fields = holder["canaries"].score(delta=delta, confidence=confidence)
-        report.update(fields)
-    else:
-        scores, steps = _gradient_scores(gradient, canaries)
-        if steps == 0:
-            raise ConfigError("rounds", "no client trained a step: nothing to score; run more rounds")
-        primary = canary_audit(scores, bits, delta=delta, confidence=confidence)
+    for lv, report in reports.items():
+        notes: list[str] = []
+        if crowded[lv] > dim:
+            notes.append(f"{crowded[lv]} canaries share a model of {dim} parameters: their directions cannot be "
+                         f"orthogonal and interfere, which weakens the bound (it stays valid); use --canaries so "
+                         f"that at most {dim} share one model, or a larger model")  # fmt: skip
+        accounted = accounted_epsilon(ledger, cfg, lv)
+        delta = float(accounted["delta"])
+        if lv == "client":
+            scores, primary, fields = holder["canaries"].score(delta=delta, confidence=confidence)
+            report.update(fields)
+        else:
+            assert gradient is not None
+            scores, steps = _gradient_scores(gradient, canaries)
+            if steps == 0:
+                raise ConfigError("rounds", "no client trained a step: nothing to score; run more rounds")
+            primary = canary_audit(scores, bits[lv], delta=delta, confidence=confidence)
+            report.update(
+                score="per-step residual projection (noisy sum minus the real rows' clipped sum), "
+                      "subsampled-Gaussian likelihood ratio at the client's claimed noise multiplier",
+                steps_scored=steps, fit={k: v for k, v in primary.to_dict().items() if k != "bound"},
+                estimate={"epsilon": primary.estimate, "method": "Gaussian fit to the same scores, Andrew et al."},
+                extra=f"{canaries} gradient canaries ({int(bits[lv].sum())} inserted, in "
+                      f"{report['clients_with_canaries']} clients' DP-SGD steps; {steps} client steps scored)",
+            )  # fmt: skip
+        bound = primary.bound
+        exceeded = accounted["epsilon"] is not None and bound.epsilon > accounted["epsilon"]
         report.update(
-            score="per-step residual projection (noisy sum minus the real rows' clipped sum), subsampled-Gaussian "
-                  "likelihood ratio at the client's claimed noise multiplier",
-            steps_scored=steps, fit={k: v for k, v in primary.to_dict().items() if k != "bound"},
-            estimate={"epsilon": primary.estimate, "method": "Gaussian fit to the same scores, Andrew et al."},
-            extra=f"{canaries} gradient canaries ({int(bits.sum())} inserted, in {len(seeds)} clients' DP-SGD "
-                  f"steps; {steps} client steps scored)",
+            parameters=dim, notes=notes, inserted=int(bits[lv].sum()), confidence=confidence, delta=delta,
+            epsilon_lower_bound=bound.epsilon,
+            bound=bound.to_dict(), accounted=accounted, exceeds_accounted=bool(exceeded),
+            bits=[int(b) for b in bits[lv]], scores=[float(s) for s in scores],
+            private=bool(ledger.private), caveats=ledger.caveats(),
+            cost={"extra": report.pop("extra"),
+                  "audit_run_seconds": round(float(summary.get("seconds", simulated)), 2),
+                  "audit_seconds": round(time.perf_counter() - t0, 2),
+                  "levels_in_the_run": list(levels)},
+            audit_run=str(run_dir), config=cfg.model_dump(), references=list(REFERENCES),
         )  # fmt: skip
-    bound = primary.bound
-    exceeded = accounted["epsilon"] is not None and bound.epsilon > accounted["epsilon"]
-    report.update(
-        parameters=dim, notes=notes, inserted=int(bits.sum()), confidence=confidence, delta=delta,
-        epsilon_lower_bound=bound.epsilon,
-        bound=primary.bound.to_dict(), accounted=accounted, exceeds_accounted=bool(exceeded),
-        bits=[int(b) for b in bits], scores=[float(s) for s in scores],
-        private=bool(ledger.private), caveats=ledger.caveats(),
-        cost={"extra": report.pop("extra"), "audit_run_seconds": round(float(summary.get("seconds", simulated)), 2),
-              "audit_seconds": round(time.perf_counter() - t0, 2)},
-        audit_run=str(run_dir), config=cfg.model_dump(), references=list(REFERENCES),
-    )  # fmt: skip
-    return report
+    return reports
 
 
 def record_audit(report: dict[str, Any], folder: Path) -> Path:

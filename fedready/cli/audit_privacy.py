@@ -41,7 +41,11 @@ def audit_privacy(
         typer.Option(help="Audit this run's configuration (its config.json); audit_privacy.json is written into it."),
     ] = None,
     level: Annotated[
-        str, typer.Option(help="client (canary clients in the aggregation) | sample (canary rows in clients' data).")
+        str,
+        typer.Option(
+            help="client (canary clients in the aggregation) | sample (gradient canaries in the clients' "
+            "DP-SGD steps) | both (one run, both kinds of canaries)."
+        ),  # fmt: skip
     ] = "client",
     canaries: Annotated[
         int, typer.Option(help="Canaries, each inserted with probability 1/2 (1000: the bound cannot exceed ~4.4).")
@@ -69,17 +73,18 @@ def audit_privacy(
         err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
     status = err.status("", spinner="dots")
+    what = "both levels" if level == "both" else f"{level} level"
     rounds: dict[str, int] = {}
 
     def on_start(cfg: Any) -> None:
         rounds["total"] = cfg.rounds
         if not json_out:
-            status.update(f"audit ({level} level, {canaries} canaries): a simulation of {cfg.rounds} rounds, "
+            status.update(f"audit ({what}, {canaries} canaries): a simulation of {cfg.rounds} rounds, "
                           f"{cfg.num_clients} clients; starting clients ...")  # fmt: skip
             status.start()
 
     def on_round(r: Any) -> None:
-        status.update(f"audit ({level} level, {canaries} canaries): round {r.round}/{rounds['total']}")
+        status.update(f"audit ({what}, {canaries} canaries): round {r.round}/{rounds['total']}")
 
     try:
         with _errors():
@@ -88,14 +93,20 @@ def audit_privacy(
                                             on_round=on_round, **task, **given)  # fmt: skip
     finally:
         status.stop()
-    if json_out:
-        typer.echo(json.dumps(result.report, sort_keys=True))
+    results = result if isinstance(result, dict) else {result.level: result}
+    if json_out:  # one level: its report; both: the reports by level
+        doc = {lv: r.report for lv, r in results.items()} if isinstance(result, dict) else result.report
+        typer.echo(json.dumps(doc, sort_keys=True))
     else:
-        print_audit(result.report)
-    if result.exceeded:
-        err.print(f"[bold red]error:[/] the empirical lower bound {result.epsilon_lower_bound:.3f} exceeds the "
-                  f"accounted epsilon {result.accounted_epsilon:.3f}: the implementation leaks more than its ledger "
-                  f"charges (a bug); see {escape(str(result.written_to))}/audit_privacy.json", highlight=False)  # fmt: skip
+        for r in results.values():
+            print_audit(r.report)
+    exceeded = [r for r in results.values() if r.exceeded]
+    for r in exceeded:
+        err.print(f"[bold red]error:[/] the {r.level}-level empirical lower bound {r.epsilon_lower_bound:.3f} exceeds "
+                  f"the accounted epsilon {r.accounted_epsilon:.3f}: the implementation leaks more than its ledger "
+                  f"charges (a bug); see {escape(str(r.written_to))}/audit_privacy.json", highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    if exceeded:
         raise typer.Exit(1)
 
 
@@ -120,9 +131,10 @@ def print_audit(report: dict[str, Any]) -> None:
     t.add_row("Gaussian-fit estimate", f"{_num(report['estimate']['epsilon'])} (information only, not a bound: "
                                        f"{report['estimate']['method']})")  # fmt: skip
     plain = cost.get("plain_run_seconds")
-    second = f"a second run: {cost['audit_seconds']:.0f} s" + (
-        f" (the audited run took {plain:.0f} s)" if plain else ""
-    )
+    shared = " (shared by both levels)" if len(cost.get("levels_in_the_run", [])) > 1 else ""
+    second = (f"a second run{shared}: {cost['audit_run_seconds']:.0f} s of rounds"
+              + (f" (the audited run's: {plain:.0f} s)" if plain else "")
+              + f", {cost['audit_seconds']:.0f} s in all")  # fmt: skip
     t.add_row("cost", f"{cost['extra']}; {second}")
     for caveat in report.get("caveats", []):
         t.add_row("caveat", caveat)

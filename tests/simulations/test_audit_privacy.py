@@ -2,9 +2,9 @@
 
 The fast tests drive the audit's pieces in this process: canary clients through the real
 client-level DP strategy and Flower's FedAvg, gradient canaries through real local training. The
-slow ones run the command through Flower's simulation engine on a synthetic task: the sanity
-checks without DP, correct configurations in three seeds, and a deliberately under-noised
-client-level mechanism that the audit must catch (exit 1).
+slow ones run the command through Flower's simulation engine on a synthetic task, both levels in
+one run wherever they can share it: the sanity checks without DP, correct configurations in three
+seeds, and a deliberately under-noised client-level mechanism that the audit must catch (exit 1).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ UNDER_NOISED = (
 )
 
 
-def _fedready(*args: str, prefix: list[str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+def _fedready(*args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
     tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "TMPDIR": tmp, "RAY_TMPDIR": tmp, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, *(prefix or ["-m", "fedready.cli"]), *args]
@@ -205,45 +205,86 @@ def _audit(proc: subprocess.CompletedProcess) -> dict:
     return json.loads(proc.stdout)
 
 
-@pytest.mark.slow
-def test_sanity_without_dp_both_levels_find_the_canaries_and_the_run_records_them(binary_task, tmp_path):
-    # Without any DP the mechanism shows every canary: the client-level bound reaches the one-run cap for
-    # 1000 canaries (about 4.4 >= 3 at delta 1e-5, 95%), and so does the sample-level one.
-    sim = _fedready("simulate", *_task(binary_task), *SMALL, "--clients", "4", "--rounds", "3", "--no-dp",
-                    "--out", str(tmp_path), "--name", "plain", "--json")  # fmt: skip
-    assert sim.returncode == 0, sim.stderr[-3000:]
+def test_a_run_folder_is_audited_with_its_own_configuration_only(tmp_path):
     run = tmp_path / "plain"
-    client = _audit(_fedready("audit-privacy", "--run", str(run), "--json"))
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"rounds": 2}, "launched_by": "fedready simulate"}))
+    result = CliRunner().invoke(app, ["audit-privacy", "--run", str(run), "--rounds", "2"])
+    assert result.exit_code == 2 and "pass options without --run" in result.output
+    assert not list(tmp_path.glob("audit-*"))
+
+
+# One run per configuration, shared by the tests that read it (module scope): the whole module's
+# slow part is six simulations of a few rounds (about 2-4 minutes on 2 cores).
+
+
+@pytest.fixture(scope="module")
+def sanity(binary_task, tmp_path_factory):
+    """A non-private run, then both levels audited in one re-run of its recorded configuration."""
+    out = tmp_path_factory.mktemp("audit-sanity")
+    sim = _fedready("simulate", *_task(binary_task), *SMALL, "--clients", "4", "--rounds", "3", "--no-dp",
+                    "--out", str(out), "--name", "plain", "--json")  # fmt: skip
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    proc = _fedready("audit-privacy", "--run", str(out / "plain"), "--level", "both", "--json")
+    return out, out / "plain", _audit(proc), proc
+
+
+@pytest.mark.slow
+def test_sanity_without_dp_the_client_level_bound_is_large(sanity):
+    # Without any DP the mechanism shows every canary client: the bound reaches the one-run cap for 1000
+    # canaries (about 4.4), at least 3 at delta 1e-5 and 95% confidence.
+    _, _, audits, proc = sanity
+    client = audits["client"]
+    assert proc.returncode == 0  # nothing accounted, so nothing to exceed
     assert client["epsilon_lower_bound"] >= 3.0 and client["delta"] == 1e-5 and client["confidence"] == 0.95
     assert client["accounted"]["epsilon"] is None and not client["exceeds_accounted"]
-    sample = _audit(_fedready("audit-privacy", "--run", str(run), "--level", "sample", "--json"))
-    assert sample["epsilon_lower_bound"] >= 3.0
+
+
+@pytest.mark.slow
+def test_sanity_without_dp_the_sample_level_bound_is_clearly_positive(sanity):
+    # Gradient canaries in plain SGD steps: nothing hides them either (black-box canary rows gave 0 here)
+    sample = sanity[2]["sample"]
+    assert sample["epsilon_lower_bound"] >= 3.0 and sample["steps_scored"] > 0
+    assert sample["accounted"]["epsilon"] is None and not sample["exceeds_accounted"]
+
+
+@pytest.mark.slow
+def test_the_audited_run_records_both_levels_and_the_cost(sanity):
+    out, run, audits, _ = sanity
+    assert json.loads((run / "config.json").read_text())["launched_by"] == "fedready simulate"
     recorded = read_audits(run)  # both levels, each written whole into the audited run
-    assert set(recorded) == {"client", "sample"} and recorded["client"] == client
+    assert set(recorded) == {"client", "sample"} and recorded == audits
     doc = json.loads((run / AUDIT_FILE).read_text())
     for audit in doc["audits"].values():
         assert len(audit["bits"]) == len(audit["scores"]) == audit["canaries"] == 1000
         assert sum(audit["bits"]) == audit["inserted"] and audit["seed_source"] == "os-entropy"
-        assert Path(audit["audit_run"]).parent == tmp_path and audit["audited_run"] == str(run)
+        assert Path(audit["audit_run"]).parent == out and audit["audited_run"] == str(run)
+        assert audit["cost"]["levels_in_the_run"] == ["client", "sample"]  # one second run for both
         assert audit["cost"]["audit_seconds"] > 0 and audit["cost"]["plain_run_seconds"] > 0
-    refused = _fedready("audit-privacy", "--run", str(run), "--rounds", "2")
-    assert refused.returncode == 2 and "pass options without --run" in refused.stderr
+    assert audits["client"]["audit_run"] == audits["sample"]["audit_run"]
+
+
+CLIENT_DP = ["--clients", "20", "--fraction-train", "0.1", "--rounds", "6", "--min-client-rows", "10",
+             "--client-dp", "server-fixed", "--client-noise-multiplier", "2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
+def correct(request, binary_task, tmp_path_factory):
+    """The default (sample-level) DP with client-level DP on top, both levels audited in one run per seed."""
+    out = tmp_path_factory.mktemp(f"audit-correct-{request.param}")
+    return _audit(_fedready("audit-privacy", *_task(binary_task), *SMALL, *CLIENT_DP, "--level", "both",
+                            "--seed", str(request.param), "--out", str(out), "--json"))  # fmt: skip
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_correct_configurations_stay_below_the_accounted_epsilon(binary_task, tmp_path, seed):
-    # The default DP configuration (sample level) and a client-level DP configuration (client level).
-    default = _audit(_fedready("audit-privacy", *_task(binary_task), *SMALL, "--clients", "4", "--rounds", "3",
-                               "--seed", str(seed), "--level", "sample", "--out", str(tmp_path), "--json"))  # fmt: skip
-    assert default["accounted"]["epsilon"] > 0 and not default["exceeds_accounted"]
-    assert default["epsilon_lower_bound"] <= default["accounted"]["epsilon"]
-    client = _audit(_fedready("audit-privacy", *_task(binary_task), *SMALL, "--clients", "20", "--fraction-train",
-                              "0.1", "--rounds", "6", "--min-client-rows", "10", "--no-dp", "--client-dp",
-                              "server-fixed", "--client-noise-multiplier", "2", "--seed", str(seed), "--out",
-                              str(tmp_path), "--json"))  # fmt: skip
+def test_correct_configurations_stay_below_the_accounted_epsilon(correct):
+    client, sample = correct["client"], correct["sample"]
     assert client["accounted"]["epsilon"] == pytest.approx(compose_epsilon([(2.0, 0.1, 6)], delta=1e-5))
     assert client["epsilon_lower_bound"] <= client["accounted"]["epsilon"] and not client["exceeds_accounted"]
+    # the DP-SGD model's epsilon, or the client level's where smaller (a row is part of its client)
+    assert 0 < sample["accounted"]["epsilon"] <= client["accounted"]["epsilon"] + 1e-9
+    assert sample["steps_scored"] > 0 and sample["score"].startswith("per-step residual projection")
+    assert sample["epsilon_lower_bound"] <= sample["accounted"]["epsilon"] and not sample["exceeds_accounted"]
 
 
 @pytest.mark.slow
@@ -258,3 +299,4 @@ def test_client_level_under_noising_is_caught(binary_task, tmp_path):
     assert "exceeds the accounted epsilon" in proc.stderr and "a bug" in proc.stderr
     audit = read_audits(tmp_path / "buggy")["client"]
     assert audit["exceeds_accounted"] and audit["epsilon_lower_bound"] > audit["accounted"]["epsilon"]
+    assert audit["accounted"]["epsilon"] == pytest.approx(compose_epsilon([(2.0, 0.1, 10)], delta=1e-5))
