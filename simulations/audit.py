@@ -80,7 +80,7 @@ from fedready.privacy.auditing import (
 )
 from fedready.privacy.ledger import Ledger
 from fedready.privacy.randomness import secret_numpy_rng
-from fedready.server.client_dp import ClientLevelDP, clipped_sum
+from fedready.server.client_dp import ClientLevelDP, WrappingStrategy, clipped_sum
 from fedready.server.strategies import client_sample_rate
 
 __all__ = [
@@ -205,7 +205,7 @@ def _metrics(msg: Message) -> MetricRecord:
     return next(iter(msg.content.metric_records.values()))
 
 
-class CanaryClients(Strategy):
+class CanaryClients(WrappingStrategy):
     """The round's strategy with canary clients among the replies it aggregates (Andrew et al. 2024).
 
     Every round each inserted canary takes part independently with probability ``sample_rate`` (the
@@ -336,16 +336,6 @@ class CanaryClients(Strategy):
                      f"{np.mean(self.real_replies):.1f} real ones",
         }  # fmt: skip
         return scores, primary, fields
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:  # fmt: skip
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
 
 
 def _directions(count: int, dim: int, rng: np.random.Generator) -> np.ndarray:

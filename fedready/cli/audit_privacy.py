@@ -48,7 +48,10 @@ def audit_privacy(
         ),  # fmt: skip
     ] = "client",
     canaries: Annotated[
-        int, typer.Option(help="Canaries, each inserted with probability 1/2 (1000: the bound cannot exceed ~4.4).")
+        int,
+        typer.Option(
+            help="Canaries per level, each inserted with probability 1/2 (1000: the bound cannot exceed ~4.4)."
+        ),
     ] = 1000,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
     out: Annotated[
