@@ -32,7 +32,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from fedready import constants as K
 from fedready.client.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
 from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_sensitivity
-from fedready.client.training import train
+from fedready.client.training import OptimizerHooks, train
 from fedready.client.wire import make_wire_log_mod
 from fedready.config import SimulationConfig
 from fedready.deploy.site import Site, site_from_node_config
@@ -105,22 +105,27 @@ def local_update(
     run_dir: str | None,
     server_round: int,
     global_arrays: dict[str, np.ndarray],
+    *,
+    optimizer_hooks: OptimizerHooks | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:
     """One round of local training on this client's shard: the update and its metrics, or a decline.
 
     Shared by the message-API ClientApp and the SecAgg+ (legacy NumPyClient) path. The client's
-    state is locked for the whole round (budget check, training, record).
+    state is locked for the whole round (budget check, training, record). ``optimizer_hooks``
+    (simulations only) sees a simulated client's optimisation steps; a client with its own data
+    (a site) never calls it.
     """
     pid = int(context.node_config["partition-id"])
     site = site_from_node_config(context.node_config)
     store = _store(context, run_dir, pid, site)
     with store.locked():
-        return _local_update(cfg, context, run_dir, server_round, global_arrays, pid, site, store)
+        return _local_update(cfg, context, run_dir, server_round, global_arrays, pid, site, store, optimizer_hooks)
 
 
 def _local_update(
     cfg: SimulationConfig, context: Context, run_dir: str | None, server_round: int,
     global_arrays: dict[str, np.ndarray], pid: int, site: Site | None, store: Store,
+    optimizer_hooks: OptimizerHooks | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:  # fmt: skip
     in_digest = arrays_digest(global_arrays)
     state = store.load()
@@ -188,11 +193,13 @@ def _local_update(
     model = model_for_schema(cfg.model, schema)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
     seed = _insecure_seed(cfg.seed, pid, server_round) if (cfg.insecure_seeded_noise or not cfg.dp) else None
+    # a simulated client only: a site (an organisation's own data) never takes a hook
+    hook = optimizer_hooks(pid, server_round) if optimizer_hooks is not None and site is None else None
     result = train(
         model, x_train, y_train,
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr_at(server_round), momentum=cfg.momentum,
         seed=seed, noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
-        history=state.history(), accountant=cfg.accountant, max_steps=steps,
+        history=state.history(), accountant=cfg.accountant, max_steps=steps, optimizer_hook=hook,
     )  # fmt: skip
     if cfg.dp:
         state.releases.append(Release("sample", server_round, noise, rate, result.steps))
@@ -222,14 +229,15 @@ def _record_site_releases(site: Site, run: str, state: ClientPrivacyState) -> No
             site.record_release(run=run, server_round=r.round, level=r.level, step=r.step())
 
 
-def handle_train(msg: Message, context: Context, overrides: dict[str, Any]) -> Message:
+def handle_train(msg: Message, context: Context, overrides: dict[str, Any],
+                 optimizer_hooks: OptimizerHooks | None = None) -> Message:  # fmt: skip
     """Train on the local shard and reply with the update, or decline."""
     cfg, run_dir = resolve_config(context, overrides)
     server_round = int(msg.content[K.CONFIG][K.SERVER_ROUND])
     record = msg.content[K.ARRAYS]
     global_arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
     site = site_from_node_config(context.node_config)
-    out = local_update(cfg, context, run_dir, server_round, global_arrays)
+    out = local_update(cfg, context, run_dir, server_round, global_arrays, optimizer_hooks=optimizer_hooks)
     pid = int(context.node_config["partition-id"])
     extra = site.fingerprint if site is not None else None
     if site is not None:
@@ -376,8 +384,16 @@ def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCall
     return out
 
 
-def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
-    """Return a ClientApp whose run config is ``context.run_config`` updated by ``overrides``."""
+def make_client_app(
+    overrides: dict[str, Any] | None = None, *, optimizer_hooks: OptimizerHooks | None = None
+) -> ClientApp:
+    """Return a ClientApp whose run config is ``context.run_config`` updated by ``overrides``.
+
+    ``optimizer_hooks`` is for simulations only (the sample-level privacy audit adds its gradient
+    canaries with it): only Python code that builds the ClientApp object can pass it. The app
+    ``flwr run`` and SuperNodes load (:data:`app`) is built without it, and a client with its own
+    data (a site) never calls it, so no coordinator can reach an organisation's training with it.
+    """
     fixed = dict(overrides or {})
     # the wire log is outermost: it records each reply as it leaves, after clipping
     client_app = ClientApp(mods=[make_wire_log_mod(fixed), client_clipping_mod])
@@ -385,7 +401,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     @client_app.train()
     def _train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)  # one core per virtual client; Ray runs several side by side
-        return handle_train(msg, context, fixed)
+        return handle_train(msg, context, fixed, optimizer_hooks)
 
     @client_app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:

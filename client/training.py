@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -13,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedready.privacy.randomness import harden_optimizer, secret_torch_generator, seeded_torch_generator
 
-__all__ = ["TrainResult", "evaluate", "train"]
+__all__ = ["OptimizerHook", "OptimizerHooks", "TrainResult", "evaluate", "train"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,23 @@ class TrainResult:
 # ships (benchmarks/dp_overhead.py: about half the time of hooks for the default MLP, 40x less for mlp-large).
 GRAD_SAMPLE_MODES = ("ghost", "hooks")
 DEFAULT_GRAD_SAMPLE_MODE = "ghost"
+
+
+class OptimizerHook(Protocol):
+    """Sees every optimisation step of one local training (simulations only: the sample-level privacy audit).
+
+    :func:`train` calls :meth:`attach` once the optimiser is built (the Opacus ``DPOptimizer`` under DP,
+    after :func:`~fedready.privacy.randomness.harden_optimizer`) and :meth:`close` after the last step.
+    """
+
+    def attach(self, optimizer: torch.optim.Optimizer, *, sample_rate: float, noise_multiplier: float | None,
+               max_grad_norm: float, batch_size: int) -> None: ...  # fmt: skip
+
+    def close(self) -> None: ...
+
+
+# (partition id, server round) -> the round's hook, or None
+OptimizerHooks = Callable[[int, int], "OptimizerHook | None"]
 
 
 class _Rows(Dataset):
@@ -80,6 +99,7 @@ def train(
     accountant: str = "rdp",
     max_steps: int | None = None,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
+    optimizer_hook: OptimizerHook | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` epochs.
 
@@ -95,6 +115,9 @@ def train(
     sampling and noise then come from operating-system entropy (:mod:`fedready.privacy.randomness`).
     A known seed under DP makes the released update reproducible from the seed, which voids the
     guarantee; only ``--insecure-seeded-noise`` does that, and it is stamped everywhere.
+
+    ``optimizer_hook`` (simulations only) is attached to the optimiser before the first step and
+    closed after the last (:class:`OptimizerHook`).
     """
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
@@ -135,6 +158,10 @@ def train(
         collate, rows = getattr(loader, "collate_fn", None), loader.dataset
         if isinstance(rows, _Rows) and getattr(collate, "first_batch", False) is None:
             collate.first_batch = (rows.x[:0], rows.y[:0])
+    if optimizer_hook is not None:
+        rate = float(getattr(loader, "sample_rate", min(1.0, batch_size / max(len(y), 1))))
+        optimizer_hook.attach(opt, sample_rate=rate, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                              batch_size=batch_size)  # fmt: skip
     module.train()
     steps, total = 0, 0.0
     budget = max_steps if max_steps is not None else epochs * len(loader)
@@ -151,6 +178,8 @@ def train(
             opt.step()
             steps += 1
             total += float(loss.detach()) if len(xb) else 0.0  # ghost's wrapped loss of nothing is NaN
+    if optimizer_hook is not None:
+        optimizer_hook.close()
     hist = [tuple(h) for h in engine.accountant.history] if engine is not None else list(history or [])
     return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist)  # type: ignore[arg-type]
 

@@ -210,6 +210,9 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
     if pv["client_epsilon"] is not None:
         eps.append(f"client-level DP ({pv['client_dp']}): epsilon {_num(pv['client_epsilon'], 3)} "
                    f"at delta {pv['client_delta']:g}")  # fmt: skip
+    from fedready.privacy.auditing import empirical_privacy_line
+
+    eps += [empirical_privacy_line(a) for _, a in sorted((r.get("empirical_privacy") or {}).items())]
     eps.append(f"declined rounds (budget): {pv['declines']}; secure aggregation: {'yes' if pv['secagg'] else 'no'}")
     eps.append("the ledger (ledger.json) can be recomputed with `fedready ledger RUN`")
     s["Privacy guarantees"] = [("ul", eps)]
@@ -358,7 +361,10 @@ def render_html(r: dict[str, Any], sections: list[tuple[str, list[Block]]]) -> s
 
 
 def write_model_card(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
-    """Write ``model_card.md`` and ``model_card.html`` into ``run_dir``."""
+    """Write ``model_card.md`` and ``model_card.html`` into ``run_dir`` (with its privacy audits, if any)."""
+    from fedready.privacy.auditing import read_audits
+
+    report = {**report, "empirical_privacy": read_audits(run_dir)}
     sections = build_sections(report)
     md, page = run_dir / "model_card.md", run_dir / "model_card.html"
     atomic_write_text(md, render_markdown(report, sections) + "\n")

@@ -6,11 +6,13 @@ return typed results, so a notebook or a sweep script needs no subprocess.
 """
 
 from fedready.api import (
+    AuditResult,
     CompressionResult,
     EvaluationResult,
     PipelineResult,
     RoundMetrics,
     SimulationResult,
+    audit_privacy,
     compress,
     evaluate,
     pipeline,
@@ -18,11 +20,13 @@ from fedready.api import (
 )
 
 __all__ = [
+    "AuditResult",
     "CompressionResult",
     "EvaluationResult",
     "PipelineResult",
     "RoundMetrics",
     "SimulationResult",
+    "audit_privacy",
     "compress",
     "evaluate",
     "pipeline",

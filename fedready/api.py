@@ -25,11 +25,13 @@ from typing import Any
 from fedready.errors import ConfigError
 
 __all__ = [
+    "AuditResult",
     "CompressionResult",
     "EvaluationResult",
     "PipelineResult",
     "RoundMetrics",
     "SimulationResult",
+    "audit_privacy",
     "compress",
     "evaluate",
     "model_name",
@@ -214,6 +216,137 @@ def simulation_result(summary: dict[str, Any]) -> SimulationResult:
     return SimulationResult(accuracy=None if acc is None else float(acc), epsilon=summary.get("epsilon"),
                             delta=summary.get("delta"), client_epsilon=summary.get("client_epsilon"),
                             run_dir=run_dir, rounds=rounds, summary=summary)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What :func:`audit_privacy` returns.
+
+    Attributes
+    ----------
+    level : str
+        ``client`` (canary clients) or ``sample`` (gradient canaries).
+    epsilon_lower_bound : float
+        The empirical lower bound (Steinke et al. 2023): with probability ``confidence`` the mechanism
+        as implemented is not ``(epsilon, delta)``-DP for any smaller epsilon. Not a guarantee.
+    confidence, delta : float
+        Of the bound (``delta`` is the accounted one's).
+    accounted_epsilon : float or None
+        What the audit run's own ledger charges for the audited release (None without DP at that level).
+    exceeded : bool
+        The bound is above the accounted epsilon: the implementation leaks more than it charges (a bug).
+    estimate : float
+        The Gaussian-fit estimate (Andrew et al. 2024): information only, not a bound.
+    written_to : Path
+        The run folder that now holds ``audit_privacy.json`` (the audited run, or the audit's own run).
+    audit_run_dir : Path
+        The audit's own simulation (canaries included).
+    report : dict
+        Everything recorded for this level in ``audit_privacy.json``.
+    """
+
+    level: str
+    epsilon_lower_bound: float
+    confidence: float
+    delta: float
+    accounted_epsilon: float | None
+    exceeded: bool
+    estimate: float
+    written_to: Path
+    audit_run_dir: Path
+    report: dict[str, Any]
+
+
+def audit_privacy(
+    run: str | Path | None = None,
+    *,
+    level: str = "client",
+    canaries: int = 1000,
+    confidence: float = 0.95,
+    data: str | Path | None = None,
+    schema: str | Path | None = None,
+    test: str | Path | None = None,
+    test_fraction: float | None = None,
+    model: str | Callable[..., Any] | None = None,
+    out: str | Path | None = None,
+    name: str | None = None,
+    ray_address: str | None = None,
+    on_round: Callable[[Any], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    on_start: Callable[[Any], None] | None = None,
+    **options: Any,
+) -> AuditResult | dict[str, AuditResult]:
+    """Measure an empirical epsilon lower bound with canaries, in a second, simulated run.
+
+    Parameters
+    ----------
+    run : path, optional
+        Audit this run's configuration (its ``config.json``); ``audit_privacy.json`` is written into
+        it. Without ``run``: the task and ``options`` as for :func:`simulate`, and the file goes into
+        the audit's own run folder.
+    level : {"client", "sample", "both"}
+        Canary clients in the aggregation (Andrew et al. 2024), gradient canaries in the clients'
+        DP-SGD steps (Steinke et al. 2023, white box), or both in one run: then the result is a
+        dict of the two :class:`AuditResult`, by level.
+    canaries : int
+        Canaries per level, each inserted with probability 1/2 (default 1000: the bound cannot exceed
+        about 4.4).
+    confidence : float
+        Confidence of the lower bound (default 0.95).
+    out, name : path, str
+        The audit's own run goes to ``out/name`` (default: beside ``run``, or ``runs``;
+        ``audit-<level>-<time>-<id>``).
+
+    Raises
+    ------
+    ConfigError
+        For a bad option, a run folder a deployment wrote (canaries never enter real clients' data),
+        SecAgg+, or a client-level audit of a non-mean aggregator.
+    """
+    from fedready.config import make_config
+    from fedready.privacy.auditing import read_audits
+    from fedready.simulations.audit import check_simulated_run, record_audit, run_audit
+    from fedready.simulations.engine import check_config, load_run_config
+
+    given = {**options, **_task_options(data, schema, test, test_fraction, model)}
+    if run is not None:
+        run_dir = Path(run).expanduser().resolve()
+        if given:
+            first = sorted(given)[0].replace("_", "-")
+            raise ConfigError(first, "--run audits the run's own configuration (its config.json); pass options "
+                                     "without --run")  # fmt: skip
+        check_simulated_run(run_dir)
+        cfg = load_run_config(run_dir)
+    else:
+        cfg = make_config(**given)
+    for note in check_config(cfg):
+        if on_note is not None:
+            on_note(note)
+    parent = Path(out) if out is not None else (run_dir.parent if run is not None else Path("runs"))
+    audit_dir = (parent / name if name else parent / f"audit-{level}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                 f"{secrets.token_hex(2)}").resolve()  # fmt: skip
+    if on_start is not None:
+        on_start(cfg)
+    reports = run_audit(cfg, audit_dir, level=level, canaries=canaries, confidence=confidence,
+                        ray_address=ray_address, on_round=on_round)  # fmt: skip
+    target = run_dir if run is not None else audit_dir
+    plain = target / "summary.json" if run is not None else None
+    for report in reports.values():
+        if plain is not None:
+            if plain.exists():
+                report["cost"]["plain_run_seconds"] = json.loads(plain.read_text()).get("seconds")
+            report["audited_run"] = str(run_dir)
+        record_audit(report, target)
+    recorded = read_audits(target)
+    results = {
+        lv: AuditResult(level=lv, epsilon_lower_bound=float(r["epsilon_lower_bound"]),
+                        confidence=float(r["confidence"]), delta=float(r["delta"]),
+                        accounted_epsilon=r["accounted"]["epsilon"], exceeded=bool(r["exceeds_accounted"]),
+                        estimate=float(r["estimate"]["epsilon"]), written_to=target, audit_run_dir=audit_dir,
+                        report=r)
+        for lv, r in ((lv, recorded[lv]) for lv in reports)
+    }  # fmt: skip
+    return results if len(results) > 1 else results[level]
 
 
 @dataclass(frozen=True)

@@ -106,11 +106,17 @@ def data_digest(cfg: SimulationConfig) -> str:
     return task_digest(TaskSpec.from_config(cfg))
 
 
-def record_run(cfg: SimulationConfig, run_dir: Path) -> None:
+LAUNCHED_BY_SIMULATION = "fedready simulate"  # config.json's ``launched_by`` of a local simulation
+LAUNCHED_BY_SERVER_APP = "ServerApp"  # ... of a run a ServerApp started (``flwr run``, possibly real clients)
+
+
+def record_run(cfg: SimulationConfig, run_dir: Path, *, simulated: bool = False) -> None:
     """Write ``config.json`` (with the data digest) and ``schema.json`` into ``run_dir`` unless they are there.
 
     Every later step (evaluate, compress, package, reproduce) reads the task from them. Called
-    by the simulation engine, and meant for any ServerApp that starts a run (``flwr run``).
+    by the simulation engine (``simulated=True``), and meant for any ServerApp that starts a run
+    (``flwr run``). ``launched_by`` records which: ``fedready audit-privacy`` re-runs only a
+    simulation's configuration (canaries never go near a deployment's clients).
     """
     import json
 
@@ -119,7 +125,8 @@ def record_run(cfg: SimulationConfig, run_dir: Path) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / CONFIG_FILE).exists():
-        doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg)}
+        launched_by = LAUNCHED_BY_SIMULATION if simulated else LAUNCHED_BY_SERVER_APP
+        doc = {"config": cfg.model_dump(), "data_digest": data_digest(cfg), "launched_by": launched_by}
         atomic_write_text(run_dir / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if not (run_dir / SCHEMA_FILE).exists():
         atomic_write_text(run_dir / SCHEMA_FILE, json.dumps(task_of(cfg).schema.to_dict(), indent=2, sort_keys=True))

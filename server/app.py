@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
@@ -256,6 +257,7 @@ def run_rounds(
     *,
     on_round: Callable[[RoundReport], None] | None = None,
     refused: int = 0,
+    strategy_hook: Callable[[Strategy], Strategy] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the federated training described by ``cfg`` in ``run_dir``.
 
@@ -268,6 +270,10 @@ def run_rounds(
     evaluate on the holdout, write ledger and checkpoint. Without client-level DP a round
     with fewer than ``cfg.min_clients`` accepted updates is skipped; with it, every round
     is released (the noise alone if nobody answered) and charged.
+
+    ``strategy_hook`` (simulations only: the client-level privacy audit wraps the strategy to add
+    canary clients) receives the built strategy and returns the one the rounds use; the ServerApp
+    that ``flwr run`` loads never passes one.
 
     Returns
     -------
@@ -300,6 +306,8 @@ def run_rounds(
     client_dp = strategy if isinstance(strategy, ClientLevelDP) else None
     if client_dp is not None and "clipping_norm" in ckpt.strategy_state:
         client_dp.clipping_norm = float(ckpt.strategy_state["clipping_norm"])  # adaptive clipping resumes where it was
+    if strategy_hook is not None:
+        strategy = strategy_hook(strategy)
     validator = None
     if cfg.validate_updates:
         # Under client-level DP a rejection may not depend on other clients: structure only (the clip bounds norms).
@@ -584,6 +592,7 @@ def make_server_app(
     *,
     on_round: Callable[[RoundReport], None] | None = None,
     on_summary: Callable[[dict[str, Any]], None] | None = None,
+    strategy_hook: Callable[[Strategy], Strategy] | None = None,
 ) -> ServerApp:
     """Return a ServerApp reading ``context.run_config`` updated by ``overrides``.
 
@@ -594,7 +603,7 @@ def make_server_app(
     message each, for group confusion counts on the final model and for the monitoring reference
     profile (:func:`final_queries`: ``federated_eval.json``, ``reference_profile.json``). With
     ``fedready.mode = "evaluate"`` in the run config it trains nothing and only asks (for runs whose
-    counts are missing or stale).
+    counts are missing or stale). ``strategy_hook``: see :func:`run_rounds` (plain rounds only).
     """
     fixed = dict(overrides or {})
     server_app = ServerApp()
@@ -604,7 +613,7 @@ def make_server_app(
         merged = {**dict(context.run_config), **fixed}
         cfg = SimulationConfig.from_run_config(merged)
         run_dir = Path(str(merged.get(K.RUN_DIR) or f"runs/flwr-{context.run_id}")).resolve()
-        record_run(cfg, run_dir)
+        record_run(cfg, run_dir, simulated=bool(merged.get(K.SIMULATION)))
         refused: list[dict[str, Any]] = []
         if merged.get(K.MODE) != K.MODE_EVALUATE and not merged.get(K.SIMULATION):
             # a deployment: the clients' schemas are theirs; a simulation's clients share the server's task
@@ -618,9 +627,13 @@ def make_server_app(
         elif cfg.secagg:  # SecAgg+ runs through Flower's legacy workflow (server/secagg.py)
             from fedready.server.secagg import run_secagg_rounds
 
+            if strategy_hook is not None:
+                raise RuntimeError("strategy_hook applies to plain rounds; SecAgg+ aggregates inside its workflow")
+
             summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round, refused=len(refused))
         else:
-            summary = run_rounds(grid, cfg, run_dir, on_round=on_round, refused=len(refused))
+            summary = run_rounds(grid, cfg, run_dir, on_round=on_round, refused=len(refused),
+                                 strategy_hook=strategy_hook)  # fmt: skip
             if summary["status"] != "failed":  # nothing to ask about a model nobody trained
                 final_queries(grid, cfg, run_dir, merged)  # while the clients are up (fedready evaluate reuses it)
                 summary = json.loads((run_dir / "summary.json").read_text())  # with the query releases charged

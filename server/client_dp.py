@@ -41,7 +41,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT,
 
 from fedready.privacy.randomness import dp_numpy_rng
 
-__all__ = ["AdaptiveClipping", "ClientLevelDP", "clip_update", "clipped_sum"]
+__all__ = ["AdaptiveClipping", "ClientLevelDP", "WrappingStrategy", "clip_update", "clipped_sum"]
 
 
 def clip_update(
@@ -81,7 +81,23 @@ class AdaptiveClipping:
     count_stddev: float | None = None  # default m / 20 (the paper's choice)
 
 
-class ClientLevelDP(Strategy):
+class WrappingStrategy(Strategy):
+    """A strategy around another (``self.strategy``): evaluation and summary are delegated to it."""
+
+    strategy: Strategy
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:  # fmt: skip
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+
+class ClientLevelDP(WrappingStrategy):
     """DP-FedAvg around ``strategy``: Poisson sampling, clipping, a fixed denominator, secret noise.
 
     Parameters
@@ -215,14 +231,3 @@ class ClientLevelDP(Strategy):
         new = self.aggregate_arrays(updates, reference, bits)
         record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
         return record, MetricRecord({"clipping-norm": float(self.last_clip), "aggregated": len(updates)})
-
-    # -- delegated ------------------------------------------------------------------------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:  # fmt: skip
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()

@@ -64,6 +64,8 @@ def simulate(
     on_round: Callable[[Any], None] | None = None,
     ray_address: str | None = None,
     wire_log: Path | None = None,
+    strategy_hook: Callable[[Any], Any] | None = None,
+    optimizer_hooks: Callable[[int, int], Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a simulated federation and return its summary.
 
@@ -81,6 +83,10 @@ def simulate(
     wire_log : Path, optional
         Every client appends the keys of each message it sends to this file
         (:mod:`fedready.client.wire`).
+    strategy_hook, optimizer_hooks : callable, optional
+        Simulation-only hooks of the privacy audit (:mod:`fedready.simulations.audit`): wrap the
+        server's strategy (:func:`~fedready.server.app.run_rounds`) and see each simulated client's
+        optimisation steps (:func:`~fedready.client.app.make_client_app`).
     """
     from fedready.client.app import make_client_app
     from fedready.server.app import make_server_app
@@ -88,7 +94,7 @@ def simulate(
     check_config(cfg)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    record_run(cfg, run_dir)  # config.json and schema.json: every later step reads the task from them
+    record_run(cfg, run_dir, simulated=True)  # config.json and schema.json: every later step reads the task from them
 
     overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir), K.SIMULATION: True}
     if wire_log is not None:
@@ -96,13 +102,16 @@ def simulate(
 
         overrides[WIRE_LOG_RUN_CONFIG] = str(Path(wire_log).resolve())
     result: dict[str, Any] = {}
-    server_app = make_server_app(overrides, on_round=on_round, on_summary=result.update)
+    server_app = make_server_app(overrides, on_round=on_round, on_summary=result.update, strategy_hook=strategy_hook)
     if cfg.secagg:  # SecAgg+ speaks the legacy NumPyClient protocol on the client side
         from fedready.client.secagg import make_secagg_client_app
 
+        if optimizer_hooks is not None:
+            raise RuntimeError("optimizer_hooks apply to the message-API ClientApp, not the SecAgg+ client")
+
         client_app = make_secagg_client_app(overrides, client_clipping=cfg.client_dp == "client-fixed")
     else:
-        client_app = make_client_app(overrides)
+        client_app = make_client_app(overrides, optimizer_hooks=optimizer_hooks)
     _run(server_app, client_app, cfg.num_clients, ray_address)
     if not result:
         raise RuntimeError(f"the simulation ended without a summary; see the logs in {run_dir}")

@@ -12,9 +12,9 @@ import importlib
 from fedready.cli._common import app
 
 # Importing a command module registers its commands on ``app``, in this order (the order of ``--help``):
-# simulate, pipeline | ledger | keys, package, verify, registry, reproduce | edge | evaluate, compress, explain |
+# simulate, pipeline | ledger | audit-privacy | keys, package, verify, registry, reproduce | edge | evaluate, compress, explain |
 # certs, server, client, contract, audit | monitor, shadow | schema.
-for _group in ("simulate", "ledger", "artifacts", "edge", "evaluate", "deploy", "monitor", "schema"):
+for _group in ("simulate", "ledger", "audit_privacy", "artifacts", "edge", "evaluate", "deploy", "monitor", "schema"):
     importlib.import_module(f"fedready.cli.{_group}")
 
 from fedready.cli.deploy import verify_audit_log  # noqa: E402  (after registration)

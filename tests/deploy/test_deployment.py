@@ -218,6 +218,17 @@ def test_private_training_over_tls_leaves_model_ledger_and_audit_logs_on_all_sid
     assert CliRunner().invoke(app, ["audit", "verify", str(run_dir / "audit.jsonl")]).exit_code == 0
 
 
+def test_the_privacy_audit_refuses_the_deployed_run(federation):
+    # canaries never go near real clients: the run folder says a ServerApp started it, and the audit refuses it
+    from fedready.errors import ConfigError
+    from fedready.simulations.audit import check_simulated_run
+
+    run_dir = federation["run_dir"]
+    assert json.loads((run_dir / "config.json").read_text())["launched_by"] == "ServerApp"
+    with pytest.raises(ConfigError, match="never sends canaries to real clients"):
+        check_simulated_run(run_dir)
+
+
 def test_unregistered_node_key_is_refused(federation):
     assert federation["intruder_rc"] != 0
     assert "Failed to activate SuperNode" in federation["logs"]["intruder"].read_text()

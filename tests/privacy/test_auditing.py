@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import dp_accounting
@@ -15,11 +16,14 @@ from scipy import integrate, stats
 from fedready.deploy.contract import row_validity, validate_contract
 from fedready.encoding import FeatureEncoder
 from fedready.privacy.auditing import (
+    AUDIT_FILE,
+    AUDIT_FORMAT,
     canary_audit,
     canary_records,
     canary_update,
     cosine_scores,
     default_guess_grid,
+    empirical_privacy_line,
     flatten_update,
     gaussian_fit_epsilon,
     gradient_canary_scores,
@@ -29,6 +33,7 @@ from fedready.privacy.auditing import (
     one_run_audit,
     one_run_epsilon,
     one_run_p_value,
+    read_audits,
     subsampled_gaussian_scores,
     two_gaussian_epsilon,
 )
@@ -442,3 +447,29 @@ def test_canary_records_misuse_is_refused(adult_schema):
 def test_inclusion_bits_are_fair_coins():
     bits = inclusion_bits(20_000, rng=np.random.default_rng(14))
     assert bits.dtype == bool and abs(bits.mean() - 0.5) < 0.015
+
+
+def test_subsampled_gaussian_score_without_the_median_is_the_likelihood_ratio_and_takes_rate_one():
+    rng = np.random.default_rng(3)
+    y = rng.normal(0.3, 1.5, (4, 7))
+    q, z = 0.2, 1.5
+    expected = np.log(1 - q + q * np.exp((y - 0.5) / z**2)).sum(axis=1)
+    assert np.allclose(subsampled_gaussian_scores(y, sample_rate=q, noise_multiplier=z, subtract_median=False),
+                       expected)  # fmt: skip
+    every_round = subsampled_gaussian_scores(y, sample_rate=1.0, noise_multiplier=z, subtract_median=False)
+    assert np.allclose(every_round, ((y - 0.5) / z**2).sum(axis=1))
+    with pytest.raises(ValueError, match="its own median"):
+        subsampled_gaussian_scores(y, sample_rate=1.0, noise_multiplier=z)
+
+
+def test_recorded_audits_are_read_back_and_a_foreign_file_is_ignored(tmp_path):
+    assert read_audits(tmp_path) == {}
+    (tmp_path / AUDIT_FILE).write_text('{"format": "something-else", "audits": {"client": {}}}')
+    assert read_audits(tmp_path) == {}
+    audit = {"level": "client", "epsilon_lower_bound": 0.25, "delta": 1e-5, "confidence": 0.9, "canaries": 500,
+             "accounted": {"epsilon": 1.84}, "exceeds_accounted": False}  # fmt: skip
+    (tmp_path / AUDIT_FILE).write_text(json.dumps({"format": AUDIT_FORMAT, "audits": {"client": audit}}))
+    assert read_audits(tmp_path) == {"client": audit}
+    line = empirical_privacy_line(audit)
+    assert line.startswith("empirical privacy (client level): epsilon >= 0.250 at delta 1e-05 (90% confidence")
+    assert "500 canary clients" in line and "vs accounted 1.840" in line and "not a guarantee" in line

@@ -71,6 +71,8 @@ def test_json_summary_and_run_folder(reference_run):
     assert [x["round"] for x in lines] == [1, 2, 3, 4]
     assert all(len(x["trained"]) == 4 for x in lines)
     assert (run / "model.npz").exists() and (run / "checkpoint.json").exists()
+    # a simulation says so (fedready audit-privacy re-runs only those; a ServerApp of `flwr run` records "ServerApp")
+    assert json.loads((run / "config.json").read_text())["launched_by"] == "fedready simulate"
 
 
 def test_ledger_composes_over_rounds_and_is_reproducible(reference_run):
