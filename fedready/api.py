@@ -448,7 +448,7 @@ def compress(
                              skipped=report.get("skipped", []), report=report)  # fmt: skip
 
 
-LARGE_MODEL_ROWS = 2000  # rows per client below which DP noise swamps a 3x256 MLP (README: Your own data)
+LARGE_MODEL_ROWS = 2000  # rows per client below which DP noise swamps an MLP; logreg then (README: Your own data)
 
 
 def default_model(given: dict[str, Any], *, resume: Path) -> tuple[str, str]:
@@ -470,10 +470,10 @@ def default_model(given: dict[str, Any], *, resume: Path) -> tuple[str, str]:
     clients = int(given.get("num_clients", SimulationConfig.model_fields["num_clients"].default))
     per_client = len(load_task(spec).train) / clients
     if per_client >= LARGE_MODEL_ROWS:
-        return "mlp-large", ""
+        return "mlp", ""
     return "logreg", (
         f"model logreg: the {clients} clients hold about {per_client:.0f} training rows each, too few "
-        f"for the mlp-large teacher under DP (it needs about {LARGE_MODEL_ROWS}); pass --model to choose"
+        f"for the mlp under DP (it needs about {LARGE_MODEL_ROWS}); pass --model to choose"
     )
 
 
@@ -507,7 +507,7 @@ def pipeline(
 
     Resumable: run it again after a failure and it picks up where it stopped. ``say`` receives
     one line per step (default: nothing); ``options`` are :func:`simulate` options. Without
-    ``model``: ``mlp-large`` (the teacher worth compressing) when the clients hold at least
+    ``model``: ``mlp`` when the clients hold at least
     :data:`LARGE_MODEL_ROWS` training rows each on average, else ``logreg`` (see :func:`default_model`).
     """
     from fedready._pipeline import run_pipeline

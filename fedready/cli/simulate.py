@@ -422,8 +422,8 @@ def pipeline(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Global model (or package.module:factory). [default: mlp-large, the teacher worth "
-            "compressing, when clients hold >= 2,000 rows each; else logreg]"
+            help="Global model (or package.module:factory). [default: mlp when clients hold >= 2,000 "
+            "rows each; else logreg]"
         ),
     ] = None,
     rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,

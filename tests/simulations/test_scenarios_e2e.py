@@ -101,18 +101,18 @@ def test_slow_client_is_left_behind_by_the_round_timeout_and_its_late_updates_ar
 
 
 def test_client_level_epsilon_of_a_real_run_equals_an_independent_computation(tmp_path):
-    # 100 clients, 10 expected per round (Poisson sampling), 20 rounds, z = 1.0, delta 1e-5 (DP-FedAvg only).
+    # 100 clients, 10 expected per round (Poisson sampling), 50 rounds, z = 1.0, delta 1e-5 (DP-FedAvg only).
     import dp_accounting
     from dp_accounting import rdp
 
     summary, rounds, _, run = _run(
-        tmp_path, "cl", "--clients", "100", "--fraction-train", "0.1", "--rounds", "20", "--no-dp",
+        tmp_path, "cl", "--clients", "100", "--fraction-train", "0.1", "--rounds", "50", "--no-dp",
         "--client-dp", "server-fixed", "--client-noise-multiplier", "1.0", "--client-delta", "1e-5",
         "--partitioner", "iid", "--local-steps", "1", "--batch-size", "16", "--lr", "0.5",
     )  # fmt: skip
     event = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
     acc = rdp.RdpAccountant()
-    acc.compose(dp_accounting.SelfComposedDpEvent(event, 20))
+    acc.compose(dp_accounting.SelfComposedDpEvent(event, 50))
     expected = acc.get_epsilon(1e-5)  # Google's dp-accounting, not Opacus: independent code
     assert summary["client_epsilon"] == pytest.approx(expected, rel=0.01)
     assert summary["client_epsilon_dp_accounting"]["rdp"] == pytest.approx(expected, rel=0.01)
