@@ -305,8 +305,7 @@ def simulate(
         if summary.get("status") == "failed":
             raise typer.Exit(1)
     elif summary.get("status") == "failed":
-        err.print(f"error: the run failed: {summary['reason']}; first client error: {summary['first_client_error']}"
-                  f" (see {summary['run_dir']}/audit.jsonl)", highlight=False)  # fmt: skip
+        err.print(f"error: the run {_failure(summary, summary['run_dir'])}", highlight=False)
         raise typer.Exit(1)
     else:
         eps = (
@@ -379,6 +378,12 @@ def run_simulate(
     return result.summary
 
 
+def _failure(summary: dict[str, Any], run: Any) -> str:
+    """One line for a failed run: its reason, the first client error, where the details are."""
+    return (f"failed: {summary.get('reason')}; first client error: {summary.get('first_client_error')} "
+            f"(see {run}/audit.jsonl)")  # fmt: skip
+
+
 @app.command()
 def status(
     run: Annotated[Path, typer.Argument(help="a run folder (simulated, or written by flwr run)")],
@@ -396,8 +401,7 @@ def status(
     if json_out:
         _echo_json(summary)
     elif failed:
-        err.print(f"failed: {summary.get('reason')}; first client error: {summary.get('first_client_error')} "
-                  f"(see {run}/audit.jsonl)", highlight=False, soft_wrap=True)  # fmt: skip
+        err.print(_failure(summary, run), highlight=False, soft_wrap=True)
     else:
         eps = f"epsilon {summary['epsilon']:.3f}" if summary.get("dp") else "no sample-level DP"
         typer.echo(f"completed: {summary.get('rounds_completed')} rounds, accuracy {summary['accuracy']:.4f}, {eps}")
