@@ -173,7 +173,7 @@ def simulate(
         For a bad option, data file, schema or model, before anything runs.
     """
     from fedready.config import make_config
-    from fedready.simulations.engine import check_config, load_run_config
+    from fedready.simulations.engine import check_config, check_ray_temp_dir, load_run_config
     from fedready.simulations.engine import simulate as run
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
@@ -194,6 +194,7 @@ def simulate(
     for note in check_config(cfg):  # fail fast (exit 2) before Ray starts or anything is written
         if on_note is not None:
             on_note(note)
+    check_ray_temp_dir(ray_address)
     if on_start is not None:
         on_start(cfg)
     summary = run(cfg, run_dir, on_round=on_round, ray_address=ray_address,
@@ -306,7 +307,7 @@ def audit_privacy(
     from fedready.config import make_config
     from fedready.privacy.auditing import read_audits
     from fedready.simulations.audit import check_simulated_run, record_audit, run_audit
-    from fedready.simulations.engine import check_config, load_run_config
+    from fedready.simulations.engine import check_config, check_ray_temp_dir, load_run_config
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
     if run is not None:
@@ -322,6 +323,7 @@ def audit_privacy(
     for note in check_config(cfg):
         if on_note is not None:
             on_note(note)
+    check_ray_temp_dir(ray_address)
     parent = Path(out) if out is not None else (run_dir.parent if run is not None else Path("runs"))
     audit_dir = (parent / name if name else parent / f"audit-{level}-{time.strftime('%Y%m%d-%H%M%S')}-"
                  f"{secrets.token_hex(2)}").resolve()  # fmt: skip

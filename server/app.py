@@ -541,6 +541,10 @@ class _FilteredGrid:
     def __init__(self, grid: Grid, refused: set[int]) -> None:
         self._grid, self._refused = grid, set(refused)
 
+    @property
+    def refused(self) -> set[int]:
+        return set(self._refused)
+
     def get_node_ids(self) -> list[int]:
         return [n for n in self._grid.get_node_ids() if n not in self._refused]
 
@@ -701,7 +705,9 @@ def final_queries(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: 
 
     queries = [K.QUERY_GROUP_COUNTS, *([K.QUERY_PROFILE] if profile_needed(run_dir) else [])]
     _, record = final_model(run_dir)
-    replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, query=",".join(queries),
+    # wait for the clients that were not refused: a refused node never counts, and waiting for it costs a timeout
+    expected = max(1, cfg.num_clients - len(getattr(grid, "refused", ())))
+    replies = query_all(grid, record, expected, cfg.round_timeout, query=",".join(queries),
                         fraction=cfg.fraction_evaluate, seed=cfg.seed,
                         server_round=_query_round(run_dir))  # fmt: skip
     ok = charge_queries(run_dir, cfg, replies)

@@ -21,7 +21,12 @@ from fedready.errors import ConfigError
 from fedready.federation import CONFIG_FILE, partition_sizes, record_run, task_of
 from fedready.models import check_model
 
-__all__ = ["check_config", "federated_evaluate", "load_run_config", "simulate"]
+__all__ = ["check_config", "check_ray_temp_dir", "federated_evaluate", "load_run_config", "simulate"]
+
+# A local Ray instance puts Unix sockets at <temp>/ray/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store;
+# a Unix socket path holds at most 107 bytes. Longer, and Ray never comes up: the run would wait forever.
+_RAY_SOCKET_SUFFIX = len("/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
+_SOCKET_PATH_MAX = 107
 
 
 def check_config(cfg: SimulationConfig) -> list[str]:
@@ -92,6 +97,7 @@ def simulate(
     from fedready.server.app import make_server_app
 
     check_config(cfg)
+    check_ray_temp_dir(ray_address)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     record_run(cfg, run_dir, simulated=True)  # config.json and schema.json: every later step reads the task from them
@@ -159,6 +165,7 @@ def federated_evaluate(run_dir: Path, *, ray_address: str | None = None) -> dict
     from fedready.client.app import make_client_app
     from fedready.server.app import make_server_app
 
+    check_ray_temp_dir(ray_address)
     run_dir = Path(run_dir).resolve()
     cfg = load_run_config(run_dir)
     overrides = {**cfg.to_run_config(), K.RUN_DIR: str(run_dir), K.MODE: K.MODE_EVALUATE}
@@ -168,6 +175,29 @@ def federated_evaluate(run_dir: Path, *, ray_address: str | None = None) -> dict
     if not result:
         raise RuntimeError(f"the federated evaluation ended without a result; see the logs in {run_dir}")
     return result
+
+
+def check_ray_temp_dir(ray_address: str | None) -> None:
+    """Refuse a temp folder whose path leaves no room for a local Ray instance's socket paths.
+
+    Ray reads ``RAY_TMPDIR``, then ``TMPDIR``, then uses ``/tmp``. An existing cluster (``ray_address``)
+    keeps its own folder, so it is not checked.
+
+    Raises
+    ------
+    ConfigError
+        On field ``TMPDIR``, with the length and the fix.
+    """
+    if ray_address:
+        return
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    length = len(os.fsencode(os.path.abspath(temp))) + _RAY_SOCKET_SUFFIX
+    if length > _SOCKET_PATH_MAX:
+        raise ConfigError(
+            "TMPDIR",
+            f"Ray's socket paths under '{temp}' would be {length} bytes, over the {_SOCKET_PATH_MAX}-byte limit "
+            f"of a Unix socket; set TMPDIR (or RAY_TMPDIR) to a shorter folder, e.g. TMPDIR=/tmp",
+        )
 
 
 def _run(server_app: Any, client_app: Any, num_clients: int, ray_address: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,46 @@ import pytest
 
 # Ray and Flower print to the terminal; keep test output readable.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# Under pytest-xdist (`pytest -n 2`, as CI runs): each test module runs whole on one worker, so a
+# module-scoped federation (tests/deploy) starts once; the modules that share a session fixture running a
+# whole simulation go to the same worker, so each such fixture is computed once.
+EXPENSIVE_SESSION_FIXTURES = ("evaluated_run", "evaluated_multiclass_run", "sim_run", "pipeline_run")
+
+
+def _module_groups() -> dict[str, str]:
+    """Test module (as in a node id) -> its scheduling group: the first module sharing a fixture with it."""
+    root = Path(__file__).resolve().parent.parent
+    group: dict[str, str] = {}
+    first: dict[str, str] = {}
+    for path in sorted(Path(__file__).parent.rglob("test_*.py")):
+        module = path.relative_to(root).as_posix()
+        text = path.read_text(encoding="utf-8")
+        used = [f for f in EXPENSIVE_SESSION_FIXTURES if re.search(rf"\b{f}\b", text)]
+        owners = {group.get(first[f], first[f]) for f in used if f in first}
+        target = min(owners) if owners else module
+        for f in used:
+            first.setdefault(f, target)
+        for m, g in list(group.items()):  # merge groups this module joins together
+            if g in owners:
+                group[m] = target
+        group[module] = target
+    return group
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    groups = _module_groups()
+
+    class ModuleGroupScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return groups.get(module, module)
+
+    return ModuleGroupScheduling(config, log)
+
 
 # The user-model fixtures (tests/fixtures/fedready_test_models.py) are imported by name, as a user's
 # `--model module:factory` is: in this process and, through PYTHONPATH, in subprocesses and Ray workers.

@@ -28,7 +28,7 @@ def evaluated_run(tmp_path_factory) -> tuple[Path, dict]:
     ``FEDREADY_EVAL_RUN=runs/<name>`` evaluates that run instead (how the README's default-run
     numbers were checked against fairlearn).
     """
-    tmp = tmp_path_factory.mktemp("eval-run")
+    tmp = Path(tempfile.mkdtemp(prefix="ev", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     given = os.environ.get("FEDREADY_EVAL_RUN")  # check an existing run instead, e.g. the default 50-round one
     if given:
         run = Path(given)

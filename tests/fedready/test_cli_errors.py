@@ -57,3 +57,19 @@ def test_resume_refuses_changed_options(tmp_path):
 def test_resume_of_a_folder_without_a_run(tmp_path):
     result = runner.invoke(app, ["simulate", "--resume", str(tmp_path)])
     assert result.exit_code == 2 and "resume" in result.stderr
+
+
+def test_a_temp_folder_too_long_for_rays_sockets_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    # Ray would fail to bind its Unix sockets (107 bytes at most) and the run would wait for clients forever
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp/" + "t" * 60)
+    result = runner.invoke(app, ["simulate", "--out", str(tmp_path), "--rounds", "1"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "TMPDIR" in lines[0] and "107" in lines[0], result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written before the engine can start"
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp")
+    from fedready.simulations.engine import check_ray_temp_dir
+
+    check_ray_temp_dir(None)  # the default folder leaves room
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp/" + "t" * 60)
+    check_ray_temp_dir("127.0.0.1:6379")  # an existing cluster keeps its own folder

@@ -210,3 +210,18 @@ def test_schema_handshake_answers_the_digest_only_and_refuses_a_mismatch(cfg, ru
     assert not list(run_dir.glob("*.clients/*/*"))  # nothing charged, no state written
     (refused,) = schema_handshake(OneForeignClient(cfg, run_dir), cfg, run_dir)
     assert refused["client"] == "2" and refused["reason"].startswith(K.SCHEMA_MISMATCH)
+
+
+def test_final_queries_do_not_wait_for_a_refused_client(cfg, run_dir, monkeypatch):
+    import fedready.evaluation.federated as federated
+    from fedready.server.app import _FilteredGrid, final_queries
+
+    def no_waiting(_seconds):
+        raise AssertionError("the query waited for a node that was refused before round 1")
+
+    monkeypatch.setattr(federated.time, "sleep", no_waiting)
+    grid = InMemoryGrid(cfg, run_dir)
+    final_queries(_FilteredGrid(grid, {3}), cfg, run_dir, {})  # node 3 refused: two of three clients are asked
+    assert len(grid.sent) == 2
+    with pytest.raises(AssertionError, match="waited"):  # without the filter's count it would wait for a third
+        final_queries(_FilteredGrid(grid, {2, 3}), cfg.model_copy(update={"num_clients": 4}), run_dir, {})
