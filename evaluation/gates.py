@@ -221,8 +221,8 @@ def _why_undefined(name: str) -> str:
         "max_client_epsilon": "the run has no client-level DP",
         "max_churn": "no --baseline run given",
         "max_seed_disagreement": "no --seeds retrains",
-        "max_client_accuracy_std": "no federated evaluation",
-        "min_worst_client_accuracy": "no federated evaluation",
+        "max_client_accuracy_std": "no federated evaluation (run `fedready evaluate RUN` first)",
+        "min_worst_client_accuracy": "no federated evaluation (run `fedready evaluate RUN` first)",
         "max_mitigated_equalized_odds_difference": "no threshold post-processing for this attribute (binary "
         "targets only)",
     }.get(name, "a group or bin had no members, or the metric needs at least two groups")

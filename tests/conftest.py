@@ -39,16 +39,38 @@ def _module_groups() -> dict[str, str]:
     return group
 
 
+def _module_weights() -> dict[str, float]:
+    """A module's expected cost, read from its source: end-to-end (``slow``) tests dominate."""
+    root = Path(__file__).resolve().parent.parent
+    weights = {}
+    for path in Path(__file__).parent.rglob("test_*.py"):
+        text = path.read_text(encoding="utf-8")
+        tests = len(re.findall(r"^(?:async )?def test_", text, re.M))
+        slow = tests if re.search(r"^pytestmark = .*mark\.slow", text, re.M) else text.count("@pytest.mark.slow")
+        weights[path.relative_to(root).as_posix()] = 40.0 * slow + 0.5 * (tests - slow)
+    return weights
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadFileScheduling
 
-    groups = _module_groups()
+    groups, cost = _module_groups(), {}
+    for module, weight in _module_weights().items():
+        cost[groups.get(module, module)] = cost.get(groups.get(module, module), 0.0) + weight
 
     class ModuleGroupScheduling(LoadFileScheduling):
+        """Whole modules (and groups sharing a simulated run) per worker, the most expensive first."""
+
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
             return groups.get(module, module)
+
+        def _assign_work_unit(self, node) -> None:
+            if self.workqueue:  # the most expensive scope left goes next (longest first balances the workers)
+                scope = max(self.workqueue, key=lambda s: cost.get(s, 0.0))
+                self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return ModuleGroupScheduling(config, log)
 

@@ -57,6 +57,9 @@ def test_every_registered_gate_loads_and_reads_a_report(adult_schema, tmp_path):
     results = check_gates(policy, {})  # an empty report: every measurement undefined
     assert len(results) == len(GATES)
     assert all(not r.passed and r.measured is None and r.note.startswith("undefined") for r in results)
+    # a gate that needs the federated evaluation says which command supplies it
+    spread = next(r for r in results if r.gate.startswith("max_client_accuracy_std"))
+    assert "fedready evaluate" in spread.note
 
 
 @pytest.mark.parametrize(
