@@ -152,3 +152,17 @@ def test_calibration_refuses_when_the_other_releases_spend_the_budget():
     with pytest.raises(ConfigError, match="count and query releases alone"):
         calibrate_with_releases(target_epsilon=0.2, target_delta=1e-5, sample_rate=0.1, steps=10,
                                 releases=[(2.0, 1.0, 1)])  # fmt: skip
+
+
+def test_a_tiny_noise_multiplier_skips_the_pld_instead_of_exhausting_memory():
+    # z = 0.01: the PLD grid would need gigabytes (a run was OOM-killed); the RDP bound is still reported
+    import resource
+
+    from fedready.privacy.accounting import PLD_MIN_NOISE, dp_accounting_epsilon
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = dp_accounting_epsilon([(0.01, 1.0, 2), (1.0, 0.1, 5)], delta=1e-5)
+    assert out["pld"] is None and out["rdp"] > 1_000
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: no grid was built
+    at_limit = dp_accounting_epsilon([(PLD_MIN_NOISE, 1.0, 1)], delta=1e-5)
+    assert at_limit["pld"] is not None and at_limit["pld"] <= at_limit["rdp"] * 1.001

@@ -27,8 +27,11 @@ def _simulate(task, out, name, *args):
 
 
 def test_secagg_with_client_level_dp_on_own_data(multiclass_task, tmp_path):
-    s = _simulate(multiclass_task, tmp_path, "secagg", "--clients", "3", "--rounds", "2", "--secagg",
-                  "--client-dp", "client-fixed", "--client-noise-multiplier", "0.1")  # fmt: skip
+    # iid: client-level DP averages the clients uniformly, and under the default Dirichlet label skew the
+    # uniform mean of three skewed clients barely moves in two rounds (measured 0.30-0.38 accuracy, a flaky
+    # "better than chance"; 0.43-0.47 on iid shards)
+    s = _simulate(multiclass_task, tmp_path, "secagg", "--clients", "3", "--rounds", "2", "--secagg", "--partitioner",
+                  "iid", "--client-dp", "client-fixed", "--client-noise-multiplier", "0.1")  # fmt: skip
     assert s["secagg"] and s["rounds_completed"] == 2 and s["client_epsilon"] > 0 and 0 < s["epsilon"] <= 1
     assert s["accuracy"] > 1 / 3  # better than chance over three classes
 
