@@ -484,13 +484,9 @@ def compress_run(
     groups = {a: task.test.columns[a] for a in task.schema.sensitive}
     report = compress(run_dir, assess=assess, options=options or CompressionOptions(), x=x, y=y, timing=timing,
                       groups=groups, source=task.test_source)  # fmt: skip
-    evaluation = Path(run_dir) / "evaluation.json"
-    if evaluation.exists():  # the model card gains its "Edge variants" section
-        from fedready.evaluation.card import write_model_card
+    from fedready.evaluation.card import refresh_model_card
 
-        card = json.loads(evaluation.read_text())
-        card["compression"] = {"selected": report["selected"], "variants": report["variants"]}
-        write_model_card(card, Path(run_dir))
+    refresh_model_card(Path(run_dir))  # an evaluated run's card gains its "Edge variants" section
     return report
 
 

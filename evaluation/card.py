@@ -14,7 +14,7 @@ from typing import Any
 
 from fedready._io import atomic_write_text
 
-__all__ = ["SECTIONS", "render_html", "render_markdown", "write_model_card"]
+__all__ = ["SECTIONS", "refresh_model_card", "render_html", "render_markdown", "write_model_card"]
 
 SECTIONS = (
     "Intended use",
@@ -358,6 +358,24 @@ def render_html(r: dict[str, Any], sections: list[tuple[str, list[Block]]]) -> s
                            f'{base64.b64encode(png).decode()}"><figcaption>{e(alt)}</figcaption></figure>')  # fmt: skip
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def refresh_model_card(run_dir: Path) -> bool:
+    """Write an evaluated run's model card again, from ``evaluation.json`` and, when the run was compressed,
+    ``compression/compression.json`` (its "Edge variants" section). False when the run has no evaluation."""
+    import json
+
+    run_dir = Path(run_dir)
+    evaluation = run_dir / "evaluation.json"
+    if not evaluation.exists():
+        return False
+    card = json.loads(evaluation.read_text(encoding="utf-8"))
+    compression = run_dir / "compression" / "compression.json"
+    if compression.exists():
+        comp = json.loads(compression.read_text(encoding="utf-8"))
+        card["compression"] = {"selected": comp.get("selected"), "variants": comp.get("variants", [])}
+    write_model_card(card, run_dir)
+    return True
 
 
 def write_model_card(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:

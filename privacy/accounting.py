@@ -191,11 +191,11 @@ def dp_accounting_epsilon(history: Iterable[Sequence[float]], *, delta: float) -
     import dp_accounting
     from dp_accounting import pld, rdp
 
-    history = [tuple(h) for h in history]
-    events = []
+    events, smallest_z = [], math.inf
     for z, q, n in history:
         if int(n) <= 0:
             continue
+        smallest_z = min(smallest_z, float(z))
         base = dp_accounting.GaussianDpEvent(float(z))
         one = base if float(q) >= 1.0 else dp_accounting.PoissonSampledDpEvent(float(q), base)
         events.append(dp_accounting.SelfComposedDpEvent(one, int(n)))
@@ -208,7 +208,7 @@ def dp_accounting_epsilon(history: Iterable[Sequence[float]], *, delta: float) -
     try:
         r = rdp.RdpAccountant()
         r.compose(event)
-        if min(float(z) for z, _q, n in history if int(n) > 0) < PLD_MIN_NOISE:
+        if smallest_z < PLD_MIN_NOISE:
             return {"rdp": float(r.get_epsilon(delta)), "pld": None}
         p = pld.PLDAccountant()
         p.compose(event)

@@ -541,10 +541,6 @@ class _FilteredGrid:
     def __init__(self, grid: Grid, refused: set[int]) -> None:
         self._grid, self._refused = grid, set(refused)
 
-    @property
-    def refused(self) -> set[int]:
-        return set(self._refused)
-
     def get_node_ids(self) -> list[int]:
         return [n for n in self._grid.get_node_ids() if n not in self._refused]
 
@@ -639,7 +635,7 @@ def make_server_app(
             summary = run_rounds(grid, cfg, run_dir, on_round=on_round, refused=len(refused),
                                  strategy_hook=strategy_hook)  # fmt: skip
             if summary["status"] != "failed":  # nothing to ask about a model nobody trained
-                final_queries(grid, cfg, run_dir, merged)  # while the clients are up (fedready evaluate reuses it)
+                final_queries(grid, cfg, run_dir, merged, refused=len(refused))  # while the clients are up
                 summary = json.loads((run_dir / "summary.json").read_text())  # with the query releases charged
         if refused:
             summary = {**summary, "refused_clients": refused}
@@ -691,7 +687,8 @@ def _all_refused(cfg: SimulationConfig, run_dir: Path, refused: list[dict[str, A
     return summary
 
 
-def final_queries(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: dict[str, Any]) -> dict[str, Any]:
+def final_queries(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: dict[str, Any], *,
+                  refused: int = 0) -> dict[str, Any]:  # fmt: skip
     """Ask the clients, in one message each, for group counts and (if missing) the reference profile.
 
     Each client answers with counts it has noised itself (under DP) and its release history;
@@ -705,8 +702,9 @@ def final_queries(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: 
 
     queries = [K.QUERY_GROUP_COUNTS, *([K.QUERY_PROFILE] if profile_needed(run_dir) else [])]
     _, record = final_model(run_dir)
-    # wait for the clients that were not refused: a refused node never counts, and waiting for it costs a timeout
-    expected = max(1, cfg.num_clients - len(getattr(grid, "refused", ())))
+    # wait only for the clients that were not refused (``refused`` of them, before round 1): waiting for a
+    # refused node would cost a whole round timeout
+    expected = max(1, cfg.num_clients - refused)
     replies = query_all(grid, record, expected, cfg.round_timeout, query=",".join(queries),
                         fraction=cfg.fraction_evaluate, seed=cfg.seed,
                         server_round=_query_round(run_dir))  # fmt: skip

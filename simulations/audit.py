@@ -76,6 +76,7 @@ from fedready.privacy.auditing import (
     flatten_update,
     inclusion_bits,
     isotropic_directions,
+    read_audits,
     subsampled_gaussian_scores,
 )
 from fedready.privacy.ledger import Ledger
@@ -613,25 +614,10 @@ def record_audit(report: dict[str, Any], folder: Path) -> Path:
     When the folder holds an evaluation (``evaluation.json``), its model card is written again so it
     carries the "empirical privacy" line.
     """
-    path = folder / AUDIT_FILE
-    doc: dict[str, Any] = {"format": AUDIT_FORMAT, "audits": {}}
-    if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            old = {}
-        if isinstance(old, dict) and old.get("format") == AUDIT_FORMAT:
-            doc["audits"].update(old.get("audits", {}))
-    doc["audits"][report["level"]] = report
-    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    evaluation = folder / "evaluation.json"
-    if evaluation.exists():
-        from fedready.evaluation.card import write_model_card
+    from fedready.evaluation.card import refresh_model_card
 
-        card = json.loads(evaluation.read_text(encoding="utf-8"))
-        compression = folder / "compression" / "compression.json"
-        if compression.exists():  # as `fedready compress` renders it: keep the "Edge variants" section
-            comp = json.loads(compression.read_text(encoding="utf-8"))
-            card["compression"] = {"selected": comp.get("selected"), "variants": comp.get("variants", [])}
-        write_model_card(card, folder)
+    path = folder / AUDIT_FILE
+    doc = {"format": AUDIT_FORMAT, "audits": {**read_audits(folder), report["level"]: report}}
+    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    refresh_model_card(folder)  # an evaluated run's card gains its "empirical privacy" line
     return path

@@ -221,7 +221,7 @@ def test_final_queries_do_not_wait_for_a_refused_client(cfg, run_dir, monkeypatc
 
     monkeypatch.setattr(federated.time, "sleep", no_waiting)
     grid = InMemoryGrid(cfg, run_dir)
-    final_queries(_FilteredGrid(grid, {3}), cfg, run_dir, {})  # node 3 refused: two of three clients are asked
+    final_queries(_FilteredGrid(grid, {3}), cfg, run_dir, {}, refused=1)  # node 3 refused: two of three are asked
     assert len(grid.sent) == 2
-    with pytest.raises(AssertionError, match="waited"):  # without the filter's count it would wait for a third
-        final_queries(_FilteredGrid(grid, {2, 3}), cfg.model_copy(update={"num_clients": 4}), run_dir, {})
+    with pytest.raises(AssertionError, match="waited"):  # without the refused count it would wait for a third
+        final_queries(_FilteredGrid(grid, {3}), cfg, run_dir, {})
