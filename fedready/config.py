@@ -67,7 +67,8 @@ class SimulationConfig(BaseModel):
     # and the counts it answers after training (group counts on its validation rows, reference-profile
     # histograms of its training rows), noised on the client with this multiplier x their L2 sensitivity.
     count_noise: float = Field(20.0, gt=0)  # std of the noise on a client's row count (sensitivity 1 row)
-    query_noise: float = Field(12.0, gt=0)  # noise multiplier of the post-training counts
+    query_noise: float = Field(12.0, gt=0)  # noise multiplier of the post-training counts (the whole answer)
+    query_accuracy_share: float = Field(0.8, gt=0, lt=1)  # its share for each client's own accuracy counts
     # Research and diagnosis options that void or weaken the guarantee; stamped wherever epsilon is shown.
     insecure_seeded_noise: bool = False  # derive DP noise and sampling from --seed: bit-exact reruns, NOT private
     exact_evaluation: bool = False  # clients answer exact group counts (outside the guarantee)

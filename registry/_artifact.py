@@ -85,12 +85,14 @@ class Provenance:
     git_commit: str | None
     packages: dict[str, str | None]
     parent_version: str | None
-    evaluation: str  # "passed" | "failed" | "not-run"
+    evaluation: str  # the release decision: "passed" | "undecided" | "failed" | "not-run"
     compression: dict[str, Any]  # {"status": "not-run"} or what compression.json selected
     data_fingerprints: dict[str, Any] | None  # what clients reported; None: this run recorded none
     created: str
     # the run's audit log when packaged: {"lines", "head", "key"} (fedready.audit.Anchor); None: no log
     audit: dict[str, Any] | None = None
+    # what an undecided release may reach, from the gate policy: "canary" | "block" | "stable"
+    undecided_allows: str = "canary"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,6 +172,27 @@ def _find(run: Path, name: str, subdirs: tuple[str, ...]) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def _release_decision(staging: Path, compression: dict[str, Any]) -> tuple[str, str]:
+    """The release decision the artifact carries, and what the policy lets an undecided release reach.
+
+    The trained model's gates (``evaluation.json``, decided once) and, when ``fedready compress``
+    ran, the shipped variant's gates (its fidelity to that model): the worse of the two. A
+    compression that selected nothing ships the uncompressed model, which failed its variant gates.
+    """
+    ev_path = staging / "evaluation.json"
+    if not ev_path.exists():
+        return "not-run", "canary"
+    ev = read_json(ev_path, what="evaluation report")
+    model = str(ev.get("decision") or ("passed" if ev.get("passed") is True else "failed"))
+    undecided = str((ev.get("promotion") or {}).get("undecided", "canary"))
+    status = compression.get("status")
+    if status == "none-selected":
+        return "failed", undecided
+    if model not in ("passed", "undecided", "failed"):
+        model = "failed"
+    return model, undecided
 
 
 def _selected_onnx(run: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -271,7 +294,6 @@ def package_run(
             shutil.copyfile(onnx_src, staging / MODEL_FILE)
         else:
             export_run(run, staging / MODEL_FILE)
-        evaluation = "not-run"
         for name in _EVALUATION_FILES:
             src = _find(run, name, ("evaluation",))
             if name == THRESHOLDS_FILE and onnx_src is not None:
@@ -281,13 +303,7 @@ def package_run(
                 shutil.copyfile(src, staging / name)
         if unknown_group is not None:
             _set_fallback(staging / THRESHOLDS_FILE, unknown_group)
-        if (staging / "evaluation.json").exists():
-            ev = read_json(staging / "evaluation.json", what="evaluation report")
-            evaluation = "passed" if ev.get("passed") is True else "failed"
-        if compression.get("status") == "selected":
-            # `fedready compress` ships only a variant that passed every gate of its policy, measured
-            # on that variant (the fp32 model's evaluation.json describes the uncompressed teacher)
-            evaluation = "passed"
+        evaluation, undecided_allows = _release_decision(staging, compression)
         schema_src = _find(run, SCHEMA_FILE, ())
         config = read_json(run / "config.json", what="run config")
         schema = task_from_dict(config.get("config", {})).schema if schema_src is None else None  # older runs
@@ -319,6 +335,7 @@ def package_run(
             data_fingerprints=summary.get("data_fingerprints"),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             audit=audit,
+            undecided_allows=undecided_allows,
         )
         write_json(staging / PROVENANCE_FILE, prov.to_dict())
         if (run / PROFILE_FILE).is_file():  # last: describing the shipped model needs the whole artifact
