@@ -45,7 +45,7 @@ class SimulationConfig(BaseModel):
     partitioner: str = "dirichlet"  # iid | dirichlet | sensitive | quantity
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (smaller = more skew)
     skew_attribute: str | None = None  # for partitioner=sensitive (default: the schema's first sensitive attribute)
-    val_fraction: float = Field(0.1, ge=0, lt=1)  # each client's local validation share
+    val_fraction: float = Field(0.2, ge=0, lt=1)  # each client's local validation share (its own evaluation)
     min_client_rows: int = Field(20, ge=1)  # fewest rows a partitioner may give a client (lower it for 10,000s)
     seed: int = 0  # partitioning, initialisation, scenario choices; never DP noise or sampling (see privacy)
     # model and local training

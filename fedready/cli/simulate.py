@@ -75,7 +75,7 @@ def simulate(
     ] = None,
     val_fraction: Annotated[
         float | None,
-        typer.Option(help="Share of each client's rows kept aside for its own validation. [default: 0.1]"),
+        typer.Option(help="Share of each client's rows kept aside for its own validation. [default: 0.2]"),
     ] = None,
     insecure_seeded_noise: Annotated[
         bool | None,
