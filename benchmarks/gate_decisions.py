@@ -71,8 +71,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         exact_values = [r["exact_value"] for r in rows if r["exact_value"] is not None]
         gates[name] = {
             "source": rows[0]["source"], "limit": rows[0]["limit"], "runs": len(rows),
-            "pass": sum(r["private"] == "pass" for r in rows), "undecided": sum(r["private"] == "undecided" for r in rows),
-            "fail": sum(r["private"] == "fail" for r in rows), "contradictions": contra,
+            **{o: sum(r["private"] == o for r in rows) for o in ("pass", "undecided", "fail")},
+            "contradictions": contra,
             "mean_width": float(np.mean(width)) if width else None,
             "mean_value": float(np.mean([r["value"] for r in rows if r["value"] is not None] or [np.nan])),
             "exact_value_range": [min(exact_values), max(exact_values)] if exact_values else None,
@@ -96,8 +96,9 @@ def main() -> None:
         if not (run / "summary.json").exists():
             fedready.simulate(seed=seed, out=out, name=run.name)
         runs.append({"seed": seed, **decide(run)})
-    print(json.dumps({"seeds": [r["seed"] for r in runs], "runs": runs, "gates": summarise(runs),
-                      "seconds": time.perf_counter() - t0, "cpus": os.cpu_count()}, indent=1, default=float))  # fmt: skip
+    doc = {"seeds": [r["seed"] for r in runs], "runs": runs, "gates": summarise(runs),
+           "seconds": time.perf_counter() - t0, "cpus": os.cpu_count()}
+    print(json.dumps(doc, indent=1, default=float))
 
 
 if __name__ == "__main__":

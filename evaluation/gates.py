@@ -11,8 +11,8 @@ interval covers the DP noise and the sample), and the privacy **ledger** (exact)
 A policy has two tables of gates. ``[gates]`` are *model* gates, decided once for the trained
 model; ``[variant_gates]`` are *variant* gates, deciding each compressed edge variant by its
 fidelity to that model on the benchmark (accuracy lost, decisions agreeing, its calibration, the
-change in group fairness). ``[promotion]`` says what an undecided model may reach (default: the
-canary channel, never stable).
+change in group fairness); a policy without that table gets the shipped default's. ``[promotion]``
+says what an undecided model may reach (default: the canary channel, never stable).
 
 Gates are registered under string keys (the policy's keys). A gate is either plain
 (``min_accuracy = 0.8``) or keyed by a sensitive attribute or a perturbation
@@ -228,7 +228,9 @@ def load_policy(path: str | Path | None, schema: DataSchema) -> Policy:
     gates = raw.get("gates")
     if not isinstance(gates, dict) or not gates:
         raise ConfigError("gates", f"{p} declares no [gates] table")
-    variant = raw.get("variant_gates", {})
+    variant = raw.get("variant_gates")
+    if variant is None:  # a policy without fidelity limits gets the shipped ones: no variant ships unchecked
+        variant = read_toml(default_policy_path(), field="gate").get("variant_gates", {})
     if not isinstance(variant, dict):
         raise ConfigError("variant_gates", "[variant_gates] must be a table of gate = limit")
     promotion = raw.get("promotion", {})

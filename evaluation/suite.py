@@ -21,6 +21,7 @@ from fedready.evaluation.fairness import group_labels, group_names, holdout_fair
 from fedready.evaluation.gates import Policy, check_gates, decision, load_policy
 from fedready.evaluation.mitigation import apply_thresholds, fit_thresholds, split_halves
 from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
+from fedready.intervals import Estimate
 from fedready.schema import DataSchema, load_schema
 from fedready.task import Task, load_task, task_of
 
@@ -195,6 +196,9 @@ def assess_predictor(
     out["estimates"] = benchmark_estimates(ev.schema, y, proba, groups, perturbed=perturbed, mitigated=mitigated)
     constant = constant_decision_groups(pred, rules)
     out["sanity"] = {"constant_decision_groups": len(constant), "constant": constant}
+    out["estimates"]["sanity.constant_decision_groups"] = Estimate.exact(
+        float(len(constant)), "benchmark", "decides the same whatever the model says: " + ", ".join(constant)
+        if constant else "").to_dict()  # fmt: skip
     return out, predict_raw
 
 

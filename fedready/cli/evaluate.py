@@ -75,8 +75,10 @@ def compress(
 ) -> None:
     """Build edge variants (int8, pruned, distilled, chained), gate each one, select the smallest that passes.
 
-    Writes RUN/compression/ (every variant's ONNX, compression.json, compression.md, size_vs_accuracy.png,
-    selected.onnx and its thresholds.json). Exit code 0 when a variant is selected, 1 when none passes.
+    Each variant is judged by the policy's variant gates: its fidelity to the trained model on the benchmark
+    (accuracy lost, decisions agreeing, calibration, change in group fairness). Writes RUN/compression/ (every
+    variant's ONNX, compression.json, compression.md, size_vs_accuracy.png, selected.onnx and its
+    thresholds.json). Exit code 0 when a variant is selected, 1 when none passes.
     """
     with _errors():
         try:
@@ -97,10 +99,14 @@ def compress(
         typer.echo(report["table"])
     for skip in report.get("skipped", []):
         err.print(f"skipped {skip['variant']}: {skip['reason']}", markup=False, highlight=False, soft_wrap=True)
+    model = report["model"]
     if report["selected"] is None:
-        err.print(f"[bold red]no variant selected:[/] {report['reason']}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]no variant selected:[/] {escape(report['reason'])}", markup=True, highlight=False,
+                  soft_wrap=True)  # fmt: skip
         raise typer.Exit(1)
-    err.print(f"selected {report['selected']} -> {run / 'compression' / 'selected.onnx'}")
+    err.print(f"selected {report['selected']} -> {run / 'compression' / 'selected.onnx'}", highlight=False)
+    err.print(f"release decision: {report['decision']} (the trained model's gates: {model['decision']}; the selected "
+              "variant's gates: passed)", highlight=False)  # fmt: skip
 
 
 def _num(v: Any) -> str:
