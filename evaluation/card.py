@@ -191,6 +191,16 @@ def _fair_table_one_vs_rest(attr: str, e: dict[str, Any]) -> list[Block]:
     ]  # fmt: skip
 
 
+def _side_by_side(r: dict[str, Any], fed: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for attr in fed.get("fairness", {}):
+        bench = r.get("fairness", {}).get(attr) or {}
+        for key, name in _DISPARITY_NAMES:
+            rows.append([attr, name, _est(r, f"fairness.{attr}.{key}", bench.get(key)),
+                         _interval((fed.get("estimates") or {}).get(f"federated.fairness.{attr}.{key}"), 4)])
+    return rows
+
+
 def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
     """The card's content as (heading, blocks), in :data:`SECTIONS` order."""
     pv, tr, d = r["privacy"], r["training"], r["data"]
@@ -271,7 +281,11 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
             ("p", f"Accuracy spread across clients (std, noise-corrected): {_interval(ca['std'])}; worst estimated "
                   f"client {ca['worst_client']}: {_interval(ca['worst_accuracy'])}."),
             ("table", (["client", "validation accuracy [95% interval]", ""], client_rows)),
-            ("p", "Group fairness on the summed counts (the benchmark's numbers, in Metrics per slice, are exact):"),
+            ("p", "Group fairness by source, side by side (the benchmark: exact counts of its finite sample; the "
+                  "clients: their noisy summed counts):"),
+            ("table", (["attribute", "metric", "benchmark [95% interval]", "clients [95% interval]"],
+                       _side_by_side(r, fed))),
+            ("p", "Group fairness on the clients' summed counts, per group:"),
             *_fair_table(fed["fairness"], {"estimates": fed.get("estimates", {})}, prefix="federated.fairness"),
         ]  # fmt: skip
     else:
