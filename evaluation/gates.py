@@ -230,7 +230,9 @@ def load_policy(path: str | Path | None, schema: DataSchema) -> Policy:
         raise ConfigError("gates", f"{p} declares no [gates] table")
     variant = raw.get("variant_gates")
     if variant is None:  # a policy without fidelity limits gets the shipped ones: no variant ships unchecked
-        variant = read_toml(default_policy_path(), field="gate").get("variant_gates", {})
+        variant = read_toml(default_policy_path(), field="gate", missing="the shipped policy is missing").get(
+            "variant_gates", {}
+        )
     if not isinstance(variant, dict):
         raise ConfigError("variant_gates", "[variant_gates] must be a table of gate = limit")
     promotion = raw.get("promotion", {})
