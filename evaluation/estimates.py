@@ -12,6 +12,7 @@ the known noise. :func:`constant_decision_groups` finds decisions that do not de
 from __future__ import annotations
 
 from collections.abc import Mapping
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,9 @@ def disparity_estimates(counts: Mapping[str, np.ndarray], schema: DataSchema, *,
     denominator is below ``min_rows`` stay out (the fairness report names them). A disparity is a
     largest difference (or a smallest ratio, a smallest rate) over groups, and classes for a
     multi-class target; its interval comes from simultaneous intervals for all the pairwise
-    differences (:func:`_max_t`), so it holds at ``level`` whatever pair is the largest.
+    differences (:func:`_max_t`) where the data choose the pair (the lower end of a largest
+    difference, the smallest ratio, the smallest rate), so it holds at ``level`` whatever pair is
+    the largest (:func:`_range_interval`).
     """
     out: dict[str, dict[str, Any]] = {}
     k = schema.target.num_classes
@@ -133,12 +136,13 @@ def disparity_estimates(counts: Mapping[str, np.ndarray], schema: DataSchema, *,
         def crit(*names: str, _rates: dict[str, list[tuple[np.ndarray, np.ndarray]]] = rates) -> float:
             return _max_t([s_ for name in names for _, s_ in _rates[name]], level)  # joint over a disparity's rates
 
+        z = NormalDist().inv_cdf((1 + level) / 2)
         c_odds = crit("tpr", "fpr")
-        tpr, fpr = _range_interval(rates["tpr"], c_odds), _range_interval(rates["fpr"], c_odds)
+        tpr, fpr = _range_interval(rates["tpr"], c_odds, z), _range_interval(rates["fpr"], c_odds, z)
         c_sel = crit("selection_rate")
         res: dict[str, tuple[float, float, float] | None] = {
-            "demographic_parity_difference": _range_interval(rates["selection_rate"], c_sel),
-            "equal_opportunity_difference": _range_interval(rates["tpr"], crit("tpr")),
+            "demographic_parity_difference": _range_interval(rates["selection_rate"], c_sel, z),
+            "equal_opportunity_difference": _range_interval(rates["tpr"], crit("tpr"), z),
             "equalized_odds_difference": None if tpr is None or fpr is None else
             tuple(max(a, b) for a, b in zip(tpr, fpr, strict=True)),  # type: ignore[dict-item]
             "demographic_parity_ratio": _ratio_interval(rates["selection_rate"], c_sel),
@@ -156,15 +160,23 @@ def _rate_var(r: np.ndarray, n: np.ndarray, noise_std: float, num_cells: int, re
     return r * (1 - r) / n + noise_std**2 * (num_cells * (1 - r) ** 2 + rest_cells * r**2) / n**2
 
 
-def _range_interval(per_class: list[tuple[np.ndarray, np.ndarray]], c: float) -> tuple[float, float, float] | None:
-    """Largest difference between groups (over classes), with its simultaneous interval; None with < 2 groups."""
+def _range_interval(per_class: list[tuple[np.ndarray, np.ndarray]], c: float,
+                    z: float) -> tuple[float, float, float] | None:  # fmt: skip
+    """Largest difference between groups (over classes), with its interval; None with fewer than 2 groups.
+
+    The lower end is ``max(|d| - c se)`` over every pair, with ``c`` simultaneous over the pairs: the
+    largest estimated difference is a pair chosen by the data. The upper end is ``max(|d| + z se)``
+    with the plain normal quantile ``z``: it misses only if the pair whose *true* difference is the
+    largest (a fixed pair) is underestimated by more than ``z`` standard errors, so each end errs
+    with probability at most ``(1 - level) / 2``.
+    """
     best: tuple[float, float, float] | None = None
     for r, se in per_class:
         if len(r) < 2:
             continue
         i, j = np.triu_indices(len(r), 1)
-        d, h = np.abs(r[i] - r[j]), c * np.sqrt(se[i] ** 2 + se[j] ** 2)
-        cand = (float(d.max()), float(max(0.0, (d - h).max())), float(min(1.0, (d + h).max())))
+        d, s_ = np.abs(r[i] - r[j]), np.sqrt(se[i] ** 2 + se[j] ** 2)
+        cand = (float(d.max()), float(max(0.0, (d - c * s_).max())), float(min(1.0, (d + z * s_).max())))
         best = cand if best is None else tuple(max(a, b) for a, b in zip(best, cand, strict=True))  # type: ignore[assignment]
     return best
 
