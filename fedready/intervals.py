@@ -185,13 +185,37 @@ class ClientSpread:
         }
 
 
-def _constrained_pattern(a: np.ndarray, v: np.ndarray, tau: float) -> np.ndarray:
-    """The client accuracies closest to ``a`` (Gaussian likelihood, variances ``v``) whose spread is ``tau``.
+def _constrained_pattern(a: np.ndarray, v: np.ndarray, tau: float) -> np.ndarray | None:
+    """The client accuracies in [0, 1] closest to ``a`` (variances ``v``) whose spread is ``tau``; None if none is.
 
     Stationary points of ``sum((a - p)^2 / v)`` subject to ``std(p) = tau`` have the form
     ``p_i = m + w_i (a_i - m)`` with ``w_i = 1 / (1 + lam * v_i)`` and ``m`` the ``w``-weighted mean
-    of ``a``: noisy clients shrink (or stretch) the most. ``lam`` is found by bisection.
+    of ``a``: noisy clients shrink (or stretch) the most. ``lam`` is found by bisection. Accuracies
+    leave [0, 1] when a spread is stretched far: the pattern is then clipped and stretched about
+    its centre until the clipped spread is ``tau``, and a spread no stretch of it reaches in [0, 1]
+    gives None (no configuration of this shape explains it).
     """
+    p = _unbounded_pattern(a, v, tau)
+    if p.min() >= 0.0 and p.max() <= 1.0:
+        return p
+    centre = float(np.clip(p.mean(), 0.0, 1.0))
+
+    def clipped(s: float) -> np.ndarray:
+        return np.clip(centre + s * (p - centre), 0.0, 1.0)
+
+    lo, hi = 0.0, 1.0
+    if float(clipped(1e6).std()) < tau:
+        return None
+    while float(clipped(hi).std()) < tau:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(clipped(mid).std()) < tau else (lo, mid)
+    return clipped(hi)
+
+
+def _unbounded_pattern(a: np.ndarray, v: np.ndarray, tau: float) -> np.ndarray:
+    """:func:`_constrained_pattern` without the [0, 1] bounds."""
     s0 = float(a.std())
     if tau <= 0 or s0 == 0:
         centre = float(np.sum(a / v) / np.sum(1 / v))
@@ -242,10 +266,12 @@ def _spread_interval(a: np.ndarray, n: np.ndarray, noise_std: float, level: floa
     tail = (1 - level) / 2
 
     def keep_low(t: float) -> bool:  # t is not too small to explain what was observed
-        return float(np.mean(_simulated_spread(_constrained_pattern(a, v, t), n, noise_std, z) >= observed)) >= tail
+        p = _constrained_pattern(a, v, t)  # None: t is beyond what this shape reaches in [0, 1], i.e. large
+        return p is None or float(np.mean(_simulated_spread(p, n, noise_std, z) >= observed)) >= tail
 
     def keep_high(t: float) -> bool:  # t is not too large to explain what was observed
-        return float(np.mean(_simulated_spread(_constrained_pattern(a, v, t), n, noise_std, z) <= observed)) >= tail
+        p = _constrained_pattern(a, v, t)
+        return p is not None and float(np.mean(_simulated_spread(p, n, noise_std, z) <= observed)) >= tail
 
     top = 0.5  # no spread of accuracies in [0, 1] exceeds 0.5
     lo_bound = 0.0 if keep_low(0.0) else _bisect(lambda t: not keep_low(t), 0.0, top)
