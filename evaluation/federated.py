@@ -39,6 +39,7 @@ from fedready.models import model_for_schema
 
 if TYPE_CHECKING:
     from fedready.deploy.site import LocalData
+    from fedready.schema import DataSchema
 from fedready.evaluation.fairness import (
     confusion_counts,
     fairness_from_counts,
@@ -50,6 +51,7 @@ from fedready.modelio import arrays_digest, load_npz
 __all__ = [
     "FEDERATED_FILE",
     "answer_query",
+    "federated_numbers",
     "federated_report",
     "final_model",
     "local_group_counts",
@@ -226,25 +228,37 @@ def federated_report(answers: list[dict[str, Any]], cfg: SimulationConfig) -> di
     """
     summed = sum_replies(answers, cfg)
     schema = task_of(cfg).schema
-    counts = {a: np.asarray(t) for a, t in summed["counts"].items()}
     per_cell = [float(a.get(K.QUERY_NOISE_STD, 0.0)) for a in answers]
-    accuracy_std = max((float(a.get(K.QUERY_ACCURACY_NOISE_STD, 0.0)) for a in answers), default=0.0)
-    sum_std = math.sqrt(sum(s * s for s in per_cell))
-    spread = client_spread(summed["per_client"], noise_std=accuracy_std)
-    return {
+    released = {
         "format": FORMAT,
         "clients_answered": len(answers),
         "noise_std": max(per_cell, default=0.0),  # per client, on each summed count (0: exact counts)
-        "sum_noise_std": sum_std,  # on each cell of the sum over the clients that answered
-        "accuracy_noise_std": accuracy_std,  # per client, on its (correct, wrong) counts
+        "sum_noise_std": math.sqrt(sum(s * s for s in per_cell)),  # on each cell of the sum over those clients
+        # per client, on its (correct, wrong) counts
+        "accuracy_noise_std": max((float(a.get(K.QUERY_ACCURACY_NOISE_STD, 0.0)) for a in answers), default=0.0),
         "exact": not summed["noisy"],
         "counts": summed["counts"],
-        "group_names": {a: group_names(schema, a) for a in counts},
-        "fairness": fairness_from_counts(counts, schema),
-        "estimates": federated_fairness_estimates(counts, schema, noise_std=sum_std),
-        "client_accuracy": spread.to_dict(),
         "per_client_counts": {c: {"correct": v[0], "wrong": v[1]} for c, v in summed["per_client"].items()},
         "source": "the clients' validation rows" + ("" if not summed["noisy"] else " (counts each client noised)"),
+    }
+    return {**released, **federated_numbers(released, schema)}
+
+
+def federated_numbers(released: dict[str, Any], schema: DataSchema) -> dict[str, Any]:
+    """Everything computed from what the clients released: rates, disparities, accuracies, spread, intervals.
+
+    Post-processing of ``released`` (the summed counts, each client's two accuracy counts and the
+    noise stds), so ``fedready evaluate`` recomputes it from ``federated_eval.json`` at no privacy cost.
+    """
+    counts = {a: np.asarray(t, dtype=np.float64 if not released["exact"] else np.int64)
+              for a, t in released["counts"].items()}  # fmt: skip
+    per_client = {c: (float(v["correct"]), float(v["wrong"])) for c, v in released["per_client_counts"].items()}
+    spread = client_spread(per_client, noise_std=float(released["accuracy_noise_std"]))
+    return {
+        "group_names": {a: group_names(schema, a) for a in counts},
+        "fairness": fairness_from_counts(counts, schema),
+        "estimates": federated_fairness_estimates(counts, schema, noise_std=float(released["sum_noise_std"])),
+        "client_accuracy": spread.to_dict(),
     }
 
 

@@ -321,14 +321,15 @@ def evaluate_run(
 
 def _federated(rm: RunModel) -> dict[str, Any]:
     """Federated group counts for this model: reuse ``federated_eval.json`` if it matches, else ask the clients."""
-    from fedready.evaluation.federated import FEDERATED_FILE, FORMAT
+    from fedready.evaluation.federated import FEDERATED_FILE, FORMAT, federated_numbers
     from fedready.simulations.engine import federated_evaluate
 
     p = rm.run_dir / FEDERATED_FILE
     if p.exists():
         cached = json.loads(p.read_text())
         if cached.get("model_digest") == rm.digest and cached.get("format") == FORMAT:
-            return cached
+            # what the clients released, with every number derived from it computed again (post-processing)
+            return {**cached, **federated_numbers(cached, rm.schema)}
     return federated_evaluate(rm.run_dir)
 
 
