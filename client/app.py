@@ -70,7 +70,7 @@ def _store(context: Context, run_dir: str | None, pid: int, site: Site | None) -
 
 def _decline(msg: Message, pid: int, reason: str, detail: str, extra: dict[str, Any] | None = None) -> Message:
     content = RecordDict({
-        K.METRICS: MetricRecord({K.NUM_EXAMPLES: 0, K.DECLINED: 1, K.PARTITION_ID: pid}),
+        K.METRICS: MetricRecord({K.DECLINED: 1, K.PARTITION_ID: pid}),  # no count of any kind
         K.CONFIG: ConfigRecord({K.REASON: reason, K.DETAIL: detail, **(extra or {})}),
     })  # fmt: skip
     return Message(content=content, reply_to=msg)
@@ -135,13 +135,15 @@ def _local_update(
             arrays, metrics = cached
             return arrays, {**metrics, K.REPLAYED: 1}
 
-    if drops_out(cfg, pid, server_round):
+    if site is not None:  # the organisation's own limits first: a run that loosens them is refused outright
+        refusal = site.run_refusal(cfg)
+        if refusal is not None:
+            return Decline(*refusal)
+        if not site.report.ok:
+            return Decline(K.CONTRACT_VIOLATION, site.contract_detail())
+    elif drops_out(cfg, pid, server_round):  # simulated scenarios never touch an organisation's client
         raise ClientDropped(f"client {pid} dropped out of round {server_round} (simulated, p={cfg.dropout})")
-    if site is not None and not site.report.ok:
-        return Decline(K.CONTRACT_VIOLATION, site.contract_detail())
-    if site is not None and not cfg.dp:
-        return Decline(K.LOCAL_LIMIT, "the coordinator asked for a run without DP; local limits need DP-SGD")
-    attacker = pid in attackers(cfg)
+    attacker = site is None and pid in attackers(cfg)
     if site is not None:
         x_train, y_train = _site_train(site, cfg)
     else:
@@ -187,7 +189,7 @@ def _local_update(
             if refusal is not None:
                 store.save(state)
                 return Decline(*refusal)
-    if is_slow(cfg, pid):
+    if site is None and is_slow(cfg, pid):
         time.sleep(cfg.round_timeout + 1.0)  # simulated straggler: the server has moved on, the update still leaves
 
     model = model_for_schema(cfg.model, schema)
@@ -274,14 +276,24 @@ def handle_query(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     pid = int(context.node_config["partition-id"])
     site = site_from_node_config(context.node_config)
     config = msg.content.config_records.get(K.CONFIG)
-    if config is not None and str(config.get(K.QUERY, "")) == K.QUERY_SCHEMA:
+    handshake = config is not None and str(config.get(K.QUERY, "")) == K.QUERY_SCHEMA
+    refusal = site.run_refusal(cfg) if site is not None else None
+    if handshake:
         # The handshake before round 1: the digest of the schema this client prepared its data with
         # (public: the schema is the federation's shared declaration). No row is read, so a client
         # whose data breaks its contract still answers, and then declines each round with the reason.
+        # A run that loosens this organisation's limits is refused here, before anything is released.
         schema = site.schema if site is not None else task_of(cfg).schema
+        if site is not None and refusal is not None:
+            site.audit.append("run-refused", run=_run_key(context, run_dir), stage="handshake", reason=refusal[0],
+                              detail=refusal[1])  # fmt: skip
+            return _decline(msg, pid, *refusal, {K.SCHEMA_DIGEST: schema.digest()})
         return Message(content=RecordDict({K.METRICS: MetricRecord({K.PARTITION_ID: pid}),
                                            K.CONFIG: ConfigRecord({K.SCHEMA_DIGEST: schema.digest()})}),
                        reply_to=msg)  # fmt: skip
+    if site is not None and refusal is not None:  # the run loosens this organisation's limits: nothing is answered
+        site.audit.append("query-declined", run=_run_key(context, run_dir), reason=refusal[0], detail=refusal[1])
+        return _decline(msg, pid, *refusal)
     local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed) if site is not None else None
     if site is not None and not site.report.ok:  # bad data answers nothing, as it trains nothing
         return _decline(msg, pid, K.CONTRACT_VIOLATION, site.contract_detail())

@@ -27,7 +27,7 @@ from flwr.common import Context
 
 from fedready import constants as K
 from fedready.client.app import Decline, local_update, resolve_config
-from fedready.client.wire import make_wire_log_mod
+from fedready.client.wire import ClientDeclined, make_wire_log_mod
 from fedready.federation import task_of
 
 __all__ = ["make_secagg_client_app"]
@@ -46,7 +46,7 @@ class _SecAggClient(NumPyClient):
         out = local_update(cfg, self.ctx, run_dir, int(config[K.SERVER_ROUND]), global_arrays)
         if isinstance(out, Decline):
             # The legacy protocol has no decline; SecAgg+ treats the error as a dropout.
-            raise RuntimeError(f"declined: {out.reason}: {out.detail}")
+            raise ClientDeclined(out.reason, out.detail)  # the wire mod sends its reason code only
         arrays, metrics = out
         # Under client-level DP the mean must be unweighted; SecAgg+ weighs by this number (the noisy count).
         weight = 1 if cfg.client_dp != "off" else int(metrics[K.NUM_EXAMPLES])
