@@ -16,7 +16,6 @@ costs no privacy, whereas training again would spend the budget twice.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from fedready import constants as K
 from fedready.client.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
 from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_sensitivity
-from fedready.client.training import OptimizerHooks, train
+from fedready.client.training import OptimizerHooks, poisson_plan, train
 from fedready.client.wire import make_wire_log_mod
 from fedready.config import SimulationConfig
 from fedready.deploy.site import Site, site_from_node_config
@@ -107,25 +106,28 @@ def local_update(
     global_arrays: dict[str, np.ndarray],
     *,
     optimizer_hooks: OptimizerHooks | None = None,
+    train_rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:
     """One round of local training on this client's shard: the update and its metrics, or a decline.
 
     Shared by the message-API ClientApp and the SecAgg+ (legacy NumPyClient) path. The client's
     state is locked for the whole round (budget check, training, record). ``optimizer_hooks``
-    (simulations only) sees a simulated client's optimisation steps; a client with its own data
-    (a site) never calls it.
+    (simulations only) sees a simulated client's optimisation steps; ``train_rows`` (simulations
+    only: the update-scale audit) replaces a simulated client's shard. A client with its own data
+    (a site) takes neither; the apps ``flwr run`` and SuperNodes load never pass them.
     """
     pid = int(context.node_config["partition-id"])
     site = site_from_node_config(context.node_config)
     store = _store(context, run_dir, pid, site)
     with store.locked():
-        return _local_update(cfg, context, run_dir, server_round, global_arrays, pid, site, store, optimizer_hooks)
+        return _local_update(cfg, context, run_dir, server_round, global_arrays, pid, site, store, optimizer_hooks,
+                             train_rows=train_rows if site is None else None)  # fmt: skip
 
 
 def _local_update(
     cfg: SimulationConfig, context: Context, run_dir: str | None, server_round: int,
     global_arrays: dict[str, np.ndarray], pid: int, site: Site | None, store: Store,
-    optimizer_hooks: OptimizerHooks | None = None,
+    optimizer_hooks: OptimizerHooks | None = None, *, train_rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:  # fmt: skip
     in_digest = arrays_digest(global_arrays)
     state = store.load()
@@ -146,6 +148,8 @@ def _local_update(
     attacker = site is None and pid in attackers(cfg)
     if site is not None:
         x_train, y_train = _site_train(site, cfg)
+    elif train_rows is not None:
+        x_train, y_train = train_rows
     else:
         shard = client_shard(cfg, pid)
         x_train, y_train = shard.x_train, shard.y_train
@@ -160,9 +164,9 @@ def _local_update(
         rows = state.noisy_count(n, noise_std=cfg.count_noise, server_round=server_round, insecure_seed=seed)
     else:
         rows = n
-    batches = max(1, math.ceil(rows / cfg.batch_size))
+    # the sample rate, the update's divisor and the steps all come from the released (noisy) count
+    rate, _, batches = poisson_plan(rows, cfg.batch_size)
     steps = cfg.local_steps or cfg.local_epochs * batches
-    rate = 1.0 / batches
     if cfg.dp:
         if cfg.delta >= 1.0 / rows:
             store.save(state)
@@ -202,9 +206,15 @@ def _local_update(
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr_at(server_round), momentum=cfg.momentum,
         seed=seed, noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
         history=state.history(), accountant=cfg.accountant, max_steps=steps, optimizer_hook=hook,
+        released_rows=rows if cfg.dp else None,
     )  # fmt: skip
     if cfg.dp:
-        state.releases.append(Release("sample", server_round, noise, rate, result.steps))
+        # charge what the privacy engine did: its own accountant's record of this round, never a recomputation
+        if len(result.released) != 1:
+            raise RuntimeError(f"expected one (noise, rate, steps) entry from Opacus's accountant: {result.released}")
+        z, q, k = result.released[0]
+        state.releases.append(Release("sample", server_round, z, q, k))
+        noise, rate = z, q  # the metrics below report what was charged
     state.last_round, state.last_input_digest = server_round, in_digest
     if site is not None and cfg.dp:
         _record_site_releases(site, _run_key(context, run_dir), state)

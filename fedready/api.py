@@ -285,10 +285,12 @@ def audit_privacy(
         Audit this run's configuration (its ``config.json``); ``audit_privacy.json`` is written into
         it. Without ``run``: the task and ``options`` as for :func:`simulate`, and the file goes into
         the audit's own run folder.
-    level : {"client", "sample", "both"}
+    level : {"client", "sample", "both", "scale"}
         Canary clients in the aggregation (Andrew et al. 2024), gradient canaries in the clients'
         DP-SGD steps (Steinke et al. 2023, white box), or both in one run: then the result is a
-        dict of the two :class:`AuditResult`, by level.
+        dict of the two :class:`AuditResult`, by level. ``scale``: canary rows in simulated
+        clients running the real client code, membership guessed from the released updates' norms
+        (what would reveal a row count leaking through the update's scale); no federation is run.
     canaries : int
         Canaries per level, each inserted with probability 1/2 (default 1000: the bound cannot exceed
         about 4.4).

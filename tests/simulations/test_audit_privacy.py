@@ -126,7 +126,8 @@ def test_gradient_canaries_are_what_dp_sgd_added(tmp_path):
         hooks = GradientCanaries(folder, owners=owners, included=bits, seeds={0: 7})
         model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
         train(model, x, y, epochs=1, batch_size=50, lr=0.1, momentum=0.0, seed=None if noise is not None else 3,
-              noise_multiplier=noise, max_grad_norm=0.5, max_steps=12, optimizer_hook=hooks(0, 1))  # fmt: skip
+              noise_multiplier=noise, max_grad_norm=0.5, max_steps=12, optimizer_hook=hooks(0, 1),
+              released_rows=len(y))  # fmt: skip
         with np.load(folder / "client-00000-round-00001.npz") as d:
             proj, rate = d["projections"], float(d["sample_rate"])
         assert proj.shape == (12, k) and rate == pytest.approx(0.25)
@@ -166,7 +167,7 @@ def test_sample_level_correct_noise_stays_below_and_a_tenth_of_it_is_caught(tmp_
         model = torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))  # 530
         hook = hooks(0, 1) if fraction == 1.0 else _UnderNoised(hooks(0, 1), fraction)
         train(model, x, y, epochs=1, batch_size=20, lr=0.1, momentum=0.0, seed=None, noise_multiplier=z,
-              max_grad_norm=1.0, max_steps=steps, optimizer_hook=hook)  # fmt: skip
+              max_grad_norm=1.0, max_steps=steps, optimizer_hook=hook, released_rows=len(y))  # fmt: skip
         scores, scored = _gradient_scores(hooks, k)
         assert scored == steps
         bounds[fraction] = canary_audit(scores, bits, delta=1e-5).bound.epsilon
