@@ -345,3 +345,38 @@ def test_client_level_under_noising_is_caught(binary_task, tmp_path):
     audit = read_audits(tmp_path / "buggy")["client"]
     assert audit["exceeds_accounted"] and audit["epsilon_lower_bound"] > audit["accounted"]["epsilon"]
     assert audit["accounted"]["epsilon"] == pytest.approx(compose_epsilon([(2.0, 0.1, 10)], delta=1e-5))
+
+
+# --------------------------------------------------------------------------------------------
+# The scale level: membership from the update norms (issue 21, finding 2)
+# --------------------------------------------------------------------------------------------
+
+
+def _scale_audit(tmp_path: Path) -> tuple[int, str, dict]:
+    result = CliRunner().invoke(app, ["audit-privacy", "--level", "scale", "--canaries", "80", "--confidence", "0.99",
+                                      "--out", str(tmp_path), "--name", "scale"])  # fmt: skip
+    return result.exit_code, result.output, read_audits(tmp_path / "scale")["scale"]
+
+
+def test_scale_audit_finds_no_row_count_in_the_updates_scale(tmp_path):
+    code, output, audit = _scale_audit(tmp_path)
+    assert code == 0, output
+    assert not audit["exceeds_accounted"] and audit["epsilon_lower_bound"] <= audit["accounted"]["epsilon"]
+    assert audit["rounds_scored"] == 3 and len(audit["scores"]) == 80 and audit["accounted"]["epsilon"] > 0
+
+
+def test_scale_audit_catches_a_divisor_computed_from_the_exact_row_count(tmp_path, monkeypatch):
+    # the bug of finding 2 put back on purpose: the sampler and the update's divisor from len(y) (Opacus's default)
+    import fedready.client.app as client_app
+
+    real = client_app.train
+
+    def exact_n(model, x, y, **kw):
+        if kw.get("released_rows") is not None:
+            kw["released_rows"] = len(y)
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(client_app, "train", exact_n)
+    code, output, audit = _scale_audit(tmp_path)
+    assert code == 1 and "exceeds the accounted epsilon" in output
+    assert audit["exceeds_accounted"] and audit["epsilon_lower_bound"] > audit["accounted"]["epsilon"]
