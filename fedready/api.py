@@ -391,6 +391,7 @@ def evaluate(
     data: str | Path | None = None,
     schema: str | Path | None = None,
     mitigate: str | None = None,
+    seeds_epsilon: float | None = None,
 ) -> EvaluationResult:
     """Evaluate a finished run: fairness, stability, calibration, mitigation, explanations, gates, model card.
 
@@ -400,7 +401,8 @@ def evaluate(
 
     report = evaluate_run(run, policy=policy, baseline=baseline, seeds=seeds, federated=federated,
                           data=Path(data) if data is not None else None,
-                          schema=Path(schema) if schema is not None else None, mitigate=mitigate)  # fmt: skip
+                          schema=Path(schema) if schema is not None else None, mitigate=mitigate,
+                          seeds_epsilon=seeds_epsilon)  # fmt: skip
     failed = [g["gate"] for g in report["gates"] if not g["passed"]]
     return EvaluationResult(passed=bool(report["passed"]), failed=failed, accuracy=float(report["metrics"]["accuracy"]),
                             fairness=report["fairness"], report=report, run_dir=Path(run))  # fmt: skip
