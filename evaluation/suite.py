@@ -95,8 +95,9 @@ def _with_empty_groups(fair: dict[str, Any], schema: DataSchema) -> dict[str, An
 def _privacy(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     led_path = run_dir / "ledger.json"
     led = json.loads(led_path.read_text()) if led_path.exists() else {}
-    # each client's epsilon composed over every release about its rows (count, training, query, seed runs)
-    per_client: dict[str, float] = dict(led.get("clients", {}))
+    # each client's epsilon composed over every release about its rows (count, training, query, seed runs);
+    # not under client-level DP: the report ships, and per-client numbers say which client took part, and when
+    per_client: dict[str, float] = dict(led.get("clients", {})) if summary.get("client_dp", "off") == "off" else {}
     return {
         "dp": summary.get("dp"), "delta": summary.get("delta"),
         "epsilon": led.get("epsilon", summary.get("epsilon")) if summary.get("dp") else None,  # from the ledger
