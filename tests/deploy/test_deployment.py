@@ -282,7 +282,7 @@ def test_client_with_a_lower_local_limit_trains_only_up_to_it(federation):
     assert [e["round"] for e in declined] == [2, 3] and all(e["reason"] == K.BUDGET_EXHAUSTED for e in declined)
     # the unconstrained client trained in every round
     first = json.loads((federation["orgs"][0] / "ledger.json").read_text())["releases"]
-    assert [r["round"] for r in first if r["level"] == "sample"] == [1, 2, 3]
+    assert [r["round"] for r in first if r["level"] == "sample" and r["run"] == federation["run_dir"].name] == [1, 2, 3]
 
 
 def test_editing_one_audit_line_makes_verify_fail(federation, tmp_path):
@@ -331,7 +331,8 @@ def test_deployed_clients_answer_the_post_training_queries_noised_and_charged(fe
     assert evaluation["noise_std"] > 0 and not evaluation["exact"]
     assert json.loads((run_dir / "reference_profile.json").read_text())["clients"] == 2
     for org in federation["orgs"][:2]:  # each answer is in the organisation's own lifetime ledger and audit log
-        assert [r["level"] for r in json.loads((org / "ledger.json").read_text())["releases"]].count("query") == 1
+        releases = json.loads((org / "ledger.json").read_text())["releases"]  # lifetime: this run's, then others'
+        assert [r["level"] for r in releases if r["run"] == run_dir.name].count("query") == 1
         assert [e for e in _audit(org / "audit.jsonl") if e["event"] == "query-answered"]
     ledger = json.loads((run_dir / "ledger.json").read_text())
     assert {e["client"] for e in ledger["entries"] if e["level"] == "query"} == {"0", "1"}
