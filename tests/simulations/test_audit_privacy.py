@@ -200,6 +200,7 @@ def test_the_audit_compares_with_the_release_it_audits():
         (["--aggregator", "median", "--no-dp"], "aggregator"),
         (["--canaries", "3"], "canaries"),
         (["--confidence", "1.5"], "confidence"),
+        (["--level", "scale", "--no-dp"], "dp"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(args, field, tmp_path):
