@@ -158,8 +158,8 @@ def _local_update(
     n = len(y_train)
     noise = 0.0
     if cfg.dp:
-        # Everything below (weight, sample rate, steps, the delta check) is computed from the noisy
-        # count, so the exact row count never leaves the client.
+        # Everything below (weight, sample rate, steps, the update's divisor, the delta check) is computed
+        # from the noisy count, so the exact row count never leaves the client, not even through the scale.
         seed = (cfg.seed, pid, 0xC0, server_round) if cfg.insecure_seeded_noise else None
         rows = state.noisy_count(n, noise_std=cfg.count_noise, server_round=server_round, insecure_seed=seed)
     else:
