@@ -55,7 +55,8 @@ def _round(model_name: str, x, y, *, steps: int, batch: int, mode: str | None, n
     model = create_model(model_name, x.shape[1], seed=0)
     training.train(model, x, y, epochs=1, batch_size=batch, lr=0.5, momentum=0.0, seed=1,
                    noise_multiplier=None if mode is None else noise, max_grad_norm=1.0,
-                   max_steps=steps, grad_sample_mode=mode or training.DEFAULT_GRAD_SAMPLE_MODE)  # fmt: skip
+                   max_steps=steps, grad_sample_mode=mode or training.DEFAULT_GRAD_SAMPLE_MODE,
+                   released_rows=len(y))  # fmt: skip
     return model
 
 

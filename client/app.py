@@ -16,7 +16,6 @@ costs no privacy, whereas training again would spend the budget twice.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from fedready import constants as K
 from fedready.client.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
 from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_noise_split
-from fedready.client.training import OptimizerHooks, train
+from fedready.client.training import OptimizerHooks, poisson_plan, train
 from fedready.client.wire import make_wire_log_mod
 from fedready.config import SimulationConfig
 from fedready.deploy.site import Site, site_from_node_config
@@ -70,7 +69,7 @@ def _store(context: Context, run_dir: str | None, pid: int, site: Site | None) -
 
 def _decline(msg: Message, pid: int, reason: str, detail: str, extra: dict[str, Any] | None = None) -> Message:
     content = RecordDict({
-        K.METRICS: MetricRecord({K.NUM_EXAMPLES: 0, K.DECLINED: 1, K.PARTITION_ID: pid}),
+        K.METRICS: MetricRecord({K.DECLINED: 1, K.PARTITION_ID: pid}),  # no count of any kind
         K.CONFIG: ConfigRecord({K.REASON: reason, K.DETAIL: detail, **(extra or {})}),
     })  # fmt: skip
     return Message(content=content, reply_to=msg)
@@ -107,25 +106,28 @@ def local_update(
     global_arrays: dict[str, np.ndarray],
     *,
     optimizer_hooks: OptimizerHooks | None = None,
+    train_rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:
     """One round of local training on this client's shard: the update and its metrics, or a decline.
 
     Shared by the message-API ClientApp and the SecAgg+ (legacy NumPyClient) path. The client's
     state is locked for the whole round (budget check, training, record). ``optimizer_hooks``
-    (simulations only) sees a simulated client's optimisation steps; a client with its own data
-    (a site) never calls it.
+    (simulations only) sees a simulated client's optimisation steps; ``train_rows`` (simulations
+    only: the update-scale audit) replaces a simulated client's shard. A client with its own data
+    (a site) takes neither; the apps ``flwr run`` and SuperNodes load never pass them.
     """
     pid = int(context.node_config["partition-id"])
     site = site_from_node_config(context.node_config)
     store = _store(context, run_dir, pid, site)
     with store.locked():
-        return _local_update(cfg, context, run_dir, server_round, global_arrays, pid, site, store, optimizer_hooks)
+        return _local_update(cfg, context, run_dir, server_round, global_arrays, pid, site, store, optimizer_hooks,
+                             train_rows=train_rows if site is None else None)  # fmt: skip
 
 
 def _local_update(
     cfg: SimulationConfig, context: Context, run_dir: str | None, server_round: int,
     global_arrays: dict[str, np.ndarray], pid: int, site: Site | None, store: Store,
-    optimizer_hooks: OptimizerHooks | None = None,
+    optimizer_hooks: OptimizerHooks | None = None, *, train_rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:  # fmt: skip
     in_digest = arrays_digest(global_arrays)
     state = store.load()
@@ -135,15 +137,19 @@ def _local_update(
             arrays, metrics = cached
             return arrays, {**metrics, K.REPLAYED: 1}
 
-    if drops_out(cfg, pid, server_round):
+    if site is not None:  # the organisation's own limits first: a run that loosens them is refused outright
+        refusal = site.run_refusal(cfg)
+        if refusal is not None:
+            return Decline(*refusal)
+        if not site.report.ok:
+            return Decline(K.CONTRACT_VIOLATION, site.contract_detail())
+    elif drops_out(cfg, pid, server_round):  # simulated scenarios never touch an organisation's client
         raise ClientDropped(f"client {pid} dropped out of round {server_round} (simulated, p={cfg.dropout})")
-    if site is not None and not site.report.ok:
-        return Decline(K.CONTRACT_VIOLATION, site.contract_detail())
-    if site is not None and not cfg.dp:
-        return Decline(K.LOCAL_LIMIT, "the coordinator asked for a run without DP; local limits need DP-SGD")
-    attacker = pid in attackers(cfg)
+    attacker = site is None and pid in attackers(cfg)
     if site is not None:
         x_train, y_train = _site_train(site, cfg)
+    elif train_rows is not None:
+        x_train, y_train = train_rows
     else:
         shard = client_shard(cfg, pid)
         x_train, y_train = shard.x_train, shard.y_train
@@ -152,15 +158,15 @@ def _local_update(
     n = len(y_train)
     noise = 0.0
     if cfg.dp:
-        # Everything below (weight, sample rate, steps, the delta check) is computed from the noisy
-        # count, so the exact row count never leaves the client.
+        # Everything below (weight, sample rate, steps, the update's divisor, the delta check) is computed
+        # from the noisy count, so the exact row count never leaves the client, not even through the scale.
         seed = (cfg.seed, pid, 0xC0, server_round) if cfg.insecure_seeded_noise else None
         rows = state.noisy_count(n, noise_std=cfg.count_noise, server_round=server_round, insecure_seed=seed)
     else:
         rows = n
-    batches = max(1, math.ceil(rows / cfg.batch_size))
+    # the sample rate, the update's divisor and the steps all come from the released (noisy) count
+    rate, _, batches = poisson_plan(rows, cfg.batch_size)
     steps = cfg.local_steps or cfg.local_epochs * batches
-    rate = 1.0 / batches
     if cfg.dp:
         if cfg.delta >= 1.0 / rows:
             store.save(state)
@@ -187,7 +193,7 @@ def _local_update(
             if refusal is not None:
                 store.save(state)
                 return Decline(*refusal)
-    if is_slow(cfg, pid):
+    if site is None and is_slow(cfg, pid):
         time.sleep(cfg.round_timeout + 1.0)  # simulated straggler: the server has moved on, the update still leaves
 
     model = model_for_schema(cfg.model, schema)
@@ -200,9 +206,15 @@ def _local_update(
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr_at(server_round), momentum=cfg.momentum,
         seed=seed, noise_multiplier=noise if cfg.dp else None, max_grad_norm=cfg.max_grad_norm,
         history=state.history(), accountant=cfg.accountant, max_steps=steps, optimizer_hook=hook,
+        released_rows=rows if cfg.dp else None,
     )  # fmt: skip
     if cfg.dp:
-        state.releases.append(Release("sample", server_round, noise, rate, result.steps))
+        # charge what the privacy engine did: its own accountant's record of this round, never a recomputation
+        if len(result.released) != 1:
+            raise RuntimeError(f"expected one (noise, rate, steps) entry from Opacus's accountant: {result.released}")
+        z, q, k = result.released[0]
+        state.releases.append(Release("sample", server_round, z, q, k))
+        noise, rate = z, q  # the metrics below report what was charged
     state.last_round, state.last_input_digest = server_round, in_digest
     if site is not None and cfg.dp:
         _record_site_releases(site, _run_key(context, run_dir), state)
@@ -277,14 +289,24 @@ def handle_query(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     pid = int(context.node_config["partition-id"])
     site = site_from_node_config(context.node_config)
     config = msg.content.config_records.get(K.CONFIG)
-    if config is not None and str(config.get(K.QUERY, "")) == K.QUERY_SCHEMA:
+    handshake = config is not None and str(config.get(K.QUERY, "")) == K.QUERY_SCHEMA
+    refusal = site.run_refusal(cfg) if site is not None else None
+    if handshake:
         # The handshake before round 1: the digest of the schema this client prepared its data with
         # (public: the schema is the federation's shared declaration). No row is read, so a client
         # whose data breaks its contract still answers, and then declines each round with the reason.
+        # A run that loosens this organisation's limits is refused here, before anything is released.
         schema = site.schema if site is not None else task_of(cfg).schema
+        if site is not None and refusal is not None:
+            site.audit.append("run-refused", run=_run_key(context, run_dir), stage="handshake", reason=refusal[0],
+                              detail=refusal[1])  # fmt: skip
+            return _decline(msg, pid, *refusal, {K.SCHEMA_DIGEST: schema.digest()})
         return Message(content=RecordDict({K.METRICS: MetricRecord({K.PARTITION_ID: pid}),
                                            K.CONFIG: ConfigRecord({K.SCHEMA_DIGEST: schema.digest()})}),
                        reply_to=msg)  # fmt: skip
+    if site is not None and refusal is not None:  # the run loosens this organisation's limits: nothing is answered
+        site.audit.append("query-declined", run=_run_key(context, run_dir), reason=refusal[0], detail=refusal[1])
+        return _decline(msg, pid, *refusal)
     local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed) if site is not None else None
     if site is not None and not site.report.ok:  # bad data answers nothing, as it trains nothing
         return _decline(msg, pid, K.CONTRACT_VIOLATION, site.contract_detail())

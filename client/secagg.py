@@ -23,14 +23,16 @@ import numpy as np
 import torch
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
-from flwr.common import Context
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Context, Message
 
 from fedready import constants as K
 from fedready.client.app import Decline, local_update, resolve_config
-from fedready.client.wire import make_wire_log_mod
+from fedready.client.wire import ClientDeclined, make_wire_log_mod
 from fedready.federation import task_of
+from fedready.privacy.masks import full_entropy_masks
 
-__all__ = ["make_secagg_client_app"]
+__all__ = ["full_entropy_secaggplus_mod", "make_secagg_client_app"]
 
 
 class _SecAggClient(NumPyClient):
@@ -46,7 +48,7 @@ class _SecAggClient(NumPyClient):
         out = local_update(cfg, self.ctx, run_dir, int(config[K.SERVER_ROUND]), global_arrays)
         if isinstance(out, Decline):
             # The legacy protocol has no decline; SecAgg+ treats the error as a dropout.
-            raise RuntimeError(f"declined: {out.reason}: {out.detail}")
+            raise ClientDeclined(out.reason, out.detail)  # the wire mod sends its reason code only
         arrays, metrics = out
         # Under client-level DP the mean must be unweighted; SecAgg+ weighs by this number (the noisy count).
         weight = 1 if cfg.client_dp != "off" else int(metrics[K.NUM_EXAMPLES])
@@ -57,6 +59,18 @@ class _SecAggClient(NumPyClient):
         return [arrays[k] for k in names], weight, metrics
 
 
+def full_entropy_secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``secaggplus_mod`` with masks drawn from the whole shared secret (:mod:`fedready.privacy.masks`).
+
+    Notes
+    -----
+    It sits where ``secaggplus_mod`` would (after the wire log, before ``fixedclipping_mod``); the
+    server unmasks with the same generator (:mod:`fedready.server.secagg`).
+    """
+    with full_entropy_masks():
+        return secaggplus_mod(msg, context, call_next)
+
+
 def make_secagg_client_app(overrides: dict[str, Any], *, client_clipping: bool) -> ClientApp:
     """A ClientApp for the SecAgg+ workflow (``client_clipping``: add Flower's fixedclipping_mod)."""
 
@@ -64,5 +78,6 @@ def make_secagg_client_app(overrides: dict[str, Any], *, client_clipping: bool) 
         return _SecAggClient(context, dict(overrides)).to_client()
 
     wire = make_wire_log_mod(overrides)  # outermost: it records the protocol messages as they leave
-    mods = [wire, secaggplus_mod, fixedclipping_mod] if client_clipping else [wire, secaggplus_mod]
+    secagg = full_entropy_secaggplus_mod
+    mods = [wire, secagg, fixedclipping_mod] if client_clipping else [wire, secagg]
     return ClientApp(client_fn=client_fn, mods=mods)

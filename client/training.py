@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,12 +11,13 @@ from typing import Protocol
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedready.privacy.randomness import harden_optimizer, secret_torch_generator, seeded_torch_generator
 
-__all__ = ["OptimizerHook", "OptimizerHooks", "TrainResult", "evaluate", "train"]
+__all__ = ["OptimizerHook", "OptimizerHooks", "TrainResult", "evaluate", "poisson_plan", "train"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,30 @@ class TrainResult:
 
     steps: int
     loss: float
-    history: list[tuple[float, float, int]]  # Opacus accountant history after training
+    history: list[tuple[float, float, int]]  # the history passed in, then this pass's accountant entries
+    # what Opacus's own accountant recorded for this pass alone: (noise multiplier, sample rate, steps)
+    released: tuple[tuple[float, float, int], ...] = ()
+
+
+def poisson_plan(rows: int, batch_size: int) -> tuple[float, float, int]:
+    """Sample rate, normaliser and batches per epoch of DP-SGD for a client that released ``rows``.
+
+    Notes
+    -----
+    Opacus's ``make_private`` derives both the Poisson rate (``1 / ceil(n / B)``) and the divisor
+    of the noisy gradient sum (``int(n * rate)``) from the *exact* row count ``n``: the released
+    update's scale then reveals ``n`` (its noise norm is ``z C sqrt(d) / (n q)``), outside any
+    accounting. fedready derives both from the count the client has released (its noisy count,
+    a charged Gaussian release), so the update's scale is post-processing of that release, and the
+    rate the accountant charges is the rate the sampler draws with. Poisson subsampling's
+    amplification depends on the rate alone, not on ``n`` (Mironov et al. 2019, arXiv:1908.10530),
+    so the accounting stays exact whatever the true ``n``.
+    """
+    if rows < 1 or batch_size < 1:
+        raise ValueError(f"rows and batch_size must be >= 1, got {rows} and {batch_size}")
+    batches = max(1, math.ceil(rows / batch_size))
+    rate = 1.0 / batches
+    return rate, rows * rate, batches
 
 
 # How Opacus computes per-sample clipping. "ghost" (Li et al. 2021, arXiv:2110.05679) gets each sample's
@@ -100,16 +125,19 @@ def train(
     max_steps: int | None = None,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
     optimizer_hook: OptimizerHook | None = None,
+    released_rows: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` epochs.
 
     With ``noise_multiplier`` set, training is DP-SGD (Abadi et al. 2016,
-    arXiv:1607.00133) through Opacus: Poisson sampling at rate
-    ``1 / ceil(n / batch_size)``, per-sample clipping to ``max_grad_norm`` and
-    Gaussian noise. The accountant starts from ``history`` so epsilon composes
-    over every round the client took part in; the returned history includes the
-    steps taken here. ``grad_sample_mode`` picks how Opacus clips per sample
-    (``"ghost"`` or ``"hooks"``: the same update, at different speeds).
+    arXiv:1607.00133) through Opacus: Poisson sampling, per-sample clipping to
+    ``max_grad_norm`` and Gaussian noise. The sample rate ``1 / ceil(released_rows / batch_size)``
+    and the divisor of the noisy sum come from ``released_rows``, the row count the client has
+    released (its noisy count), never from ``len(y)`` (:func:`poisson_plan`); it is required under
+    DP. ``TrainResult.released`` is what Opacus's own accountant recorded for this pass (the
+    client charges exactly that); ``TrainResult.history`` is ``history`` followed by it.
+    ``grad_sample_mode`` picks how Opacus clips per sample (``"ghost"`` or ``"hooks"``: the same
+    update, at different speeds).
 
     ``seed`` drives the batch sampling (and, under DP, the noise). Pass ``None`` for DP:
     sampling and noise then come from operating-system entropy (:mod:`fedready.privacy.randomness`).
@@ -132,8 +160,13 @@ def train(
     engine = None
     extra: dict = {}
     if noise_multiplier is not None:
-        engine = PrivacyEngine(accountant=accountant)
-        engine.accountant.history = list(history or [])
+        if released_rows is None:
+            raise ValueError("DP-SGD needs released_rows (the client's noisy row count): the sample rate and the "
+                             "update's scale must not come from the exact row count")  # fmt: skip
+        rate, normaliser, _ = poisson_plan(int(released_rows), batch_size)
+        # Poisson sampling of the real rows at the released count's rate, with the secret generator
+        loader = DPDataLoader(_Rows(x, y), sample_rate=rate, generator=gen, collate_fn=_as_batch)
+        engine = PrivacyEngine(accountant=accountant)  # an empty history: what it records is this pass alone
         ghost = grad_sample_mode == "ghost"
         extra = {"criterion": criterion, "grad_sample_mode": "ghost"} if ghost else {}
         with warnings.catch_warnings():
@@ -144,7 +177,7 @@ def train(
                 data_loader=loader,
                 noise_multiplier=noise_multiplier,
                 max_grad_norm=max_grad_norm,
-                poisson_sampling=True,
+                poisson_sampling=False,  # the loader above already samples (make_private would use the exact n)
                 noise_generator=gen,
                 **extra,
             )
@@ -152,6 +185,12 @@ def train(
             module, opt, criterion, loader = private
         else:
             module, opt, loader = private
+        # make_private sized the divisor as int(len(rows) / len(loader)) and the accountant's rate as
+        # 1 / len(loader): both from the exact row count. Replace both with the released count's.
+        opt.expected_batch_size = normaliser
+        opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=rate))
+        if hasattr(module, "forbid_grad_accumulation"):
+            module.forbid_grad_accumulation()  # what make_private does under Poisson sampling
         harden_optimizer(opt)  # Opacus's floating-point-safe noise sampler, with our secret generator
         # Opacus's loader deep-copies the first batch only to learn what an empty Poisson batch looks
         # like; tell it up front (our two tensors with no rows) and save the copy on every round.
@@ -164,7 +203,8 @@ def train(
                               batch_size=batch_size)  # fmt: skip
     module.train()
     steps, total = 0, 0.0
-    budget = max_steps if max_steps is not None else epochs * len(loader)
+    per_epoch = poisson_plan(int(released_rows), batch_size)[2] if engine is not None else len(loader)
+    budget = max_steps if max_steps is not None else epochs * per_epoch
     while steps < budget:
         for xb, yb in loader:
             if steps >= budget:
@@ -180,8 +220,9 @@ def train(
             total += float(loss.detach()) if len(xb) else 0.0  # ghost's wrapped loss of nothing is NaN
     if optimizer_hook is not None:
         optimizer_hook.close()
-    hist = [tuple(h) for h in engine.accountant.history] if engine is not None else list(history or [])
-    return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist)  # type: ignore[arg-type]
+    released = tuple((float(z), float(q), int(n)) for z, q, n in engine.accountant.history) if engine else ()
+    hist = [*map(tuple, history or []), *released]
+    return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist, released=released)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

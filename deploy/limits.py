@@ -41,6 +41,11 @@ class LocalLimits(BaseModel):
     audit_log: Path = Path("audit.jsonl")  # the client's signed, hash-chained audit log (its key: audit.key beside it)
     state_dir: Path = Path("state")  # per-run accountant state and the last released update
     share_contract_report: bool = False  # tell the coordinator which contract checks failed (outside the guarantee)
+    # Loosening run-config keys (fedready.config.RUN_CONFIG_KEYS) this organisation accepts from a coordinator.
+    # Each is off by default: a run asking for one is refused with `local-privacy-limit`.
+    allow_insecure_seeded_noise: bool = False  # noise derived from the coordinator's --seed: NO guarantee
+    allow_exact_evaluation: bool = False  # exact group counts on the validation rows (outside the guarantee)
+    allow_release_train_loss: bool = False  # the exact training loss each round (outside the guarantee)
 
 
 def load_limits(path: str | Path) -> LocalLimits:

@@ -22,6 +22,7 @@ import numpy as np
 
 from fedready import constants as K
 from fedready.audit import AuditLog
+from fedready.config import SimulationConfig, loosened_keys
 from fedready.data import Table, read_csv
 from fedready.deploy.contract import ContractReport, row_validity, validate_contract
 from fedready.deploy.limits import LocalLedger, LocalLimits, Release, load_limits
@@ -82,6 +83,27 @@ class Site:
         if self.limits.share_contract_report:
             return self.report.summary()
         return "the local data breaks the data contract (details stay on the client)"
+
+    def run_refusal(self, cfg: SimulationConfig) -> tuple[str, str] | None:
+        """A (``local-privacy-limit``, detail) if the run asks for a loosening this organisation did not allow.
+
+        Notes
+        -----
+        Which run-config keys loosen the record-level guarantee is decided in one table,
+        :data:`fedready.config.RUN_CONFIG_KEYS`. A loosening flag is accepted only when this
+        organisation's own ``limits.toml`` sets its ``allow_...`` key; ``dp = false`` never is. The
+        capped keys (``epsilon``, ``delta``) are checked before each release
+        (:meth:`privacy_refusal`). The coordinator's run config cannot switch off an
+        organisation's privacy: it chooses the run, the organisation what it accepts.
+        """
+        refused = [(key, rule) for key, rule in loosened_keys(cfg)
+                   if rule.limit is None or not getattr(self.limits, rule.limit, False)]  # fmt: skip
+        if not refused:
+            return None
+        parts = [f"{k.replace('_', '-')}={getattr(cfg, k)!s}".lower() + (f" (allow with {r.limit} = true)"
+                 if r.limit else " (never accepted)") for k, r in refused]  # fmt: skip
+        return K.LOCAL_LIMIT, ("the run asks for " + ", ".join(parts)
+                               + ", which loosens this organisation's privacy and its limits.toml does not allow")
 
     def privacy_refusal(self, *, requested_delta: float, accountant: str,
                         step: tuple[float, float, int]) -> tuple[str, str] | None:  # fmt: skip

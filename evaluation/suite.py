@@ -97,8 +97,9 @@ def _with_empty_groups(fair: dict[str, Any], schema: DataSchema) -> dict[str, An
 def _privacy(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     led_path = run_dir / "ledger.json"
     led = json.loads(led_path.read_text()) if led_path.exists() else {}
-    # each client's epsilon composed over every release about its rows (count, training, query, seed runs)
-    per_client: dict[str, float] = dict(led.get("clients", {}))
+    # each client's epsilon composed over every release about its rows (count, training, query, seed runs);
+    # not under client-level DP: the report ships, and per-client numbers say which client took part, and when
+    per_client: dict[str, float] = dict(led.get("clients", {})) if summary.get("client_dp", "off") == "off" else {}
     return {
         "dp": summary.get("dp"), "delta": summary.get("delta"),
         "epsilon": led.get("epsilon", summary.get("epsilon")) if summary.get("dp") else None,  # from the ledger
@@ -227,6 +228,7 @@ def evaluate_run(
     schema: Path | None = None,
     mitigate: str | None = None,
     write: bool = True,
+    seeds_epsilon: float | None = None,
 ) -> dict[str, Any]:
     """Run every suite on a finished run, check the gates and write the report and model card.
 
@@ -241,7 +243,11 @@ def evaluate_run(
         A previous run: report version churn against its model.
     seeds : int
         Retrain the run's configuration with this many seeds in total (the run itself
-        counts as one; 0 or 1: off) and report seed stability. Each retrain is a full run.
+        counts as one; 0 or 1: off) and report seed stability. Each retrain is a full run, a
+        release about the same rows: refused unless ``seeds_epsilon`` allows the composed epsilon
+        it takes the run to (:func:`check_seed_budget`).
+    seeds_epsilon : float, optional
+        The budget the run's composed epsilon may reach with the retrains (default: the run's own).
     federated : bool
         Ask the run's clients for group counts on their validation splits (not with ``data``).
     data, schema : path, optional
@@ -265,6 +271,8 @@ def evaluate_run(
         task, ev = None, load_eval_data(data, schema)
         rm = load_run(run_dir, schema=ev.schema)  # a run trained on another schema is refused here
     check_width(rm.arrays, ev.schema, rm.cfg.model)
+    if seeds > 1:  # before any work: a retrained seed is a release like any other
+        check_seed_budget(rm, seeds, seeds_epsilon)
     if policy is None and task is not None and task.policy is not None:
         policy = task.policy  # the policy shipped beside the data set names its columns
     pol = load_policy(policy, ev.schema)
@@ -296,7 +304,7 @@ def evaluate_run(
         stab["churn"] = churn(pred, other.predict(x))
         stab["baseline"] = str(baseline)
     if seeds > 1:
-        stab["seeds"] = {**seed_stability([pred] + [m.predict(x) for m in _retrain(rm, seeds)], y),
+        stab["seeds"] = {**seed_stability([pred] + [m.predict(x) for m in _retrain(rm, seeds, seeds_epsilon)], y),
                          "seeds": list(range(rm.cfg.seed, rm.cfg.seed + seeds))}  # fmt: skip
     report["federated"] = _federated(rm) if federated and data is None else None
     report["importance"] = permutation_importance(ev.table, ev.schema, y, predict_raw)
@@ -333,7 +341,50 @@ def _federated(rm: RunModel) -> dict[str, Any]:
     return federated_evaluate(rm.run_dir)
 
 
-def _retrain(rm: RunModel, seeds: int) -> list[RunModel]:
+def check_seed_budget(rm: RunModel, seeds: int, seeds_epsilon: float | None,
+                      extra: list[tuple[float, float, int]] | None = None) -> float:  # fmt: skip
+    """The run's epsilon with ``seeds - 1`` retrains charged; refuse it above the budget.
+
+    Each retrain runs the same plan (the same calibration), so its worst client's releases are
+    projected as this run's worst client's; ``extra`` adds releases already known. The budget is
+    the run's own target epsilon unless ``seeds_epsilon`` raises it explicitly.
+
+    Raises
+    ------
+    ConfigError
+        ``seeds`` when the projection exceeds the budget (or under client-level DP, whose budget
+        the retrains would spend too and which is not charged here).
+    """
+    from fedready.privacy.accounting import compose_epsilon
+    from fedready.privacy.ledger import Ledger
+
+    if rm.cfg.client_dp != "off":
+        raise ConfigError("seeds", "every retrain also spends the clients' client-level budget, which --seeds does "
+                                   "not charge: run the other seeds as separate simulations instead")  # fmt: skip
+    led_path = rm.run_dir / "ledger.json"
+    if not rm.cfg.dp or not led_path.exists():
+        return 0.0
+    ledger = Ledger.load(led_path)
+    per_client = ledger.client_epsilon()
+    if not per_client:
+        return 0.0
+    worst = max(per_client, key=lambda c: per_client[c])
+    mine = [e for e in ledger.entries if e.client == worst]
+    history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in mine]
+    own = [(e.noise_multiplier, e.sample_rate, e.steps) for e in mine if e.level != "seed"]  # one run's plan
+    retrains = seeds - 1 - len({e.round for e in ledger.entries if e.level == "seed"})
+    projected = compose_epsilon([*history, *(extra or []), *own * max(0, retrains)], delta=rm.cfg.delta,
+                                accountant=rm.cfg.accountant)  # fmt: skip
+    budget = rm.cfg.epsilon if seeds_epsilon is None else float(seeds_epsilon)
+    if projected > budget:
+        raise ConfigError("seeds", f"--seeds {seeds} retrains {seeds - 1} more private run(s) on the same rows: "
+                                   f"the run's epsilon would reach about {projected:.3f} > "
+                                   f"{'its budget' if seeds_epsilon is None else '--seeds-epsilon'} {budget:g}; "
+                                   f"pass --seeds-epsilon {projected * 1.05:.2f} (or more) to accept that")  # fmt: skip
+    return projected
+
+
+def _retrain(rm: RunModel, seeds: int, seeds_epsilon: float | None = None) -> list[RunModel]:
     """Retrain the run's configuration with the next ``seeds - 1`` seeds (each a full run, cached).
 
     Notes
@@ -370,6 +421,10 @@ def _retrain(rm: RunModel, seeds: int) -> list[RunModel]:
                         delta=e.delta,
                         note=f"seed-{s}",
                     )
+            if ledger.epsilon > (rm.cfg.epsilon if seeds_epsilon is None else seeds_epsilon):
+                ledger.save(led_path)  # charged: it ran
+                raise ConfigError("seeds", f"retrain seed-{s} took the run's epsilon to {ledger.epsilon:.3f}, above "
+                                           "the budget; its seed is not used")  # fmt: skip
     if ledger is not None:
         ledger.save(led_path)
         summary_path = rm.run_dir / "summary.json"

@@ -285,10 +285,12 @@ def audit_privacy(
         Audit this run's configuration (its ``config.json``); ``audit_privacy.json`` is written into
         it. Without ``run``: the task and ``options`` as for :func:`simulate`, and the file goes into
         the audit's own run folder.
-    level : {"client", "sample", "both"}
+    level : {"client", "sample", "both", "scale"}
         Canary clients in the aggregation (Andrew et al. 2024), gradient canaries in the clients'
         DP-SGD steps (Steinke et al. 2023, white box), or both in one run: then the result is a
-        dict of the two :class:`AuditResult`, by level.
+        dict of the two :class:`AuditResult`, by level. ``scale``: canary rows in simulated
+        clients running the real client code, membership guessed from the released updates' norms
+        (what would reveal a row count leaking through the update's scale); no federation is run.
     canaries : int
         Canaries per level, each inserted with probability 1/2 (default 1000: the bound cannot exceed
         about 4.4).
@@ -389,6 +391,7 @@ def evaluate(
     data: str | Path | None = None,
     schema: str | Path | None = None,
     mitigate: str | None = None,
+    seeds_epsilon: float | None = None,
 ) -> EvaluationResult:
     """Evaluate a finished run: fairness, stability, calibration, mitigation, explanations, gates, model card.
 
@@ -398,7 +401,8 @@ def evaluate(
 
     report = evaluate_run(run, policy=policy, baseline=baseline, seeds=seeds, federated=federated,
                           data=Path(data) if data is not None else None,
-                          schema=Path(schema) if schema is not None else None, mitigate=mitigate)  # fmt: skip
+                          schema=Path(schema) if schema is not None else None, mitigate=mitigate,
+                          seeds_epsilon=seeds_epsilon)  # fmt: skip
     failed = [g["gate"] for g in report["gates"] if not g["passed"]]
     return EvaluationResult(passed=bool(report["passed"]), failed=failed, accuracy=float(report["metrics"]["accuracy"]),
                             fairness=report["fairness"], report=report, run_dir=Path(run))  # fmt: skip

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedready.errors import ConfigError
 
-__all__ = ["SimulationConfig", "make_config"]
+__all__ = ["RUN_CONFIG_KEYS", "KeyRule", "SimulationConfig", "loosened_keys", "make_config"]
 
 
 # The field `schema` (the data's schema file) shadows pydantic's deprecated BaseModel.schema() classmethod,
@@ -169,6 +171,132 @@ class SimulationConfig(BaseModel):
         kw = {k.replace("-", "_"): v for k, v in run_config.items()}
         kw = {k: v for k, v in kw.items() if k in known and not (k in unset and v in (0, 0.0, ""))}
         return make_config(**kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Who may decide each run-config key: the one place where every key a client reads is classified
+# --------------------------------------------------------------------------------------------
+
+NEUTRAL, TIGHTENING, LOOSENING = "neutral", "tightening", "loosening"
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """How a run-config key bears on an organisation's record-level guarantee, and who decides it.
+
+    ``neutral`` and ``tightening`` keys are taken from the coordinator's run config. A ``loosening``
+    key is the organisation's choice: a deployed client refuses a run whose value loosens it
+    (``loosens(value)``) unless its own ``limits.toml`` allows it (``limit``, a boolean
+    ``allow_...`` key), or caps it with a local limit (``limit`` names the cap: ``max_epsilon``,
+    ``max_delta``), or never accepts it (``limit`` None).
+    """
+
+    kind: str  # neutral | tightening | loosening
+    why: str  # one line for the runbook
+    limit: str | None = None  # the limits.toml key that allows or caps a loosening key
+    loosens: Callable[[Any], bool] | None = None  # for a flag: is this value the loosening one?
+
+    def __post_init__(self) -> None:
+        if self.kind not in (NEUTRAL, TIGHTENING, LOOSENING):
+            raise ValueError(f"unknown kind '{self.kind}'; expected one of: neutral, tightening, loosening")
+        if self.kind == LOOSENING and self.loosens is None and self.limit not in ("max_epsilon", "max_delta"):
+            raise ValueError("a loosening key needs loosens() unless a local cap (max_epsilon, max_delta) bounds it")
+
+
+def _on(v: Any) -> bool:
+    return bool(v) and str(v).lower() not in ("false", "0", "")
+
+
+def _off(v: Any) -> bool:
+    return not _on(v)
+
+
+_POST = "post-processing of the DP release, or server side: no effect on what a row can reveal"
+_SIM = "simulation scenario: a deployed client never applies it"
+_CHARGED = "its release is charged to the same budget (the training noise is calibrated for what it leaves)"
+
+# Every SimulationConfig field, plus the other run-config keys a client reads (RUN_CONFIG_EXTRA).
+# tests/fedready/test_config.py checks this table against SimulationConfig's fields and the README's
+# runbook table against this one.
+RUN_CONFIG_KEYS: dict[str, KeyRule] = {
+    "num_clients": KeyRule(NEUTRAL, "server side: how many clients the server waits for"),
+    "rounds": KeyRule(NEUTRAL, "the per-run budget is split over the rounds; every round is charged"),
+    "budget_rounds": KeyRule(NEUTRAL, "the per-run budget is split over the rounds; every round is charged"),
+    "fraction_train": KeyRule(NEUTRAL, "server side: which clients are asked"),
+    "fraction_evaluate": KeyRule(NEUTRAL, "server side: which clients are asked"),
+    "data": KeyRule(NEUTRAL, "simulation only: a deployed client reads its own CSV (node config)"),
+    "schema": KeyRule(NEUTRAL, "the server's schema; a deployed client uses its own and reports the digest"),
+    "test": KeyRule(NEUTRAL, "the server's holdout"),
+    "test_fraction": KeyRule(NEUTRAL, "the server's holdout"),
+    "partitioner": KeyRule(NEUTRAL, "simulation only: how the embedded data is split"),
+    "alpha": KeyRule(NEUTRAL, "simulation only: how the embedded data is split"),
+    "skew_attribute": KeyRule(NEUTRAL, "simulation only: how the embedded data is split"),
+    "val_fraction": KeyRule(NEUTRAL, "which local rows are held out for the (charged) post-training query"),
+    "min_client_rows": KeyRule(NEUTRAL, "simulation only: how the embedded data is split"),
+    "seed": KeyRule(NEUTRAL, "initial model, splits, scenario choices; never DP noise or sampling"),
+    "model": KeyRule(NEUTRAL, "DP-SGD's guarantee holds for any model"),
+    "local_epochs": KeyRule(NEUTRAL, "the noise is calibrated for every step the budget pays for"),
+    "local_steps": KeyRule(NEUTRAL, "the noise is calibrated for every step the budget pays for"),
+    "batch_size": KeyRule(NEUTRAL, "the sample rate follows from it and is charged"),
+    "lr": KeyRule(NEUTRAL, _POST),
+    "lr_schedule": KeyRule(NEUTRAL, _POST),
+    "momentum": KeyRule(NEUTRAL, _POST),
+    "dp": KeyRule(LOOSENING, "false turns record-level DP off: a deployed client never trains without it",
+                  loosens=_off),
+    "epsilon": KeyRule(LOOSENING, "the per-run budget; capped by the organisation's lifetime max_epsilon",
+                       limit="max_epsilon"),
+    "delta": KeyRule(LOOSENING, "refused above the organisation's max_delta", limit="max_delta"),
+    "max_grad_norm": KeyRule(NEUTRAL, "the noise scales with the clip: the guarantee does not depend on it"),
+    "accountant": KeyRule(NEUTRAL, "both are upper bounds; the lifetime ledger uses the limits' own accountant"),
+    "count_noise": KeyRule(NEUTRAL, _CHARGED),
+    "query_noise": KeyRule(NEUTRAL, _CHARGED),
+    "query_accuracy_share": KeyRule(NEUTRAL, "how the charged post-training release's noise is split between its "
+                                             "parts: the release as a whole costs the same"),
+    "insecure_seeded_noise": KeyRule(LOOSENING, "noise and sampling derived from --seed: no guarantee at all",
+                                     limit="allow_insecure_seeded_noise", loosens=_on),
+    "exact_evaluation": KeyRule(LOOSENING, "exact group counts on validation rows leave the client",
+                                limit="allow_exact_evaluation", loosens=_on),
+    "release_train_loss": KeyRule(LOOSENING, "the exact mean training loss leaves the client each round",
+                                  limit="allow_release_train_loss", loosens=_on),
+    "client_dp": KeyRule(NEUTRAL, "client-level DP is added on top (client-side clipping is post-processing)"),
+    "client_noise_multiplier": KeyRule(NEUTRAL, "server side: client-level noise"),
+    "client_epsilon": KeyRule(NEUTRAL, "server side: client-level budget"),
+    "client_delta": KeyRule(NEUTRAL, "server side: client-level budget"),
+    "client_clip": KeyRule(NEUTRAL, "clipping an update is post-processing"),
+    "clip_quantile": KeyRule(NEUTRAL, "server side: adaptive clipping"),
+    "clip_count_stddev": KeyRule(NEUTRAL, "server side: adaptive clipping"),
+    "clip_learning_rate": KeyRule(NEUTRAL, "server side: adaptive clipping"),
+    "secagg": KeyRule(TIGHTENING, "the server sees only the sum of the masked updates"),
+    "secagg_shares": KeyRule(NEUTRAL, "SecAgg+ parameters; the record-level guarantee does not rely on SecAgg+"),
+    "secagg_threshold": KeyRule(NEUTRAL, "SecAgg+ parameters; the record-level guarantee does not rely on SecAgg+"),
+    "secagg_clip_range": KeyRule(NEUTRAL, "SecAgg+ parameters; the record-level guarantee does not rely on SecAgg+"),
+    "secagg_quantization": KeyRule(NEUTRAL, "SecAgg+ parameters; the record-level guarantee does not rely on "
+                                            "SecAgg+"),
+    "aggregator": KeyRule(NEUTRAL, "server side"),
+    "qffl_q": KeyRule(NEUTRAL, "server side (its loss weights need release_train_loss)"),
+    "trim_beta": KeyRule(NEUTRAL, "server side"),
+    "num_malicious": KeyRule(NEUTRAL, "server side"),
+    "validate_updates": KeyRule(NEUTRAL, "server side"),
+    "median_factor": KeyRule(NEUTRAL, "server side"),
+    "min_clients": KeyRule(NEUTRAL, "server side"),
+    "round_timeout": KeyRule(NEUTRAL, "server side"),
+    "attack": KeyRule(NEUTRAL, _SIM),
+    "attack_fraction": KeyRule(NEUTRAL, _SIM),
+    "attack_scale": KeyRule(NEUTRAL, _SIM),
+    "dropout": KeyRule(NEUTRAL, _SIM),
+    "slow_fraction": KeyRule(NEUTRAL, _SIM),
+    # run-config keys outside SimulationConfig that a client reads
+    "run-dir": KeyRule(NEUTRAL, "names the per-run state; the lifetime ledger spans every run whatever its name"),
+    "fedready.wire-log": KeyRule(NEUTRAL, "simulation only: a deployed client takes its wire log from its own "
+                                          "node config, never a path the coordinator names"),
+}
+RUN_CONFIG_EXTRA = ("run-dir", "fedready.wire-log")
+
+
+def loosened_keys(cfg: SimulationConfig) -> list[tuple[str, KeyRule]]:
+    """The loosening keys whose value in ``cfg`` loosens the guarantee (capped keys are checked elsewhere)."""
+    return [(k, rule) for k, rule in RUN_CONFIG_KEYS.items()
+            if rule.kind == LOOSENING and rule.loosens is not None and rule.loosens(getattr(cfg, k))]  # fmt: skip
 
 
 def _cross_checks(cfg: SimulationConfig) -> None:

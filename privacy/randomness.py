@@ -7,16 +7,29 @@ Poisson sampling are drawn from a generator seeded by ``--seed`` (which is writt
 ``config.json``, shipped in every artifact, and chosen by the coordinator in a deployment),
 anyone with the configuration and the round's starting model can re-run the client's
 training bit for bit, subtract the noise, and test membership exactly. So every generator
-that drives noise or sampling is seeded here from ``os.urandom`` (128 bits for NumPy's PCG64,
-64 bits, the most torch's Mersenne Twister takes, for torch), and the seed is never logged,
-returned or saved.
+that drives noise or sampling is seeded here from ``os.urandom``, and the seed is never logged,
+returned or saved:
 
-Residual caveats, stated in the README next to the epsilon:
+* **DP-SGD noise and Poisson sampling** (torch): a CPU ``torch.Generator`` (MT19937) whose whole
+  state, 624 words of 32 bits (19,968 bits), is filled from ``os.urandom``
+  (:func:`secret_torch_generator`), not a seed: ``manual_seed`` takes at most 64 bits, which a
+  brute-force search over seeds could in principle enumerate. One generator per client and round
+  draws both the Poisson batches and the noise.
+* **Everything else** (the noisy row count, the post-training query noise, client-level noise,
+  client sampling, the audit's canaries): NumPy's PCG64 seeded through ``SeedSequence`` with 128
+  bits of ``os.urandom`` (:func:`secret_numpy_rng`).
 
-* torch's CPU generator is a Mersenne Twister, not a cryptographic generator: its state could
-  be recovered from hundreds of its raw outputs, but no raw output is ever released, only
-  sums of clipped gradients plus noise. Opacus's ``secure_mode`` would use ``torchcsprng``,
-  which has no build for our torch; see :func:`harden_optimizer`.
+What this resists, and what not (stated in the README next to the guarantee):
+
+* Guessing or replaying the noise from anything the coordinator knows or chooses (``--seed``, the
+  configuration, the round), and brute force over seeds (2**128 and 2**19968 possibilities).
+* Neither generator is cryptographic: MT19937 is linear, and 624 consecutive *raw* 32-bit outputs
+  give its state away (PCG64 similarly from a few outputs). No raw output is ever released, only
+  sums of clipped gradients plus noise rounded to float32, and no attack recovering either state
+  from such sums is known; but there is no cryptographic argument for it either. Opacus's
+  ``secure_mode`` would draw from ``torchcsprng`` (AES-CTR): its last release (0.2.1, 2021) is
+  built for torch 1.8 and Python <= 3.9, and pip finds no distribution for our Python 3.11 and
+  torch 2.13, so it cannot be used; see :func:`harden_optimizer`.
 * Floating-point Gaussian samples leak through their low-order bits (Mironov 2012, "On
   significance of the least significant bits for differential privacy", CCS; Jin et al. 2022,
   arXiv:2112.05307). :func:`harden_optimizer` turns on Opacus's mitigation (each noise value
@@ -38,7 +51,7 @@ __all__ = ["dp_numpy_rng", "harden_optimizer", "secret_numpy_rng", "secret_torch
 
 
 def secret_numpy_rng() -> np.random.Generator:
-    """A NumPy generator seeded with 128 bits of operating-system entropy."""
+    """A NumPy PCG64 generator seeded (through ``SeedSequence``) with 128 bits of operating-system entropy."""
     return np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
 
 
@@ -49,11 +62,33 @@ def dp_numpy_rng(insecure_seed: tuple[int, ...] | None = None) -> np.random.Gene
     return np.random.default_rng(np.random.SeedSequence([int(x) for x in insecure_seed]))
 
 
+_MT_WORDS = 624  # MT19937's state: 624 words of 32 bits
+_MT_HEADER = "<QiiQ"  # torch's CPU generator state: initial seed, left, seeded, next, then 624 uint64 words
+
+
 def secret_torch_generator():  # -> torch.Generator (torch imported lazily: edge installs have none)
-    """A torch CPU generator seeded with 64 bits of operating-system entropy (the most it takes)."""
+    """A torch CPU generator (MT19937) whose whole state, 19,968 bits, comes from operating-system entropy.
+
+    Notes
+    -----
+    ``manual_seed`` takes a 64-bit seed; this writes the 624 state words themselves through
+    ``set_state`` (torch's documented state layout: a header, then the words as uint64), with
+    ``left = 1`` so the first draw twists the state before any output. The recorded "initial
+    seed" is 0 and means nothing. A state that torch does not accept raises (never a weaker
+    fallback).
+    """
+    import struct
+
     import torch
 
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    gen = torch.Generator().manual_seed(0)
+    state = bytearray(gen.get_state().numpy().tobytes())
+    words = np.frombuffer(os.urandom(4 * _MT_WORDS), dtype="<u4").astype("<u8")
+    header = struct.calcsize(_MT_HEADER)
+    struct.pack_into(_MT_HEADER, state, 0, 0, 1, 1, 0)  # seed (none), left, seeded, next
+    state[header : header + 8 * _MT_WORDS] = words.tobytes()
+    gen.set_state(torch.frombuffer(state, dtype=torch.uint8).clone())
+    return gen
 
 
 def seeded_torch_generator(seed: int):

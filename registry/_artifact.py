@@ -228,11 +228,21 @@ def _ledger_summary(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
     whose ``private`` is not true (a ``--insecure-seeded-noise`` or non-DP run).
     """
     led = read_json(run / "ledger.json", what="ledger")
-    keys = ("accountant", "delta", "dp", "epsilon", "client_level_epsilon", "clients", *_PRIVACY_STAMP)
+    keys = ("accountant", "delta", "dp", "epsilon", "client_level_epsilon", *_PRIVACY_STAMP)
     out = {k: led.get(k) for k in keys if k in led}
+    # no per-client epsilon leaves with the model: under client-level DP it says who took part, and when
+    out["clients_charged"] = len(led.get("clients", {}))
     out |= {k: summary[k] for k in _PRIVACY_STAMP if k not in out and k in summary}
     out["entries"] = len(led.get("entries", []))
     out["declines"] = len(led.get("declines", []))
+    return out
+
+
+def _shipped_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The run summary as it ships (``training_summary.json``): no local path, no client named."""
+    out = {k: v for k, v in summary.items() if k != "run_dir"}
+    if "refused_clients" in out:  # which organisations were refused stays in the run's audit log
+        out["refused_clients"] = [{"reason": r.get("reason")} for r in out["refused_clients"]]
     return out
 
 
@@ -318,7 +328,7 @@ def package_run(
             schema_digest = DataSchema.model_validate(read_json(schema_src, what="schema")).digest()
         write_json(staging / CONFIG_FILE, config)
         summary = read_json(run / "summary.json", what="run summary")
-        write_json(staging / TRAINING_SUMMARY_FILE, {k: v for k, v in summary.items() if k != "run_dir"})
+        write_json(staging / TRAINING_SUMMARY_FILE, _shipped_summary(summary))
         write_json(staging / LEDGER_SUMMARY_FILE, _ledger_summary(run, summary))
         prov = Provenance(
             version=version,

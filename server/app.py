@@ -418,7 +418,8 @@ def run_rounds(
         if on_round is not None:
             on_round(report)
         if not trained and declined and len(declined) == len(replies) and client_dp is None:
-            stopped = f"round {server_round}: every client declined (budget spent)"
+            why = sorted({r["reason"] for r in report.declined})
+            stopped = f"round {server_round}: every client declined ({', '.join(why)})"
             log.warning(stopped)
             break
 
@@ -458,14 +459,20 @@ def run_status(history: list[dict[str, Any]], stopped: str) -> dict[str, Any]:
     """``completed`` or ``failed`` (no round aggregated a single update), with the reason and first client error."""
     aggregated = sum(int(h.get("aggregated", len(h.get("trained", [])) if not h.get("skipped") else 0))
                      for h in history)  # fmt: skip
+    # The summary ships in the artifact (training_summary.json): it names no client (under client-level DP a
+    # name says who took part); which client it was stays in the run folder's audit.jsonl and metrics.jsonl.
     first = None
+    reasons: dict[str, int] = {}
     for h in history:
         for kind in ("failed", "declined", "rejected"):
-            if h.get(kind) and first is None:
-                x = h[kind][0]
-                first = f"round {h['round']}: client {x.get('client')} {kind}: {x.get('reason')}"
-    problems = {k: sum(len(h.get(k, [])) for h in history) for k in ("failed", "declined", "rejected")}
+            for x in h.get(kind, []):
+                key = f"{kind}: {x.get('reason')}"
+                reasons[key] = reasons.get(key, 0) + 1
+                if first is None:
+                    first = f"round {h['round']}: {key}"
+    problems: dict[str, Any] = {k: sum(len(h.get(k, [])) for h in history) for k in ("failed", "declined", "rejected")}
     problems["skipped_rounds"] = sum(1 for h in history if h.get("skipped"))
+    problems["reasons"] = dict(sorted(reasons.items()))
     if aggregated == 0:
         why = "no round aggregated any update: every sampled client failed, declined or was refused"
         if not history:
@@ -566,9 +573,13 @@ def schema_handshake(grid: Grid, cfg: SimulationConfig, run_dir: Path) -> list[d
             continue
         config = m.content.config_records.get(K.CONFIG)
         theirs = str(config.get(K.SCHEMA_DIGEST, "")) if config is not None else ""
-        if theirs != mine:
+        metrics = m.content.metric_records.get(K.METRICS)
+        declined = metrics is not None and int(metrics.get(K.DECLINED, 0))
+        if declined or theirs != mine:
             reason = (f"{K.SCHEMA_MISMATCH}: the client's schema digest {theirs or '(none)'} differs from the "
                       f"server's {mine}; both sides must use the same schema file")  # fmt: skip
+            if declined and config is not None:  # the organisation refuses the run itself (its own limits)
+                reason = f"{config.get(K.REASON, 'declined')}: {config.get(K.DETAIL, '')}"
             entry = {"node_id": m.metadata.src_node_id, "client": _client_id(m), "reason": reason,
                      "client_schema_digest": theirs, "server_schema_digest": mine}  # fmt: skip
             refused.append(entry)
@@ -683,7 +694,7 @@ def _all_refused(cfg: SimulationConfig, run_dir: Path, refused: list[dict[str, A
                             new_ledger(cfg, run_dir.name), audit, accuracy=float("nan"), loss=float("nan"),
                             noise_multiplier=None, stopped="", resumed_from=0, t0=time.perf_counter())  # fmt: skip
     summary.update(reason=f"every client was refused before round 1: {refused[0]['reason']}",
-                   first_client_error=f"client {refused[0]['client']}: {refused[0]['reason']}")  # fmt: skip
+                   first_client_error=f"refused before round 1: {refused[0]['reason']}")  # fmt: skip
     return summary
 
 

@@ -48,6 +48,7 @@ from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
 from fedready.federation import task_of
 from fedready.modelio import arrays_digest
+from fedready.privacy.masks import full_entropy_masks
 from fedready.server.app import (
     RoundReport,
     _append_metrics,
@@ -114,6 +115,14 @@ class _BookkeepingFedAvg(LegacyFedAvg):
         else:
             new = self.client_dp.aggregate_arrays([], reference)
         return ndarrays_to_parameters([new[k] for k in names]), {}
+
+
+class _FullEntropySecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, unmasking with the clients' full-entropy masks (:mod:`fedready.privacy.masks`)."""
+
+    def unmask_stage(self, grid: Grid, context: Any, state: Any) -> bool:
+        with full_entropy_masks():
+            return super().unmask_stage(grid, context, state)
 
 
 def _history(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +231,7 @@ def run_secagg_rounds(
             evaluate_fn=evaluate_fn, on_fit_config_fn=lambda r: {K.SERVER_ROUND: offset + r},
             initial_parameters=ndarrays_to_parameters([current[k] for k in names]),
         )  # fmt: skip
-        workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+        workflow = DefaultWorkflow(fit_workflow=_FullEntropySecAggPlus(
             num_shares=cfg.secagg_shares, reconstruction_threshold=cfg.secagg_threshold,
             clipping_range=cfg.secagg_clip_range, quantization_range=cfg.secagg_quantization,
             max_weight=1.0 if z is not None else 100_000.0, timeout=cfg.round_timeout,

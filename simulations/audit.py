@@ -86,6 +86,7 @@ from fedready.server.strategies import client_sample_rate
 
 __all__ = [
     "BOTH",
+    "SCALE",
     "DEFAULT_CANARIES",
     "LEVELS",
     "CanaryClients",
@@ -94,13 +95,19 @@ __all__ = [
     "check_auditable",
     "check_simulated_run",
     "record_audit",
+    "local_client_updates",
     "run_audit",
+    "run_scale_audit",
+    "scale_scores",
 ]
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("client", "sample")
 BOTH = "both"  # both levels' canaries in one run
+SCALE = "scale"  # membership guessed from the released updates' norms (the row count's leak through the scale)
+SCALE_ROWS = 50  # rows of each audited client without its canary: the smaller, the larger one row's share
+SCALE_ROUNDS = 3  # rounds each audited client releases (at the configuration's per-round noise)
 DEFAULT_CANARIES = 1000  # the one-run bound's cap is 4.39 at 1000 (3.72 at 500, 5.03 at 2000): privacy/auditing.py
 _ORTHOGONAL_MAX_DIM = 20_000  # orthogonalise canary directions up to this many parameters (above: nearly orthogonal)
 _FLOAT32_ABOVE = 50_000_000  # store directions in float32 above this many values (1000 canaries x mlp-large)
@@ -151,8 +158,12 @@ def check_simulated_run(run_dir: Path) -> None:
 
 def check_auditable(cfg: SimulationConfig, level: str) -> None:
     """Refuse what the audit cannot run faithfully, naming the option and the way out."""
-    if level not in (*LEVELS, BOTH):
-        raise ConfigError("level", f"unknown level '{level}'; expected one of: {', '.join((*LEVELS, BOTH))}")
+    if level not in (*LEVELS, BOTH, SCALE):
+        raise ConfigError("level", f"unknown level '{level}'; expected one of: {', '.join((*LEVELS, BOTH, SCALE))}")
+    if level == SCALE:
+        if not cfg.dp:
+            raise ConfigError("dp", "the scale audit measures record-level DP-SGD releases; drop --no-dp")
+        return
     if cfg.secagg:
         raise ConfigError("secagg", "the audit does not run under SecAgg+ (canary updates would have to enter the "
                                     "masked sum); audit the same configuration without --secagg: the DP "
@@ -476,6 +487,111 @@ def _gradient_scores(canaries: GradientCanaries, count: int) -> tuple[np.ndarray
 
 
 # --------------------------------------------------------------------------------------------
+# Scale: membership guessed from the norm of the released updates
+# --------------------------------------------------------------------------------------------
+
+
+def local_client_updates(cfg: SimulationConfig, rows: tuple[np.ndarray, np.ndarray], *, rounds: int, node: int,
+                         global_arrays: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], Any]:  # fmt: skip
+    """Run the real client code for ``rounds`` rounds on ``rows``; return each round's metrics (with its norm).
+
+    Each round is :func:`fedready.client.app.local_update` (noisy count, calibration, budget check,
+    DP-SGD, charging) from ``global_arrays`` (the coordinator may send any model; the same one each
+    round isolates the noise), in a client state of its own. ``norm`` is the L2 norm of the released
+    update minus ``global_arrays``. Returns the metrics and the client's privacy state.
+    """
+    from flwr.app import Context
+
+    from fedready.client.app import Decline, local_update
+    from fedready.client.state import Store
+    from fedready.server.validation import update_norm
+
+    ctx = Context(run_id=0, node_id=node, node_config={K.PARTITION_ID: node}, state=RecordDict(), run_config={})
+    out = []
+    for r in range(1, rounds + 1):
+        reply = local_update(cfg, ctx, None, r, global_arrays, train_rows=rows)
+        if isinstance(reply, Decline):
+            raise ConfigError("rounds", f"an audited client declined round {r} ({reply.reason}: {reply.detail})")
+        arrays, metrics = reply
+        out.append({**metrics, "norm": update_norm(arrays, global_arrays), "lr": cfg.lr_at(r)})
+    return out, Store(ctx, None).load()
+
+
+def scale_scores(rounds: list[list[dict[str, Any]]]) -> np.ndarray:
+    """Each audited client's score: minus the mean log of its update norms per unit of learning rate.
+
+    A client trained on one more row whose update is divided by its exact row count has a smaller
+    noise norm (``z C sqrt(d) / n`` per step), so the score is higher when the canary row is in:
+    the attack of issue 21's finding 2, which the record-level guarantee must make useless.
+    """
+    return np.array([-np.mean([np.log(m["norm"] / m["lr"]) for m in client]) for client in rounds])
+
+
+def run_scale_audit(cfg: SimulationConfig, run_dir: Path, *, canaries: int, confidence: float,
+                    rows: int = SCALE_ROWS, rounds: int = SCALE_ROUNDS) -> dict[str, Any]:  # fmt: skip
+    """Audit the scale of the released updates: ``canaries`` simulated clients, each with or without one row.
+
+    Every client holds the same ``rows`` rows of the task's data plus, with probability 1/2 (OS
+    entropy), one more row (the canary); each releases ``min(rounds, cfg.rounds)`` updates through the
+    real client code at the configuration's noise, from the initial model. The score
+    (:func:`scale_scores`) guesses membership from the update norms alone; the one-run bound of
+    Steinke et al. (each canary's bit changes one independent client's data, so the bound holds) is
+    compared with the largest epsilon the clients' own ledgers charge for what they released.
+
+    Notes
+    -----
+    This is the auditor that catches a normaliser or a sample rate derived from the exact row
+    count: with it, one row moves every update's scale by ``1/n`` and the bound exceeds the
+    accounted epsilon (tests/simulations/test_audit_privacy.py re-introduces that bug on purpose).
+    """
+    t0 = time.perf_counter()
+    task = task_of(cfg)
+    rng = secret_numpy_rng()  # which rows, which bits: never --seed
+    x_all, y_all = task.x_train, task.y_train
+    if len(y_all) < rows + 1:
+        raise ConfigError("data", f"the scale audit needs at least {rows + 1} rows, the data has {len(y_all)}")
+    pick = rng.choice(len(y_all), size=rows + 1, replace=False)
+    base, canary = pick[:rows], pick[rows:]
+    bits = inclusion_bits(canaries, rng=rng)
+    released = min(rounds, cfg.rounds)
+    global_arrays = {k: v.detach().numpy().copy() for k, v in task.model(seed=cfg.seed).state_dict().items()}
+    per_client, states = [], []
+    for j, inside in enumerate(bits):
+        idx = np.concatenate([base, canary]) if inside else base
+        metrics, state = local_client_updates(cfg, (x_all[idx], y_all[idx]), rounds=released, node=j,
+                                              global_arrays=global_arrays)  # fmt: skip
+        per_client.append(metrics)
+        states.append(state)
+    scores = scale_scores(per_client)
+    eps = max(st.epsilon(delta=cfg.delta, accountant=cfg.accountant) for st in states)
+    primary = canary_audit(scores, bits, delta=cfg.delta, confidence=confidence)
+    bound = primary.bound
+    seconds = round(time.perf_counter() - t0, 2)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "level": SCALE, "canaries": canaries, "seed_source": "os-entropy", "inserted": int(bits.sum()),
+        "canary": f"one row of the data, in one of {canaries} simulated clients of {rows} rows each (with prob. 1/2)",
+        "score": "minus the mean log update norm per unit of learning rate (membership from the update's scale)",
+        "rounds_scored": released, "rows": rows, "confidence": confidence, "delta": cfg.delta,
+        "epsilon_lower_bound": bound.epsilon, "bound": bound.to_dict(),
+        "accounted": {"epsilon": eps, "delta": cfg.delta, "claimed": eps,
+                      "what": f"record level: each audited client's noisy count and {released} DP-SGD rounds, "
+                              "composed by its own ledger, largest client"},
+        "exceeds_accounted": bool(bound.epsilon > eps),
+        "fit": {k: v for k, v in primary.to_dict().items() if k != "bound"},
+        "estimate": {"epsilon": primary.estimate,
+                     "method": "Gaussian fit to the same scores, Andrew et al. (information only: the scores' spread "
+                               "is mostly the noisy counts', which two fitted Gaussians turn into a large number)"},
+        "bits": [int(b) for b in bits], "scores": [float(v) for v in scores],
+        "private": not cfg.insecure_seeded_noise, "caveats": [], "notes": [],
+        "parameters": int(sum(v.size for v in global_arrays.values())),
+        "cost": {"extra": f"{canaries} simulated clients x {released} rounds of the real client code",
+                 "audit_run_seconds": seconds, "audit_seconds": seconds, "levels_in_the_run": [SCALE]},
+        "audit_run": str(run_dir), "config": cfg.model_dump(), "references": list(REFERENCES),
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
 # The audit
 # --------------------------------------------------------------------------------------------
 
@@ -526,6 +642,8 @@ def run_audit(
         raise ConfigError("confidence", f"must be in [0.5, 1), e.g. 0.95; got {confidence}")
     if (run_dir / "config.json").exists():
         raise ConfigError("name", f"{run_dir} already holds a run; an audit always starts a new one")
+    if level == SCALE:  # no federation needed: simulated clients released updates through the real client code
+        return {SCALE: run_scale_audit(cfg, run_dir, canaries=canaries, confidence=confidence)}
     levels = LEVELS if level == BOTH else (level,)
     t0 = time.perf_counter()
     task = task_of(cfg)

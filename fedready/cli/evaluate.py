@@ -25,6 +25,11 @@ def evaluate(
         int,
         typer.Option(help="Retrain with this many seeds in total for seed stability (each is a full run; 0 = off)."),
     ] = 0,
+    seeds_epsilon: Annotated[
+        float | None,
+        typer.Option(help="The epsilon the run may reach with the --seeds retrains (each is a release about the same "
+                          "rows). [default: the run's own budget: --seeds is refused]"),
+    ] = None,
     federated: Annotated[
         bool, typer.Option("--federated/--no-federated", help="Ask the run's clients for group counts (on).")
     ] = True,
@@ -48,7 +53,7 @@ def evaluate(
 
     try:
         report = evaluate_run(run, policy=gate, baseline=baseline, seeds=seeds, federated=federated, data=data,
-                              schema=schema, mitigate=mitigate)  # fmt: skip
+                              schema=schema, mitigate=mitigate, seeds_epsilon=seeds_epsilon)  # fmt: skip
     except FedreadyError as e:
         raise _fail(e) from None
     if json_out:

@@ -13,7 +13,7 @@ def _run(mode: str, noise: float, *, rows: int = 600, batch: int = 128, steps: i
     model = create_model("mlp-wide", 20, seed=1)
     res = training.train(model, x, y, epochs=1, batch_size=batch, lr=0.5, momentum=0.0, seed=3,
                          noise_multiplier=noise, max_grad_norm=0.5, grad_sample_mode=mode,
-                         max_steps=steps)  # fmt: skip
+                         max_steps=steps, released_rows=rows)  # fmt: skip
     return model, res
 
 
@@ -64,7 +64,7 @@ def test_dp_noise_and_sampling_are_secret_unless_a_seed_is_forced():
     def once(seed):
         model = create_model("mlp", 20, seed=1)
         training.train(model, x, y, epochs=1, batch_size=64, lr=0.5, momentum=0.0, seed=seed,
-                       noise_multiplier=1.0, max_grad_norm=1.0, max_steps=3)  # fmt: skip
+                       noise_multiplier=1.0, max_grad_norm=1.0, max_steps=3, released_rows=len(y))  # fmt: skip
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     assert not torch.equal(once(None), once(None))  # OS entropy: two runs never share noise

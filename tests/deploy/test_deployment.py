@@ -111,7 +111,8 @@ def federation(tmp_path_factory):
         org.mkdir()
         _write_csv(org / "local.csv", seed=i, blank_age=0.3 if i == 2 else 0.0)
         eps = LIMITED_EPSILON if i == 1 else 5.0
-        (org / "limits.toml").write_text(f"max_epsilon = {eps}\nmax_delta = 1e-5\n", encoding="utf-8")
+        allow = "allow_release_train_loss = true\n" if i == 0 else ""  # org-1 accepts that one loosening
+        (org / "limits.toml").write_text(f"max_epsilon = {eps}\nmax_delta = 1e-5\n{allow}", encoding="utf-8")
         orgs.append(org)
     env = {**flower_env(), "FLWR_HOME": str(home)}
     port = _free_port()
@@ -166,11 +167,31 @@ def federation(tmp_path_factory):
              f"num-clients=4 rounds=1 epsilon=1.0 delta=1e-5 run-dir='{base / 'evil-run'}' {task_config}"],
             cwd=base, env=env, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
+        # A coordinator that loosens the organisations' privacy in its run config (issue 21): each key in turn.
+        # What each organisation sent during that run is the part of its wire log the run appended.
+        loosened = {}
+        for key in LOOSENING:
+            marks = {org.name: _lines(org / "wire.jsonl") for org in orgs}
+            proc = subprocess.run(
+                [flwr, "run", ".", "fedready", "--stream", "--run-config",
+                 f"num-clients=4 rounds=1 epsilon=1.0 delta=1e-5 run-dir='{base / key}' {key}=true {task_config}"],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            sent = {org.name: _lines(org / "wire.jsonl")[len(marks[org.name]):] for org in orgs}
+            loosened[key] = {"proc": proc, "run_dir": base / key, "sent": sent}
     finally:
         _stop(procs)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return {"run_dir": run_dir, "orgs": orgs, "intruder_rc": intruder_rc, "logs": logs, "schema": schema.resolve(),
-            "tampered": tampered, "marker": base / "pwned", "evil_run": base / "evil-run"}  # fmt: skip
+            "tampered": tampered, "marker": base / "pwned", "evil_run": base / "evil-run",
+            "loosened": loosened}  # fmt: skip
+
+
+LOOSENING = ("insecure-seeded-noise", "exact-evaluation", "release-train-loss")
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
 
 
 def _tampered_project(folder: Path, marker: Path) -> Path:
@@ -256,11 +277,12 @@ def test_client_with_a_lower_local_limit_trains_only_up_to_it(federation):
     assert [r["round"] for r in releases if r["level"] == "sample"] == [1]
     assert [r["level"] for r in releases].count("count") == 1  # its noisy row count, once
     assert max(r["epsilon"] for r in releases) <= LIMITED_EPSILON
-    declined = [e for e in _audit(org / "audit.jsonl") if e["event"] == "round-declined"]
+    declined = [e for e in _audit(org / "audit.jsonl") if e["event"] == "round-declined"
+                and e["run"] == federation["run_dir"].name]  # fmt: skip
     assert [e["round"] for e in declined] == [2, 3] and all(e["reason"] == K.BUDGET_EXHAUSTED for e in declined)
     # the unconstrained client trained in every round
     first = json.loads((federation["orgs"][0] / "ledger.json").read_text())["releases"]
-    assert [r["round"] for r in first if r["level"] == "sample"] == [1, 2, 3]
+    assert [r["round"] for r in first if r["level"] == "sample" and r["run"] == federation["run_dir"].name] == [1, 2, 3]
 
 
 def test_editing_one_audit_line_makes_verify_fail(federation, tmp_path):
@@ -309,7 +331,8 @@ def test_deployed_clients_answer_the_post_training_queries_noised_and_charged(fe
     assert evaluation["noise_std"] > 0 and not evaluation["exact"]
     assert json.loads((run_dir / "reference_profile.json").read_text())["clients"] == 2
     for org in federation["orgs"][:2]:  # each answer is in the organisation's own lifetime ledger and audit log
-        assert [r["level"] for r in json.loads((org / "ledger.json").read_text())["releases"]].count("query") == 1
+        releases = json.loads((org / "ledger.json").read_text())["releases"]  # lifetime: this run's, then others'
+        assert [r["level"] for r in releases if r["run"] == run_dir.name].count("query") == 1
         assert [e for e in _audit(org / "audit.jsonl") if e["event"] == "query-answered"]
     ledger = json.loads((run_dir / "ledger.json").read_text())
     assert {e["client"] for e in ledger["entries"] if e["level"] == "query"} == {"0", "1"}
@@ -336,3 +359,39 @@ def test_every_key_a_deployed_client_sends_is_in_the_readme_table(federation):
         assert sent_keys(org / "wire.jsonl")  # the log recorded what left
         unknown = unlisted(org / "wire.jsonl")
         assert not unknown, f"{org.name} sent keys the README does not list: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("key", LOOSENING)
+def test_a_run_config_that_loosens_privacy_is_refused_by_every_organisation_that_does_not_allow_it(federation, key):
+    from tests.wire_table import unlisted
+
+    run = federation["loosened"][key]
+    summary = json.loads((run["run_dir"] / "summary.json").read_text())
+    allowed = {"org-1"} if key == "release-train-loss" else set()  # org-1's limits.toml allows that one
+    refused = {r["client"]: r["reason"] for r in summary["refused_clients"]}
+    for i, org in enumerate(federation["orgs"]):
+        sent = [json.loads(line) for line in run["sent"][org.name]]
+        keys = {f"{name}.{k}" for m in sent for name, rec in m["records"].items() for k in rec["keys"]}
+        entries = [e for e in _audit(org / "audit.jsonl") if e.get("run") == run["run_dir"].name]
+        if org.name in allowed:
+            assert str(i) not in refused and any(e["event"] == "update-released" for e in entries)
+            assert "metrics.train-loss" in keys  # what it agreed to send
+            continue
+        # refused before anything was released: its own audit log says so (at the handshake, or at round 1 if its
+        # handshake reply came after the coordinator's timeout), the coordinator's summary too
+        refusals = [e for e in entries if e["event"] in ("run-refused", "round-declined", "query-declined")]
+        assert refusals and all(e["reason"] == K.LOCAL_LIMIT and f"{key}=true" in e["detail"] for e in refusals)
+        assert not [e for e in entries if e["event"].endswith("-released")]
+        declined = summary["problems"]["reasons"].get(f"declined: {K.LOCAL_LIMIT}", 0)
+        assert refused.get(str(i), "").startswith(f"{K.LOCAL_LIMIT}: the run asks for {key}=true") or declined
+        # ... and the wire shows it: no model update, no count of any kind
+        assert sent and not {k for k in keys if k.startswith(("arrays.", "fitres."))}
+        assert not {k for k in keys if k in ("metrics.num-examples", "metrics.val-rows", "metrics.val-correct")
+                    or k.startswith(("metrics.counts/", "metrics.profile/"))}  # fmt: skip
+        tmp = run["run_dir"] / f"wire-{org.name}.jsonl"
+        tmp.write_text("\n".join(run["sent"][org.name]) + "\n", encoding="utf-8")
+        assert not unlisted(tmp)
+    if not allowed:  # nobody trained: a failed run, and the reason says why
+        assert summary["status"] == "failed" and K.LOCAL_LIMIT in summary["first_client_error"]
+    else:
+        assert summary["status"] == "completed"

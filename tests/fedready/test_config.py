@@ -26,3 +26,39 @@ def test_every_option_is_a_flwr_run_config_key_with_the_same_default():
         mine = getattr(defaults, key.replace("-", "_"))
         expected = getattr(SimulationConfig(), key.replace("-", "_"))
         assert mine == expected, f"{key}: pyproject declares {declared[key]!r}, the CLI default is {expected!r}"
+
+
+def test_every_run_config_key_a_client_reads_is_classified_once():
+    from fedready.config import LOOSENING, RUN_CONFIG_EXTRA, RUN_CONFIG_KEYS, SimulationConfig
+    from fedready.deploy.limits import LocalLimits
+
+    assert set(RUN_CONFIG_KEYS) == set(SimulationConfig.model_fields) | set(RUN_CONFIG_EXTRA)
+    allows = {f for f in LocalLimits.model_fields if f.startswith("allow_")}
+    named = {r.limit for r in RUN_CONFIG_KEYS.values() if r.limit}
+    assert allows <= named and named - allows <= {"max_epsilon", "max_delta"}  # every allow_ key is used, and only
+    assert {k for k, r in RUN_CONFIG_KEYS.items() if r.kind == LOOSENING} >= {
+        "insecure_seeded_noise", "exact_evaluation", "release_train_loss", "dp", "epsilon", "delta"}
+
+
+def test_a_value_loosens_only_when_it_weakens_the_guarantee():
+    from fedready.config import loosened_keys, make_config
+
+    assert loosened_keys(make_config()) == []  # the defaults loosen nothing
+    got = [k for k, _ in loosened_keys(make_config(insecure_seeded_noise=True, release_train_loss=True))]
+    assert got == ["insecure_seeded_noise", "release_train_loss"]
+    assert [k for k, _ in loosened_keys(make_config(dp=False))] == ["dp"]
+
+
+def test_the_runbook_table_lists_every_key_with_its_kind():
+    import re
+    from pathlib import Path
+
+    from fedready.config import RUN_CONFIG_KEYS
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = text.index("#### Which run-config keys a client takes")
+    rows = [line for line in text[start : text.index("\n#", start + 10)].splitlines() if line.startswith("| `")]
+    listed = {re.match(r"\| `([^`]+)` \| (\w+) \|", r).groups() for r in rows}
+    expected = {(k if k in ("run-dir", "fedready.wire-log") else k.replace("_", "-"), r.kind)
+                for k, r in RUN_CONFIG_KEYS.items()}  # fmt: skip
+    assert listed == expected

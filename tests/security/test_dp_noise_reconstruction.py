@@ -46,7 +46,7 @@ def _attack(run: Path, client: int = 0, server_round: int = 2) -> float:
         train(model, shard.x_train, shard.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
               lr=cfg.lr_at(server_round), momentum=cfg.momentum, seed=seed,
               noise_multiplier=metrics["noise-multiplier"], max_grad_norm=cfg.max_grad_norm,
-              max_steps=int(metrics["steps"]))  # fmt: skip
+              max_steps=int(metrics["steps"]), released_rows=int(metrics["num-examples"]))  # fmt: skip
         rerun = {k: v.detach().numpy() for k, v in model.state_dict().items()}
         best = min(best, max(float(np.abs(rerun[k] - released[k]).max()) for k in released))
     return best

@@ -126,7 +126,8 @@ def test_gradient_canaries_are_what_dp_sgd_added(tmp_path):
         hooks = GradientCanaries(folder, owners=owners, included=bits, seeds={0: 7})
         model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
         train(model, x, y, epochs=1, batch_size=50, lr=0.1, momentum=0.0, seed=None if noise is not None else 3,
-              noise_multiplier=noise, max_grad_norm=0.5, max_steps=12, optimizer_hook=hooks(0, 1))  # fmt: skip
+              noise_multiplier=noise, max_grad_norm=0.5, max_steps=12, optimizer_hook=hooks(0, 1),
+              released_rows=len(y))  # fmt: skip
         with np.load(folder / "client-00000-round-00001.npz") as d:
             proj, rate = d["projections"], float(d["sample_rate"])
         assert proj.shape == (12, k) and rate == pytest.approx(0.25)
@@ -166,7 +167,7 @@ def test_sample_level_correct_noise_stays_below_and_a_tenth_of_it_is_caught(tmp_
         model = torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))  # 530
         hook = hooks(0, 1) if fraction == 1.0 else _UnderNoised(hooks(0, 1), fraction)
         train(model, x, y, epochs=1, batch_size=20, lr=0.1, momentum=0.0, seed=None, noise_multiplier=z,
-              max_grad_norm=1.0, max_steps=steps, optimizer_hook=hook)  # fmt: skip
+              max_grad_norm=1.0, max_steps=steps, optimizer_hook=hook, released_rows=len(y))  # fmt: skip
         scores, scored = _gradient_scores(hooks, k)
         assert scored == steps
         bounds[fraction] = canary_audit(scores, bits, delta=1e-5).bound.epsilon
@@ -199,6 +200,7 @@ def test_the_audit_compares_with_the_release_it_audits():
         (["--aggregator", "median", "--no-dp"], "aggregator"),
         (["--canaries", "3"], "canaries"),
         (["--confidence", "1.5"], "confidence"),
+        (["--level", "scale", "--no-dp"], "dp"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(args, field, tmp_path):
@@ -344,3 +346,38 @@ def test_client_level_under_noising_is_caught(binary_task, tmp_path):
     audit = read_audits(tmp_path / "buggy")["client"]
     assert audit["exceeds_accounted"] and audit["epsilon_lower_bound"] > audit["accounted"]["epsilon"]
     assert audit["accounted"]["epsilon"] == pytest.approx(compose_epsilon([(2.0, 0.1, 10)], delta=1e-5))
+
+
+# --------------------------------------------------------------------------------------------
+# The scale level: membership from the update norms (issue 21, finding 2)
+# --------------------------------------------------------------------------------------------
+
+
+def _scale_audit(tmp_path: Path) -> tuple[int, str, dict]:
+    result = CliRunner().invoke(app, ["audit-privacy", "--level", "scale", "--canaries", "80", "--confidence", "0.99",
+                                      "--out", str(tmp_path), "--name", "scale"])  # fmt: skip
+    return result.exit_code, result.output, read_audits(tmp_path / "scale")["scale"]
+
+
+def test_scale_audit_finds_no_row_count_in_the_updates_scale(tmp_path):
+    code, output, audit = _scale_audit(tmp_path)
+    assert code == 0, output
+    assert not audit["exceeds_accounted"] and audit["epsilon_lower_bound"] <= audit["accounted"]["epsilon"]
+    assert audit["rounds_scored"] == 3 and len(audit["scores"]) == 80 and audit["accounted"]["epsilon"] > 0
+
+
+def test_scale_audit_catches_a_divisor_computed_from_the_exact_row_count(tmp_path, monkeypatch):
+    # the bug of finding 2 put back on purpose: the sampler and the update's divisor from len(y) (Opacus's default)
+    import fedready.client.app as client_app
+
+    real = client_app.train
+
+    def exact_n(model, x, y, **kw):
+        if kw.get("released_rows") is not None:
+            kw["released_rows"] = len(y)
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(client_app, "train", exact_n)
+    code, output, audit = _scale_audit(tmp_path)
+    assert code == 1 and "exceeds the accounted epsilon" in output
+    assert audit["exceeds_accounted"] and audit["epsilon_lower_bound"] > audit["accounted"]["epsilon"]
