@@ -75,9 +75,34 @@ class EdgeAgent:
 
     # -- state ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """The device state (empty before the first update)."""
+        """The device state (empty before the first update).
+
+        Raises
+        ------
+        IntegrityError
+            If ``device.json`` is not an object, or a field of it has the wrong type (a version
+            that is not a safe folder name, digests that are not ``{version: {file: sha256}}``).
+        """
         p = self.home / _STATE
-        return read_json(p, what="device state") if p.exists() else {}
+        if not p.exists():
+            return {}
+        state = read_json(p, what="device state")
+        if not isinstance(state, dict):
+            raise IntegrityError(f"{p} holds a JSON {type(state).__name__}, not the device state object; restore it "
+                                 "from a backup or provision the device again")  # fmt: skip
+        for name in ("active", "previous"):
+            if state.get(name) is not None:
+                _untrusted_version(state[name], f"{p} field '{name}'")
+        for name in ("device_id", "repo", "channel", "source_channel"):
+            if state.get(name) is not None and not isinstance(state[name], str):
+                raise IntegrityError(f"{p}: field '{name}' is a {type(state[name]).__name__}, not text; refused")
+        digests = state.get("digests", {})
+        if not isinstance(digests, dict) or not all(
+            isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items())
+            for d in digests.values()
+        ):
+            raise IntegrityError(f"{p}: field 'digests' is not {{version: {{file: sha256}}}}; refused")
+        return state
 
     def _save(self, state: dict[str, Any]) -> None:
         write_json(self.home / _STATE, state)  # atomic rename: the swap
@@ -121,6 +146,8 @@ class EdgeAgent:
         out = {"home": str(self.home), **{k: v for k, v in state.items() if k != "digests"}}
         if state.get("active"):
             prov = read_json(self.models / state["active"] / "provenance.json", what="provenance")
+            if not isinstance(prov, dict):
+                raise IntegrityError(f"{self.models / state['active'] / 'provenance.json'} is not a provenance object")
             out["provenance"] = {k: prov.get(k) for k in ("run_id", "model_digest", "evaluation", "created")}
         return out
 
@@ -143,14 +170,18 @@ class EdgeAgent:
             if not prev or not (self.models / prev).is_dir():
                 raise ConfigError("home", "no previous model on this device to roll back to")
             folder = self.models / prev
-            self._reverify(folder, state.get("digests", {}).get(prev))
+            self._reverify(folder, prev, state.get("digests", {}).get(prev))
             Predictor(folder, secret=self.decision_secret())  # must still load before it becomes active
             self._save({**state, "active": prev, "previous": state["active"], "updated_at": time.time(),
                         "last_action": "rollback"})  # fmt: skip
         return prev
 
-    def _reverify(self, folder: Path, digests: dict[str, str] | None) -> None:
-        """The checks of an update, on a model already on disk: recorded digests, then the signature."""
+    def _reverify(self, folder: Path, version: str, digests: dict[str, str] | None) -> None:
+        """The checks of an update, on a model already on disk: recorded digests, the signature, the version.
+
+        The signature is verified whether or not digests were recorded, and the signed provenance
+        must name the folder's version (a signed 1.0.0 copied into ``models/2.0.0`` is refused).
+        """
         if digests is not None:
             on_disk = {p.name: p for p in folder.iterdir()}
             if set(on_disk) != set(digests):
@@ -162,7 +193,10 @@ class EdgeAgent:
                 if got != digest:
                     raise IntegrityError(f"{folder}: file '{name}' changed since it was verified (expected sha256 "
                                          f"{digest}, got {got}); refused")  # fmt: skip
-        verify_artifact(folder, public_key=self._provision("signing.pub", None, "--public-key"))
+        prov = verify_artifact(folder, public_key=self._provision("signing.pub", None, "--public-key"))
+        if prov.version != version:
+            raise IntegrityError(f"{folder}: the signed provenance names version {prov.version!r}, not {version!r}; "
+                                 "a model was copied under another version's folder, refused")  # fmt: skip
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

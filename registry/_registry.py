@@ -170,6 +170,8 @@ class Registry:
         from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ConfigError("registry", f"{path} is a file; pass a new or empty folder for the registry")
         if (path / "repository" / "metadata" / "root.json").exists():
             raise ConfigError("registry", f"{path} already holds a registry")
         for c in channels:
@@ -202,9 +204,7 @@ class Registry:
 
     # -- reading --------------------------------------------------------------------------
     def _load(self, role: str) -> Any:
-        from tuf.api.metadata import Metadata
-
-        return Metadata.from_file(str(self.metadata_dir / f"{role}.json"))
+        return load_metadata(self.metadata_dir / f"{role}.json", role=role)
 
     def _signer(self, role: str) -> Any:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -690,6 +690,30 @@ class Registry:
                 self._bump(self._load("snapshot"), "snapshot")
             self._record("rotate-key", **fields)
         return signer.public_key.keyid
+
+
+def load_metadata(path: Path, *, role: str) -> Any:
+    """Read one TUF metadata file of ``role`` (signatures not checked here).
+
+    Raises
+    ------
+    IntegrityError
+        If the file is missing, does not parse as TUF metadata, or holds another role.
+    """
+    from tuf.api.exceptions import RepositoryError
+    from tuf.api.metadata import Metadata
+
+    path = Path(path)
+    try:
+        md = Metadata.from_file(str(path))
+    except FileNotFoundError as e:
+        raise IntegrityError(f"{path} is missing; restore the registry's metadata from a backup") from e
+    except (RepositoryError, ValueError, OSError) as e:
+        cause = f": {e.__cause__}" if e.__cause__ is not None else ""
+        raise IntegrityError(f"{path} is not valid TUF metadata ({e}{cause})".replace("\n", " ")) from e
+    if md.signed.type != role:
+        raise IntegrityError(f"{path} holds {md.signed.type} metadata, not {role}")
+    return md
 
 
 def metadata_anchors(metadata_dir: Path) -> tuple[str | None, list[Anchor]]:

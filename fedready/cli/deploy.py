@@ -21,12 +21,18 @@ def certs(
     out: Annotated[Path, typer.Option(help="Folder for ca.crt, server.crt/.key and node-<i>.key/.pub.")],
     host: Annotated[list[str], typer.Option(help="Host name or IP the SuperLink is reached at (repeat).")],
     nodes: Annotated[int, typer.Option(help="SuperNode key pairs to create.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace a CA, server or node key already in OUT.")] = False,
 ) -> None:
-    """Create a CA, the SuperLink's TLS certificate (SANs = --host) and SuperNode key pairs (private keys 0600)."""
+    """Create a CA, the SuperLink's TLS certificate (SANs = --host) and SuperNode key pairs (private keys 0600).
+
+    Refuses to replace keys already in OUT unless --force is given.
+    """
     from fedready.deploy.certs import generate_certificates
 
     with _errors():
-        made = generate_certificates(out, hosts=host, nodes=nodes)
+        made = generate_certificates(out, hosts=host, nodes=nodes, force=force)
+    for note in made.notes:
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     err.print(f"CA {made.ca_cert} (give to clients), SuperLink {made.server_cert}, {len(made.node_keys)} node key(s)")
     for priv, pub in made.node_keys:
         typer.echo(f"{priv} {pub}")
