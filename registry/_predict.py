@@ -117,7 +117,9 @@ class Predictor:
 
         For a trusted table (the public holdout) or what :meth:`check_rows` returned.
         """
-        x = self.encoder.transform({k: np.asarray(v) for k, v in columns.items()})
+        return self._run(self.encoder.transform({k: np.asarray(v) for k, v in columns.items()}))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         (proba,) = self.session.run([_PROBABILITIES], {_INPUT: x})
         return proba
 
@@ -137,7 +139,8 @@ class Predictor:
         """:meth:`predict` for rows already validated: ``cols`` is what :meth:`check_rows` returned for them."""
         if not rows:
             return []
-        proba = self.column_probabilities(cols)
+        x = self.encoder.transform({k: np.asarray(v) for k, v in cols.items()})  # the model's view of each row
+        proba = self._run(x)
         out = []
         if len(self.classes) != 2:
             for p in proba:
@@ -146,11 +149,10 @@ class Predictor:
                             "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)},
                             "version": self.version})  # fmt: skip
             return out
-        names = list(cols)
         for i, (row, p) in enumerate(zip(rows, proba[:, 1], strict=True)):
             q, basis = self.rule.probability(float(p), self.rule.group_of(row))
-            if 0.0 < q < 1.0:  # a randomised group: one draw fixed by the row's features and the device secret
-                yes = q >= row_uniform([(k, cols[k][i]) for k in names], secret=self.secret)
+            if 0.0 < q < 1.0:  # a randomised group: one draw fixed by what the model sees and the device secret
+                yes = q >= row_uniform(x[i], secret=self.secret)
             else:
                 yes = q == 1.0
             out.append({"probability": round(float(p), 6), **basis, "prediction": int(yes),
