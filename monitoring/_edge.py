@@ -25,12 +25,13 @@ from fedready.monitoring._drift import MonitoringPolicy, compare
 from fedready.monitoring._profile import PROFILE_FILE, Counts, count_rows
 from fedready.schema import DataSchema
 
-__all__ = ["ALERTS_FILE", "SUMMARIES_FILE", "Recorder", "load_window", "monitor"]
+__all__ = ["ALERTS_FILE", "ALERT_CONTEXT", "SUMMARIES_FILE", "Recorder", "load_window", "monitor"]
 
 MONITOR_DIR = "monitoring"
 SUMMARIES_FILE = "summaries.jsonl"
 INPUTS_FILE = "inputs.jsonl"
 ALERTS_FILE = "alerts.jsonl"
+ALERT_CONTEXT = b"fedready-alert/1\n"  # domain of the device's alert signatures (fedready.audit.sign_record)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -189,9 +190,13 @@ def monitor(
     report.update(time=now, device_id=state.get("device_id"), channel=channel, version=version)
     target = Path(alerts) if alerts is not None else agent.home / MONITOR_DIR / ALERTS_FILE
     if report["breaches"]:
+        from fedready.audit import sign_record
+
+        key = agent.device_key()
+        lines = [{"time": now, "device_id": state.get("device_id"), "channel": channel, "version": version,
+                  "window_rows": counts.rows, **b} for b in report["breaches"]]  # fmt: skip
         target.parent.mkdir(parents=True, exist_ok=True)
-        _append(target, [{"time": now, "device_id": state.get("device_id"), "channel": channel, "version": version,
-                          "window_rows": counts.rows, **b} for b in report["breaches"]])  # fmt: skip
+        _append(target, [{**a, "sig": sign_record(key, a, context=ALERT_CONTEXT)} for a in lines])
     report["alerts_file"] = str(target)
     return report
 

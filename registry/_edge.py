@@ -45,6 +45,7 @@ _CHANNEL_PREFIX, _ARTIFACT_PREFIX = "channels/", "artifacts/"  # same target pat
 
 
 _SECRET = "decision.secret"  # per-device key of the fairness rule's draws (fedready.thresholds.row_uniform)
+DEVICE_KEY = "device.key"  # Ed25519: signs the device's alerts; its public key is enrolled in the registry
 _LOCK = ".lock"
 _STAGING = ".staging-"
 
@@ -135,6 +136,41 @@ class EdgeAgent:
         if len(secret) < 16:
             raise IntegrityError(f"{path} holds {len(secret)} bytes; delete it to create a new device secret")
         return secret
+
+    def device_key(self) -> Any:
+        """The device's Ed25519 signing key (``HOME/device.key``, created with mode 0600 on first use).
+
+        It signs the device's monitoring alerts; ``registry auto-rollback`` counts an alert only
+        when it verifies with the public key the operator enrolled for this device id.
+        """
+        from fedready.audit import load_or_create_key
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        return load_or_create_key(self.home / DEVICE_KEY)
+
+    def enrolment(self, device_id: str | None = None) -> dict[str, str]:
+        """What the operator enrols (``fedready registry enrol``): the device id and its public key.
+
+        Raises
+        ------
+        ConfigError
+            If no device id is known (give one, or run ``edge update`` first) or it differs from
+            the one the device has.
+        """
+        from fedready.audit import public_key_b64
+
+        with self._locked():
+            state = self.state()
+            known = state.get("device_id")
+            if device_id is not None and known not in (None, device_id):
+                raise ConfigError("device-id", f"{self.home} belongs to device '{known}', not '{device_id}'")
+            device_id = device_id or known
+            if not device_id or not device_id.strip():
+                raise ConfigError("device-id", f"{self.home} has no device id yet; pass --device-id (the id this "
+                                               "device updates with)")  # fmt: skip
+            if known is None:
+                self._save({**state, "device_id": device_id})  # its alerts name it from now on
+            return {"device_id": device_id, "public_key": public_key_b64(self.device_key())}
 
     def predictor(self) -> Predictor:
         """The active model, loaded."""

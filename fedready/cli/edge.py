@@ -83,6 +83,23 @@ def edge_rollback(home: Home) -> None:
     err.print(f"rolled back to {version}")
 
 
+@edge_app.command("enrol")
+def edge_enrol(
+    home: Home,
+    device_id: Annotated[
+        str | None, typer.Option(help="This device's id. [default: the id it updates with]")
+    ] = None,
+) -> None:
+    """Print this device's enrolment (id and alert-signing public key) for `fedready registry enrol`.
+
+    Creates HOME/device.key (Ed25519, mode 0600) on first use; it signs the alerts `fedready monitor` writes.
+    """
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        _echo_json(EdgeAgent(home).enrolment(device_id))
+
+
 @edge_app.command("install")
 def edge_install(
     artifact: Annotated[Path, typer.Argument(help="A signed artifact folder.")],

@@ -113,6 +113,9 @@ def test_canary_breach_rolls_back_through_registry_and_edge_agent(fleet, keys, t
     update = dict(repo=server.url, channel="canary", device_id="canary-0", root=reg.metadata_dir / "1.root.json",
                   public_key=keys["operator"][1])  # fmt: skip
     assert canary.update(**update).version == "2.0.0"
+    enrolment = json.loads(_cli("edge", "enrol", "--home", canary.home))
+    _cli("registry", "enrol", reg.path, "--device-id", enrolment["device_id"], "--public-key",
+         enrolment["public_key"], "--approver", "alice")  # fmt: skip
     drifted = tmp_path / "drifted.csv"
     _write_csv(drifted, _rows(1000, age_shift=10))
     _cli("edge", "predict", "--home", canary.home, drifted)

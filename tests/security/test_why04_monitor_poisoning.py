@@ -40,6 +40,7 @@ def test_one_poisoned_canary_device_cannot_roll_the_canary_back(fleet, keys, tmp
         agent = EdgeAgent(tmp_path / f"canary-{i}")
         agent.update(repo=server.url, channel="canary", device_id=f"canary-{i}", root=reg.metadata_dir / "1.root.json",
                      public_key=keys["operator"][1])  # fmt: skip
+        reg.enrol(**agent.enrolment(), approver="ops")  # its alerts count only when signed by its enrolled key
         devices.append(agent)
     alerts = tmp_path / "alerts.jsonl"
     _poison(devices[0])
