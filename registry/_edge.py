@@ -185,6 +185,13 @@ class EdgeAgent:
             if not isinstance(prov, dict):
                 raise IntegrityError(f"{self.models / state['active'] / 'provenance.json'} is not a provenance object")
             out["provenance"] = {k: prov.get(k) for k in ("run_id", "model_digest", "evaluation", "created")}
+        ts = self.home / "tuf" / "timestamp.json"
+        if ts.is_file():  # the registry's audit head this device last verified (`fedready audit checkpoint`)
+            signed = read_json(ts, what="TUF timestamp")
+            signed = signed.get("signed") if isinstance(signed, dict) else None
+            head = signed.get("x-fedready-audit") if isinstance(signed, dict) else None
+            if isinstance(signed, dict) and isinstance(head, dict):
+                out["registry_audit_head"] = {"timestamp_version": signed.get("version"), **head}
         return out
 
     def rollback(self) -> str:

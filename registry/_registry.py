@@ -18,7 +18,13 @@ runs is :mod:`fedready.registry._channels`.
 The audit log is anchored in the metadata: ``root.json`` pins its public key
 (``x-fedready-audit-key``), and every write records the log's head (line count, sha256 of the
 last line) in ``targets.json`` and ``timestamp.json`` (``x-fedready-audit``), so a log cut short
-or rewritten no longer matches what the registry signed and devices downloaded.
+or rewritten no longer matches what the registry signed and devices downloaded. Checkpoints of
+that signed head kept outside the folder (by the operator, and by every device in ``HOME/tuf``)
+show a folder put back to older metadata or re-created under new keys
+(:mod:`fedready.registry._anchors`).
+
+Devices enrolled by the operator (``devices.json``: device id -> Ed25519 public key) sign their
+monitoring alerts; ``auto-rollback`` counts only those (:meth:`Registry.auto_rollback`).
 
 Notes
 -----
@@ -45,6 +51,13 @@ from typing import Any
 
 from fedready.audit import Anchor, AuditLog
 from fedready.errors import ConfigError, IntegrityError
+from fedready.registry._anchors import (
+    AUDIT_FIELD,
+    AUDIT_KEY_FIELD,
+    load_metadata,
+    metadata_anchors,
+    verify_anchored_log,
+)
 from fedready.registry._artifact import (
     LEDGER_SUMMARY_FILE,
     PROVENANCE_FILE,
@@ -84,8 +97,6 @@ DEFAULT_EXPIRY = {
     "timestamp": dt.timedelta(days=1),
 }
 DEFAULT_REVIEW = dt.timedelta(days=90)
-AUDIT_FIELD = "x-fedready-audit"  # targets.json and timestamp.json: the audit log's head when they were signed
-AUDIT_KEY_FIELD = "x-fedready-audit-key"  # root.json: the audit log's Ed25519 public key
 AUDIT_KEY = "audit.key"
 DEFAULT_MIN_DEVICES = 3  # auto-rollback: distinct devices that must report a breach, at least
 DEFAULT_MIN_SHARE = 0.1  # ... or this share of the channel's devices (with --fleet-size), whichever is larger
@@ -849,120 +860,6 @@ class Registry:
                 self._bump(self._load("snapshot"), "snapshot")
             self._record("rotate-key", **fields)
         return signer.public_key.keyid
-
-
-def load_metadata(path: Path, *, role: str) -> Any:
-    """Read one TUF metadata file of ``role`` (signatures not checked here).
-
-    Raises
-    ------
-    IntegrityError
-        If the file is missing, does not parse as TUF metadata, or holds another role.
-    """
-    from tuf.api.exceptions import RepositoryError
-    from tuf.api.metadata import Metadata
-
-    path = Path(path)
-    try:
-        md = Metadata.from_file(str(path))
-    except FileNotFoundError as e:
-        raise IntegrityError(f"{path} is missing; restore the registry's metadata from a backup") from e
-    except (RepositoryError, ValueError, OSError) as e:
-        cause = f": {e.__cause__}" if e.__cause__ is not None else ""
-        raise IntegrityError(f"{path} is not valid TUF metadata ({e}{cause})".replace("\n", " ")) from e
-    if md.signed.type != role:
-        raise IntegrityError(f"{path} holds {md.signed.type} metadata, not {role}")
-    return md
-
-
-def metadata_anchors(metadata_dir: Path) -> tuple[str | None, list[Anchor]]:
-    """The audit key pinned in ``root.json`` and the audit heads of ``targets.json`` and ``timestamp.json``.
-
-    Each file's signatures are checked with the keys of the ``root.json`` in the same folder
-    (a registry's own metadata, a device's ``HOME/tuf`` cache or a mirror's copy).
-
-    Raises
-    ------
-    ConfigError
-        If the folder holds no ``root.json``.
-    IntegrityError
-        If a metadata file does not parse or is not signed by its role's keys.
-    """
-    from tuf.api.exceptions import RepositoryError
-    from tuf.api.metadata import Metadata
-
-    folder = Path(metadata_dir)
-    if not (folder / "root.json").is_file():
-        raise ConfigError("metadata", f"{folder} holds no root.json; pass a registry's repository/metadata or a "
-                                      "device's HOME/tuf folder")  # fmt: skip
-    try:
-        root = Metadata.from_file(str(folder / "root.json"))
-        root.signed.verify_delegate("root", root.signed_bytes, root.signatures)
-        anchors = []
-        for role in ("targets", "timestamp"):
-            p = folder / f"{role}.json"
-            if not p.is_file():
-                continue
-            md = Metadata.from_file(str(p))
-            root.signed.verify_delegate(role, md.signed_bytes, md.signatures)
-            head = md.signed.unrecognized_fields.get(AUDIT_FIELD)
-            if head is not None:
-                anchors.append(Anchor.from_dict(head, source=f"{p} (version {md.signed.version})"))
-    except (RepositoryError, ValueError, OSError) as e:
-        raise IntegrityError(f"{folder}: TUF metadata does not verify ({type(e).__name__}: {e})") from e
-    key = root.signed.unrecognized_fields.get(AUDIT_KEY_FIELD)
-    return (None if key is None else str(key)), anchors
-
-
-def verify_anchored_log(
-    log: Path,
-    *,
-    key: str | None = None,
-    metadata: Path | None = None,
-    artifact: Path | None = None,
-    public_key: Path | None = None,
-) -> Any:
-    """Verify an audit log against every anchor that applies (``fedready audit verify``).
-
-    A registry's own log (``REGISTRY/audit.jsonl``) is checked against the key pinned in its
-    root and the heads in its signed metadata, and every line must be anchored (each write
-    re-signs the metadata). ``metadata`` adds another copy of the metadata (a device's
-    ``HOME/tuf``, which may predate the newest lines); ``artifact`` (verified with ``public_key``
-    first) adds the run's head that ``fedready package`` recorded in the provenance.
-
-    Returns
-    -------
-    fedready.audit.AuditReport
-
-    Raises
-    ------
-    ConfigError
-        If ``artifact`` comes without ``public_key`` or records no audit head.
-    IntegrityError
-        If an anchor's own signature does not verify.
-    """
-    from fedready.audit import verify_log
-
-    log = Path(log)
-    pinned, anchors, strict = key, [], False
-    sources = [m for m in (log.parent / "repository" / "metadata", metadata) if m is not None]
-    for i, folder in enumerate(sources):
-        if i == 0 and not (folder / "root.json").is_file():
-            continue  # not a registry's own log
-        found_key, found = metadata_anchors(folder)
-        pinned = pinned or found_key
-        strict = strict or i == 0  # a copy elsewhere (a device's) may predate the latest writes
-        anchors += found
-    if artifact is not None:
-        if public_key is None:
-            raise ConfigError("public-key", "--artifact needs --public-key, the operator's key that signed it")
-        prov = verify_artifact(artifact, public_key=public_key)
-        if prov.audit is None:
-            raise ConfigError("artifact", f"{artifact} records no audit log head (packaged from a run without one)")
-        anchor = Anchor.from_dict(prov.audit, source=f"the provenance of artifact {prov.version}")
-        pinned = pinned or anchor.key
-        anchors.append(anchor)
-    return verify_log(log, key=pinned, anchors=anchors, strict_tail=strict)
 
 
 def _alert_verdict(alert: dict[str, Any], keys: dict[str, str], *, since: float, latest: float,
