@@ -84,6 +84,12 @@ def test_why23_01_registry_rewritten_from_registry_init_fake_is_detected(history
 def test_why23_01_root_chain_expiry_and_versions_are_checked_without_a_checkpoint(fleet, tmp_path):
     reg, _, _ = fleet
     log = reg.path / "audit.jsonl"
+    cp = tmp_path / "before-rotation.json"
+    assert cli("audit", "checkpoint", reg.path, "--out", cp)[0] == 0
+    reg.rotate_key("root")  # a legitimate chain: 1.root.json -> 2.root.json -> 3.root.json
+    reg.rotate_key("timestamp")
+    code, out = cli("audit", "verify", log, "--anchor", cp)
+    assert code == 0, out
     # expired metadata: a device refuses it, so does audit verify (stale folder, or old metadata put back)
     reg.refresh(timestamp_expiry=dt.timedelta(seconds=1))
     time.sleep(1.5)
@@ -93,10 +99,10 @@ def test_why23_01_root_chain_expiry_and_versions_are_checked_without_a_checkpoin
     assert cli("audit", "verify", log)[0] == 0
     # a root version that the previous root did not sign breaks the chain
     fake = Registry.init(tmp_path / "fake")
-    shutil.copy(fake.metadata_dir / "root.json", reg.metadata_dir / "2.root.json")
+    shutil.copy(fake.metadata_dir / "root.json", reg.metadata_dir / "4.root.json")
     code, out = cli("audit", "verify", log)
     assert code == 1 and "FOUND root-chain" in out, out
-    (reg.metadata_dir / "2.root.json").unlink()
+    (reg.metadata_dir / "4.root.json").unlink()
     # a snapshot put back from another time than the timestamp that names it
     snapshot = json.loads((reg.metadata_dir / "snapshot.json").read_text())
     reg.refresh()
