@@ -11,6 +11,7 @@ from fedready.monitoring._edge import (
     SUMMARIES_FILE,
     Metrics,
     Recorder,
+    StorageLimits,
     load_window,
     monitor,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "MonitoringPolicy",
     "NoiseRecord",
     "Recorder",
+    "StorageLimits",
     "compare",
     "count_rows",
     "js_distance",

@@ -56,7 +56,7 @@ def test_metrics_expose_prediction_count_latency_and_drift(tmp_path, artifact, k
         rows = _rows(600, age_shift=10)
         for i in range(0, 600, 100):
             req = urllib.request.Request(f"{server.url}/predict", data=json.dumps(rows[i : i + 100]).encode(),
-                                         method="POST")  # fmt: skip
+                                         method="POST", headers={"Content-Type": "application/json"})  # fmt: skip
             with urllib.request.urlopen(req, timeout=30) as r:
                 assert r.status == 200
         with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as r:

@@ -25,7 +25,8 @@ def _poison(agent: EdgeAgent, requests: int = 6, rows: int = 500) -> None:
     try:
         for _ in range(requests):
             body = json.dumps(_shifted_rows(rows)).encode()
-            with urllib.request.urlopen(urllib.request.Request(f"{server.url}/predict", data=body), timeout=60) as r:
+            req = urllib.request.Request(f"{server.url}/predict", data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
                 assert r.status == 200
     finally:
         server.stop()

@@ -42,8 +42,9 @@ def _raw(server, data: bytes, *, timeout: float = 30) -> tuple[int, dict, bytes]
         return _read(sock)
 
 
-def _post(body: bytes, extra: bytes = b"") -> bytes:
-    return b"POST /predict HTTP/1.1\r\nHost: x\r\n" + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
+def _post(body: bytes, extra: bytes = b"", *, kind: bytes = b"application/json") -> bytes:
+    return (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + kind + b"\r\n" + extra
+            + b"Content-Length: %d\r\n\r\n" % len(body) + body)  # fmt: skip
 
 
 def test_oversized_requests_are_refused_and_large_ones_cannot_starve_others(device, serve):
@@ -82,12 +83,12 @@ def test_inference_runs_off_the_event_loop(device, serve):
 
 
 def test_slowloris_connections_are_answered_408_and_closed(device, serve):
-    server = serve(idle_timeout=0.5)
+    server = serve(idle_timeout=0.5, header_timeout=0.5)
     with socket.create_connection(("127.0.0.1", _port(server)), timeout=10) as sock:
         sock.sendall(b"POST /predict HTTP/1.1\r\nX-Slow: a")  # ... and never finishes the header
         t = time.perf_counter()
         status, _, body = _read(sock)
-        assert status == 408 and "--idle-timeout" in json.loads(body)["error"] and time.perf_counter() - t < 5
+        assert status == 408 and "--header-timeout" in json.loads(body)["error"] and time.perf_counter() - t < 5
         assert sock.recv(1) == b""  # closed
     with socket.create_connection(("127.0.0.1", _port(server)), timeout=10) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\n\r\n")

@@ -68,7 +68,7 @@ def test_why23_02_resubmissions_to_edge_serve_get_the_same_decision(randomised):
     try:
         for row in undecided[:5]:
             body = json.dumps(_variants(row)).encode()
-            status, _, answer = _raw(server, _post(body, b"Content-Type: application/json\r\n"))
+            status, _, answer = _raw(server, _post(body))
             assert status == 200, answer
             assert len({r["prediction"] for r in json.loads(answer)["results"]}) == 1
     finally:
