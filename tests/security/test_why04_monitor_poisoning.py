@@ -25,7 +25,8 @@ def _poison(agent: EdgeAgent, requests: int = 6, rows: int = 500) -> None:
     try:
         for _ in range(requests):
             body = json.dumps(_shifted_rows(rows)).encode()
-            req = urllib.request.Request(f"{server.url}/predict", data=body, headers={"Content-Type": "application/json"})
+            json_type = {"Content-Type": "application/json"}
+            req = urllib.request.Request(f"{server.url}/predict", data=body, headers=json_type)
             with urllib.request.urlopen(req, timeout=60) as r:
                 assert r.status == 200
     finally:
