@@ -219,7 +219,11 @@ class AuditLog:
         if size == self._size:
             return
         f.seek(0)
-        lines = f.read().decode("utf-8").splitlines()
+        try:
+            lines = f.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise IntegrityError(f"{self.path} is not a UTF-8 audit log ({e.reason} at byte {e.start}); check it with "
+                                 "`fedready audit verify` and restore it from a backup") from None  # fmt: skip
         self._prev, self._seq, self._size = (_digest(lines[-1]) if lines else GENESIS), len(lines), size
         self._declared = _declared_key(lines)
 

@@ -457,7 +457,17 @@ def sign_artifact(folder: Path, *, key: Path) -> Path:
         If ``key`` is not an ECDSA private key in PEM.
     """
     import model_signing
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    try:
+        loaded = load_pem_private_key(Path(key).read_bytes(), password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError("key", f"{key} is not an unencrypted private key in PEM ({e})") from e
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):  # model-signing would fail on `.curve`
+        kind = type(loaded).__name__.removeprefix("_").replace("PrivateKey", "")
+        raise ConfigError("key", f"{key} is a {kind} key; artifacts are signed with ECDSA (P-256): pass the "
+                                 "signing.key that `fedready keys generate` wrote")  # fmt: skip
     hashing = model_signing.hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
     try:
         signer = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)

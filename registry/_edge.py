@@ -92,8 +92,11 @@ class EdgeAgent:
             raise IntegrityError(f"{p} holds a JSON {type(state).__name__}, not the device state object; restore it "
                                  "from a backup or provision the device again")  # fmt: skip
         for name in ("active", "previous"):
-            if state.get(name) is not None:
-                _untrusted_version(state[name], f"{p} field '{name}'")
+            value = state.get(name)
+            if value is not None and not isinstance(value, str):
+                raise IntegrityError(f"{p}: field '{name}' is a {type(value).__name__}, not a version; refused")
+            if value is not None:
+                _untrusted_version(value, f"{p} field '{name}'")
         for name in ("device_id", "repo", "channel", "source_channel"):
             if state.get(name) is not None and not isinstance(state[name], str):
                 raise IntegrityError(f"{p}: field '{name}' is a {type(state[name]).__name__}, not text; refused")
@@ -187,11 +190,12 @@ class EdgeAgent:
             out["provenance"] = {k: prov.get(k) for k in ("run_id", "model_digest", "evaluation", "created")}
         ts = self.home / "tuf" / "timestamp.json"
         if ts.is_file():  # the registry's audit head this device last verified (`fedready audit checkpoint`)
-            signed = read_json(ts, what="TUF timestamp")
-            signed = signed.get("signed") if isinstance(signed, dict) else None
-            head = signed.get("x-fedready-audit") if isinstance(signed, dict) else None
-            if isinstance(signed, dict) and isinstance(head, dict):
-                out["registry_audit_head"] = {"timestamp_version": signed.get("version"), **head}
+            try:
+                signed = read_json(ts, what="TUF timestamp").get("signed")
+                head = {"timestamp_version": signed["version"], **signed["x-fedready-audit"]}
+            except (IntegrityError, AttributeError, KeyError, TypeError):
+                head = {"error": "tuf/timestamp.json is unreadable; the next `edge update` fetches it again"}
+            out["registry_audit_head"] = head
         return out
 
     def rollback(self) -> str:

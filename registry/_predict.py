@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError, IntegrityError
@@ -51,10 +52,18 @@ class Predictor:
         self.secret = secret
         try:
             self.schema = DataSchema.model_validate(read_json(self.artifact / SCHEMA_FILE, what="schema"))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "the document"
+            raise IntegrityError(f"{self.artifact / SCHEMA_FILE} is not a valid schema ({where}: {first['msg']}; "
+                                 f"{e.error_count()} error(s))") from e  # fmt: skip
         except ValueError as e:
             raise IntegrityError(f"{self.artifact / SCHEMA_FILE} is not a valid schema ({e})") from e
         self.encoder = FeatureEncoder(self.schema)
-        self.version = read_json(self.artifact / PROVENANCE_FILE, what="provenance").get("version")
+        prov = read_json(self.artifact / PROVENANCE_FILE, what="provenance")
+        if not isinstance(prov, dict) or not isinstance(prov.get("version"), str):
+            raise IntegrityError(f"{self.artifact / PROVENANCE_FILE} names no version; refused")
+        self.version = prov["version"]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = 1  # small MLPs: threads cost more than they save, and devices are small

@@ -238,7 +238,16 @@ class Registry:
         key = self.keys_dir / f"{role}.key"
         if not key.is_file():
             raise ConfigError("keys", f"{key} is missing; the {role} key must be present to change {role} metadata")
-        return CryptoSigner(load_pem_private_key(key.read_bytes(), password=None))
+        try:
+            signer = CryptoSigner(load_pem_private_key(key.read_bytes(), password=None))
+        except (ValueError, TypeError) as e:  # not PEM, encrypted, or a key type securesystemslib cannot use
+            raise ConfigError("keys", f"{key} is not a usable private key in PEM ({e}); restore the {role} key "
+                                      "from its offline copy") from e  # fmt: skip
+        if signer.public_key.keyid not in self._load("root").signed.roles[role].keyids:
+            raise ConfigError("keys", f"{key} is not the {role} key root.json lists; metadata it signed would be "
+                                      f"refused by every device: restore the {role} key, or rotate it with "
+                                      f"`fedready registry rotate-key {role}`")  # fmt: skip
+        return signer
 
     @property
     def channels(self) -> list[str]:
