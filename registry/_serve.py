@@ -46,9 +46,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
+import socket
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -71,12 +74,16 @@ _log = logging.getLogger(__name__)
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
-            421: "Misdirected Request", 422: "Unprocessable Content", 431: "Request Header Fields Too Large",
+            421: "Misdirected Request", 422: "Unprocessable Content", 429: "Too Many Requests",
+            431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 _INLINE_BODY = 4096  # smaller bodies are parsed on the event loop (a thread hop costs more than the parse)
 _ACTIVE_S = 0.05  # a client that sent a request this recently still takes part in the fair share
 _RELOAD_RETRY_S = 1.0  # a model that failed to load is tried again at most this often
 _DIGITS = frozenset("0123456789")  # str.isdigit() also accepts '²' and other digits int() refuses
+_CUT_OFF_S = 2.0  # an address over its error budget has its connections reset for this long
+_TARPIT_MAX = 4096  # connections of cut-off addresses held unanswered until their cut-off ends (then reset)
+_METRICS_PER_PEER = 10  # GET /metrics answered per second to one address (a scraper needs one per interval)
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ class ServeConfig:
     idle_timeout: float = 15.0  # seconds a keep-alive connection may wait for its next request
     header_timeout: float = 10.0  # seconds a request (line, headers, body) may take once its first byte arrived
     max_connections: int = 512  # open connections in all (the last eighth kept for new peers)
-    max_connections_per_peer: int = 64  # open connections from one address
+    max_connections_per_peer: int = 128  # open connections from one address (an application's pool fits)
+    max_errors_per_peer: int = 50  # refused requests per second from one address before it is cut off for 2 s
     metrics_interval: float = 5.0  # GET /metrics recomputes its snapshot at most this often (seconds)
     allow_hosts: tuple[str, ...] = ()  # Host names accepted besides localhost, IP literals and `host`
     limits: StorageLimits = field(default_factory=StorageLimits)  # monitoring files and recorded inputs
@@ -121,7 +129,8 @@ class ServeConfig:
                                    ("max-body-bytes", self.max_body_bytes, 64),
                                    ("max-header-bytes", self.max_header_bytes, 256),
                                    ("max-connections", self.max_connections, 1),
-                                   ("max-connections-per-peer", self.max_connections_per_peer, 1)):  # fmt: skip
+                                   ("max-connections-per-peer", self.max_connections_per_peer, 1),
+                                   ("max-errors-per-peer", self.max_errors_per_peer, 1)):  # fmt: skip
             if value < least:
                 raise ConfigError(name, f"must be >= {least}, got {value}")
         for name, value in (("idle-timeout", self.idle_timeout), ("header-timeout", self.header_timeout)):
@@ -148,9 +157,116 @@ class _Conn:
     """One open connection: its peer address, whether it waits for a request, and how to close it."""
 
     peer: str
-    writer: asyncio.StreamWriter
+    transport: asyncio.BaseTransport
     opened: float
     idle: bool = True
+
+
+def _response(status: int, payload: Any, *, keep: bool) -> bytes:
+    """The bytes of one response: JSON, or Prometheus text for ``bytes`` payloads."""
+    if isinstance(payload, bytes):
+        data, kind = payload, _PROMETHEUS_TEXT
+    else:
+        data, kind = json.dumps(payload, sort_keys=True).encode(), "application/json"
+    close = "" if keep else "Connection: close\r\n"
+    return (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(data)}\r\n{close}\r\n").encode() + data  # fmt: skip
+
+
+def _tarpit_size(max_connections: int) -> int:
+    """How many cut-off connections may be held: what the file-descriptor limit leaves (raised to its hard cap)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    room = (soft if soft != resource.RLIM_INFINITY else 65536) - max_connections - 256  # 256: files, pools, logs
+    return max(0, min(_TARPIT_MAX, room))
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a TCP reset: nothing lingers in the kernel for an address that was cut off."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on the first address ``host`` resolves to."""
+    family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]  # fmt: skip
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(512)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Gate(asyncio.Protocol):
+    """Admission before anything else: a refused connection costs one write and a close.
+
+    ``asyncio.start_server`` builds a reader, a writer and a task for every connection before
+    the handler can look at the peer; under a connection flood that work, repeated for every
+    refused socket, is what starves the clients already served. The gate decides in
+    ``connection_made`` and only then hands the connection to a stream protocol and its handler
+    (an address already cut off is reset even earlier, at accept: :meth:`EdgeServer._accept`).
+    """
+
+    def __init__(self, server: EdgeServer) -> None:
+        self.server = server
+        self.inner: asyncio.StreamReaderProtocol | None = None
+        self.conn: _Conn | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        srv = self.server
+        peername = transport.get_extra_info("peername")
+        peer = str(peername[0]) if isinstance(peername, tuple) and peername else "local"
+        if srv._cut_off(peer):
+            srv.reset += 1
+            transport.abort()  # type: ignore[attr-defined]  # no answer: it asked for too many refusals already
+            return
+        why = srv._admit(peer)
+        if why is not None:
+            srv.refused[503] += 1
+            srv._strike(peer)
+            transport.write(_response(503, {"error": why}, keep=False))  # type: ignore[attr-defined]
+            transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        self.conn = _Conn(peer, transport, loop.time())
+        srv._conns.setdefault(peer, set()).add(self.conn)
+        reader = asyncio.StreamReader(limit=srv.config.max_header_bytes, loop=loop)
+        self.inner = asyncio.StreamReaderProtocol(reader, srv._handle, loop=loop)
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.server._forget(self.conn)
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else False
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
 
 
 @dataclass(eq=False)
@@ -205,7 +321,7 @@ class EdgeServer:
         self._seen: dict[int, float] = {}  # connection -> loop time of its last request: who is active
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._parse_pool = ThreadPoolExecutor(1, thread_name_prefix="fedready-parse")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="fedready-infer")
@@ -219,6 +335,11 @@ class EdgeServer:
         self.batch_sizes: Counter[int] = Counter()  # rows per model call -> calls (see GET /health)
         self.refused: Counter[int] = Counter()  # status -> requests answered with that error
         self.evicted = 0  # idle connections closed to make room for new peers
+        self.reset = 0  # connections reset unanswered: their address was over its error budget
+        self._strikes: dict[str, list[float]] = {}  # peer -> [window start, refusals, /metrics answers]
+        self._cut: dict[str, float] = {}  # peer -> loop time until which its new connections are reset
+        self._tarpit: deque[tuple[float, socket.socket]] = deque()  # (reset at, connection), oldest first
+        self._tarpit_size = 0
 
     @property
     def connections(self) -> int:
@@ -412,7 +533,7 @@ class EdgeServer:
         rows = sum(k * v for k, v in self.batch_sizes.items())
         refused = {str(k): v for k, v in sorted(self.refused.items())}
         out = {"model_calls": calls, "rows": rows, "connections": self.connections, "refused": refused,
-               "evicted_idle_connections": self.evicted}  # fmt: skip
+               "evicted_idle_connections": self.evicted, "reset_connections": self.reset}  # fmt: skip
         if self.predictor is None:
             return 503, {"status": "no-model", "error": self.load_error, "version": None, **out}
         return 200, {"status": "ok", "version": self.predictor.version, **out}
@@ -464,7 +585,7 @@ class EdgeServer:
             return name in self._allowed_hosts
 
     async def _route(self, method: str, path: str, body: bytes, client: int = 0,
-                     headers: Mapping[str, str] | None = None) -> tuple[int, Any]:  # fmt: skip
+                     headers: Mapping[str, str] | None = None, peer: str = "local") -> tuple[int, Any]:  # fmt: skip
         loop = asyncio.get_running_loop()
         headers = headers or {}
         self._check_browser(headers)
@@ -473,6 +594,12 @@ class EdgeServer:
                 await self._ensure_model()
             return self._health()
         if path == "/metrics" and method == "GET":
+            w = self._window(peer)
+            w[2] += 1
+            if w[2] > _METRICS_PER_PEER:
+                every = self.config.metrics_interval
+                raise _Refused(429, f"GET /metrics more than {_METRICS_PER_PEER} times a second from one address; "
+                                    f"the snapshot changes every {every:g} s, scrape less often")  # fmt: skip
             return 200, await self._metrics_text()
         if path not in ("/predict", "/health", "/metrics"):
             raise _Refused(404, f"no route {path[:100]!r}; use POST /predict, GET /health or GET /metrics")
@@ -552,23 +679,51 @@ class EdgeServer:
             return (f"{total} connections are open, the limit is {cfg.max_connections} (--max-connections); "
                     "retry later")  # fmt: skip
         victim = min(idle, key=lambda c: c.opened)  # the oldest idle connection of the address holding the most
-        self._conns[victim.peer].discard(victim)
+        self._forget(victim)
         self.evicted += 1
-        victim.writer.close()
+        victim.transport.close()
         return None
 
+    def _window(self, peer: str) -> list[float]:
+        now = asyncio.get_running_loop().time()
+        w = self._strikes.get(peer)
+        if w is None or now - w[0] >= 1.0:
+            if len(self._strikes) > 10_000:  # forget quiet addresses: the table cannot grow without bound
+                self._strikes = {p: v for p, v in self._strikes.items() if now - v[0] < 1.0}
+                self._cut = {p: t for p, t in self._cut.items() if t > now}
+            w = self._strikes[peer] = [now, 0.0, 0.0]
+        return w
+
+    def _strike(self, peer: str) -> bool:
+        """Count one refusal against ``peer``; True when that puts it over its budget (it is cut off).
+
+        Every refused request (4xx, 503) costs the server a parse and an answer while producing
+        nothing: an address that collects more than ``max_errors_per_peer`` of them in a second is
+        cut off for two seconds (its new connections are reset unanswered, its open ones closed after
+        the current answer), which caps what garbage, floods and web pages can spend of the device.
+        """
+        w = self._window(peer)
+        w[1] += 1
+        if w[1] > self.config.max_errors_per_peer:
+            self._cut[peer] = w[0] + _CUT_OFF_S
+            return True
+        return False
+
+    def _cut_off(self, peer: str) -> bool:
+        until = self._cut.get(peer)
+        return until is not None and asyncio.get_running_loop().time() < until
+
+    def _forget(self, conn: _Conn) -> None:
+        peers = self._conns.get(conn.peer)
+        if peers is not None:
+            peers.discard(conn)
+            if not peers:
+                del self._conns[conn.peer]
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        peer = str(peername[0]) if isinstance(peername, tuple) and peername else "local"
-        why = self._admit(peer)
-        if why is not None:
-            self.refused[503] += 1
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await self._respond(writer, 503, {"error": why}, keep=False)
-            writer.close()
-            return
-        conn = _Conn(peer, writer, asyncio.get_running_loop().time())
-        self._conns.setdefault(peer, set()).add(conn)
+        """Serve one admitted connection (:class:`_Gate` admitted it and tracks it)."""
+        gate = writer.transport.get_protocol()
+        conn = gate.conn if isinstance(gate, _Gate) and gate.conn is not None else _Conn("local", writer.transport, 0.0)
         try:
             while True:
                 conn.idle = True
@@ -588,10 +743,12 @@ class EdgeServer:
                         method, path, headers, body, keep = await self._read_request(reader, first)
                 except _Refused as e:
                     self.refused[e.status] += 1
+                    self._strike(conn.peer)
                     await self._respond(writer, e.status, {"error": e.message}, keep=False)
                     return
                 except TimeoutError:
                     self.refused[408] += 1
+                    self._strike(conn.peer)
                     why = (f"no complete request within {self.config.header_timeout:g} s of its first byte "
                            "(--header-timeout); connection closed")  # fmt: skip
                     await self._respond(writer, 408, {"error": why}, keep=False)
@@ -599,31 +756,21 @@ class EdgeServer:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return  # the client went away mid-request: nobody to answer
                 try:
-                    status, payload = await self._route(method, path, body, id(writer), headers)
+                    status, payload = await self._route(method, path, body, id(writer), headers, conn.peer)
                 except _Refused as e:
                     self.refused[e.status] += 1
-                    status, payload, keep = e.status, {"error": e.message}, keep and not e.close
+                    cut = self._strike(conn.peer)
+                    status, payload, keep = e.status, {"error": e.message}, keep and not e.close and not cut
                 if not await self._respond(writer, status, payload, keep=keep) or not keep:
                     return
         finally:
-            peers = self._conns.get(peer)
-            if peers is not None:
-                peers.discard(conn)
-                if not peers:
-                    del self._conns[peer]
+            self._forget(conn)
             writer.close()
 
     async def _respond(self, writer: asyncio.StreamWriter, status: int, payload: Any, *, keep: bool) -> bool:
         """Write one response; False if the client cannot take it (then the connection is dropped)."""
-        if isinstance(payload, bytes):
-            data, kind = payload, _PROMETHEUS_TEXT
-        else:
-            data, kind = json.dumps(payload, sort_keys=True).encode(), "application/json"
-        close = "" if keep else "Connection: close\r\n"
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {kind}\r\n"
-                f"Content-Length: {len(data)}\r\n")  # fmt: skip
         try:
-            writer.write(f"{head}{close}\r\n".encode() + data)
+            writer.write(_response(status, payload, keep=keep))
             if writer.transport.get_write_buffer_size():  # the client is not reading: wait, but not for ever
                 async with asyncio.timeout(self.config.idle_timeout):
                     await writer.drain()
@@ -635,15 +782,66 @@ class EdgeServer:
         self._wake = asyncio.Event()
         self._batch_task = asyncio.create_task(self._batcher())
         try:
-            self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port, backlog=512,
-                                                      limit=self.config.max_header_bytes)  # fmt: skip
+            self._sock = _listen(self.config.host, self.config.port)
         except OSError as e:
             self._batch_task.cancel()
-            why = "is in use by another program" if e.errno == 98 else f"cannot be opened ({e.strerror or e})"
+            if isinstance(e, socket.gaierror):
+                raise ConfigError("host", f"{self.config.host!r} is not an address of this machine ({e.strerror}); "
+                                          "pass an IP address, e.g. --host 127.0.0.1") from None  # fmt: skip
+            in_use = e.errno == errno.EADDRINUSE
+            why = "is in use by another program" if in_use else f"cannot be opened ({e.strerror or e})"
             raise ConfigError("port", f"{self.config.host}:{self.config.port} {why}; pick another --port (0: any "
                                       "free port) or --host") from None  # fmt: skip
-        port = self._server.sockets[0].getsockname()[1]
+        self._tarpit_size = _tarpit_size(self.config.max_connections)
+        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
+        port = self._sock.getsockname()[1]
         self.url = f"http://{self.config.host}:{port}"
+
+    def _accept(self) -> None:
+        """Accept what is waiting; reset a cut-off address's connections before asyncio builds anything for them.
+
+        An address over its error budget (:meth:`_strike`) keeps reconnecting as fast as it can; a reset
+        at accept costs one system call, where a transport, a protocol and a task would cost the
+        well-behaved clients their share of the event loop.
+        """
+        loop = asyncio.get_running_loop()
+        for _ in range(128):
+            try:
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # out of file descriptors: stop accepting for a second rather than spin
+                _log.error("edge serve: cannot accept connections (%s); retrying in 1 s", e.strerror or e)
+                loop.remove_reader(self._sock.fileno())
+                loop.call_later(1.0, loop.add_reader, self._sock.fileno(), self._accept)
+                return
+            peer = str(addr[0]) if isinstance(addr, tuple) and addr else "local"
+            if self._cut_off(peer):
+                self.reset += 1
+                if len(self._tarpit) < self._tarpit_size:  # held unanswered: a waiting client is not reconnecting
+                    self._tarpit.append((loop.time() + _CUT_OFF_S, conn))
+                    if len(self._tarpit) == 1:
+                        loop.call_later(_CUT_OFF_S, self._drain_tarpit)
+                else:
+                    _reset(conn)
+                continue
+            conn.setblocking(False)
+            loop.create_task(self._connect(conn))
+
+    def _drain_tarpit(self) -> None:
+        """Reset the held connections whose time is up (and come back for the rest)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._tarpit and self._tarpit[0][0] <= now:
+            _reset(self._tarpit.popleft()[1])
+        if self._tarpit:
+            loop.call_later(max(0.01, self._tarpit[0][0] - now), self._drain_tarpit)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: _Gate(self), conn)
+        except OSError:
+            conn.close()
 
     def serve_forever(self, *, on_ready: Any = None) -> None:
         """Serve until interrupted (Ctrl-C).
@@ -658,8 +856,7 @@ class EdgeServer:
             await self._start()
             if on_ready is not None:
                 on_ready(self.url)
-            assert self._server is not None
-            await self._server.serve_forever()
+            await asyncio.Event().wait()  # until interrupted
 
         try:
             with contextlib.suppress(KeyboardInterrupt):
@@ -699,9 +896,11 @@ class EdgeServer:
             return
 
         async def shutdown() -> None:
-            assert self._server is not None
-            self._server.close()
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
             self._batch_task.cancel()
+            while self._tarpit:
+                _reset(self._tarpit.popleft()[1])
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -149,7 +149,7 @@ def edge_serve(
     max_connections: Annotated[
         int, typer.Option(help="Open connections in all; the last eighth is kept for new clients.")
     ] = 512,
-    max_connections_per_peer: Annotated[int, typer.Option(help="Open connections from one address.")] = 64,
+    max_connections_per_peer: Annotated[int, typer.Option(help="Open connections from one address.")] = 128,
     metrics_interval: Annotated[
         float, typer.Option(help="GET /metrics recomputes drift at most this often (seconds).")
     ] = 5.0,

@@ -33,13 +33,22 @@ def _read(sock: socket.socket) -> tuple[int, dict, bytes]:
     return int(lines[0].split(" ")[1]), headers, body
 
 
-def _raw(server, data: bytes, *, timeout: float = 30) -> tuple[int, dict, bytes]:
-    with socket.create_connection(("127.0.0.1", _port(server)), timeout=timeout) as sock:
+def _raw(server, data: bytes, *, timeout: float = 30, source: str | None = None) -> tuple[int, dict, bytes]:
+    """Send ``data`` on a new connection (from address ``source``); (0, {}, b"") if closed or reset unanswered."""
+    address = (source, 0) if source else None
+    try:
+        sock = socket.create_connection(("127.0.0.1", _port(server)), timeout=timeout, source_address=address)
+    except ConnectionResetError:  # reset at accept (an address cut off by the server)
+        return 0, {}, b""
+    with sock:
         try:
             sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered and closed before reading everything: the answer is still there
-        return _read(sock)
+        try:
+            return _read(sock)
+        except ConnectionResetError:
+            return 0, {}, b""
 
 
 def _post(body: bytes, extra: bytes = b"", *, kind: bytes = b"application/json") -> bytes:

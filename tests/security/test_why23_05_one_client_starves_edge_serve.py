@@ -9,6 +9,7 @@ The throughput side is measured by ``benchmarks/hostile_clients.py`` (BENCHMARKS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -96,6 +97,25 @@ def test_why23_05_metrics_hammer_recomputes_drift_at_most_once_per_interval(devi
     server.metrics.render = counted
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: _raw(server, b"GET /metrics HTTP/1.1\r\n\r\n"), range(64)))
-    assert {a[0] for a in answers} == {200} and len({a[2] for a in answers}) == 1
-    assert len(calls) == 1
-    assert b'fedready_drift_psi{feature="age"}' in answers[0][2]
+    served = [body for status, _, body in answers if status == 200]
+    assert len(calls) == 1 and len(set(served)) == 1 and b'fedready_drift_psi{feature="age"}' in served[0]
+    # one address gets at most 10 answers a second (a scraper needs one per interval); the rest are 429, and
+    # an address that keeps collecting refusals is cut off: its connections are reset unanswered
+    assert 1 <= len(served) <= 20 and {status for status, _, _ in answers} <= {200, 429, 0}
+    assert json.loads(_raw(server, b"GET /health HTTP/1.1\r\n\r\n", source="127.0.0.9")[2])["status"] == "ok"
+
+
+def test_why23_05_an_address_collecting_refusals_is_cut_off_and_others_are_served(device, serve):
+    server = serve(max_errors_per_peer=20)
+    garbage = b"GARBAGE\r\n\r\n"
+    statuses = [_raw(server, garbage, source="127.0.0.2")[0] for _ in range(21)]
+    assert statuses == [400] * 21  # the 21st refusal in a second puts the address over its budget
+    for _ in range(3):  # cut off: held unanswered (so it stops reconnecting), then reset
+        with contextlib.suppress(ConnectionResetError, TimeoutError), _connect(server, "127.0.0.2") as s:
+            s.settimeout(0.5)
+            s.sendall(garbage)
+            assert s.recv(100) == b""
+    assert server.reset >= 3
+    assert _predict_from(server, "127.0.0.1") == 200  # another address is served as before
+    time.sleep(2.2)  # the cut-off lasts two seconds
+    assert _raw(server, garbage, source="127.0.0.2")[0] == 400
