@@ -305,6 +305,7 @@ def registry_status(
         flag = "  PAST REVIEW DATE" if ch["past_review"] else ""
         forced = f"  forced: {ch['reason']}" if ch["forced"] else ""
         forced += f"  PAUSED: {ch['paused_reason']}" if ch.get("paused") else ""
+        forced += f"  withdrawn: {', '.join(ch['withdrawn'])}" if ch.get("withdrawn") else ""
         typer.echo(f"{name}: {ch['version']} rollout {ch['rollout_percent']:g}% approved by {ch['approver']} "
                    f"review by {ch['review_by']}{flag}{forced}")  # fmt: skip
     devices = status.get("devices")
