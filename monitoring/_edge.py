@@ -161,21 +161,27 @@ def recorded_row(schema: DataSchema, row: Mapping[str, Any], limits: StorageLimi
 def append_bounded(path: Path, lines: list[dict[str, Any]], limits: StorageLimits) -> None:
     """Append JSON lines to ``path``, rotating it first if the write would take it past the limit.
 
-    One write per call under an exclusive lock on the folder, so concurrent writers (``edge serve``
-    and ``edge predict``) neither interleave lines nor rotate twice.
+    One write per call under an exclusive lock on the file, so concurrent writers (``edge serve``
+    and ``edge predict``) neither interleave lines nor rotate twice (a writer that finds the file
+    already rotated by another appends to the new one).
     """
     data = "".join(json.dumps(x, sort_keys=True, default=str) + "\n" for x in lines).encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            size = path.stat().st_size if path.exists() else 0
-            if size and size + len(data) > limits.max_file_bytes:
+    while True:
+        with path.open("ab") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            st = os.fstat(f.fileno())
+            try:
+                current = os.stat(path).st_ino == st.st_ino
+            except FileNotFoundError:
+                current = False
+            if not current:
+                continue  # another writer rotated it while this one waited: append to the new file
+            if st.st_size and st.st_size + len(data) > limits.max_file_bytes:
                 _rotate(path, limits.keep_files)
-            with path.open("ab") as f:
-                f.write(data)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+                continue
+            f.write(data)
+            return
 
 
 def _rotate(path: Path, keep: int) -> None:
