@@ -46,3 +46,7 @@ def read_toml(path: Path, *, field: str, missing: str) -> dict:
         raise ConfigError(field, missing) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(field, f"{p} is not valid TOML ({e})") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(field, f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ConfigError(field, f"{p} cannot be read ({e.strerror or e})") from e

@@ -42,7 +42,20 @@ from typing import Any
 
 from fedready.errors import ConfigError, IntegrityError
 
-__all__ = ["GENESIS", "Anchor", "AuditLog", "AuditReport", "Finding", "log_head", "verify_chain", "verify_log"]
+__all__ = [
+    "GENESIS",
+    "Anchor",
+    "AuditLog",
+    "AuditReport",
+    "Finding",
+    "load_or_create_key",
+    "log_head",
+    "public_key_b64",
+    "sign_record",
+    "verify_chain",
+    "verify_log",
+    "verify_record",
+]
 
 GENESIS = "0" * 64
 _CONTEXT = b"fedready-audit-head/1\n"  # domain separation: an audit signature means nothing elsewhere
@@ -68,6 +81,43 @@ def key_path(log: Path) -> Path:
     """Where the private key of ``log`` is kept by default: ``audit.jsonl`` -> ``audit.key``."""
     log = Path(log)
     return log.with_name(f"{log.stem}.key")
+
+
+def load_or_create_key(path: Path) -> Any:
+    """The Ed25519 private key in ``path`` (PEM), created with mode 0600 if the file does not exist.
+
+    Raises
+    ------
+    ConfigError
+        If the file exists but is not an Ed25519 private key in PEM.
+    """
+    return _load_or_create_key(Path(path))
+
+
+def _record_bytes(context: bytes, record: dict[str, Any]) -> bytes:
+    return context + json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def sign_record(key: Any, record: dict[str, Any], *, context: bytes) -> str:
+    """An Ed25519 signature (base64) over ``context`` and the canonical JSON of ``record``.
+
+    ``context`` separates domains (an alert signature is no audit entry's); ``record`` must not
+    hold its own signature.
+    """
+    return _b64(key.sign(_record_bytes(context, record)))
+
+
+def verify_record(public_key: str, record: dict[str, Any], sig: Any, *, context: bytes) -> bool:
+    """True when ``sig`` is :func:`sign_record`'s signature of ``record`` by ``public_key`` (raw, base64)."""
+    from cryptography.exceptions import InvalidSignature
+
+    if not isinstance(sig, str):
+        return False
+    try:
+        _verifier(public_key).verify(base64.b64decode(sig, validate=True), _record_bytes(context, record))
+    except (InvalidSignature, ValueError, IntegrityError):
+        return False
+    return True
 
 
 def _load_or_create_key(path: Path) -> Any:
@@ -169,7 +219,11 @@ class AuditLog:
         if size == self._size:
             return
         f.seek(0)
-        lines = f.read().decode("utf-8").splitlines()
+        try:
+            lines = f.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise IntegrityError(f"{self.path} is not a UTF-8 audit log ({e.reason} at byte {e.start}); check it with "
+                                 "`fedready audit verify` and restore it from a backup") from None  # fmt: skip
         self._prev, self._seq, self._size = (_digest(lines[-1]) if lines else GENESIS), len(lines), size
         self._declared = _declared_key(lines)
 

@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import json
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,22 +57,36 @@ def positive_probability(scores: np.ndarray, groups: np.ndarray, rule: Mapping[s
     return out
 
 
-def row_uniform(features: Sequence[tuple[str, str]], *, secret: bytes) -> float:
-    """A uniform number in [0, 1) fixed by a row's feature values and a per-device secret.
+DRAW_GRID = 2**16  # encoded features are rounded to 1/65,536 before the draw (see row_uniform)
+_DRAW_CONTEXT = b"fedready-decision-draw/2\n"  # domain separation: this HMAC means nothing elsewhere
 
-    ``features`` are the schema's feature columns as ``(name, canonical value)`` pairs, in
-    schema order; nothing else of the request (ids, extra fields, key order) enters.
+
+def row_uniform(encoded: np.ndarray, *, secret: bytes) -> float:
+    """A uniform number in [0, 1) fixed by the model's own view of a row and a per-device secret.
+
+    ``encoded`` is the row as the model receives it: the float32 output of
+    :class:`fedready.encoding.FeatureEncoder` (numbers parsed, missing values filled, clipped to the
+    declared range and scaled; every category outside the vocabulary, and every spelling of it,
+    in the one "unknown" slot). Each value is rounded to a grid of ``1 / DRAW_GRID`` before the
+    HMAC, so differences far below what the model can resolve (``41`` against ``41 + 1e-9``)
+    cannot move the draw across a float32 rounding edge either.
 
     Notes
     -----
-    A randomised rule needs one draw per decision. Drawing it from the features alone makes
-    the decision a function of the row: the same person always gets the same answer, and
-    resending the row with another ``request_id`` cannot re-roll it. The HMAC key is a secret
-    of the device (``HOME/decision.secret``), so nobody outside can tell in advance which rows
-    land on the favourable side of a randomised group.
+    A randomised rule (Hardt et al. 2016, arXiv:1610.02413) needs one draw per decision. If the
+    draw depended on anything the model does not see (request ids, key order, spacing, the
+    spelling of an unknown category, digits below float32 precision, a value beyond the clipped
+    range), a denied person could resubmit a meaningless variant of the row and re-roll: with an
+    approval probability q, k tries succeed with probability 1 - (1 - q)^k. Keyed on the model's
+    view, a resubmission gets a new draw only when the model itself sees a different row, and then
+    its score changes too. The HMAC key is a secret of the device (``HOME/decision.secret``), so
+    nobody outside can tell in advance which rows land on the favourable side. What this does not
+    stop: a person who changes a value the model does see (an age of 41.01 instead of 41) gets
+    that row's draw; lying about one's inputs is outside what any decision rule can detect.
     """
-    canon = json.dumps([[k, v] for k, v in features], ensure_ascii=False, separators=(",", ":"))
-    digest = hmac.new(secret, canon.encode("utf-8"), hashlib.sha256).digest()
+    x = np.asarray(encoded, dtype=np.float64).ravel()
+    cells = np.round(x * DRAW_GRID).astype("<i8") + 0  # + 0: -0 and 0 are one cell
+    digest = hmac.new(secret, _DRAW_CONTEXT + cells.tobytes(), hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

@@ -5,7 +5,16 @@ builds the profile lives in :mod:`fedready.monitoring.federated` (training stack
 """
 
 from fedready.monitoring._drift import MonitoringPolicy, compare, js_distance, load_monitoring_policy, psi
-from fedready.monitoring._edge import ALERTS_FILE, SUMMARIES_FILE, Metrics, Recorder, load_window, monitor
+from fedready.monitoring._edge import (
+    ALERT_CONTEXT,
+    ALERTS_FILE,
+    SUMMARIES_FILE,
+    Metrics,
+    Recorder,
+    StorageLimits,
+    load_window,
+    monitor,
+)
 from fedready.monitoring._profile import (
     PROFILE_FILE,
     Counts,
@@ -18,6 +27,7 @@ from fedready.monitoring._shadow import shadow_compare
 
 __all__ = [
     "ALERTS_FILE",
+    "ALERT_CONTEXT",
     "PROFILE_FILE",
     "SUMMARIES_FILE",
     "Counts",
@@ -25,6 +35,7 @@ __all__ = [
     "MonitoringPolicy",
     "NoiseRecord",
     "Recorder",
+    "StorageLimits",
     "compare",
     "count_rows",
     "js_distance",

@@ -5,6 +5,7 @@ registry (:class:`Registry`). Device side: :class:`EdgeAgent`. Only the operator
 imports the training stack, and only inside :func:`package_run`.
 """
 
+from fedready.registry._anchors import verify_anchored_log, write_checkpoint
 from fedready.registry._artifact import Provenance, generate_keys, package_run, verify_artifact
 from fedready.registry._channels import cohort_versions, in_canary, resolve
 from fedready.registry._edge import EdgeAgent, UpdateResult
@@ -44,5 +45,7 @@ __all__ = [
     "release_allowed",
     "reproduce_artifact",
     "resolve",
+    "verify_anchored_log",
     "verify_artifact",
+    "write_checkpoint",
 ]

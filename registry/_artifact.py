@@ -134,6 +134,8 @@ def generate_keys(out: Path, *, name: str = "signing") -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} is a file; pass a folder for {name}.key and {name}.pub")
     priv, pub = out / f"{name}.key", out / f"{name}.pub"
     for p in (priv, pub):
         if p.exists():
@@ -482,7 +484,17 @@ def sign_artifact(folder: Path, *, key: Path) -> Path:
         If ``key`` is not an ECDSA private key in PEM.
     """
     import model_signing
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    try:
+        loaded = load_pem_private_key(Path(key).read_bytes(), password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError("key", f"{key} is not an unencrypted private key in PEM ({e})") from e
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):  # model-signing would fail on `.curve`
+        kind = type(loaded).__name__.removeprefix("_").replace("PrivateKey", "")
+        raise ConfigError("key", f"{key} is a {kind} key; artifacts are signed with ECDSA (P-256): pass the "
+                                 "signing.key that `fedready keys generate` wrote")  # fmt: skip
     hashing = model_signing.hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
     try:
         signer = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)
@@ -500,6 +512,25 @@ def payload_digests(artifact: Path) -> dict[str, str]:
         return {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
     except (KeyError, TypeError, ValueError) as e:
         raise IntegrityError(f"{artifact / SIGNATURE_FILE} is not a model-signing bundle ({e})") from e
+
+
+def _check_ec_public_key(path: Path) -> None:
+    """Refuse a public key model-signing's elliptic-key verifier cannot use (RSA, Ed25519, not PEM) in one line.
+
+    model-signing reads ``key.curve`` of whatever it loaded, so an RSA or Ed25519 key fails
+    there with an ``AttributeError`` instead of a message.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(Path(path).read_bytes())
+    except (ValueError, TypeError) as e:
+        raise ConfigError("public-key", f"{path} is not a public key in PEM ({e})") from e
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        kind = type(key).__name__.removeprefix("_").replace("PublicKey", "")
+        raise ConfigError("public-key", f"{path} is a {kind} key; artifacts are signed with ECDSA (P-256): pass the "
+                                        "signing.pub that `fedready keys generate` wrote")  # fmt: skip
 
 
 def verify_artifact(artifact: Path, *, public_key: Path) -> Provenance:
@@ -525,6 +556,7 @@ def verify_artifact(artifact: Path, *, public_key: Path) -> Provenance:
     sig = artifact / SIGNATURE_FILE
     if not sig.is_file():
         raise IntegrityError(f"{artifact}: {SIGNATURE_FILE} is missing; the artifact is unsigned")
+    _check_ec_public_key(public_key)
     try:
         verifier = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key)
     except ValueError as e:

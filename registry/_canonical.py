@@ -23,10 +23,12 @@ __all__ = [
     "write_json",
 ]
 
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+# Matched with fullmatch: ``$`` would also accept a trailing newline ("1.0.0\n" installing as a
+# second folder that prints like the first and gets around immutability).
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,63}")
 # A file of an artifact: one path component, no leading dot (so no .git, .gitignore, .github:
 # model-signing skips those), no backslash or other separator a device's filesystem might honour.
-_FILE = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._+-]{0,127}$")
+_FILE = re.compile(r"[0-9A-Za-z_][0-9A-Za-z._+-]{0,127}")
 
 
 def canonical_json(obj: Any) -> str:
@@ -65,8 +67,8 @@ def file_sha256(path: Path, *, chunk: int = 1 << 20) -> str:
 
 def check_version(version: str, *, field: str = "version") -> str:
     """Refuse a version that is not a single safe path component (``1.0.0``, ``2026.11.26-rc1``)."""
-    if not _VERSION.match(version) or version in {".", ".."} or ".." in version:
-        raise ConfigError(field, f"'{version}' is not a valid version; use letters, digits and . _ + - (e.g. 1.0.0)")
+    if not isinstance(version, str) or not _VERSION.fullmatch(version) or ".." in version:
+        raise ConfigError(field, f"{version!r} is not a valid version; use letters, digits and . _ + - (e.g. 1.0.0)")
     return version
 
 
@@ -93,7 +95,7 @@ def check_file_name(name: str) -> str:
     IntegrityError
         For a subfolder, ``..``, a backslash, a leading dot (git paths included) or other characters.
     """
-    if not isinstance(name, str) or not _FILE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _FILE.fullmatch(name) or ".." in name:
         raise IntegrityError(f"file name {name!r} is not allowed in an artifact (one plain file name: letters, "
                              "digits and . _ + -, no leading dot, no folders); refused")  # fmt: skip
     return name

@@ -1,12 +1,12 @@
 """Which version a device runs: one rule, shared by the edge agent and ``registry status``.
 
 A device follows ``stable`` or ``canary`` (or a channel of its own name, taken as it is).
-The canary is *live* when it exists, is not paused, and was changed after stable (each channel
-document carries ``serial``, the registry's metadata version when it was written, so "after"
-never depends on clocks). Then:
+The canary is *live* when it exists, is not paused, points at no version stable withdrew, and was
+changed after stable (each channel document carries ``serial``, the registry's metadata version
+when it was written, so "after" never depends on clocks). Then:
 
 =====================================  ==============================  ===========================
-device                                 canary live                     canary paused, behind or absent
+device                                 canary live                     canary not live or absent
 =====================================  ==============================  ===========================
 follows ``stable``, outside the cohort stable's version                stable's version
 follows ``stable``, inside the cohort  canary's version                stable's version
@@ -16,8 +16,10 @@ follows ``canary``                     canary's version                stable's 
 The cohort is the devices whose id hashes below the canary's ``rollout_percent``
 (:func:`in_canary`). Consequences: a stable promotion or rollback is newer than the canary,
 so it reaches every device, in the cohort or not; ``registry rollback --channel stable``
-also pauses a canary that points at the version it rolls away from, so that version reaches
-no device; promoting the canary again (or rolling it back) makes it live again.
+also pauses a canary that points at the version it rolls away from, and adds that version to
+stable's ``withdrawn`` list: a canary pointing at a withdrawn version is not live, whatever its
+serial, so the version reaches no device until an operator promotes it again (which takes it off
+the list). Only a promotion makes a paused or behind canary live again.
 NumPy-free and TUF-free: devices import it.
 """
 
@@ -29,7 +31,7 @@ from typing import Any
 
 from fedready.errors import IntegrityError
 
-__all__ = ["cohort_versions", "in_canary", "resolve"]
+__all__ = ["cohort_versions", "in_canary", "not_served", "resolve", "withdrawn"]
 
 STABLE, CANARY = "stable", "canary"
 
@@ -51,15 +53,50 @@ def _order(doc: Mapping[str, Any]) -> tuple[int, str]:
     return serial, str(doc.get("promoted_at", ""))  # documents written before serials: promotion time
 
 
+def withdrawn(stable: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """Versions stable rolled back from and nobody promoted again (stable's signed ``withdrawn`` list)."""
+    if stable is None:
+        return ()
+    out = stable.get("withdrawn", [])
+    if not isinstance(out, (list, tuple)) or not all(isinstance(v, str) for v in out):
+        raise IntegrityError(f"channel stable has a malformed withdrawn list {out!r}; refused")
+    return tuple(out)
+
+
 def canary_state(stable: Mapping[str, Any] | None, canary: Mapping[str, Any] | None) -> str:
-    """``live``, ``paused``, ``behind-stable`` or ``none`` (see the module docstring)."""
+    """``live``, ``paused``, ``withdrawn``, ``behind-stable`` or ``none`` (see the module docstring)."""
     if canary is None:
         return "none"
     if canary.get("paused"):
         return "paused"
+    if canary.get("version") in withdrawn(stable):
+        return "withdrawn"
     if stable is not None and _order(canary) <= _order(stable):
         return "behind-stable"
     return "live"
+
+
+def not_served(channel: str, docs: Mapping[str, Mapping[str, Any] | None]) -> str | None:
+    """Why no device runs ``channel``'s version through that channel now; None when some devices do.
+
+    The canary is served only while live; stable is served unless a live canary takes every
+    device (rollout 100%); any other channel whenever something was promoted to it.
+    """
+    doc = docs.get(channel)
+    if doc is None:
+        return f"nothing was promoted to {channel}"
+    if channel not in (STABLE, CANARY):
+        return None
+    stable, canary = docs.get(STABLE), docs.get(CANARY)
+    state = canary_state(stable, canary)
+    if channel == CANARY:
+        why = {"live": None, "paused": f"the canary is paused ({doc.get('paused_reason')})",
+               "withdrawn": f"the canary points at {doc.get('version')}, which stable withdrew",
+               "behind-stable": "the canary is behind stable: a later stable change took every device"}  # fmt: skip
+        return why[state]
+    if state == "live" and canary is not None and float(canary.get("rollout_percent", 0)) >= 100:
+        return "the canary is live at 100%: every device runs the canary's version"
+    return None
 
 
 def resolve(

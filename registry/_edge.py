@@ -45,6 +45,7 @@ _CHANNEL_PREFIX, _ARTIFACT_PREFIX = "channels/", "artifacts/"  # same target pat
 
 
 _SECRET = "decision.secret"  # per-device key of the fairness rule's draws (fedready.thresholds.row_uniform)
+DEVICE_KEY = "device.key"  # Ed25519: signs the device's alerts; its public key is enrolled in the registry
 _LOCK = ".lock"
 _STAGING = ".staging-"
 
@@ -75,9 +76,37 @@ class EdgeAgent:
 
     # -- state ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """The device state (empty before the first update)."""
+        """The device state (empty before the first update).
+
+        Raises
+        ------
+        IntegrityError
+            If ``device.json`` is not an object, or a field of it has the wrong type (a version
+            that is not a safe folder name, digests that are not ``{version: {file: sha256}}``).
+        """
         p = self.home / _STATE
-        return read_json(p, what="device state") if p.exists() else {}
+        if not p.exists():
+            return {}
+        state = read_json(p, what="device state")
+        if not isinstance(state, dict):
+            raise IntegrityError(f"{p} holds a JSON {type(state).__name__}, not the device state object; restore it "
+                                 "from a backup or provision the device again")  # fmt: skip
+        for name in ("active", "previous"):
+            value = state.get(name)
+            if value is not None and not isinstance(value, str):
+                raise IntegrityError(f"{p}: field '{name}' is a {type(value).__name__}, not a version; refused")
+            if value is not None:
+                _untrusted_version(value, f"{p} field '{name}'")
+        for name in ("device_id", "repo", "channel", "source_channel"):
+            if state.get(name) is not None and not isinstance(state[name], str):
+                raise IntegrityError(f"{p}: field '{name}' is a {type(state[name]).__name__}, not text; refused")
+        digests = state.get("digests", {})
+        if not isinstance(digests, dict) or not all(
+            isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items())
+            for d in digests.values()
+        ):
+            raise IntegrityError(f"{p}: field 'digests' is not {{version: {{file: sha256}}}}; refused")
+        return state
 
     def _save(self, state: dict[str, Any]) -> None:
         write_json(self.home / _STATE, state)  # atomic rename: the swap
@@ -111,6 +140,41 @@ class EdgeAgent:
             raise IntegrityError(f"{path} holds {len(secret)} bytes; delete it to create a new device secret")
         return secret
 
+    def device_key(self) -> Any:
+        """The device's Ed25519 signing key (``HOME/device.key``, created with mode 0600 on first use).
+
+        It signs the device's monitoring alerts; ``registry auto-rollback`` counts an alert only
+        when it verifies with the public key the operator enrolled for this device id.
+        """
+        from fedready.audit import load_or_create_key
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        return load_or_create_key(self.home / DEVICE_KEY)
+
+    def enrolment(self, device_id: str | None = None) -> dict[str, str]:
+        """What the operator enrols (``fedready registry enrol``): the device id and its public key.
+
+        Raises
+        ------
+        ConfigError
+            If no device id is known (give one, or run ``edge update`` first) or it differs from
+            the one the device has.
+        """
+        from fedready.audit import public_key_b64
+
+        with self._locked():
+            state = self.state()
+            known = state.get("device_id")
+            if device_id is not None and known not in (None, device_id):
+                raise ConfigError("device-id", f"{self.home} belongs to device '{known}', not '{device_id}'")
+            device_id = device_id or known
+            if not device_id or not device_id.strip():
+                raise ConfigError("device-id", f"{self.home} has no device id yet; pass --device-id (the id this "
+                                               "device updates with)")  # fmt: skip
+            if known is None:
+                self._save({**state, "device_id": device_id})  # its alerts name it from now on
+            return {"device_id": device_id, "public_key": public_key_b64(self.device_key())}
+
     def predictor(self) -> Predictor:
         """The active model, loaded."""
         return Predictor(self.active_dir(), secret=self.decision_secret())
@@ -121,7 +185,17 @@ class EdgeAgent:
         out = {"home": str(self.home), **{k: v for k, v in state.items() if k != "digests"}}
         if state.get("active"):
             prov = read_json(self.models / state["active"] / "provenance.json", what="provenance")
+            if not isinstance(prov, dict):
+                raise IntegrityError(f"{self.models / state['active'] / 'provenance.json'} is not a provenance object")
             out["provenance"] = {k: prov.get(k) for k in ("run_id", "model_digest", "evaluation", "created")}
+        ts = self.home / "tuf" / "timestamp.json"
+        if ts.is_file():  # the registry's audit head this device last verified (`fedready audit checkpoint`)
+            try:
+                signed = read_json(ts, what="TUF timestamp").get("signed")
+                head = {"timestamp_version": signed["version"], **signed["x-fedready-audit"]}
+            except (IntegrityError, AttributeError, KeyError, TypeError):
+                head = {"error": "tuf/timestamp.json is unreadable; the next `edge update` fetches it again"}
+            out["registry_audit_head"] = head
         return out
 
     def rollback(self) -> str:
@@ -143,14 +217,18 @@ class EdgeAgent:
             if not prev or not (self.models / prev).is_dir():
                 raise ConfigError("home", "no previous model on this device to roll back to")
             folder = self.models / prev
-            self._reverify(folder, state.get("digests", {}).get(prev))
+            self._reverify(folder, prev, state.get("digests", {}).get(prev))
             Predictor(folder, secret=self.decision_secret())  # must still load before it becomes active
             self._save({**state, "active": prev, "previous": state["active"], "updated_at": time.time(),
                         "last_action": "rollback"})  # fmt: skip
         return prev
 
-    def _reverify(self, folder: Path, digests: dict[str, str] | None) -> None:
-        """The checks of an update, on a model already on disk: recorded digests, then the signature."""
+    def _reverify(self, folder: Path, version: str, digests: dict[str, str] | None) -> None:
+        """The checks of an update, on a model already on disk: recorded digests, the signature, the version.
+
+        The signature is verified whether or not digests were recorded, and the signed provenance
+        must name the folder's version (a signed 1.0.0 copied into ``models/2.0.0`` is refused).
+        """
         if digests is not None:
             on_disk = {p.name: p for p in folder.iterdir()}
             if set(on_disk) != set(digests):
@@ -162,7 +240,10 @@ class EdgeAgent:
                 if got != digest:
                     raise IntegrityError(f"{folder}: file '{name}' changed since it was verified (expected sha256 "
                                          f"{digest}, got {got}); refused")  # fmt: skip
-        verify_artifact(folder, public_key=self._provision("signing.pub", None, "--public-key"))
+        prov = verify_artifact(folder, public_key=self._provision("signing.pub", None, "--public-key"))
+        if prov.version != version:
+            raise IntegrityError(f"{folder}: the signed provenance names version {prov.version!r}, not {version!r}; "
+                                 "a model was copied under another version's folder, refused")  # fmt: skip
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError, IntegrityError
@@ -51,10 +52,18 @@ class Predictor:
         self.secret = secret
         try:
             self.schema = DataSchema.model_validate(read_json(self.artifact / SCHEMA_FILE, what="schema"))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "the document"
+            raise IntegrityError(f"{self.artifact / SCHEMA_FILE} is not a valid schema ({where}: {first['msg']}; "
+                                 f"{e.error_count()} error(s))") from e  # fmt: skip
         except ValueError as e:
             raise IntegrityError(f"{self.artifact / SCHEMA_FILE} is not a valid schema ({e})") from e
         self.encoder = FeatureEncoder(self.schema)
-        self.version = read_json(self.artifact / PROVENANCE_FILE, what="provenance").get("version")
+        prov = read_json(self.artifact / PROVENANCE_FILE, what="provenance")
+        if not isinstance(prov, dict) or not isinstance(prov.get("version"), str):
+            raise IntegrityError(f"{self.artifact / PROVENANCE_FILE} names no version; refused")
+        self.version = prov["version"]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = 1  # small MLPs: threads cost more than they save, and devices are small
@@ -117,7 +126,9 @@ class Predictor:
 
         For a trusted table (the public holdout) or what :meth:`check_rows` returned.
         """
-        x = self.encoder.transform({k: np.asarray(v) for k, v in columns.items()})
+        return self._run(self.encoder.transform({k: np.asarray(v) for k, v in columns.items()}))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         (proba,) = self.session.run([_PROBABILITIES], {_INPUT: x})
         return proba
 
@@ -137,7 +148,8 @@ class Predictor:
         """:meth:`predict` for rows already validated: ``cols`` is what :meth:`check_rows` returned for them."""
         if not rows:
             return []
-        proba = self.column_probabilities(cols)
+        x = self.encoder.transform({k: np.asarray(v) for k, v in cols.items()})  # the model's view of each row
+        proba = self._run(x)
         out = []
         if len(self.classes) != 2:
             for p in proba:
@@ -146,11 +158,10 @@ class Predictor:
                             "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)},
                             "version": self.version})  # fmt: skip
             return out
-        names = list(cols)
         for i, (row, p) in enumerate(zip(rows, proba[:, 1], strict=True)):
             q, basis = self.rule.probability(float(p), self.rule.group_of(row))
-            if 0.0 < q < 1.0:  # a randomised group: one draw fixed by the row's features and the device secret
-                yes = q >= row_uniform([(k, cols[k][i]) for k in names], secret=self.secret)
+            if 0.0 < q < 1.0:  # a randomised group: one draw fixed by what the model sees and the device secret
+                yes = q >= row_uniform(x[i], secret=self.secret)
             else:
                 yes = q == 1.0
             out.append({"probability": round(float(p), 6), **basis, "prediction": int(yes),

@@ -18,7 +18,13 @@ runs is :mod:`fedready.registry._channels`.
 The audit log is anchored in the metadata: ``root.json`` pins its public key
 (``x-fedready-audit-key``), and every write records the log's head (line count, sha256 of the
 last line) in ``targets.json`` and ``timestamp.json`` (``x-fedready-audit``), so a log cut short
-or rewritten no longer matches what the registry signed and devices downloaded.
+or rewritten no longer matches what the registry signed and devices downloaded. Checkpoints of
+that signed head kept outside the folder (by the operator, and by every device in ``HOME/tuf``)
+show a folder put back to older metadata or re-created under new keys
+(:mod:`fedready.registry._anchors`).
+
+Devices enrolled by the operator (``devices.json``: device id -> Ed25519 public key) sign their
+monitoring alerts; ``auto-rollback`` counts only those (:meth:`Registry.auto_rollback`).
 
 Notes
 -----
@@ -37,12 +43,21 @@ import datetime as dt
 import json
 import math
 import os
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedready.audit import Anchor, AuditLog
 from fedready.errors import ConfigError, IntegrityError
+from fedready.registry._anchors import (
+    AUDIT_FIELD,
+    AUDIT_KEY_FIELD,
+    load_metadata,
+    metadata_anchors,
+    verify_anchored_log,
+)
 from fedready.registry._artifact import (
     LEDGER_SUMMARY_FILE,
     PROVENANCE_FILE,
@@ -50,8 +65,15 @@ from fedready.registry._artifact import (
     Provenance,
     verify_artifact,
 )
-from fedready.registry._canonical import artifact_files, canonical_json, check_version, file_sha256, read_json
-from fedready.registry._channels import CANARY, STABLE, canary_state, cohort_versions
+from fedready.registry._canonical import (
+    artifact_files,
+    canonical_json,
+    check_version,
+    file_sha256,
+    read_json,
+    write_json,
+)
+from fedready.registry._channels import CANARY, STABLE, canary_state, cohort_versions, not_served, withdrawn
 
 __all__ = [
     "CHANNELS",
@@ -77,11 +99,11 @@ DEFAULT_EXPIRY = {
     "timestamp": dt.timedelta(days=1),
 }
 DEFAULT_REVIEW = dt.timedelta(days=90)
-AUDIT_FIELD = "x-fedready-audit"  # targets.json and timestamp.json: the audit log's head when they were signed
-AUDIT_KEY_FIELD = "x-fedready-audit-key"  # root.json: the audit log's Ed25519 public key
 AUDIT_KEY = "audit.key"
 DEFAULT_MIN_DEVICES = 3  # auto-rollback: distinct devices that must report a breach, at least
 DEFAULT_MIN_SHARE = 0.1  # ... or this share of the channel's devices (with --fleet-size), whichever is larger
+DEFAULT_MAX_SKEW = 120.0  # seconds an alert's time may lie ahead of the registry's clock
+DEVICES_FILE = "devices.json"  # enrolled devices: id -> Ed25519 public key that signs their alerts
 
 
 def channel_target(channel: str) -> str:
@@ -116,12 +138,14 @@ class Channel:
     serial: int = 0  # targets metadata version of the write: orders stable and canary changes (see _channels)
     paused: bool = False  # canary only: set when stable rolls back from this version; devices ignore it then
     paused_reason: str | None = None
+    withdrawn: tuple[str, ...] = ()  # stable only: versions it rolled back from, until promoted again explicitly
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, unknown keys kept."""
         out = {k: v for k, v in self.__dict__.items() if k != "extra"}
         out["previous"] = list(self.previous)
+        out["withdrawn"] = list(self.withdrawn)
         return {**self.extra, **out}
 
     @classmethod
@@ -131,8 +155,9 @@ class Channel:
         try:
             known = {n: data[n] for n in names if n in data}
             known["previous"] = tuple(known.get("previous", ()))
+            known["withdrawn"] = tuple(known.get("withdrawn", ()))
             return cls(**known, extra={k: v for k, v in data.items() if k not in names})
-        except TypeError as e:
+        except (TypeError, AttributeError) as e:
             raise IntegrityError(f"channel document is malformed ({e})") from e
 
     def past_review(self, today: dt.date | None = None) -> bool:
@@ -198,6 +223,8 @@ class Registry:
         from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ConfigError("registry", f"{path} is a file; pass a new or empty folder for the registry")
         if (path / "repository" / "metadata" / "root.json").exists():
             raise ConfigError("registry", f"{path} already holds a registry")
         for c in channels:
@@ -230,9 +257,7 @@ class Registry:
 
     # -- reading --------------------------------------------------------------------------
     def _load(self, role: str) -> Any:
-        from tuf.api.metadata import Metadata
-
-        return Metadata.from_file(str(self.metadata_dir / f"{role}.json"))
+        return load_metadata(self.metadata_dir / f"{role}.json", role=role)
 
     def _signer(self, role: str) -> Any:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -241,7 +266,16 @@ class Registry:
         key = self.keys_dir / f"{role}.key"
         if not key.is_file():
             raise ConfigError("keys", f"{key} is missing; the {role} key must be present to change {role} metadata")
-        return CryptoSigner(load_pem_private_key(key.read_bytes(), password=None))
+        try:
+            signer = CryptoSigner(load_pem_private_key(key.read_bytes(), password=None))
+        except (ValueError, TypeError) as e:  # not PEM, encrypted, or a key type securesystemslib cannot use
+            raise ConfigError("keys", f"{key} is not a usable private key in PEM ({e}); restore the {role} key "
+                                      "from its offline copy") from e  # fmt: skip
+        if signer.public_key.keyid not in self._load("root").signed.roles[role].keyids:
+            raise ConfigError("keys", f"{key} is not the {role} key root.json lists; metadata it signed would be "
+                                      f"refused by every device: restore the {role} key, or rotate it with "
+                                      f"`fedready registry rotate-key {role}`")  # fmt: skip
+        return signer
 
     @property
     def channels(self) -> list[str]:
@@ -479,47 +513,87 @@ class Registry:
         current = self.channel(channel)
         previous = () if current is None else current.previous + (current.version,)
         files = self._files(version)
+        stable = self.channel(STABLE) if STABLE in self.channels else None
+        still_withdrawn = tuple(v for v in withdrawn(None if stable is None else stable.to_dict()) if v != version)
         doc = Channel(channel=channel, version=version, files=files, rollout_percent=float(rollout_percent),
                       approver=approver, review_by=review.isoformat(), promoted_at=_now().isoformat(),
                       forced=bool(force and not release_allowed(prov.evaluation, prov.undecided_allows, channel)),
                       reason=reason if force or allow_not_private else None,
-                      gates=prov.evaluation, previous=previous[-10:], serial=self._next_serial())  # fmt: skip
-        self._commit({channel_target(channel): canonical_json(doc.to_dict()).encode()}, event="promote",
+                      gates=prov.evaluation, previous=previous[-10:], serial=self._next_serial(),
+                      withdrawn=still_withdrawn if channel == STABLE else ())  # fmt: skip
+        changed = {channel_target(channel): canonical_json(doc.to_dict()).encode()}
+        reinstated = stable is not None and version in stable.withdrawn
+        if reinstated and channel != STABLE:
+            assert stable is not None  # an explicit promotion takes the version off stable's list; same serial
+            kept = dataclasses.replace(stable, withdrawn=still_withdrawn)
+            changed[channel_target(STABLE)] = canonical_json(kept.to_dict()).encode()
+        self._commit(changed, event="promote",
                      channel=channel, version=version, approver=approver, rollout=rollout_percent,
                      review_by=doc.review_by, forced=doc.forced, reason=doc.reason, gates=prov.evaluation,
                      replaced=None if current is None else current.version, shadow=shadow, private=private,
-                     allow_not_private=allow_not_private)  # fmt: skip
+                     allow_not_private=allow_not_private, reinstated=reinstated)  # fmt: skip
         return doc
 
     def _next_serial(self) -> int:
         return int(self._load("targets").signed.version) + 1  # the version the coming commit signs
 
-    def rollback(self, *, channel: str, approver: str, reason: str = "") -> Channel:
-        """Point ``channel`` back at the version it held before the last promotion.
+    def _docs(self) -> dict[str, dict[str, Any] | None]:
+        """Every channel document as a device reads it (None: nothing promoted)."""
+        docs = {}
+        for name in self.channels:
+            ch = self.channel(name)
+            docs[name] = None if ch is None else ch.to_dict()
+        return docs
 
-        Rolling back ``stable`` also pauses a canary that points at the version being rolled
-        back, in the same signed metadata: that version then reaches no device (see
-        :mod:`fedready.registry._channels`).
+    def rollback(self, *, channel: str, approver: str, reason: str = "") -> Channel:
+        """Point ``channel`` back at the newest version it held before that stable has not withdrawn.
+
+        Rolling back ``stable`` withdraws the version it rolls away from: it joins stable's signed
+        ``withdrawn`` list, no channel serves it again (a canary pointing at it is paused, a canary
+        rollback skips it) until an operator promotes it explicitly. A canary is rolled back only
+        while it is live: a paused or behind-stable canary runs on no device (promote to start a
+        new rollout).
 
         Raises
         ------
         ConfigError
-            If the channel has no earlier version.
+            If the channel is not served to any device (canary paused, behind stable or pointing
+            at a withdrawn version), or has no earlier version that stable has not withdrawn.
         """
         self._check_channel(channel)
         current = self.channel(channel)
-        if current is None or not current.previous:
+        if current is None or (not current.previous and channel != CANARY):
             raise ConfigError("channel", f"{channel} has no earlier version to roll back to")
         if not approver.strip():
             raise ConfigError("approver", "a rollback records who approved it; pass --approver NAME")
-        target = current.previous[-1]
+        docs = self._docs()
+        idle = not_served(channel, docs) if channel == CANARY else None
+        if idle is not None:
+            raise ConfigError("channel", f"{channel} runs on no device ({idle}), so there is nothing to roll back; "
+                                         f"promote a version to {channel} to start a new rollout")  # fmt: skip
+        gone = set(withdrawn(docs.get(STABLE))) | ({current.version} if channel == STABLE else set())
+        eligible = [i for i, v in enumerate(current.previous) if v not in gone and v != current.version]
+        if not eligible and channel == CANARY:
+            # nothing earlier it may serve: the canary stops, and its devices run stable's version
+            why = f"rolled back from {current.version} ({reason or 'no reason given'}); no earlier version to serve"
+            held = dataclasses.replace(current, paused=True, paused_reason=why, approver=approver)
+            self._commit({channel_target(channel): canonical_json(held.to_dict()).encode()}, event="rollback",
+                         channel=channel, version=None, replaced=current.version, approver=approver, reason=reason,
+                         paused_canary=current.version)  # fmt: skip
+            return held
+        if not eligible:
+            held_list = ", ".join(current.previous)
+            raise ConfigError("channel", f"{channel} has no earlier version that stable has not withdrawn "
+                                         f"({held_list} withdrawn); promote one explicitly")  # fmt: skip
+        target = current.previous[eligible[-1]]
         gates = self.provenance(target).evaluation
         # A rollback may restore a model whose gates never passed: it stays marked as forced.
         doc = Channel.from_dict({**current.to_dict(), "version": target, "files": self._files(target),
                                  "approver": approver, "promoted_at": _now().isoformat(),
-                                 "previous": list(current.previous[:-1]), "forced": gates != "passed",
+                                 "previous": list(current.previous[: eligible[-1]]), "forced": gates != "passed",
                                  "reason": f"rollback: {reason or 'no reason given'}", "gates": gates,
-                                 "serial": self._next_serial(), "paused": False, "paused_reason": None})  # fmt: skip
+                                 "serial": self._next_serial(), "paused": False, "paused_reason": None,
+                                 "withdrawn": sorted(gone) if channel == STABLE else []})  # fmt: skip
         changed = {channel_target(channel): canonical_json(doc.to_dict()).encode()}
         canary = self.channel(CANARY) if channel == STABLE and CANARY in self.channels else None
         paused = canary is not None and canary.version == current.version and not canary.paused
@@ -527,8 +601,10 @@ class Registry:
             assert canary is not None
             held = dataclasses.replace(canary, paused=True, paused_reason=f"stable rolled back from {current.version}")
             changed[channel_target(CANARY)] = canonical_json(held.to_dict()).encode()
+        skipped = [v for v in current.previous[eligible[-1] + 1 :] if v in gone]
         self._commit(changed, event="rollback", channel=channel, version=target, replaced=current.version,
-                     approver=approver, reason=reason, paused_canary=current.version if paused else None)  # fmt: skip
+                     approver=approver, reason=reason, paused_canary=current.version if paused else None,
+                     withdrawn=current.version if channel == STABLE else None, skipped_withdrawn=skipped)  # fmt: skip
         return doc
 
     def set_rollout(self, *, channel: str, rollout_percent: float, approver: str) -> Channel:
@@ -550,6 +626,9 @@ class Registry:
         if current.paused:
             raise ConfigError("channel", f"{channel} is paused ({current.paused_reason}); promote a version to "
                                          f"{channel} to start a new rollout")  # fmt: skip
+        if channel == CANARY and canary_state(self._docs().get(STABLE), current.to_dict()) == "withdrawn":
+            raise ConfigError("channel", f"{channel} points at {current.version}, which stable withdrew; promote "
+                                         f"a version to {channel} to start a new rollout")  # fmt: skip
         doc = dataclasses.replace(current, rollout_percent=float(rollout_percent), approver=approver)
         self._commit({channel_target(channel): canonical_json(doc.to_dict()).encode()}, event="rollout",
                      channel=channel, version=doc.version, rollout=rollout_percent,
@@ -561,6 +640,79 @@ class Registry:
         return {k[len(prefix) :]: v.hashes["sha256"] for k, v in self._load("targets").signed.targets.items()
                 if k.startswith(prefix)}  # fmt: skip
 
+    # -- devices ------------------------------------------------------------------------
+    def devices(self) -> dict[str, dict[str, Any]]:
+        """Enrolled devices: id -> ``{"public_key", "enrolled_at", "approver"}`` (``REGISTRY/devices.json``).
+
+        Raises
+        ------
+        IntegrityError
+            If the file is not an object of device id -> enrolment.
+        """
+        p = self.path / DEVICES_FILE
+        data = read_json(p, what="enrolled devices") if p.exists() else {}
+        if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("public_key"), str)
+                                                 for v in data.values()):  # fmt: skip
+            raise IntegrityError(f"{p} is not an object of device id -> {{public_key, ...}}; restore it from the "
+                                 "enrol-device entries of the audit log")  # fmt: skip
+        return data
+
+    def enrol(self, *, device_id: str, public_key: str, approver: str) -> dict[str, Any]:
+        """Register a device's alert-signing key (``fedready registry enrol``).
+
+        ``public_key`` is what ``fedready edge enrol`` printed on the device: its raw Ed25519
+        public key, base64. Enrolling an id again replaces its key (a re-provisioned device).
+
+        Raises
+        ------
+        ConfigError
+            If the id is empty, the key is not an Ed25519 public key, or ``approver`` is empty.
+        """
+        import base64
+
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        if not device_id.strip():
+            raise ConfigError("device-id", "pass the device's id, as it runs `fedready edge update --device-id`")
+        if not approver.strip():
+            raise ConfigError("approver", "an enrolment records who approved it; pass --approver NAME")
+        try:
+            Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key.strip(), validate=True))
+            ok = True
+        except ValueError:
+            ok = False
+        public_key = public_key.strip()
+        if not ok:
+            raise ConfigError("public-key", f"{public_key[:60]!r} is not an Ed25519 public key (base64 of 32 bytes); "
+                                            "pass what `fedready edge enrol` printed on the device")  # fmt: skip
+        self._signer("timestamp")
+        devices = self.devices()
+        replaced = devices.get(device_id, {}).get("public_key")
+        devices[device_id] = {"public_key": public_key, "enrolled_at": _now().isoformat(), "approver": approver}
+        write_json(self.path / DEVICES_FILE, devices)
+        self._record("enrol-device", device_id=device_id, public_key=public_key, approver=approver,
+                     replaced_key=replaced)  # fmt: skip
+        return devices[device_id]
+
+    def revoke(self, *, device_id: str, approver: str) -> None:
+        """Remove a device's key: its alerts stop counting (a lost or retired device).
+
+        Raises
+        ------
+        ConfigError
+            If the device is not enrolled or ``approver`` is empty.
+        """
+        if not approver.strip():
+            raise ConfigError("approver", "a revocation records who approved it; pass --approver NAME")
+        devices = self.devices()
+        if device_id not in devices:
+            known = ", ".join(sorted(devices)[:10]) or "none"
+            raise ConfigError("device-id", f"device '{device_id}' is not enrolled; enrolled: {known}")
+        self._signer("timestamp")
+        old = devices.pop(device_id)
+        write_json(self.path / DEVICES_FILE, devices)
+        self._record("revoke-device", device_id=device_id, public_key=old["public_key"], approver=approver)
+
     def auto_rollback(
         self,
         *,
@@ -570,16 +722,21 @@ class Registry:
         min_share: float = DEFAULT_MIN_SHARE,
         fleet_size: int | None = None,
         approver: str = "fedready auto-rollback",
+        max_skew: float = DEFAULT_MAX_SKEW,
+        now: float | None = None,
     ) -> dict[str, Any]:
-        """Roll ``channel`` back if enough *distinct devices* reported a breach of the version it serves now.
+        """Roll ``channel`` back if enough *enrolled devices* reported a breach of the version they run now.
 
-        An alert counts when it names this channel and its current version and was raised after
-        that version's promotion (older alerts belong to another rollout). Each device counts
-        once however many alerts it raised: rolling back takes at least ``min_devices`` devices,
-        or ``min_share`` of the channel's devices when ``fleet_size`` says how many devices
+        Acts only on a channel that devices run (:func:`fedready.registry._channels.not_served`:
+        not a paused or behind-stable canary, not stable while a 100% canary takes every device).
+        An alert counts when it names this channel and its current version, is signed by the
+        key enrolled for its ``device_id`` (:meth:`enrol`), and its time lies between the version's
+        promotion on this channel (the version was live then) and ``now + max_skew``. Each device
+        counts once however many alerts it raised: rolling back takes at least ``min_devices``
+        devices, or ``min_share`` of the channel's devices when ``fleet_size`` says how many devices
         follow the registry (for the canary: its rollout share of them), whichever is larger.
-        Meant for cron or CI: running it again after a rollback does nothing, because the
-        alerts name the old version.
+        Meant for cron or CI: running it again after a rollback does nothing, because the alerts
+        name the old version.
 
         Parameters
         ----------
@@ -591,18 +748,25 @@ class Registry:
             Share of the channel's devices needed (applied with ``fleet_size`` only).
         fleet_size : int, optional
             Devices that follow this registry.
+        max_skew : float
+            Seconds an alert's time may lie ahead of ``now`` (clocks differ a little; alerts dated
+            later were written ahead of time).
+        now : float, optional
+            The registry's clock (Unix seconds); default: the current time.
 
         Returns
         -------
         dict
-            ``rolled_back``, ``channel``, ``version`` (now served), ``replaced``, ``breaches``,
-            ``devices`` (distinct), ``needed`` and a summary by kind and feature.
+            ``rolled_back``, ``channel``, ``version`` (now served), ``replaced``, ``breaches``
+            (counted alerts), ``devices`` (distinct), ``needed``, ``refused`` (alerts not counted, by
+            reason), ``served`` (False with ``why`` when no device runs the channel) and a summary
+            by kind and feature.
 
         Raises
         ------
         ConfigError
             If an option is out of range, the alerts file is missing, or a rollback is due but the
-            channel has no earlier version.
+            channel has no earlier version that stable has not withdrawn.
         IntegrityError
             If an alert line is not JSON.
 
@@ -610,8 +774,12 @@ class Registry:
         -----
         Whoever can POST to a device's ``/predict`` feeds its monitor, so one device's alerts
         are one witness, not proof: counting devices instead of alerts keeps a single poisoned
-        (or broken) device from rolling a release back for everyone.
+        (or broken) device from rolling a release back for everyone, and the signature keeps one
+        device (or anyone who can write the collected file) from speaking for others. The
+        device keys are enrolled by the operator (README, "Device enrolment").
         """
+        from fedready.monitoring import ALERT_CONTEXT
+
         self._check_channel(channel)
         if min_devices < 1:
             raise ConfigError("min-devices", f"must be >= 1, got {min_devices}")
@@ -619,50 +787,61 @@ class Registry:
             raise ConfigError("min-share", f"must be a share in [0, 1], got {min_share}")
         if fleet_size is not None and fleet_size < 1:
             raise ConfigError("fleet-size", f"must be >= 1 device, got {fleet_size}")
+        if not 0 <= max_skew <= 3600:
+            raise ConfigError("max-skew", f"must be in [0, 3600] seconds, got {max_skew}")
         path = Path(alerts)
         if not path.is_file():
             raise ConfigError("alerts", f"{path} does not exist; pass the JSON lines written by `fedready monitor`")
         current = self.channel(channel)
         if current is None:
             return {"rolled_back": False, "channel": channel, "version": None, "replaced": None, "breaches": 0,
-                    "devices": 0}  # fmt: skip
+                    "devices": 0, "served": False, "why": f"nothing was promoted to {channel}"}  # fmt: skip
+        why = not_served(channel, self._docs())
         cohort = None
         if fleet_size is not None:
             cohort = fleet_size * (current.rollout_percent / 100 if channel == CANARY else 1.0)
         needed = max(min_devices, math.ceil(min_share * cohort) if cohort is not None else 0)
         since = dt.datetime.fromisoformat(current.promoted_at).timestamp()
+        latest = (time.time() if now is None else now) + max_skew
+        keys = {d: v["public_key"] for d, v in self.devices().items()}
         hits: list[dict[str, Any]] = []
-        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                alert = json.loads(line)
-            except (ValueError, RecursionError) as e:
-                raise IntegrityError(f"{path}: line {n} is not JSON ({e})") from e
-            if not isinstance(alert, dict):
-                raise IntegrityError(f"{path}: line {n} is not an alert object")
-            try:
-                recent = float(alert.get("time", 0)) >= since
-            except (TypeError, ValueError):
-                recent = False
-            if alert.get("channel") == channel and alert.get("version") == current.version and recent:
-                hits.append(alert)
-        devices = sorted({str(a["device_id"]) for a in hits if isinstance(a.get("device_id"), str) and a["device_id"]})
+        refused: Counter[str] = Counter()
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    alert = json.loads(line)
+                except (ValueError, RecursionError) as e:
+                    raise IntegrityError(f"{path}: line {n} is not JSON ({e})") from e
+                if not isinstance(alert, dict):
+                    raise IntegrityError(f"{path}: line {n} is not an alert object")
+                if alert.get("channel") != channel or alert.get("version") != current.version:
+                    continue  # another channel's, or another rollout's
+                verdict = _alert_verdict(alert, keys, since=since, latest=latest, context=ALERT_CONTEXT)
+                if verdict:
+                    refused[verdict] += 1
+                else:
+                    hits.append(alert)
+        devices = sorted({str(a["device_id"]) for a in hits})
         kinds = sorted({f"{a.get('kind')}:{a.get('feature') or a.get('metric')}" for a in hits})
         out = {"rolled_back": False, "channel": channel, "version": current.version, "replaced": None,
                "breaches": len(hits), "devices": len(devices), "needed": needed, "cohort": cohort,
-               "rule": f"at least {min_devices} distinct device(s)"
+               "rule": f"at least {min_devices} distinct enrolled device(s)"
                        + (f" or {min_share:g} of {cohort:g} device(s), whichever is larger" if cohort else ""),
-               "kinds": kinds}  # fmt: skip
+               "kinds": kinds, "refused": dict(sorted(refused.items())), "served": why is None}  # fmt: skip
+        if why is not None:
+            return {**out, "why": f"no device runs {channel}'s {current.version} ({why}); nothing to roll back"}
         if len(devices) < needed:
             return out
         reason = (f"auto-rollback: {len(devices)} device(s) reported {len(hits)} monitoring breach(es) of "
                   f"{current.version} ({', '.join(kinds)})")  # fmt: skip
         doc = self.rollback(channel=channel, approver=approver, reason=reason)
-        self._record("auto-rollback", channel=channel, version=doc.version, replaced=current.version,
+        version = None if doc.paused else doc.version
+        self._record("auto-rollback", channel=channel, version=version, replaced=current.version,
                      breaches=len(hits), devices=len(devices), device_ids=devices[:50], needed=needed, kinds=kinds,
-                     alerts=str(path))  # fmt: skip
-        return {**out, "rolled_back": True, "version": doc.version, "replaced": current.version}
+                     refused=dict(refused), alerts=str(path), paused=doc.paused)  # fmt: skip
+        return {**out, "rolled_back": True, "version": version, "replaced": current.version, "paused": doc.paused}
 
     def status(self) -> dict[str, Any]:
         """Channels (flagging past-review models), what each group of devices runs, versions and expiry."""
@@ -679,7 +858,7 @@ class Registry:
             expiry[role] = {"version": md.signed.version, "expires": md.signed.expires.isoformat(),
                             "expired": md.signed.expires <= now}  # fmt: skip
         out = {"registry": str(self.path), "channels": channels, "versions": self.versions(), "metadata": expiry,
-               "audit": self.audit.head().to_dict()}  # fmt: skip
+               "audit": self.audit.head().to_dict(), "enrolled_devices": len(self.devices())}  # fmt: skip
         if STABLE in docs and CANARY in docs:
             out["devices"] = cohort_versions(docs[STABLE], docs[CANARY])
             out["canary_state"] = canary_state(docs[STABLE], docs[CANARY])
@@ -720,94 +899,29 @@ class Registry:
         return signer.public_key.keyid
 
 
-def metadata_anchors(metadata_dir: Path) -> tuple[str | None, list[Anchor]]:
-    """The audit key pinned in ``root.json`` and the audit heads of ``targets.json`` and ``timestamp.json``.
+def _alert_verdict(alert: dict[str, Any], keys: dict[str, str], *, since: float, latest: float,
+                   context: bytes) -> str | None:  # fmt: skip
+    """Why an alert of the right channel and version does not count (None: it counts)."""
+    from fedready.audit import verify_record
 
-    Each file's signatures are checked with the keys of the ``root.json`` in the same folder
-    (a registry's own metadata, a device's ``HOME/tuf`` cache or a mirror's copy).
-
-    Raises
-    ------
-    ConfigError
-        If the folder holds no ``root.json``.
-    IntegrityError
-        If a metadata file does not parse or is not signed by its role's keys.
-    """
-    from tuf.api.exceptions import RepositoryError
-    from tuf.api.metadata import Metadata
-
-    folder = Path(metadata_dir)
-    if not (folder / "root.json").is_file():
-        raise ConfigError("metadata", f"{folder} holds no root.json; pass a registry's repository/metadata or a "
-                                      "device's HOME/tuf folder")  # fmt: skip
-    try:
-        root = Metadata.from_file(str(folder / "root.json"))
-        root.signed.verify_delegate("root", root.signed_bytes, root.signatures)
-        anchors = []
-        for role in ("targets", "timestamp"):
-            p = folder / f"{role}.json"
-            if not p.is_file():
-                continue
-            md = Metadata.from_file(str(p))
-            root.signed.verify_delegate(role, md.signed_bytes, md.signatures)
-            head = md.signed.unrecognized_fields.get(AUDIT_FIELD)
-            if head is not None:
-                anchors.append(Anchor.from_dict(head, source=f"{p} (version {md.signed.version})"))
-    except (RepositoryError, ValueError, OSError) as e:
-        raise IntegrityError(f"{folder}: TUF metadata does not verify ({type(e).__name__}: {e})") from e
-    key = root.signed.unrecognized_fields.get(AUDIT_KEY_FIELD)
-    return (None if key is None else str(key)), anchors
-
-
-def verify_anchored_log(
-    log: Path,
-    *,
-    key: str | None = None,
-    metadata: Path | None = None,
-    artifact: Path | None = None,
-    public_key: Path | None = None,
-) -> Any:
-    """Verify an audit log against every anchor that applies (``fedready audit verify``).
-
-    A registry's own log (``REGISTRY/audit.jsonl``) is checked against the key pinned in its
-    root and the heads in its signed metadata, and every line must be anchored (each write
-    re-signs the metadata). ``metadata`` adds another copy of the metadata (a device's
-    ``HOME/tuf``, which may predate the newest lines); ``artifact`` (verified with ``public_key``
-    first) adds the run's head that ``fedready package`` recorded in the provenance.
-
-    Returns
-    -------
-    fedready.audit.AuditReport
-
-    Raises
-    ------
-    ConfigError
-        If ``artifact`` comes without ``public_key`` or records no audit head.
-    IntegrityError
-        If an anchor's own signature does not verify.
-    """
-    from fedready.audit import verify_log
-
-    log = Path(log)
-    pinned, anchors, strict = key, [], False
-    sources = [m for m in (log.parent / "repository" / "metadata", metadata) if m is not None]
-    for i, folder in enumerate(sources):
-        if i == 0 and not (folder / "root.json").is_file():
-            continue  # not a registry's own log
-        found_key, found = metadata_anchors(folder)
-        pinned = pinned or found_key
-        strict = strict or i == 0  # a copy elsewhere (a device's) may predate the latest writes
-        anchors += found
-    if artifact is not None:
-        if public_key is None:
-            raise ConfigError("public-key", "--artifact needs --public-key, the operator's key that signed it")
-        prov = verify_artifact(artifact, public_key=public_key)
-        if prov.audit is None:
-            raise ConfigError("artifact", f"{artifact} records no audit log head (packaged from a run without one)")
-        anchor = Anchor.from_dict(prov.audit, source=f"the provenance of artifact {prov.version}")
-        pinned = pinned or anchor.key
-        anchors.append(anchor)
-    return verify_log(log, key=pinned, anchors=anchors, strict_tail=strict)
+    device = alert.get("device_id")
+    if not isinstance(device, str) or not device:
+        return "no-device-id"
+    sig = alert.get("sig")
+    if sig is None:
+        return "unsigned"
+    if device not in keys:
+        return "not-enrolled"
+    if not verify_record(keys[device], {k: v for k, v in alert.items() if k != "sig"}, sig, context=context):
+        return "bad-signature"
+    t = alert.get("time")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t):
+        return "no-time"
+    if t > latest:
+        return "dated-in-the-future"
+    if t < since:
+        return "before-promotion"
+    return None
 
 
 def _check_shadow(version: str, min_agreement: float | None, report: dict[str, Any] | None) -> dict[str, Any] | None:

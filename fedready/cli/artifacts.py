@@ -164,7 +164,10 @@ def registry_rollback(
 
     with _errors():
         doc = Registry(path).rollback(channel=channel, approver=approver, reason=reason)
-    err.print(f"{channel} -> {doc.version}")
+    if doc.paused:
+        err.print(f"{channel} paused: {doc.paused_reason}; its devices run stable's version")
+    else:
+        err.print(f"{channel} -> {doc.version}")
 
 
 @registry_app.command("auto-rollback")
@@ -184,23 +187,63 @@ def registry_auto_rollback(
         int | None, typer.Option(help="Devices following this registry (the canary's share of them is its cohort).")
     ] = None,
     approver: Annotated[str, typer.Option(help="Recorded as the rollback's approver.")] = "fedready auto-rollback",
+    max_skew: Annotated[
+        float, typer.Option(help="Seconds an alert's time may lie ahead of this machine's clock.")
+    ] = 120.0,
 ) -> None:
-    """Roll a channel back when enough distinct devices report a breach of the version it serves (for cron or CI).
+    """Roll a channel back when enough enrolled devices report a breach of the version they run (for cron or CI).
 
-    Each device counts once however many alerts it raised. Prints one JSON object with the decision;
-    exit code 0 whether or not it rolled back.
+    Counts only alerts signed by a device key enrolled with `registry enrol`, for the version the channel
+    serves since its promotion, and not dated ahead of now; each device counts once. Acts only on a channel
+    devices run. Prints one JSON object with the decision; exit code 0 whether or not it rolled back.
     """
     from fedready.registry import Registry
 
     with _errors():
         result = Registry(path).auto_rollback(channel=channel, alerts=alerts, min_devices=min_devices,
-                                              min_share=min_share, fleet_size=fleet_size, approver=approver)  # fmt: skip
+                                              min_share=min_share, fleet_size=fleet_size, approver=approver,
+                                              max_skew=max_skew)  # fmt: skip
     _echo_json(result)
     if result["rolled_back"]:
-        err.print(f"{channel}: {result['replaced']} -> {result['version']} ({result['devices']} device(s), "
+        to = result["version"] or "paused (its devices run stable's version)"
+        err.print(f"{channel}: {result['replaced']} -> {to} ({result['devices']} device(s), "
                   f"{result['breaches']} breach(es))")  # fmt: skip
+    elif result.get("why"):
+        err.print(f"{channel}: {result['why']}")
     elif result.get("breaches"):
         err.print(f"{channel}: {result['devices']} device(s) reported breaches, {result['needed']} needed; no rollback")
+    if result.get("refused"):
+        why = ", ".join(f"{k}: {v}" for k, v in result["refused"].items())
+        err.print(f"{channel}: alerts not counted ({why}); enrol devices with `fedready registry enrol`")
+
+
+@registry_app.command("enrol")
+def registry_enrol(
+    path: RegistryPath,
+    device_id: Annotated[str, typer.Option(help="The device's id (as in `edge update --device-id`).")],
+    public_key: Annotated[str, typer.Option(help="The key `fedready edge enrol` printed on the device (base64).")],
+    approver: Annotated[str, typer.Option(help="Who approved the enrolment (recorded).")],
+) -> None:
+    """Enrol a device: its alerts count for `registry auto-rollback` only when signed by this key."""
+    from fedready.registry import Registry
+
+    with _errors():
+        Registry(path).enrol(device_id=device_id, public_key=public_key, approver=approver)
+    err.print(f"enrolled {device_id}")
+
+
+@registry_app.command("revoke")
+def registry_revoke(
+    path: RegistryPath,
+    device_id: Annotated[str, typer.Option(help="The enrolled device to remove.")],
+    approver: Annotated[str, typer.Option(help="Who approved the revocation (recorded).")],
+) -> None:
+    """Remove a device's key (lost, retired or compromised): its alerts stop counting."""
+    from fedready.registry import Registry
+
+    with _errors():
+        Registry(path).revoke(device_id=device_id, approver=approver)
+    err.print(f"revoked {device_id}")
 
 
 @registry_app.command("rollout")
@@ -262,12 +305,13 @@ def registry_status(
         flag = "  PAST REVIEW DATE" if ch["past_review"] else ""
         forced = f"  forced: {ch['reason']}" if ch["forced"] else ""
         forced += f"  PAUSED: {ch['paused_reason']}" if ch.get("paused") else ""
+        forced += f"  withdrawn: {', '.join(ch['withdrawn'])}" if ch.get("withdrawn") else ""
         typer.echo(f"{name}: {ch['version']} rollout {ch['rollout_percent']:g}% approved by {ch['approver']} "
                    f"review by {ch['review_by']}{flag}{forced}")  # fmt: skip
     devices = status.get("devices")
     if devices is not None:
         state = {"live": "live", "paused": "PAUSED", "behind-stable": "behind stable: a later stable change wins",
-                 "none": "none"}[devices["canary_state"]]  # fmt: skip
+                 "withdrawn": "WITHDRAWN: stable rolled its version back", "none": "none"}[devices["canary_state"]]  # fmt: skip
         outside, inside = devices["stable_outside_cohort"], devices["stable_inside_cohort"]
         groups = [f"stable outside the cohort -> {outside}"] if outside else []
         if inside:

@@ -21,12 +21,18 @@ def certs(
     out: Annotated[Path, typer.Option(help="Folder for ca.crt, server.crt/.key and node-<i>.key/.pub.")],
     host: Annotated[list[str], typer.Option(help="Host name or IP the SuperLink is reached at (repeat).")],
     nodes: Annotated[int, typer.Option(help="SuperNode key pairs to create.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace a CA, server or node key already in OUT.")] = False,
 ) -> None:
-    """Create a CA, the SuperLink's TLS certificate (SANs = --host) and SuperNode key pairs (private keys 0600)."""
+    """Create a CA, the SuperLink's TLS certificate (SANs = --host) and SuperNode key pairs (private keys 0600).
+
+    Refuses to replace keys already in OUT unless --force is given.
+    """
     from fedready.deploy.certs import generate_certificates
 
     with _errors():
-        made = generate_certificates(out, hosts=host, nodes=nodes)
+        made = generate_certificates(out, hosts=host, nodes=nodes, force=force)
+    for note in made.notes:
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     err.print(f"CA {made.ca_cert} (give to clients), SuperLink {made.server_cert}, {len(made.node_keys)} node key(s)")
     for priv, pub in made.node_keys:
         typer.echo(f"{priv} {pub}")
@@ -43,7 +49,7 @@ def verify_audit_log(log: Path, **anchors: Any) -> Any:
         Naming every finding (edited, removed, forged or re-signed lines, a log cut short or emptied).
     """
     from fedready.errors import IntegrityError
-    from fedready.registry._registry import verify_anchored_log
+    from fedready.registry import verify_anchored_log
 
     report = verify_anchored_log(log, **anchors)
     if not report.ok:
@@ -69,14 +75,21 @@ def audit_verify(
     audit_key: Annotated[
         str | None, typer.Option(help="The log's Ed25519 public key (base64), if kept elsewhere.")
     ] = None,
+    anchor: Annotated[
+        list[Path] | None,
+        typer.Option(help="A checkpoint kept outside the registry (`fedready audit checkpoint`); repeat."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Check an audit log: hash chain, the signature of every entry, and the heads anchored in signed documents.
 
-    A registry's log is checked against its TUF metadata automatically. Exit 1 naming each finding.
+    A registry's log is checked against its TUF metadata automatically (root chain from 1.root.json, expiry,
+    versions), and against every --anchor checkpoint: it must still hold the head the checkpoint saw, under the
+    same root, with metadata no older. Exit 1 naming each finding.
     """
     with _errors():
-        report = verify_audit_log(log, key=audit_key, metadata=metadata, artifact=artifact, public_key=public_key)
+        report = verify_audit_log(log, key=audit_key, metadata=metadata, artifact=artifact, public_key=public_key,
+                                  checkpoints=tuple(anchor or ()))  # fmt: skip
     if json_out:
         _echo_json(report.to_dict())
     anchored = ", ".join(f"{a.lines} line(s) in {a.source}" for a in report.anchors) or "none"
@@ -84,6 +97,25 @@ def audit_verify(
               f"anchored: {anchored}", highlight=False, soft_wrap=True)  # fmt: skip
     for note in report.notes:
         err.print(f"note: {note}", highlight=False, soft_wrap=True)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    source: Annotated[Path, typer.Argument(help="A registry folder, or a device folder (--home) that has updated.")],
+    out: Annotated[Path, typer.Option(help="Where to keep it: outside the registry folder (another machine).")],
+) -> None:
+    """Save a signed checkpoint of a registry's audit-log head (its root and timestamp metadata as seen now).
+
+    Keep checkpoints where the registry's writers cannot reach them; `fedready audit verify REGISTRY/audit.jsonl
+    --anchor FILE` then shows a log cut back with older metadata put back, or a registry re-created under new keys.
+    """
+    from fedready.registry import write_checkpoint
+
+    with _errors():
+        made = write_checkpoint(source, out)
+    _echo_json(made)
+    err.print(f"checkpoint {out}: {made['lines']} audit entries, timestamp version {made['timestamp_version']}, "
+              f"root version {made['root_version']}", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @contract_app.command("check")

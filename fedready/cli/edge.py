@@ -11,6 +11,10 @@ import typer
 
 from fedready.cli._common import Home, _echo_json, _errors, _read_input, app, err
 
+MaxBytes = Annotated[int, typer.Option(help="Monitoring files (summaries, inputs, review queue) rotate at this size.")]
+KeepFiles = Annotated[int, typer.Option(help="Rotated monitoring files kept per kind (NAME.1 ... NAME.N).")]
+MaxValue = Annotated[int, typer.Option(help="Recorded text values are cut to this many characters.")]
+
 edge_app = typer.Typer(no_args_is_help=True, help="The edge agent: update, predict, serve, roll back on a device.")
 app.add_typer(edge_app, name="edge")
 
@@ -47,20 +51,26 @@ def edge_predict(
     record_inputs: Annotated[
         bool, typer.Option(help="Also keep the raw rows in HOME/monitoring/inputs.jsonl (summaries are always kept).")
     ] = False,
+    monitor_max_bytes: MaxBytes = 16 << 20,
+    monitor_keep_files: KeepFiles = 3,
+    record_max_value_chars: MaxValue = 1024,
 ) -> None:
     """Predict with the active model: raw rows in, one JSON line per row out (summaries kept for `fedready monitor`)."""
-    from fedready.monitoring import Recorder
+    from fedready.monitoring import Recorder, StorageLimits
     from fedready.registry import EdgeAgent, read_rows
 
     with _errors():
+        limits = StorageLimits(max_file_bytes=monitor_max_bytes, keep_files=monitor_keep_files,
+                               max_value_chars=record_max_value_chars)  # fmt: skip
         rows = read_rows(_read_input(input), fmt=fmt)
         predictor = EdgeAgent(home).predictor()
         t0 = time.perf_counter()
         results = predictor.predict(rows)
         latency = time.perf_counter() - t0
         if rows:
-            Recorder(home, record_inputs=record_inputs).record(predictor.schema, rows, results,
-                                                               version=predictor.version, latency=latency)  # fmt: skip
+            Recorder(home, record_inputs=record_inputs, limits=limits).record(
+                predictor.schema, rows, results, version=predictor.version, latency=latency
+            )
     typer.echo("\n".join(json.dumps(r, sort_keys=True) for r in results))
 
 
@@ -81,6 +91,21 @@ def edge_rollback(home: Home) -> None:
     with _errors():
         version = EdgeAgent(home).rollback()
     err.print(f"rolled back to {version}")
+
+
+@edge_app.command("enrol")
+def edge_enrol(
+    home: Home,
+    device_id: Annotated[str | None, typer.Option(help="This device's id. [default: the id it updates with]")] = None,
+) -> None:
+    """Print this device's enrolment (id and alert-signing public key) for `fedready registry enrol`.
+
+    Creates HOME/device.key (Ed25519, mode 0600) on first use; it signs the alerts `fedready monitor` writes.
+    """
+    from fedready.registry import EdgeAgent
+
+    with _errors():
+        _echo_json(EdgeAgent(home).enrolment(device_id))
 
 
 @edge_app.command("install")
@@ -116,22 +141,43 @@ def edge_serve(
     max_body_bytes: Annotated[int, typer.Option(help="Bytes of one request body; more is answered 413.")] = 1 << 20,
     max_header_bytes: Annotated[int, typer.Option(help="Bytes of request line and headers; more: 431.")] = 16 << 10,
     idle_timeout: Annotated[
-        float, typer.Option(help="Seconds a request may take to arrive and an idle connection may stay open.")
+        float, typer.Option(help="Seconds a keep-alive connection may wait for its next request.")
     ] = 15.0,
-    max_connections: Annotated[int, typer.Option(help="Open connections; the next one is answered 503.")] = 512,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a whole request may take once its first byte arrived (slowloris).")
+    ] = 10.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections in all; the last eighth is kept for new clients.")
+    ] = 512,
+    max_connections_per_peer: Annotated[int, typer.Option(help="Open connections from one address.")] = 128,
+    metrics_interval: Annotated[
+        float, typer.Option(help="GET /metrics recomputes drift at most this often (seconds).")
+    ] = 5.0,
+    allow_host: Annotated[
+        list[str] | None, typer.Option(help="A Host name clients use besides IPs and localhost (repeat).")
+    ] = None,
+    monitor_max_bytes: MaxBytes = 16 << 20,
+    monitor_keep_files: KeepFiles = 3,
+    record_max_value_chars: MaxValue = 1024,
 ) -> None:
-    """Serve the active model over HTTP (POST /predict, GET /metrics) with dynamic micro-batching.
+    """Serve the active model over HTTP (POST /predict, GET /health, GET /metrics) with dynamic micro-batching.
 
-    Hardened for untrusted clients: per-request row and byte limits (413), header limit (431), idle timeout (408),
-    connection cap (503), a JSON error naming the problem for every malformed request.
+    Hardened for a hostile network: per-address and total connection caps with slots kept for new clients (503),
+    idle and header timeouts (408), row, byte and header limits (413, 431), JSON only (415), no web pages (a
+    foreign Host 421, any Origin 403), a JSON error naming the problem for every malformed request.
     """
+    from fedready.monitoring import StorageLimits
     from fedready.registry import EdgeServer, ServeConfig
 
     with _errors():
+        limits = StorageLimits(max_file_bytes=monitor_max_bytes, keep_files=monitor_keep_files,
+                               max_value_chars=record_max_value_chars)  # fmt: skip
         cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, defer_low=defer_low,
                           defer_high=defer_high, review_queue=review_queue, record_inputs=record_inputs,
                           monitor_window=monitor_window, gate=gate, max_request_rows=max_request_rows,
                           max_body_bytes=max_body_bytes, max_header_bytes=max_header_bytes, idle_timeout=idle_timeout,
-                          max_connections=max_connections)  # fmt: skip
+                          header_timeout=header_timeout, max_connections=max_connections,
+                          max_connections_per_peer=max_connections_per_peer, metrics_interval=metrics_interval,
+                          allow_hosts=tuple(allow_host or ()), limits=limits)  # fmt: skip
         server = EdgeServer(home, cfg)
-    server.serve_forever(on_ready=lambda url: err.print(f"serving {server.predictor.version} on {url}/predict"))
+        server.serve_forever(on_ready=lambda url: err.print(f"serving {server.predictor.version} on {url}/predict"))

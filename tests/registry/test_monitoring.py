@@ -56,7 +56,7 @@ def test_metrics_expose_prediction_count_latency_and_drift(tmp_path, artifact, k
         rows = _rows(600, age_shift=10)
         for i in range(0, 600, 100):
             req = urllib.request.Request(f"{server.url}/predict", data=json.dumps(rows[i : i + 100]).encode(),
-                                         method="POST")  # fmt: skip
+                                         method="POST", headers={"Content-Type": "application/json"})  # fmt: skip
             with urllib.request.urlopen(req, timeout=30) as r:
                 assert r.status == 200
         with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as r:
@@ -113,6 +113,9 @@ def test_canary_breach_rolls_back_through_registry_and_edge_agent(fleet, keys, t
     update = dict(repo=server.url, channel="canary", device_id="canary-0", root=reg.metadata_dir / "1.root.json",
                   public_key=keys["operator"][1])  # fmt: skip
     assert canary.update(**update).version == "2.0.0"
+    enrolment = json.loads(_cli("edge", "enrol", "--home", canary.home))
+    _cli("registry", "enrol", reg.path, "--device-id", enrolment["device_id"], "--public-key",
+         enrolment["public_key"], "--approver", "alice")  # fmt: skip
     drifted = tmp_path / "drifted.csv"
     _write_csv(drifted, _rows(1000, age_shift=10))
     _cli("edge", "predict", "--home", canary.home, drifted)

@@ -15,7 +15,8 @@ from tests.registry.test_edge_attacks import ROW
 
 
 def _post(url, payload):
-    req = urllib.request.Request(f"{url}/predict", data=json.dumps(payload).encode(), method="POST")
+    req = urllib.request.Request(f"{url}/predict", data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())

@@ -22,7 +22,8 @@ RULE = {
 def _decide(rule: DecisionRule, row: dict, p: float, secret: bytes = b"device") -> bool:
     q, _ = rule.probability(p, rule.group_of(row))
     if 0 < q < 1:
-        return q >= row_uniform(sorted((k, str(v)) for k, v in row.items() if k != "request_id"), secret=secret)
+        encoded = np.array([float(row["age"]) / 100, 1.0 if row["sex"] == "Male" else 0.0], dtype=np.float32)
+        return q >= row_uniform(encoded, secret=secret)
     return q == 1.0
 
 

@@ -25,7 +25,9 @@ def _poison(agent: EdgeAgent, requests: int = 6, rows: int = 500) -> None:
     try:
         for _ in range(requests):
             body = json.dumps(_shifted_rows(rows)).encode()
-            with urllib.request.urlopen(urllib.request.Request(f"{server.url}/predict", data=body), timeout=60) as r:
+            json_type = {"Content-Type": "application/json"}
+            req = urllib.request.Request(f"{server.url}/predict", data=body, headers=json_type)
+            with urllib.request.urlopen(req, timeout=60) as r:
                 assert r.status == 200
     finally:
         server.stop()
@@ -40,6 +42,7 @@ def test_one_poisoned_canary_device_cannot_roll_the_canary_back(fleet, keys, tmp
         agent = EdgeAgent(tmp_path / f"canary-{i}")
         agent.update(repo=server.url, channel="canary", device_id=f"canary-{i}", root=reg.metadata_dir / "1.root.json",
                      public_key=keys["operator"][1])  # fmt: skip
+        reg.enrol(**agent.enrolment(), approver="ops")  # its alerts count only when signed by its enrolled key
         devices.append(agent)
     alerts = tmp_path / "alerts.jsonl"
     _poison(devices[0])
