@@ -350,7 +350,14 @@ def package_run(
             undecided_allows=undecided_allows,
         )
         write_json(staging / PROVENANCE_FILE, prov.to_dict())
-        if (run / PROFILE_FILE).is_file():  # last: describing the shipped model needs the whole artifact
+        client_level = str(config.get("config", {}).get("client_dp", "off")) != "off"
+        if client_level and (staging / "evaluation.json").exists():
+            _withhold_per_client(staging)
+        if client_level and (run / PROFILE_FILE).is_file():
+            profile, _ = _public_profile(run, staging)
+            if profile is not None:  # no profile rather than a non-private one (the benchmark could not be read)
+                write_json(staging / PROFILE_FILE, profile)
+        elif (run / PROFILE_FILE).is_file():  # last: describing the shipped model needs the whole artifact
             write_json(staging / PROFILE_FILE, _shipped_profile(run, staging, onnx_src))
         if target.exists():
             if _same_payload(staging, target):
@@ -452,6 +459,61 @@ def _shipped_profile(run: Path, staging: Path, onnx_src: Path | None) -> dict[st
     decisions = "shipped" if not (staging / THRESHOLDS_FILE).is_file() else "before-post-processing"
     return {**profile, "outputs": {"source": "clients (the trained model on their rows)", "decisions": decisions,
                                    "model_sha256": model_sha, "why": why}}  # fmt: skip
+
+
+_WITHHELD = ("withheld: under client-level DP, numbers per client (and statistics over them) are not client-level "
+             "private; the coordinator decided the gate on them")  # fmt: skip
+
+
+def _withhold_per_client(staging: Path) -> None:
+    """Under client-level DP, ship the evaluation and model card without anything computed per client.
+
+    The clients' own numbers (each client's accuracy, their spread, the summed counts) are releases
+    whose sensitivity to one whole client is not bounded, so they stay with the coordinator: the
+    shipped ``evaluation.json`` keeps the gates' outcomes, without their numbers, and the model card
+    is rendered again from it.
+    """
+    from fedready.evaluation.card import write_model_card
+
+    ev = read_json(staging / "evaluation.json", what="evaluation report")
+    ev["federated"] = None
+    ev["federated_withheld"] = _WITHHELD
+    ev["estimates"] = {k: v for k, v in (ev.get("estimates") or {}).items() if not k.startswith("federated.")}
+    for g in ev.get("gates", []):
+        if g.get("source") == "clients":
+            g.update(measured=None, lo=None, hi=None, note=_WITHHELD)
+    write_json(staging / "evaluation.json", ev)
+    write_model_card(ev, staging)
+
+
+def _public_profile(run: Path, staging: Path) -> tuple[dict[str, Any] | None, str]:
+    """Under client-level DP: the reference profile of the shipped model on the public benchmark alone.
+
+    The clients' summed histograms are noised for one row, not for one whole client (whose rows
+    move a sum by all of their count), so they are not shipped; the benchmark (the coordinator's
+    public holdout) gives the feature histograms instead, and the shipped model's outputs on it.
+    """
+    from fedready.monitoring._profile import NoiseRecord, count_rows, profile_document, with_outputs
+
+    clients_profile = read_json(run / PROFILE_FILE, what="reference profile")
+    outputs, why = _public_outputs_now(run, staging, clients_profile)
+    if outputs is None:
+        return None, why
+    from fedready.task import task_from_dict
+
+    task = task_from_dict(read_json(run / CONFIG_FILE, what="run config").get("config", {}))
+    from fedready.registry._predict import Predictor
+
+    proba = Predictor(staging).column_probabilities(task.test.columns)
+    decided = proba.argmax(axis=1)
+    scores = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
+    counts = count_rows(task.schema, task.test.columns, scores=scores, predictions=decided,
+                        labels=task.test.labels(task.schema))  # fmt: skip
+    noise = NoiseRecord("none", extra={"source": f"the public benchmark ({task.test_source}): under client-level "
+                                                 "DP the clients' histograms are not shipped"})  # fmt: skip
+    doc = profile_document(task.schema, counts, noise, model_digest=clients_profile.get("model_digest", ""),
+                           clients=0)  # fmt: skip
+    return with_outputs(doc, outputs), ""
 
 
 def _public_outputs_now(run: Path, staging: Path, profile: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
