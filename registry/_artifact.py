@@ -350,7 +350,7 @@ def package_run(
             undecided_allows=undecided_allows,
         )
         write_json(staging / PROVENANCE_FILE, prov.to_dict())
-        client_level = str(config.get("config", {}).get("client_dp", "off")) != "off"
+        client_level = summary.get("client_dp") not in (None, "off")
         if client_level and (staging / "evaluation.json").exists():
             _withhold_per_client(staging)
         if client_level and (run / PROFILE_FILE).is_file():
