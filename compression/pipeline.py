@@ -194,8 +194,8 @@ def build_variants(
     out.append(make(name, pruned_net, ("prune-unstructured", "fine-tune"))[0])
 
     if base.layers is not None and len(base.layers) > 1:  # structured pruning needs hidden units
-        # two levels: the smallest variant that stays faithful to the model is the one that ships
-        for keep in (opts.prune_keep, opts.prune_keep / 2):
+        # three levels: the smallest variant that stays faithful to the model is the one that ships
+        for keep in (opts.prune_keep, opts.prune_keep * 0.75, opts.prune_keep / 2):
             slim = fine_tune(prune_structured(base.layers, keep=keep), soft, x_transfer, **fit)
             v, cal = make(f"prune-structured-{keep:g}", _Net(layers=slim), ("prune-structured", "fine-tune"))
             out += [v, _quantised(v, cal, "static", x_transfer)]

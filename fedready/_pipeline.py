@@ -141,7 +141,7 @@ def run_pipeline(
         result["compress"].update(bytes=chosen["bytes"], fp32_bytes=fp32["bytes"], accuracy=chosen["accuracy"],
                                   fp32_accuracy=fp32["accuracy"])  # fmt: skip
         say(f"    selected {chosen['name']}: {chosen['bytes'] / 1024:.1f} KB "
-            f"({fp32['bytes'] / chosen['bytes']:.0f}x smaller than fp32), accuracy {chosen['accuracy']:.4f} "
+            f"({fp32['bytes'] / chosen['bytes']:.1f}x smaller than fp32), accuracy {chosen['accuracy']:.4f} "
             f"(fp32 {fp32['accuracy']:.4f}); variant gates passed")  # fmt: skip
 
     say("4/6 sign: package the artifact with the operator key and verify it")
