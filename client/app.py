@@ -30,7 +30,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedready import constants as K
 from fedready.client.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
-from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_sensitivity
+from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_noise_split
 from fedready.client.training import OptimizerHooks, poisson_plan, train
 from fedready.client.wire import make_wire_log_mod
 from fedready.config import SimulationConfig
@@ -259,12 +259,15 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any],
     return _reply(msg, *out, extra)
 
 
+_ACCURACY_COUNTS = (K.VAL_CORRECT, K.VAL_WRONG)
+
+
 def _is_count(key: str) -> bool:
-    return key.startswith((K.COUNTS_PREFIX, K.PROFILE_PREFIX)) or key in (K.VAL_ROWS, K.VAL_CORRECT)
+    return key.startswith((K.COUNTS_PREFIX, K.PROFILE_PREFIX)) or key in _ACCURACY_COUNTS
 
 
 def _is_group_count(key: str) -> bool:
-    return key.startswith(K.COUNTS_PREFIX) or key in (K.VAL_ROWS, K.VAL_CORRECT)
+    return key.startswith(K.COUNTS_PREFIX) or key in _ACCURACY_COUNTS
 
 
 def handle_query(msg: Message, context: Context, overrides: dict[str, Any]) -> Message:
@@ -336,23 +339,25 @@ def _answer_privately(msg: Message, context: Context, cfg: SimulationConfig, run
     r = int(config.get(K.SERVER_ROUND, state.last_round + 1)) if config is not None else state.last_round + 1
     while any(x.level == "query" and x.round == r for x in state.releases):
         r += 1  # a second query is a second release, charged under its own round
-    # a row changes one cell of each count vector, except a multi-class confusion table: one cell per class
-    schema = site.schema if site is not None else task_of(cfg).schema
-    classes = 1 if schema.target.binary else schema.target.num_classes
-    cells = sum(classes if k.startswith(K.COUNTS_PREFIX) else 1 for k in noised)
-    std = cfg.query_noise * query_sensitivity(cells) if noised else 0.0
+    # A row changes one cell of each count vector (a group's confusion table, each profile histogram)
+    # and exactly one of (val-correct, val-wrong): every vector has L2 sensitivity 1.
+    accuracy = [k for k in noised if k in _ACCURACY_COUNTS]
+    sums = [k for k in noised if k not in _ACCURACY_COUNTS]
+    accuracy_std, std = query_noise_split(cfg.query_noise, cfg.query_accuracy_share, accuracy=bool(accuracy),
+                                          sum_vectors=len(sums))  # fmt: skip
     rng = dp_numpy_rng((cfg.seed, pid, 0x9E, r) if cfg.insecure_seeded_noise else None)
     for k in noised:
         values = np.asarray(answer[k], dtype=np.float64)
-        noisy = values + rng.normal(0.0, std, values.shape)
+        noisy = values + rng.normal(0.0, accuracy_std if k in _ACCURACY_COUNTS else std, values.shape)
         answer[k] = float(noisy) if noisy.ndim == 0 else [float(v) for v in noisy]
     state.releases.append(Release("query", r, *release[:2], release[2]))
     store.save(state)
     if site is not None:
         _record_site_releases(site, _run_key(context, run_dir), state)
         site.audit.append("query-answered", run=_run_key(context, run_dir), round=r, noise_std=std,
-                          keys=sorted(answer))  # fmt: skip
-    answer.update({K.QUERY_NOISE_STD: std, K.DECLINED: 0, **state.wire_history()})
+                          accuracy_noise_std=accuracy_std, keys=sorted(answer))  # fmt: skip
+    answer.update({K.QUERY_NOISE_STD: std, K.QUERY_ACCURACY_NOISE_STD: accuracy_std, K.DECLINED: 0,
+                   **state.wire_history()})  # fmt: skip
     answer[K.EPSILON] = state.epsilon(delta=cfg.delta, accountant=cfg.accountant)
     return Message(content=RecordDict({K.METRICS: MetricRecord(answer)}), reply_to=msg)
 

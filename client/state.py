@@ -35,7 +35,7 @@ from fedready.modelio import load_npz, save_npz
 from fedready.privacy.accounting import calibrate_with_releases, compose_epsilon
 from fedready.privacy.randomness import dp_numpy_rng
 
-__all__ = ["ClientPrivacyState", "Release", "Store", "client_state_dir"]
+__all__ = ["ClientPrivacyState", "Release", "Store", "client_state_dir", "query_noise_split"]
 
 _STATE_KEY = "fedready.privacy"
 LEVEL_CODES = {"count": 0, "sample": 1, "query": 2}  # on the wire (MetricRecord holds numbers only)
@@ -131,13 +131,29 @@ def _calibrate(epsilon: float, delta: float, rate: float, steps: int, accountant
                                    releases=list(planned), accountant=accountant)  # fmt: skip
 
 
-def query_sensitivity(cells: int) -> float:
-    """L2 sensitivity of a query answer in which one row changes at most ``cells`` counts, each by 1.
+def query_noise_split(noise_multiplier: float, accuracy_share: float, *, accuracy: bool,
+                      sum_vectors: int) -> tuple[float, float]:  # fmt: skip
+    """Noise stds of a post-training answer: (on each accuracy count, on each cell of the summed vectors).
 
-    A histogram, the row count and the count of correct predictions each gain 1 in one bucket; a
-    per-group confusion table gains 1 in one cell (binary) or in one cell per class (one-vs-rest).
+    The answer is one Gaussian release of equivalent noise multiplier ``noise_multiplier``: one row
+    changes each of its ``sum_vectors`` count vectors (group confusion tables, profile histograms)
+    in one cell, and one of the two accuracy counts (``val-correct``, ``val-wrong``), each by 1.
+    With per-part stds ``s_a`` and ``s_s`` its Renyi divergence is that of a Gaussian mechanism with
+    ``1 / z^2 = 1 / s_a^2 + sum_vectors / s_s^2``; ``accuracy_share`` of that ``1 / z^2`` goes to
+    the accuracy counts, which only a per-client answer can give (the sums are needed only
+    summed over clients, where ``m`` clients' noise averages out).
+
+    Notes
+    -----
+    Heterogeneous Gaussian noise on the coordinates of a vector query: Mironov 2017 (Renyi DP,
+    Proposition 7, additivity over the coordinates' divergences).
     """
-    return math.sqrt(max(1, cells))
+    z = noise_multiplier
+    if accuracy and sum_vectors:
+        return z / math.sqrt(accuracy_share), z * math.sqrt(sum_vectors / (1.0 - accuracy_share))
+    if accuracy:
+        return z, 0.0
+    return 0.0, z * math.sqrt(max(1, sum_vectors))
 
 
 def client_state_dir(run_dir: str | Path | None, partition_id: int) -> Path | None:

@@ -44,12 +44,14 @@ from fedready.compression.variants import (
     temperature_scale,
 )
 from fedready.errors import ConfigError, IntegrityError
-from fedready.evaluation.gates import GateResult
+from fedready.evaluation.gates import GateResult, decision
 from fedready.modelio import arrays_digest, load_npz
 
 __all__ = [
     "CompressionOptions",
     "build_variants",
+    "model_decision",
+    "release_decision",
     "compress",
     "compress_run",
     "gate_assessor",
@@ -90,11 +92,15 @@ class Measured:
     accuracy: float
     agreement: float  # share of evaluation rows whose label equals the fp32 teacher's
     metrics: dict[str, Any] = field(default_factory=dict)
-    gates: list[GateResult] = field(default_factory=list)
+    gates: list[GateResult] = field(default_factory=list)  # the policy's variant gates, decided for this variant
+
+    @property
+    def decision(self) -> str:
+        return decision(self.gates)
 
     @property
     def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
+        return self.decision == "passed"
 
 
 def public_split(n: int, *, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,15 +194,24 @@ def build_variants(
     out.append(make(name, pruned_net, ("prune-unstructured", "fine-tune"))[0])
 
     if base.layers is not None and len(base.layers) > 1:  # structured pruning needs hidden units
-        slim = fine_tune(prune_structured(base.layers, keep=opts.prune_keep), soft, x_transfer, **fit)
-        v, cal = make(f"prune-structured-{opts.prune_keep:g}", _Net(layers=slim), ("prune-structured", "fine-tune"))
-        out += [v, _quantised(v, cal, "static", x_transfer)]
+        # three levels: the smallest variant that stays faithful to the model is the one that ships
+        for keep in (opts.prune_keep, opts.prune_keep * 0.75, opts.prune_keep / 2):
+            slim = fine_tune(prune_structured(base.layers, keep=keep), soft, x_transfer, **fit)
+            v, cal = make(f"prune-structured-{keep:g}", _Net(layers=slim), ("prune-structured", "fine-tune"))
+            out += [v, _quantised(v, cal, "static", x_transfer)]
     elif base.layers is not None:
         skipped.append({"variant": "prune-structured", "reason": "the model has no hidden units to remove"})
     else:
         skipped.append({"variant": STRUCTURED_SKIP[0], "reason": STRUCTURED_SKIP[1].format(model=model or "custom")})
 
     widths = "x".join(str(w) for w in opts.student_widths)
+    teacher_params = base.count()[0]
+    student_params = _student_parameters(x_transfer.shape[1], opts.student_widths, soft.shape[1])
+    if student_params >= teacher_params:  # a "student" at least as large as its teacher compresses nothing
+        skipped.append({"variant": f"student-{widths}",
+                        "reason": f"a student with hidden widths {widths} has {student_params:,} parameters, not "
+                                  f"fewer than the model's {teacher_params:,}"})  # fmt: skip
+        return out
     student = distil(soft, x_transfer, widths=opts.student_widths, **fit)
     s, cal = make(f"student-{widths}", _Net(layers=student), ("distil",), widths=list(opts.student_widths))
     out += [s, _quantised(s, cal, "dynamic", x_transfer), _quantised(s, cal, "static", x_transfer)]
@@ -208,8 +223,17 @@ def build_variants(
     return out
 
 
+def _student_parameters(inputs: int, widths: Sequence[int], outputs: int) -> int:
+    sizes = [inputs, *widths, outputs]
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
 def select(measured: Sequence[Measured]) -> Measured | None:
-    """The smallest variant on disk that passes every gate (ties: higher accuracy), or None."""
+    """The smallest variant on disk that passes every variant gate (ties: higher accuracy), or None.
+
+    Variant gates judge a variant's fidelity to the trained model; the model's own gates are
+    decided once, by ``fedready evaluate``, and do not choose between variants.
+    """
     passing = [m for m in measured if m.passed]
     return min(passing, key=lambda m: (m.size, -m.accuracy, m.variant.name)) if passing else None
 
@@ -251,7 +275,7 @@ def _table(measured: Sequence[Measured], chosen: Measured | None) -> str:
             "| Δ acc (pt) | agrees with fp32 | gates |")  # fmt: skip
     lines = [head, "|" + "---|" * 12]
     for m in measured:
-        failed = [g.gate for g in m.gates if not g.passed]
+        blocking = [f"{g.gate} {g.outcome}" for g in m.gates if not g.passed]
         mark = " **selected**" if m is chosen else ""
         s = m.speed
         lines.append(
@@ -259,7 +283,7 @@ def _table(measured: Sequence[Measured], chosen: Measured | None) -> str:
             f"| {m.variant.nonzero:,} | {s.get('p50_us', float('nan')):.1f} | {s.get('p95_us', float('nan')):.1f} "
             f"| {s.get('rows_per_s', float('nan')):,.0f} | {m.accuracy:.2%} "
             f"| {100 * (m.accuracy - base.accuracy):+.2f} "
-            f"| {m.agreement:.2%} | {'pass' if not failed else 'FAIL: ' + ', '.join(failed)} |"
+            f"| {m.agreement:.2%} | {'pass' if not blocking else ', '.join(blocking)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -278,18 +302,18 @@ def _plot(measured: Sequence[Measured], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("ONNX file size (KB, log scale)")
     ax.set_ylabel("accuracy on the evaluation half (%)")
-    ax.set_title("Size vs accuracy (o passes every gate, x fails one)")
+    ax.set_title("Size vs accuracy (o passes every variant gate, x does not)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def _why_none(measured: Sequence[Measured]) -> str:
-    fails = [
-        f"{m.variant.name}: " + ", ".join(f"{g.gate}={g.measured} (limit {g.limit})" for g in m.gates if not g.passed)
-        for m in measured
-    ]
-    return "no variant passes every gate: " + "; ".join(fails)
+    """One short line: how many variants were tried, and what blocks the smallest of them."""
+    smallest = min(measured, key=lambda m: m.size)
+    first = next((g for g in smallest.gates if not g.passed), None)
+    what = f"; the smallest, {smallest.variant.name}: {first.line()}" if first is not None else ""
+    return f"no variant of {len(measured)} passes its variant gates{what}"
 
 
 def public_outputs(
@@ -337,8 +361,14 @@ def compress(
     measured = measure(variants, x, y, assess, timing=timing, untouched=ev)
     chosen = select(measured)
     base = next(m for m in measured if m.variant.name == "fp32")
+    model = model_decision(run)
+    if model.get("model_digest") not in (None, arrays_digest(load_npz(npz.read_bytes()))):
+        model = {"decision": "not-run", "gates": [], "undecided": model["undecided"],
+                 "note": "evaluation.json describes another model: run `fedready evaluate` again"}  # fmt: skip
     report = {
         "run": run.name,
+        "model": model,
+        "decision": release_decision(model["decision"], chosen.decision if chosen else None),
         "model_digest": arrays_digest(load_npz(npz.read_bytes())),
         "options": {**opts.__dict__, "student_widths": list(opts.student_widths)},
         "data": {
@@ -366,6 +396,7 @@ def compress(
                 "label_agreement_with_fp32": m.agreement,
                 "metrics": m.metrics,
                 "gates": [g.to_dict() for g in m.gates],
+                "decision": m.decision,
                 "passed": m.passed,
                 **m.variant.details,
             }  # fmt: skip
@@ -443,35 +474,59 @@ def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tupl
     """The ``assess`` function ``fedready compress`` gates variants with, and the benchmark (x, y).
 
     Each variant is assessed on the run's benchmark by the suites of ``fedready evaluate``
-    (accuracy, fairness, calibration, perturbations, cross-fitted threshold post-processing),
-    then the policy's gates. The privacy section is the run's ledger (every variant is
-    post-processing). Gates on the clients' own accuracy cannot be re-measured without the
-    clients: the variants inherit the teacher's federated numbers, marked so.
+    (accuracy, fairness, calibration, perturbations, cross-fitted threshold post-processing), and
+    against the trained model on the same rows (:func:`fedready.evaluation.estimates.fidelity_estimates`:
+    accuracy lost, decisions agreeing, change of each attribute's equalized odds difference). The
+    policy's *variant* gates decide it; its *model* gates (the clients' spread, fairness, the lift)
+    were decided once for the trained model by ``fedready evaluate`` and are not re-decided here.
     """
-    from fedready.evaluation.fairness import sensitive_attributes
+    from fedready.evaluation._model import load_run
+    from fedready.evaluation.estimates import fidelity_estimates
+    from fedready.evaluation.fairness import group_labels, sensitive_attributes
     from fedready.evaluation.gates import check_gates, load_policy
-    from fedready.evaluation.suite import EVALUATION_FILE, _privacy, assess_predictor, load_eval_data
+    from fedready.evaluation.suite import _privacy, assess_predictor, load_eval_data
 
     run = Path(run_dir)
     task = _run_task(run)
     ev = load_eval_data(task=task)
     if policy is None and task.policy is not None:
         policy = task.policy  # the policy shipped beside the data set, as fedready evaluate uses
-    pol = load_policy(policy, ev.schema)
+    pol = load_policy(policy, ev.schema).as_variant()
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     privacy = _privacy(run, summary)
-    teacher_eval = run / EVALUATION_FILE
-    federated = json.loads(teacher_eval.read_text()).get("federated") if teacher_eval.exists() else None
-    if federated is not None:
-        federated = {**federated, "inherited_from": "the fp32 teacher (clients are not asked again per variant)"}
     attrs = sensitive_attributes(ev.schema)
+    groups = {a: group_labels(ev.schema, a, ev.table.columns[a]).astype(str) for a in attrs}
+    teacher = load_run(run).predict(ev.x)
 
     def assess(predict: Callable[[np.ndarray], np.ndarray]) -> tuple[dict[str, Any], list[GateResult]]:
         suites, _ = assess_predictor(predict, ev, pol, mitigate=attrs[0] if attrs else None)
-        report = {**suites, "privacy": privacy, "federated": federated}
+        decided = np.asarray(predict(ev.x)).argmax(axis=1)
+        fidelity = fidelity_estimates(ev.schema, ev.y, teacher, decided, groups)
+        report = {**suites, "privacy": privacy, "estimates": {**suites["estimates"], **fidelity},
+                  "fidelity": {k.removeprefix("fidelity."): v["value"] for k, v in fidelity.items()}}  # fmt: skip
         return _compact(report), check_gates(pol, report)
 
     return assess, ev.x, ev.y
+
+
+def model_decision(run: Path) -> dict[str, Any]:
+    """The trained model's own gates, as ``fedready evaluate`` decided them (``not-run`` without evaluation.json)."""
+    from fedready.evaluation.suite import EVALUATION_FILE
+
+    path = run / EVALUATION_FILE
+    if not path.exists():
+        return {"decision": "not-run", "gates": [], "undecided": "canary"}
+    ev = json.loads(path.read_text())
+    return {"decision": ev.get("decision", "passed" if ev.get("passed") else "failed"), "gates": ev.get("gates", []),
+            "undecided": (ev.get("promotion") or {}).get("undecided", "canary"), "model_digest": ev.get("model_digest")}
+
+
+def release_decision(model: str, variant: str | None) -> str:
+    """The decision a promotion reads: the worse of the model's gates and the shipped variant's."""
+    order = ("passed", "undecided", "failed", "not-run")
+    if variant is None:
+        return "failed" if model != "not-run" else "not-run"
+    return max(model, variant, key=order.index)
 
 
 def compress_run(
@@ -498,6 +553,9 @@ def _compact(report: dict[str, Any]) -> dict[str, Any]:
     mit = report.get("mitigation")
     return {
         "fairness": fair,
+        "fidelity": report.get("fidelity", {}),
+        "estimates": {k: v for k, v in report.get("estimates", {}).items()
+                      if k.startswith(("fidelity.", "calibration.", "metrics."))},  # fmt: skip
         "calibration": {k: report["calibration"][k] for k in ("ece", "brier")},
         "perturbations": pert,
         "mitigation": {k: mit[k] for k in ("attribute", "eod_before", "eod_after", "accuracy_cost_points")}

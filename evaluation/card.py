@@ -137,38 +137,68 @@ def _plot_importance(r: dict[str, Any]) -> Block:
     return _figure(draw, "permutation importance")
 
 
-def _fair_table(fair: dict[str, Any]) -> list[Block]:
+def _est(r: dict[str, Any], path: str, value: Any = None, digits: int = 4) -> str:
+    """``value [lo, hi]`` for a number whose interval is in the report's ``estimates`` (else just the value)."""
+    e = (r.get("estimates") or {}).get(path)
+    if e is None or e.get("value") is None:
+        return _num(value, digits)
+    if e.get("lo") is None or e.get("hi") is None:
+        return f"{_num(e['value'], digits)} (no interval: {e.get('note') or 'undefined'})"
+    return f"{_num(e['value'], digits)} [{_num(e['lo'], digits)}, {_num(e['hi'], digits)}]"
+
+
+def _interval(e: dict[str, Any] | None, digits: int = 3) -> str:
+    """An interval dict as ``value [lo, hi]``; ``undefined`` (with why) when it has none."""
+    if not e or e.get("value") is None:
+        return "undefined" + (f" ({e['note']})" if e and e.get("note") else "")
+    if e.get("lo") is None or e.get("hi") is None:
+        return f"{_num(e['value'], digits)}, no interval ({e.get('note', '')})"
+    return f"{_num(e['value'], digits)} [{_num(e['lo'], digits)}, {_num(e['hi'], digits)}]"
+
+
+_DISPARITY_NAMES = (("demographic_parity_difference", "demographic parity difference"),
+                    ("demographic_parity_ratio", "demographic parity ratio"),
+                    ("equalized_odds_difference", "equalized odds difference"),
+                    ("equal_opportunity_difference", "equal opportunity difference"),
+                    ("worst_group_accuracy", "worst-group accuracy"))  # fmt: skip
+
+
+def _fair_table(fair: dict[str, Any], r: dict[str, Any] | None = None, prefix: str = "fairness") -> list[Block]:
     out: list[Block] = []
     for attr, e in fair.items():
         if "per_class" in e:
             out += _fair_table_one_vs_rest(attr, e)
-            continue
-        rows = [[g, str(m["count"]), _num(m["accuracy"]), _num(m["selection_rate"]), _num(m["tpr"]), _num(m["fpr"])]
-                for g, m in e["groups"].items()]  # fmt: skip
-        out.append(("table", (["group of " + attr, "rows", "accuracy", "selection rate", "TPR", "FPR"], rows)))
-        out.append(("p", f"{attr}: demographic parity difference {_num(e['demographic_parity_difference'])}, "
-                         f"ratio {_num(e['demographic_parity_ratio'])}; equalized odds difference "
-                         f"{_num(e['equalized_odds_difference'])}; equal opportunity difference "
-                         f"{_num(e['equal_opportunity_difference'])}; worst-group accuracy "
-                         f"{_num(e['worst_group_accuracy'])}."
-                         + (f" Undefined (no members or no positives/negatives): {', '.join(e['undefined_groups'])}."
-                            if e["undefined_groups"] else "")))  # fmt: skip
+        else:
+            rows = [[g, _num(m["count"], 0), _num(m["accuracy"]), _num(m["selection_rate"]), _num(m["tpr"]),
+                     _num(m["fpr"])] for g, m in e["groups"].items()]  # fmt: skip
+            out.append(("table", (["group of " + attr, "rows", "accuracy", "selection rate", "TPR", "FPR"], rows)))
+        rows = [[name, _est(r or {}, f"{prefix}.{attr}.{key}", e.get(key))] for key, name in _DISPARITY_NAMES]
+        out.append(("table", ([f"{attr}: disparity (95% interval)", "value"], rows)))
+        if e.get("undefined_groups"):
+            out.append(("p", f"Undefined (no members or no positives/negatives): {', '.join(e['undefined_groups'])}."))
     return out
 
 
 def _fair_table_one_vs_rest(attr: str, e: dict[str, Any]) -> list[Block]:
     """A multi-class attribute: group accuracy, then every class's one-vs-rest disparities."""
-    rows = [[g, str(m["count"]), _num(m["accuracy"])] for g, m in e["groups"].items()]
+    rows = [[g, _num(m["count"], 0), _num(m["accuracy"])] for g, m in e["groups"].items()]
     per = [[c, _num(m["demographic_parity_difference"]), _num(m["equalized_odds_difference"]),
             _num(m["equal_opportunity_difference"])] for c, m in e["per_class"].items()]  # fmt: skip
     return [
         ("table", (["group of " + attr, "rows", "accuracy"], rows)),
         ("table", ([f"class (one-vs-rest), {attr}", "demographic parity diff.", "equalized odds diff.",
                     "equal opportunity diff."], per)),
-        ("p", f"{attr}, worst class: demographic parity difference {_num(e['demographic_parity_difference'])}, "
-              f"equalized odds difference {_num(e['equalized_odds_difference'])}; worst-group accuracy "
-              f"{_num(e['worst_group_accuracy'])}."),
     ]  # fmt: skip
+
+
+def _side_by_side(r: dict[str, Any], fed: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for attr in fed.get("fairness", {}):
+        bench = r.get("fairness", {}).get(attr) or {}
+        for key, name in _DISPARITY_NAMES:
+            rows.append([attr, name, _est(r, f"fairness.{attr}.{key}", bench.get(key)),
+                         _interval((fed.get("estimates") or {}).get(f"federated.fairness.{attr}.{key}"), 4)])
+    return rows
 
 
 def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
@@ -218,28 +248,51 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
     s["Privacy guarantees"] = [("ul", eps)]
     img = _plot_history(r)
     met = r["metrics"]
-    rows = [["accuracy", _num(met["accuracy"])], ["rows", str(d["rows"])]]
-    rows += [["majority class share", _num(met["majority_rate"])]] if "majority_rate" in met else []
-    rows += [["balanced accuracy", _num(met["balanced_accuracy"])]] if "balanced_accuracy" in met else []
+    rows = [["accuracy", _est(r, "metrics.accuracy", met["accuracy"])], ["rows", str(d["rows"])]]
+    if "majority_rate" in met:
+        rows += [["majority class share (always answering it)", _num(met["majority_rate"])],
+                 ["accuracy lift over the majority class", _est(r, "metrics.accuracy_lift", met.get("accuracy_lift"))]]
+    if "balanced_accuracy" in met:
+        rows += [["balanced accuracy (mean recall)", _num(met["balanced_accuracy"])],
+                 [f"balanced accuracy over chance ({_num(met.get('chance', 1 / len(classes)))})",
+                  _est(r, "metrics.balanced_accuracy_lift", met.get("balanced_accuracy_lift"))]]  # fmt: skip
     rows += [[f"recall of '{c}'", _num(v)] for c, v in met.get("recall", {}).items()] if len(classes) > 2 else []
     rows += [["positive rate", _num(d["positive_rate"])]] if "positive_rate" in d else []
-    s["Metrics on the benchmark"] = [("table", (["metric", "value"], rows))] + ([img] if img else [])
-    s["Metrics per slice"] = _fair_table(r["fairness"]) + [_plot_groups(r)]
+    s["Metrics on the benchmark"] = [
+        ("p", "Source: the coordinator's public benchmark (exact counts, no privacy cost). Intervals are 95% "
+              "confidence intervals of the finite benchmark sample (Wilson, or a bootstrap over its rows)."),
+        ("table", (["metric", "value [95% interval]"], rows)),
+    ] + ([img] if img else [])  # fmt: skip
+    s["Metrics per slice"] = _fair_table(r["fairness"], r) + [_plot_groups(r)]
     fed = r.get("federated")
-    if fed:
+    if fed and isinstance(fed.get("client_accuracy", {}).get("std"), dict):
         ca = fed["client_accuracy"]
+        noisy = not fed.get("exact", False)
+        how = (f"each client noised its counts before they left (std {fed['accuracy_noise_std']:.3g} on its two "
+               f"accuracy counts, {fed['noise_std']:.3g} on each count it added to the sums, so "
+               f"{fed.get('sum_noise_std', 0):.3g} on each summed count)") if noisy else \
+            "exact counts (--exact-evaluation: outside the DP guarantee)"  # fmt: skip
+        client_rows = [[c, _interval(e), "left out: " + ca["undefined_clients"][c] if c in ca["undefined_clients"]
+                        else ""] for c, e in ca["clients"].items()]  # fmt: skip
         s["Federated fairness"] = [
-            ("p", f"Computed federatedly: each of {fed['clients_answered']} clients counted (tp, fp, tn, fn) per group "
-                  "on its own validation split; the server summed the counts. No row left a client."),
-            *_fair_table(fed["fairness"]),
-            ("p", f"Accuracy across clients: std {_num(ca['std'])}, worst client {ca['worst_client']} "
-                  f"({_num(ca['worst_accuracy'])}), mean of the worst 10% {_num(ca['worst_10pct_accuracy'])}."),
-            ("table", (["client", "validation accuracy"], [[c, _num(a)] for c, a in ca["clients"].items()])),
+            ("p", f"Source: the clients' own validation rows, {fed['clients_answered']} clients; {how}. Every number "
+                  "is shown with a 95% interval covering both the noise and the finite validation samples. No row "
+                  "left a client."),
+            ("p", f"Accuracy spread across clients (std, noise-corrected): {_interval(ca['std'])}; worst estimated "
+                  f"client {ca['worst_client']}: {_interval(ca['worst_accuracy'])}."),
+            ("table", (["client", "validation accuracy [95% interval]", ""], client_rows)),
+            ("p", "Group fairness by source, side by side (the benchmark: exact counts of its finite sample; the "
+                  "clients: their noisy summed counts):"),
+            ("table", (["attribute", "metric", "benchmark [95% interval]", "clients [95% interval]"],
+                       _side_by_side(r, fed))),
+            ("p", "Group fairness on the clients' summed counts, per group:"),
+            *_fair_table(fed["fairness"], {"estimates": fed.get("estimates", {})}, prefix="federated.fairness"),
         ]  # fmt: skip
     else:
         s["Federated fairness"] = [("p", "Not computed (evaluation on external data or --no-federated).")]
     st = r["stability"]
-    rows = [[k, _num(v["accuracy_drop"]), _num(v["flip_rate"])] for k, v in st["perturbations"].items()]
+    rows = [[k, _est(r, f"stability.perturbations.{k}.accuracy_drop", v["accuracy_drop"]),
+             _est(r, f"stability.perturbations.{k}.flip_rate", v["flip_rate"])] for k, v in st["perturbations"].items()]
     s["Stability"] = [("table", (["perturbation", "accuracy drop", "flip rate"], rows)), _plot_perturbations(r)]
     if "churn" in st:
         s["Stability"].append(
@@ -251,7 +304,9 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
                                     f"{_num(sd['accuracy_std'])}, rows on which the models disagree "
                                     f"{_num(sd['disagreement_rate'])}."))  # fmt: skip
     cal = r["calibration"]
-    s["Calibration"] = [("p", f"Expected calibration error {_num(cal['ece'])}, Brier score {_num(cal['brier'])}."),
+    s["Calibration"] = [("p", f"Expected calibration error {_est(r, 'calibration.ece', cal['ece'])}, Brier score "
+                              f"{_est(r, 'calibration.brier', cal['brier'])} (the trained model's own probabilities; "
+                              "the shipped variant is temperature-scaled, see Edge variants)."),
                         _plot_reliability(r)]  # fmt: skip
     m = r.get("mitigation")
     if m:
@@ -274,11 +329,17 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
               "Per-decision attributions and counterfactuals: `fedready explain RUN --row N`."),
         _plot_importance(r),
     ]  # fmt: skip
+    decision = r.get("decision", "passed" if r["passed"] else "failed")
+    undecided = (r.get("promotion") or {}).get("undecided", "canary")
     s["Gate results"] = [
-        ("p", f"Policy '{r['policy']['name']}' (version {r['policy']['version']}): "
-              f"{'all gates pass' if r['passed'] else 'some gates FAIL'}."),
-        ("table", (["gate", "measured", "limit", "result"],
-                   [[g["gate"], _num(g["measured"]), _num(g["limit"]), "pass" if g["passed"] else "FAIL " + g["note"]]
+        ("p", f"Policy '{r['policy']['name']}' (version {r['policy']['version']}): the model's gates are "
+              f"{decision.upper()}. A gate passes when its whole 95% interval is on the right side of the limit, "
+              f"fails when it is wholly on the wrong side, and is undecided otherwise; an undecided model may reach: "
+              f"{undecided if undecided != 'block' else 'no channel'} (never stable unless the policy says so)."),
+        ("table", (["gate", "outcome", "measured [95% interval]", "limit", "source", "note"],
+                   [[g["gate"], g.get("outcome", "pass" if g["passed"] else "fail"),
+                     _interval({"value": g["measured"], "lo": g.get("lo"), "hi": g.get("hi")}), _num(g["limit"]),
+                     g.get("source", ""), (g.get("note") or "") + ("; " + g["decide"] if g.get("decide") else "")]
                     for g in r["gates"]])),
     ]  # fmt: skip
     comp = r.get("compression")
@@ -286,18 +347,21 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
         s["Edge variants"] = [
             ("p", "Built by `fedready compress` from this model using only the server's public data (distillation, "
                   "pruning, int8 quantisation, temperature scaling): post-processing of the DP model, so the privacy "
-                  "guarantees above still hold. Each variant was gated with the same policy; the smallest passing "
-                  f"one ships: {comp['selected'] or 'none passed'}."),
-            ("table", (["variant", "KB", "accuracy", "gates"],
-                       [[v["name"], f"{v['bytes'] / 1024:.1f}", _num(v["accuracy"]), "pass" if v["passed"] else "FAIL"]
-                        for v in comp["variants"]])),
+                  "guarantees above still hold. Each variant is judged by the policy's variant gates, on its fidelity "
+                  "to this model on the benchmark (accuracy lost, decisions agreeing, calibration, change in group "
+                  f"fairness); the smallest that passes them ships: {comp['selected'] or 'none passed'}."),
+            ("table", (["variant", "KB", "accuracy", "variant gates"],
+                       [[v["name"], f"{v['bytes'] / 1024:.1f}", _num(v["accuracy"]),
+                         v.get("decision", "passed" if v["passed"] else "failed")] for v in comp["variants"]])),
         ]  # fmt: skip
     else:
         s["Edge variants"] = [("p", "Not compressed yet: `fedready compress RUN` builds and gates edge variants.")]
     s["Known limitations"] = [("ul", [
         *d.get("caveats", []),
-        "Small groups have few rows: their metrics are noisy.",
-        "Federated counts are released without noise and describe validation splits, not training data.",
+        "Small groups have few rows: their metrics are uncertain (see the intervals); a gate they cannot decide is "
+        "reported as undecided.",
+        "Federated counts describe the clients' validation splits, not their training data, and carry the noise each "
+        "client added (unless --exact-evaluation, which is outside the guarantee).",
         "Differential privacy protects records in clients' training data, not the benchmark or validation rows.",
         "Post-processing uses the protected attribute at decision time and randomises some decisions.",
         "Counterfactuals change one or two actionable columns independently (two columns that encode the same "

@@ -98,8 +98,11 @@ def one_vs_rest_counts(matrices: np.ndarray, classes: int) -> np.ndarray:
     return np.stack([tp, fp, tn, fn], axis=2)
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return float(num / den) if den > 0 else None
+def _ratio(num: float, den: float, min_rows: float = 0.0) -> float | None:
+    """``num / den`` within [0, 1] (noisy counts can leave it), or None when ``den`` is below ``min_rows`` or 0."""
+    if den <= 0 or den < min_rows:
+        return None
+    return float(min(1.0, max(0.0, num / den)))
 
 
 def _spread(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -110,7 +113,8 @@ def _spread(values: list[float | None]) -> tuple[float | None, float | None]:
     return float(max(v) - min(v)), _ratio(min(v), max(v))
 
 
-def fairness_from_counts(counts: Mapping[str, np.ndarray], schema: DataSchema) -> dict[str, Any]:
+def fairness_from_counts(counts: Mapping[str, np.ndarray], schema: DataSchema, *,
+                         min_rows: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """Group metrics and disparities for every attribute, from summed confusion counts.
 
     Parameters
@@ -120,6 +124,10 @@ def fairness_from_counts(counts: Mapping[str, np.ndarray], schema: DataSchema) -
         flattened confusion matrix per group for a multi-class target), in :func:`group_names` order.
     schema : DataSchema
         The declared schema (group names, classes).
+
+    min_rows : float
+        A rate whose denominator (a group's rows, positives or negatives) is below this is
+        undefined: too few rows to estimate it, so it stays out of every disparity.
 
     Returns
     -------
@@ -132,17 +140,18 @@ def fairness_from_counts(counts: Mapping[str, np.ndarray], schema: DataSchema) -
         names = group_names(schema, attr)
         table = np.asarray(table).reshape(len(names), -1)
         if schema.target.binary:
-            out[attr] = _disparities(_groups_from_counts(names, table))
+            out[attr] = _disparities(_groups_from_counts(names, table, min_rows))
             continue
         k = len(schema.classes)
         ovr = one_vs_rest_counts(table, k)
         ovr = ovr.astype(np.int64) if np.array_equal(ovr, np.round(ovr)) else ovr  # exact counts stay integers
-        per_class = {c: _disparities(_groups_from_counts(names, ovr[:, j, :])) for j, c in enumerate(schema.classes)}
+        per_class = {c: _disparities(_groups_from_counts(names, ovr[:, j, :], min_rows))
+                     for j, c in enumerate(schema.classes)}  # fmt: skip
         correct = ovr[:, :, 0].sum(axis=1)  # the confusion matrix's diagonal
         sizes = ovr[:, 0, :].sum(axis=1)
         overall = {g: (_num(n), _num(c)) for g, n, c in zip(names, sizes, correct, strict=True)
                    if n > 0 or g != UNKNOWN_GROUP}  # fmt: skip
-        out[attr] = _one_vs_rest(per_class, overall)
+        out[attr] = _one_vs_rest(per_class, overall, min_rows)
     return out
 
 
@@ -151,16 +160,16 @@ def _num(v: float) -> float | int:
     return int(v) if float(v).is_integer() else float(v)
 
 
-def _groups_from_counts(names: list[str], table: np.ndarray) -> dict[str, dict[str, Any]]:
+def _groups_from_counts(names: list[str], table: np.ndarray, min_rows: float = 0.0) -> dict[str, dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     for name, (tp, fp, tn, fn) in zip(names, np.asarray(table).tolist(), strict=True):
         n = tp + fp + tn + fn
-        if n == 0 and name == UNKNOWN_GROUP:
+        if n <= 0 and name == UNKNOWN_GROUP:
             continue  # the "unknown" slot is only reported when it has members
         groups[name] = {
             "count": n, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-            "accuracy": _ratio(tp + tn, n), "selection_rate": _ratio(tp + fp, n),
-            "tpr": _ratio(tp, tp + fn), "fpr": _ratio(fp, fp + tn),
+            "accuracy": _ratio(tp + tn, n, min_rows), "selection_rate": _ratio(tp + fp, n, min_rows),
+            "tpr": _ratio(tp, tp + fn, min_rows), "fpr": _ratio(fp, fp + tn, min_rows),
         }  # fmt: skip
     return groups
 
@@ -170,14 +179,15 @@ def _worst(values: list[float | None], pick: Any) -> float | None:
     return pick(v) if v else None
 
 
-def _one_vs_rest(per_class: dict[str, dict[str, Any]], overall: dict[str, tuple[int, int]]) -> dict[str, Any]:
+def _one_vs_rest(per_class: dict[str, dict[str, Any]], overall: dict[str, tuple[int, int]],
+                 min_rows: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """Multi-class fairness: every binary metric per class (one-vs-rest), the worst class as the headline.
 
     ``overall`` maps each group to (rows, correctly classified rows). Disparities are the
     largest over classes (the smallest for the parity ratio); worst-group accuracy is on the
     multi-class decisions.
     """
-    groups = {g: {"count": n, "accuracy": _ratio(k, n)} for g, (n, k) in overall.items()}
+    groups = {g: {"count": n, "accuracy": _ratio(k, n, min_rows)} for g, (n, k) in overall.items()}
     acc = [g["accuracy"] for g in groups.values() if g["accuracy"] is not None]
     metric = lambda m, pick=max: _worst([c[m] for c in per_class.values()], pick)  # noqa: E731
     return {
@@ -260,28 +270,3 @@ def _fairlearn_groups(y_true: np.ndarray, y_pred: np.ndarray, g: np.ndarray) -> 
             "fpr": float(row["fpr"]) if neg[name] > 0 else None,
         }  # fmt: skip
     return table
-
-
-def client_spread(per_client: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
-    """Accuracy spread across clients from each client's (correct, rows) on its validation split.
-
-    The pairs may be noisy (DP): an accuracy is clipped to [0, 1], and a client whose (noisy)
-    row count is below 1 is undefined. Returns std (population), worst client, and the mean of
-    the worst 10% of clients (at least one).
-    """
-    acc = {c: min(1.0, max(0.0, correct / rows)) for c, (correct, rows) in per_client.items() if rows >= 1}
-    undefined = sorted(c for c, (_, rows) in per_client.items() if rows < 1)
-    if not acc:
-        return {"clients": {}, "std": None, "worst_client": None, "worst_accuracy": None,
-                "worst_10pct_accuracy": None, "undefined_clients": undefined}  # fmt: skip
-    values = np.array(sorted(acc.values()))
-    k = max(1, int(np.ceil(0.1 * len(values))))
-    worst = min(acc, key=lambda c: acc[c])
-    return {
-        "clients": dict(sorted(acc.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0])),
-        "std": float(values.std()),
-        "worst_client": worst,
-        "worst_accuracy": float(acc[worst]),
-        "worst_10pct_accuracy": float(values[:k].mean()),
-        "undefined_clients": undefined,
-    }

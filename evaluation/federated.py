@@ -32,13 +32,15 @@ from fedready import constants as K
 from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
+from fedready.evaluation.estimates import federated_fairness_estimates
 from fedready.federation import task_of
+from fedready.intervals import client_spread
 from fedready.models import model_for_schema
 
 if TYPE_CHECKING:
     from fedready.deploy.site import LocalData
+    from fedready.schema import DataSchema
 from fedready.evaluation.fairness import (
-    client_spread,
     confusion_counts,
     fairness_from_counts,
     group_labels,
@@ -49,6 +51,8 @@ from fedready.modelio import arrays_digest, load_npz
 __all__ = [
     "FEDERATED_FILE",
     "answer_query",
+    "federated_numbers",
+    "federated_report",
     "final_model",
     "local_group_counts",
     "query_all",
@@ -57,6 +61,7 @@ __all__ = [
 ]
 
 FEDERATED_FILE = "federated_eval.json"
+FORMAT = 2  # 2: per-client (correct, wrong) and every number with its interval
 
 
 def local_group_counts(
@@ -71,8 +76,8 @@ def local_group_counts(
     -------
     dict
         ``counts/<attribute>``: flat list ``[tp, fp, tn, fn]`` per group in
-        :func:`~fedready.evaluation.fairness.group_names` order; ``val-rows``,
-        ``val-correct``, ``partition-id``.
+        :func:`~fedready.evaluation.fairness.group_names` order; ``val-correct``,
+        ``val-wrong`` (decisions right and wrong on the validation rows), ``partition-id``.
     """
     from fedready.federation import client_shard, client_validation_attributes
 
@@ -88,8 +93,8 @@ def local_group_counts(
 
     with torch.no_grad():
         pred = model(torch.from_numpy(x_val)).argmax(1).numpy()
-    out: dict[str, Any] = {K.PARTITION_ID: partition_id, K.VAL_ROWS: int(len(y_val)),
-                           K.VAL_CORRECT: int((pred == y_val).sum())}  # fmt: skip
+    correct = int((pred == y_val).sum())
+    out: dict[str, Any] = {K.PARTITION_ID: partition_id, K.VAL_CORRECT: correct, K.VAL_WRONG: int(len(y_val)) - correct}
     for attr, raw in attributes.items():
         names = group_names(schema, attr)
         table = confusion_counts(y_val, pred, group_labels(schema, attr, raw), names, classes=schema.target.num_classes)
@@ -98,7 +103,7 @@ def local_group_counts(
 
 
 def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig) -> dict[str, Any]:
-    """Sum the clients' count tables (exact, or noised by each client) and keep each client's (correct, rows).
+    """Sum the clients' count tables (exact, or noised by each client) and keep each client's (correct, wrong).
 
     Noisy sums are clipped to zero (post-processing); exact counts stay integers.
 
@@ -114,7 +119,7 @@ def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig) -> dict[st
     per_client: dict[str, tuple[float, float]] = {}
     noisy = any(float(r.get(K.QUERY_NOISE_STD, 0.0)) > 0 for r in replies)
     for r in replies:
-        per_client[str(int(r[K.PARTITION_ID]))] = (float(r[K.VAL_CORRECT]), float(r[K.VAL_ROWS]))
+        per_client[str(int(r[K.PARTITION_ID]))] = (float(r[K.VAL_CORRECT]), float(r[K.VAL_WRONG]))
         for key, flat in r.items():
             if not key.startswith(K.COUNTS_PREFIX):
                 continue
@@ -205,25 +210,56 @@ def run_federated_evaluation(
     ok = [a for a in answers if not int(a.get(K.DECLINED, 0)) and any(k.startswith(K.COUNTS_PREFIX) for k in a)]
     failed = [m.error.reason for m in replies if m.has_error()]
     declined = len(answers) - len(ok)
-    summed = sum_replies(ok, cfg)
-    schema = task_of(cfg).schema
-    counts = {a: np.asarray(t) for a, t in summed["counts"].items()}
-    result = {
-        "model_digest": arrays_digest(arrays),
-        "clients_answered": len(ok),
-        "clients_failed": failed,
-        "clients_declined": declined,
-        # per-client std of the Gaussian noise on the counts (0: exact counts)
-        "noise_std": max((float(a.get(K.QUERY_NOISE_STD, 0.0)) for a in ok), default=0.0),
-        "exact": not summed["noisy"],
-        "counts": summed["counts"],
-        "group_names": {a: group_names(schema, a) for a in counts},
-        "fairness": fairness_from_counts(counts, schema),
-        "client_accuracy": client_spread(summed["per_client"]),
-        "per_client_counts": {c: {"correct": v[0], "rows": v[1]} for c, v in summed["per_client"].items()},
-    }
+    result = federated_report(ok, cfg)
+    result.update(model_digest=arrays_digest(arrays), clients_failed=failed, clients_declined=declined)
     atomic_write_text(run_dir / FEDERATED_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def federated_report(answers: list[dict[str, Any]], cfg: SimulationConfig) -> dict[str, Any]:
+    """What the clients' answers say, every number with its interval (``federated_eval.json``).
+
+    ``client_accuracy`` holds each client's accuracy on its validation rows and the
+    noise-corrected spread across clients (:func:`fedready.intervals.client_spread`); ``fairness``
+    the group metrics of the summed counts, with intervals in ``estimates``
+    (:func:`fedready.evaluation.estimates.federated_fairness_estimates`). The noise stds are the
+    ones the clients report: ``accuracy_noise_std`` on each client's two accuracy counts,
+    ``noise_std`` on each of its summed counts (the sum over ``m`` clients carries ``sqrt(m)`` times it).
+    """
+    summed = sum_replies(answers, cfg)
+    schema = task_of(cfg).schema
+    per_cell = [float(a.get(K.QUERY_NOISE_STD, 0.0)) for a in answers]
+    released = {
+        "format": FORMAT,
+        "clients_answered": len(answers),
+        "noise_std": max(per_cell, default=0.0),  # per client, on each summed count (0: exact counts)
+        "sum_noise_std": math.sqrt(sum(s * s for s in per_cell)),  # on each cell of the sum over those clients
+        # per client, on its (correct, wrong) counts
+        "accuracy_noise_std": max((float(a.get(K.QUERY_ACCURACY_NOISE_STD, 0.0)) for a in answers), default=0.0),
+        "exact": not summed["noisy"],
+        "counts": summed["counts"],
+        "per_client_counts": {c: {"correct": v[0], "wrong": v[1]} for c, v in summed["per_client"].items()},
+        "source": "the clients' validation rows" + ("" if not summed["noisy"] else " (counts each client noised)"),
+    }
+    return {**released, **federated_numbers(released, schema)}
+
+
+def federated_numbers(released: dict[str, Any], schema: DataSchema) -> dict[str, Any]:
+    """Everything computed from what the clients released: rates, disparities, accuracies, spread, intervals.
+
+    Post-processing of ``released`` (the summed counts, each client's two accuracy counts and the
+    noise stds), so ``fedready evaluate`` recomputes it from ``federated_eval.json`` at no privacy cost.
+    """
+    counts = {a: np.asarray(t, dtype=np.float64 if not released["exact"] else np.int64)
+              for a, t in released["counts"].items()}  # fmt: skip
+    per_client = {c: (float(v["correct"]), float(v["wrong"])) for c, v in released["per_client_counts"].items()}
+    spread = client_spread(per_client, noise_std=float(released["accuracy_noise_std"]))
+    return {
+        "group_names": {a: group_names(schema, a) for a in counts},
+        "fairness": fairness_from_counts(counts, schema),
+        "estimates": federated_fairness_estimates(counts, schema, noise_std=float(released["sum_noise_std"])),
+        "client_accuracy": spread.to_dict(),
+    }
 
 
 def answer_query(msg: Message, cfg: SimulationConfig, partition_id: int,

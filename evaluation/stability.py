@@ -136,6 +136,7 @@ def perturbation_report(
     *,
     names: list[str] | None = None,
     seed: int = 0,
+    decisions: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Accuracy drop and prediction flip rate per perturbation, overall and per group.
 
@@ -145,12 +146,16 @@ def perturbation_report(
         Raw columns -> 0/1 decisions (encodes and runs the model).
     groups : dict
         Sensitive attribute -> group label per row (unperturbed).
+    decisions : dict, optional
+        Filled with each perturbation's decisions per row (for the intervals, which resample rows).
     """
     base = predict(table.columns)
     base_acc = float((base == y_true).mean())
     out: dict[str, Any] = {}
     for name in names or default_perturbations(schema):
         pred = predict(apply_perturbation(table, schema, name, seed=seed))
+        if decisions is not None:
+            decisions[name] = pred
         acc = float((pred == y_true).mean())
         entry: dict[str, Any] = {"accuracy": acc, "accuracy_drop": base_acc - acc,
                                  "flip_rate": float((pred != base).mean()), "groups": {}}  # fmt: skip

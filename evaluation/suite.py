@@ -16,10 +16,12 @@ from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
 from fedready.evaluation._model import RunModel, check_width, load_run
 from fedready.evaluation.calibration import calibration_report
+from fedready.evaluation.estimates import benchmark_estimates, constant_decision_groups
 from fedready.evaluation.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
-from fedready.evaluation.gates import Policy, check_gates, load_policy
+from fedready.evaluation.gates import Policy, check_gates, decision, load_policy
 from fedready.evaluation.mitigation import apply_thresholds, fit_thresholds, split_halves
 from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
+from fedready.intervals import Estimate
 from fedready.schema import DataSchema, load_schema
 from fedready.task import Task, load_task, task_of
 
@@ -121,8 +123,7 @@ def _mitigation(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, attribute
     from fairlearn.metrics import equalized_odds_difference
 
     a, b = split_halves(y, groups, seed=seed)
-    folds = {}
-    rules = {}
+    folds, rules, decided = {}, {}, {}
     for name, fit, test in (("fit_a_measure_b", a, b), ("fit_b_measure_a", b, a)):
         rule = fit_thresholds(scores[fit], y[fit], groups[fit], attribute=attribute)
         rules[name] = rule
@@ -131,13 +132,15 @@ def _mitigation(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, attribute
         eod_b = float(equalized_odds_difference(y[test], before, sensitive_features=groups[test]))
         eod_a = float(equalized_odds_difference(y[test], after, sensitive_features=groups[test]))
         acc_b, acc_a = float((before == y[test]).mean()), float((after == y[test]).mean())
+        decided[name] = (test, after)
         folds[name] = {"rows_fit": len(fit), "rows_measured": len(test), "accuracy_before": acc_b,
                        "accuracy_after": acc_a, "accuracy_cost_points": 100 * (acc_b - acc_a),
                        "eod_before": eod_b, "eod_after": eod_a,
                        "eod_reduction": 1 - eod_a / eod_b if eod_b > 0 else None}  # fmt: skip
     return {"attribute": attribute, "method": "fairlearn ThresholdOptimizer(equalized_odds), randomised",
             "stored_rule": "fit_a_measure_b", "seed": seed, "folds": folds, "rule": rules["fit_a_measure_b"],
-            **folds["fit_a_measure_b"]}  # fmt: skip
+            "by_attribute": {attribute: {"eod_after": folds["fit_a_measure_b"]["eod_after"]}},
+            "_decided": decided["fit_a_measure_b"], **folds["fit_a_measure_b"]}  # fmt: skip
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
@@ -175,16 +178,28 @@ def assess_predictor(
         return np.asarray(predict_proba(np.concatenate(parts, axis=1).astype(np.float32))).argmax(axis=1)
 
     names = list(dict.fromkeys(default_perturbations(ev.schema) + policy.perturbations()))
+    perturbed: dict[str, np.ndarray] = {}
     out: dict[str, Any] = {
         "metrics": classification_metrics(y, pred, ev.classes),
         "fairness": _with_empty_groups(holdout_fairness(y, pred, groups, classes=ev.classes), ev.schema),
         "calibration": calibration_report(y, proba),
-        "stability": {"perturbations": perturbation_report(ev.table, ev.schema, y, predict_raw, groups, names=names)},
+        "stability": {"perturbations": perturbation_report(ev.table, ev.schema, y, predict_raw, groups, names=names,
+                                                           decisions=perturbed)},  # fmt: skip
     }
+    mitigated: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    rules: dict[str, dict[str, Any]] = {}
     if mitigate is not None and ev.schema.target.binary:
         out["mitigation"] = _mitigation(proba[:, 1], y, groups[mitigate], mitigate, seed=0)
+        mitigated[mitigate] = out["mitigation"].pop("_decided")
+        rules[mitigate] = out["mitigation"]["rule"]
     elif mitigate is not None:
         out["mitigation_skipped"] = BINARY_ONLY.format(k=len(ev.classes))
+    out["estimates"] = benchmark_estimates(ev.schema, y, proba, groups, perturbed=perturbed, mitigated=mitigated)
+    constant = constant_decision_groups(pred, rules)
+    out["sanity"] = {"constant_decision_groups": len(constant), "constant": constant}
+    out["estimates"]["sanity.constant_decision_groups"] = Estimate.exact(
+        float(len(constant)), "benchmark", "decides the same whatever the model says: " + ", ".join(constant)
+        if constant else "").to_dict()  # fmt: skip
     return out, predict_raw
 
 
@@ -195,8 +210,10 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) 
     chosen = np.bincount(pred, minlength=len(classes))
     precision = {c: float((y[pred == i] == i).mean()) if chosen[i] else None for i, c in enumerate(classes)}
     defined = [r for r in recall.values() if r is not None]
-    return {"accuracy": float((pred == y).mean()), "rows": len(y), "classes": list(classes),
-            "majority_rate": float(counts.max() / len(y)), "balanced_accuracy": float(np.mean(defined)),
+    accuracy, majority, balanced = float((pred == y).mean()), float(counts.max() / len(y)), float(np.mean(defined))
+    return {"accuracy": accuracy, "rows": len(y), "classes": list(classes), "majority_rate": majority,
+            "balanced_accuracy": balanced, "accuracy_lift": accuracy - majority,
+            "balanced_accuracy_lift": balanced - 1.0 / len(classes), "chance": 1.0 / len(classes),
             "recall": recall, "precision": precision}  # fmt: skip
 
 
@@ -291,9 +308,13 @@ def evaluate_run(
                          "seeds": list(range(rm.cfg.seed, rm.cfg.seed + seeds))}  # fmt: skip
     report["federated"] = _federated(rm) if federated and data is None else None
     report["importance"] = permutation_importance(ev.table, ev.schema, y, predict_raw)
+    if report["federated"] is not None:
+        report["estimates"].update(report["federated"].get("estimates", {}))
     results = check_gates(pol, report)
     report["gates"] = [r.to_dict() for r in results]
-    report["passed"] = all(r.passed for r in results)
+    report["decision"] = decision(results)
+    report["passed"] = report["decision"] == "passed"
+    report["promotion"] = {"undecided": pol.undecided, "variant_gates": [list(v) for v in pol.variant_limits]}
     if write:
         from fedready.evaluation.card import write_model_card
 
@@ -308,14 +329,15 @@ def evaluate_run(
 
 def _federated(rm: RunModel) -> dict[str, Any]:
     """Federated group counts for this model: reuse ``federated_eval.json`` if it matches, else ask the clients."""
-    from fedready.evaluation.federated import FEDERATED_FILE
+    from fedready.evaluation.federated import FEDERATED_FILE, FORMAT, federated_numbers
     from fedready.simulations.engine import federated_evaluate
 
     p = rm.run_dir / FEDERATED_FILE
     if p.exists():
         cached = json.loads(p.read_text())
-        if cached.get("model_digest") == rm.digest:
-            return cached
+        if cached.get("model_digest") == rm.digest and cached.get("format") == FORMAT:
+            # what the clients released, with every number derived from it computed again (post-processing)
+            return {**cached, **federated_numbers(cached, rm.schema)}
     return federated_evaluate(rm.run_dir)
 
 

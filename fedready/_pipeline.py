@@ -43,18 +43,42 @@ def _static_server(folder: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+def _tally(gates: list[dict[str, Any]]) -> str:
+    counts = {o: sum(g["outcome"] == o for g in gates) for o in ("pass", "undecided", "fail")}
+    return ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+
+
+def _say_reference(say: Callable[[str], None], report: dict[str, Any]) -> None:
+    """Accuracy beside the numbers that make it mean something: always guessing the majority class, chance."""
+    m, est = report["metrics"], report.get("estimates", {})
+    bal = est.get("metrics.balanced_accuracy_lift", {})
+    lift = (f"[{bal['lo']:+.3f}, {bal['hi']:+.3f}]" if bal.get("lo") is not None else "(no interval)")
+    say(f"    benchmark: accuracy {m['accuracy']:.4f} (majority class {m['majority_rate']:.4f}), balanced accuracy "
+        f"{m['balanced_accuracy']:.4f} (chance {m['chance']:.4f}, lift {lift})")  # fmt: skip
+    if m["accuracy"] <= m["majority_rate"]:
+        say("    warning: the model is no more accurate than always answering the majority class")
+
+
 def run_pipeline(
     out: Path, *, given: dict[str, Any], version: str, say: Callable[[str], None],
-    simulate: Callable[..., dict[str, Any]],
+    simulate: Callable[..., dict[str, Any]], force: bool = False, reason: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run every step into ``out`` and return a summary of what each produced.
 
     ``simulate`` trains (the CLI's ``run_simulate`` with its progress bar, or the API's); ``given``
     its options, the task's (``data``, ``schema``, ``test``, ``test_fraction``, ``model``) included.
+    The release reaches only the channels its gates allow (stable only when every model gate and
+    the shipped variant's gates pass); ``force`` with a ``reason`` overrides that, recorded in the
+    registry's audit log.
     """
     from fedready.compression.pipeline import compress_run
+    from fedready.errors import ConfigError
     from fedready.evaluation import evaluate_run
-    from fedready.registry import EdgeAgent, Registry, generate_keys, package_run, verify_artifact
+    from fedready.evaluation.gates import GateResult
+    from fedready.registry import EdgeAgent, Registry, generate_keys, package_run, release_allowed, verify_artifact
+
+    if force and not (reason and reason.strip()):
+        raise ConfigError("reason", "--force needs --reason explaining why the gates are overridden")
     from fedready.task import TaskSpec, load_task
 
     out = Path(out)
@@ -85,21 +109,24 @@ def run_pipeline(
     say("2/6 evaluate: fairness, stability, calibration, gates, model card")
     done = run / "evaluation.json"
     report = json.loads(done.read_text()) if done.exists() else None
-    if report is None or report.get("model_digest") != summary["model_digest"]:
+    if report is None or report.get("model_digest") != summary["model_digest"] or "decision" not in report:
         report = evaluate_run(run)
     else:
         say("    already evaluated (same model digest)")
-    failed = [g["gate"] for g in report["gates"] if not g["passed"]]
-    result["evaluate"] = {"passed": report["passed"], "failed": failed}
+    blocking = [GateResult.from_dict(g) for g in report["gates"] if g["outcome"] != "pass"]
+    result["evaluate"] = {"decision": report["decision"], "passed": report["passed"],
+                          "blocking": [g.line() for g in blocking]}  # fmt: skip
+    _say_reference(say, report)
     if report.get("mitigation_skipped"):
         say(f"    skipped post-processing: {report['mitigation_skipped']}")
-    say(f"    global model: {'all gates pass' if not failed else 'fails ' + ', '.join(failed)}; "
-        f"model card {run / 'model_card.html'}")  # fmt: skip
+    say(f"    model gates: {report['decision']} ({_tally(report['gates'])}); model card {run / 'model_card.html'}")
+    for g in blocking:
+        say(f"    {g.line()}")
 
-    say("3/6 compress: edge variants, each gated with the same policy")
+    say("3/6 compress: edge variants, each judged by its fidelity to the trained model")
     done = run / "compression" / "compression.json"
     comp = json.loads(done.read_text()) if done.exists() else None
-    if comp is None or comp.get("model_digest") != summary["model_digest"]:
+    if comp is None or comp.get("model_digest") != summary["model_digest"] or "decision" not in comp:
         comp = compress_run(run)
     else:
         say("    already compressed (same model digest)")
@@ -109,13 +136,13 @@ def run_pipeline(
     for skip in comp.get("skipped", []):
         say(f"    skipped {skip['variant']}: {skip['reason']}")
     if chosen is None:
-        say(f"    no variant passes: {comp['reason']}; the fp32 model ships and promotion will need --force")
+        say(f"    {comp['reason']}; the uncompressed model would ship, and its release decision is failed")
     else:
         result["compress"].update(bytes=chosen["bytes"], fp32_bytes=fp32["bytes"], accuracy=chosen["accuracy"],
                                   fp32_accuracy=fp32["accuracy"])  # fmt: skip
         say(f"    selected {chosen['name']}: {chosen['bytes'] / 1024:.1f} KB "
-            f"({fp32['bytes'] / chosen['bytes']:.0f}x smaller than fp32), accuracy {chosen['accuracy']:.4f} "
-            f"(fp32 {fp32['accuracy']:.4f})")  # fmt: skip
+            f"({fp32['bytes'] / chosen['bytes']:.1f}x smaller than fp32), accuracy {chosen['accuracy']:.4f} "
+            f"(fp32 {fp32['accuracy']:.4f}); variant gates passed")  # fmt: skip
 
     say("4/6 sign: package the artifact with the operator key and verify it")
     keys = out / "keys"
@@ -125,30 +152,49 @@ def run_pipeline(
     artifact, _ = package_run(run, key=priv, version=version, out=out / "artifacts")
     prov = verify_artifact(artifact, public_key=pub)
     result["sign"] = {"artifact": str(artifact), "gates": prov.evaluation}
-    say(f"    {artifact} verified (gates {prov.evaluation})")
+    say(f"    {artifact} verified (release decision: {prov.evaluation})")
 
-    say("5/6 publish: TUF registry, canary then stable")
+    say("5/6 publish: TUF registry, canary then stable (only what the gates allow)")
     reg_dir = out / "registry"
     fresh = not (reg_dir / "repository" / "metadata" / "root.json").exists()
     reg = Registry.init(reg_dir, actor="pipeline") if fresh else Registry(reg_dir)
     reg.publish(artifact, public_key=pub, actor="pipeline")
-    ok, private = prov.evaluation == "passed", summary.get("private") is True
-    overridden = [*([] if ok else ["no variant passed the default gates"]),
-                  *([] if private else ["the run is not private (see its caveats)"])]  # fmt: skip
-    why = f"pipeline demo: {'; '.join(overridden)}" if overridden else None
+    private = summary.get("private") is True
     if not private:
         say("    NOT PRIVATE: promoted with --allow-not-private (recorded in the registry's audit log)")
-    for channel in ("canary", "stable"):
-        reg.promote(version, channel=channel, approver="pipeline", rollout_percent=100.0, force=not ok, reason=why,
-                    allow_not_private=not private)  # fmt: skip
-    say(f"    canary and stable -> {version}; serve {reg.repo} from any static host")
+    if force:
+        say(f"    --force: every gate overridden, reason recorded: {reason}")
+    channels = [c for c in ("canary", "stable")
+                if force or release_allowed(prov.evaluation, prov.undecided_allows, c)]  # fmt: skip
+    why = "; ".join(x for x in (reason if force else None, None if private else
+                                "pipeline demo: the run is not private (see its caveats)") if x)  # fmt: skip
+    for channel in channels:
+        reg.promote(version, channel=channel, approver="pipeline", rollout_percent=100.0, force=force,
+                    reason=why or None, allow_not_private=not private)  # fmt: skip
+    result["publish"] = {"decision": prov.evaluation, "channels": channels}
+    if "stable" in channels:
+        say(f"    canary and stable -> {version}; serve {reg.repo} from any static host")
+    else:
+        where = "stopped at canary" if channels else "not promoted to any channel"
+        say(f"    {where}: the release decision is {prov.evaluation}; nothing failed or undecided reaches stable "
+            "(pass --force --reason '...' to override)")  # fmt: skip
+        for line in result["evaluate"]["blocking"]:
+            say(f"    blocking: {line}")
+        if chosen is None:
+            say(f"    blocking: {comp['reason']}")
 
     say("6/6 device: edge update over HTTP (TUF + signature checks), predict raw rows")
+    if not channels:
+        say("    skipped: no channel serves this version")
+        result["device"] = None
+        return result
     device = out / "device"
     with _static_server(reg.repo) as url:
         agent = EdgeAgent(device)
-        res = agent.update(repo=url, channel="stable", device_id=DEVICE_ID,
+        res = agent.update(repo=url, channel=channels[-1], device_id=DEVICE_ID,
                            root=reg.metadata_dir / "1.root.json", public_key=pub)  # fmt: skip
+    if channels[-1] != "stable":
+        say(f"    (a device in the {channels[-1]} cohort)")
     table, target = task.test, task.schema.target.column
     shown = min(5, len(table))
     rows = [{c: str(v[i]) for c, v in table.columns.items() if c != target} for i in range(shown)]  # raw, unlabelled

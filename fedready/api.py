@@ -495,6 +495,16 @@ class PipelineResult:
         """The trained model's accuracy on the benchmark."""
         return float(self.steps["train"]["accuracy"])
 
+    @property
+    def decision(self) -> str:
+        """The release decision: passed, undecided, failed or not-run."""
+        return str(self.steps["publish"]["decision"])
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels the release reached (stable only when every gate passed, or with force)."""
+        return list(self.steps["publish"]["channels"])
+
 
 def pipeline(
     data: str | Path | None = None,
@@ -507,12 +517,16 @@ def pipeline(
     version: str = "1.0.0",
     say: Callable[[str], None] | None = None,
     simulate_with: Callable[..., dict[str, Any]] | None = None,
+    force: bool = False,
+    reason: str | None = None,
     **options: Any,
 ) -> PipelineResult:
     """The whole job: train, evaluate, compress, sign, publish, update a device and predict raw rows.
 
     Resumable: run it again after a failure and it picks up where it stopped. ``say`` receives
-    one line per step (default: nothing); ``options`` are :func:`simulate` options. Without
+    one line per step (default: nothing); ``options`` are :func:`simulate` options. The release
+    reaches stable only when every gate passes (an undecided one stops it at canary, a failed one
+    promotes it nowhere) unless ``force`` with a ``reason``. Without
     ``model``: ``mlp`` when the clients hold at least
     :data:`LARGE_MODEL_ROWS` training rows each on average, else ``logreg`` (see :func:`default_model`).
     """
@@ -532,5 +546,5 @@ def pipeline(
                         **opts).summary  # fmt: skip
 
     steps = run_pipeline(Path(out), given=given, version=version, say=say or (lambda _: None),
-                         simulate=simulate_with or train)  # fmt: skip
+                         simulate=simulate_with or train, force=force, reason=reason)  # fmt: skip
     return PipelineResult(steps=steps, out=Path(out))

@@ -47,7 +47,7 @@ class SimulationConfig(BaseModel):
     partitioner: str = "dirichlet"  # iid | dirichlet | sensitive | quantity
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (smaller = more skew)
     skew_attribute: str | None = None  # for partitioner=sensitive (default: the schema's first sensitive attribute)
-    val_fraction: float = Field(0.1, ge=0, lt=1)  # each client's local validation share
+    val_fraction: float = Field(0.2, ge=0, lt=1)  # each client's local validation share (its own evaluation)
     min_client_rows: int = Field(20, ge=1)  # fewest rows a partitioner may give a client (lower it for 10,000s)
     seed: int = 0  # partitioning, initialisation, scenario choices; never DP noise or sampling (see privacy)
     # model and local training
@@ -69,7 +69,8 @@ class SimulationConfig(BaseModel):
     # and the counts it answers after training (group counts on its validation rows, reference-profile
     # histograms of its training rows), noised on the client with this multiplier x their L2 sensitivity.
     count_noise: float = Field(20.0, gt=0)  # std of the noise on a client's row count (sensitivity 1 row)
-    query_noise: float = Field(12.0, gt=0)  # noise multiplier of the post-training counts
+    query_noise: float = Field(12.0, gt=0)  # noise multiplier of the post-training counts (the whole answer)
+    query_accuracy_share: float = Field(0.8, gt=0, lt=1)  # its share for each client's own accuracy counts
     # Research and diagnosis options that void or weaken the guarantee; stamped wherever epsilon is shown.
     insecure_seeded_noise: bool = False  # derive DP noise and sampling from --seed: bit-exact reruns, NOT private
     exact_evaluation: bool = False  # clients answer exact group counts (outside the guarantee)
@@ -249,6 +250,8 @@ RUN_CONFIG_KEYS: dict[str, KeyRule] = {
     "accountant": KeyRule(NEUTRAL, "both are upper bounds; the lifetime ledger uses the limits' own accountant"),
     "count_noise": KeyRule(NEUTRAL, _CHARGED),
     "query_noise": KeyRule(NEUTRAL, _CHARGED),
+    "query_accuracy_share": KeyRule(NEUTRAL, "how the charged post-training release's noise is split between its "
+                                             "parts: the release as a whole costs the same"),
     "insecure_seeded_noise": KeyRule(LOOSENING, "noise and sampling derived from --seed: no guarantee at all",
                                      limit="allow_insecure_seeded_noise", loosens=_on),
     "exact_evaluation": KeyRule(LOOSENING, "exact group counts on validation rows leave the client",

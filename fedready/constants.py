@@ -33,7 +33,8 @@ HISTORY_NOISE = "history-noise"
 HISTORY_RATE = "history-rate"
 HISTORY_STEPS = "history-steps"
 HISTORY_JSON = "history-json"  # the same, as one JSON string (legacy SecAgg+ metrics hold scalars only)
-QUERY_NOISE_STD = "query-noise-std"  # std of the Gaussian noise a client added to its query answer (0: exact)
+QUERY_NOISE_STD = "query-noise-std"  # std of the Gaussian noise on each summed count of a query answer (0: exact)
+QUERY_ACCURACY_NOISE_STD = "query-accuracy-noise-std"  # std of the noise on val-correct and val-wrong (0: exact)
 
 # ConfigRecord keys in a client's reply
 REASON = "reason"
@@ -62,8 +63,8 @@ MODE_EVALUATE = "evaluate"
 QUERY = "query"
 QUERY_GROUP_COUNTS = "group-counts"
 COUNTS_PREFIX = "counts/"  # + attribute: flat [tp, fp, tn, fn] per group, in schema order
-VAL_ROWS = "val-rows"
-VAL_CORRECT = "val-correct"
+VAL_CORRECT = "val-correct"  # decisions on the client's validation rows that were right ...
+VAL_WRONG = "val-wrong"  # ... and wrong: one row changes exactly one of the two (L2 sensitivity 1)
 
 # Deployment (fedready.deploy): reason codes of a deployed client and its data fingerprint
 CONTRACT_VIOLATION = "contract-violation"  # the local data breaks the schema's [contract]

@@ -18,7 +18,7 @@ from fedready._io import read_toml
 from fedready.errors import ConfigError, IntegrityError
 from fedready.monitoring._profile import PROFILE_FORMAT, SCORE_EDGES, Counts
 
-__all__ = ["MonitoringPolicy", "compare", "js_distance", "load_monitoring_policy", "psi"]
+__all__ = ["MonitoringPolicy", "compare", "js_distance", "load_monitoring_policy", "psi", "psi_interval"]
 
 _FLOOR = 1e-4  # share given to an empty bucket, so PSI stays finite (a common convention)
 _NOISE_SIGMAS = 3.0  # a noisy reference bucket below this many noise stds carries no signal: pooled
@@ -43,6 +43,24 @@ def pool_noisy_buckets(reference: np.ndarray, window: np.ndarray, noise_std: flo
     if pooled_ref < _NOISE_SIGMAS * float(noise_std) * np.sqrt(small.sum()):
         return ref[~small], win[~small]
     return np.append(ref[~small], pooled_ref), np.append(win[~small], pooled_win)
+
+
+def psi_interval(reference: np.ndarray, window: np.ndarray, noise_std: float | None, *, draws: int = 200,
+                 level: float = 0.95) -> tuple[float, float] | None:  # fmt: skip
+    """The PSI's 95% interval over the noise a DP reference profile carries (None for an exact reference).
+
+    The reference's counts are noisy sums (Gaussian, std ``noise_std`` per bucket); a parametric
+    bootstrap adds fresh noise of that std to them and recomputes the PSI against the window, so
+    the alert reader sees how much of a score the reference's noise alone can move. Seeded:
+    post-processing, not DP noise.
+    """
+    if not noise_std:
+        return None
+    ref, win = np.asarray(reference, dtype=np.float64), np.asarray(window, dtype=np.float64)
+    rng = np.random.default_rng(0xD21F7)
+    values = [psi(ref + rng.normal(0.0, float(noise_std), ref.shape), win) for _ in range(draws)]
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
 def _shares(counts: np.ndarray) -> np.ndarray:
@@ -138,9 +156,12 @@ def compare(profile: dict[str, Any], window: Counts, policy: MonitoringPolicy | 
     Returns
     -------
     dict
-        ``features``: name -> ``{psi, distance}``; ``prediction``: score PSI and distance, positive
-        rates; ``calibration`` (window with labels only); ``breaches``: one dict per score above its
-        threshold (``kind``, ``feature``, ``metric``, ``value``, ``threshold``); ``rows``; ``enough_rows``.
+        ``features``: name -> ``{psi, distance}`` (and ``psi_interval``, the PSI's 95% interval over
+        the reference's DP noise, when the reference is noisy; a PSI above its threshold whose
+        interval reaches below it is ``undecided``, reported and not alerted); ``prediction``: score
+        PSI and distance, positive rates; ``calibration`` (window with labels only); ``breaches``: one
+        dict per score above its threshold (``kind``, ``feature``, ``metric``, ``value``,
+        ``threshold``); ``undecided``: the same, with the ``interval``; ``rows``; ``enough_rows``.
     """
     policy = policy or MonitoringPolicy()
     ref = reference_counts(profile)
@@ -148,11 +169,17 @@ def compare(profile: dict[str, Any], window: Counts, policy: MonitoringPolicy | 
     if unknown:
         raise ConfigError("monitoring.features", f"unknown feature(s) {unknown}; profile has {sorted(ref.features)}")
     breaches: list[dict[str, Any]] = []
+    undecided: list[dict[str, Any]] = []
 
-    def check(kind: str, feature: str | None, metric: str, value: float, threshold: float) -> None:
-        if value > threshold:
-            breaches.append({"kind": kind, "feature": feature, "metric": metric, "value": round(value, 6),
-                             "threshold": threshold})  # fmt: skip
+    def check(kind: str, feature: str | None, metric: str, value: float, threshold: float,
+              interval: list[float] | None = None) -> None:  # fmt: skip
+        if value <= threshold:
+            return
+        entry = {"kind": kind, "feature": feature, "metric": metric, "value": round(value, 6), "threshold": threshold}
+        if interval is not None and interval[0] <= threshold:  # the reference's noise alone could reach it
+            undecided.append({**entry, "interval": [round(interval[0], 6), round(interval[1], 6)]})
+        else:
+            breaches.append(entry)
 
     feats: dict[str, dict[str, float]] = {}
     noise_std = (profile.get("noise") or {}).get("scale")  # std of the noise on each summed bucket
@@ -161,15 +188,23 @@ def compare(profile: dict[str, Any], window: Counts, policy: MonitoringPolicy | 
             raise IntegrityError(f"feature '{name}': the window's buckets differ from the reference profile's")
         r, w = pool_noisy_buckets(ref.features[name], counts, noise_std)
         feats[name] = {"psi": psi(r, w), "distance": js_distance(r, w)}
+        interval = psi_interval(r, w, noise_std)
+        if interval is not None:  # the reference is noisy: the score's spread from that noise alone
+            feats[name]["psi_interval"] = list(interval)
         if not policy.features or name in policy.features:
-            check("feature-drift", name, "psi", feats[name]["psi"], policy.psi_alert)
+            check("feature-drift", name, "psi", feats[name]["psi"], policy.psi_alert, feats[name].get("psi_interval"))
             check("feature-drift", name, "distance", feats[name]["distance"], policy.distance_alert)
     rate_ref = float(_shares(ref.predictions)[1])
     rate_win = float(_shares(window.predictions)[1])
     prediction = {"psi": psi(ref.scores, window.scores), "distance": js_distance(ref.scores, window.scores),
                   "positive_rate_reference": rate_ref, "positive_rate_window": rate_win,
                   "positive_rate_change": rate_win - rate_ref}  # fmt: skip
-    check("prediction-drift", None, "psi", prediction["psi"], policy.prediction_psi_alert)
+    scores_noise = noise_std if (profile.get("outputs") or {}).get("source", "").startswith("clients") else None
+    interval = psi_interval(ref.scores, window.scores, scores_noise)  # public-data outputs carry no noise
+    if interval is not None:
+        prediction["psi_interval"] = list(interval)
+    check("prediction-drift", None, "psi", prediction["psi"], policy.prediction_psi_alert,
+          prediction.get("psi_interval"))
     if profile.get("outputs", {}).get("decisions") != "before-post-processing":
         check("prediction-drift", None, "positive_rate_change", abs(rate_win - rate_ref), policy.positive_rate_alert)
     else:  # the reference decisions are not the shipped rule's: a difference says nothing (see profile "outputs")
@@ -183,4 +218,6 @@ def compare(profile: dict[str, Any], window: Counts, policy: MonitoringPolicy | 
         check("calibration-drift", None, "ece_change", ece_win - ece_ref, policy.calibration_alert)
     out["enough_rows"] = window.rows >= policy.min_rows
     out["breaches"] = breaches if out["enough_rows"] else []
+    # above a threshold, but within what the DP reference's noise alone produces: reported, never alerted
+    out["undecided"] = undecided if out["enough_rows"] else []
     return out

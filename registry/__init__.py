@@ -10,7 +10,16 @@ from fedready.registry._artifact import Provenance, generate_keys, package_run, 
 from fedready.registry._channels import cohort_versions, in_canary, resolve
 from fedready.registry._edge import EdgeAgent, UpdateResult
 from fedready.registry._predict import Predictor, read_rows
-from fedready.registry._registry import CHANNELS, DEFAULT_EXPIRY, ROLES, Channel, Registry, metadata_anchors
+from fedready.registry._registry import (
+    CHANNELS,
+    DEFAULT_EXPIRY,
+    ROLES,
+    STABLE,
+    Channel,
+    Registry,
+    metadata_anchors,
+    release_allowed,
+)
 from fedready.registry._reproduce import reproduce_artifact
 from fedready.registry._serve import EdgeServer, ServeConfig
 
@@ -18,6 +27,7 @@ __all__ = [
     "CHANNELS",
     "DEFAULT_EXPIRY",
     "ROLES",
+    "STABLE",
     "Channel",
     "EdgeAgent",
     "EdgeServer",
@@ -32,6 +42,7 @@ __all__ = [
     "metadata_anchors",
     "package_run",
     "read_rows",
+    "release_allowed",
     "reproduce_artifact",
     "resolve",
     "verify_anchored_log",

@@ -85,12 +85,14 @@ class Provenance:
     git_commit: str | None
     packages: dict[str, str | None]
     parent_version: str | None
-    evaluation: str  # "passed" | "failed" | "not-run"
+    evaluation: str  # the release decision: "passed" | "undecided" | "failed" | "not-run"
     compression: dict[str, Any]  # {"status": "not-run"} or what compression.json selected
     data_fingerprints: dict[str, Any] | None  # what clients reported; None: this run recorded none
     created: str
     # the run's audit log when packaged: {"lines", "head", "key"} (fedready.audit.Anchor); None: no log
     audit: dict[str, Any] | None = None
+    # what an undecided release may reach, from the gate policy: "canary" | "block" | "stable"
+    undecided_allows: str = "canary"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +174,27 @@ def _find(run: Path, name: str, subdirs: tuple[str, ...]) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def _release_decision(staging: Path, compression: dict[str, Any]) -> tuple[str, str]:
+    """The release decision the artifact carries, and what the policy lets an undecided release reach.
+
+    The trained model's gates (``evaluation.json``, decided once) and, when ``fedready compress``
+    ran, the shipped variant's gates (its fidelity to that model): the worse of the two. A
+    compression that selected nothing ships the uncompressed model, which failed its variant gates.
+    """
+    ev_path = staging / "evaluation.json"
+    if not ev_path.exists():
+        return "not-run", "canary"
+    ev = read_json(ev_path, what="evaluation report")
+    model = str(ev.get("decision") or ("passed" if ev.get("passed") is True else "failed"))
+    undecided = str((ev.get("promotion") or {}).get("undecided", "canary"))
+    status = compression.get("status")
+    if status == "none-selected":
+        return "failed", undecided
+    if model not in ("passed", "undecided", "failed"):
+        model = "failed"
+    return model, undecided
 
 
 def _selected_onnx(run: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -283,7 +306,6 @@ def package_run(
             shutil.copyfile(onnx_src, staging / MODEL_FILE)
         else:
             export_run(run, staging / MODEL_FILE)
-        evaluation = "not-run"
         for name in _EVALUATION_FILES:
             src = _find(run, name, ("evaluation",))
             if name == THRESHOLDS_FILE and onnx_src is not None:
@@ -293,13 +315,7 @@ def package_run(
                 shutil.copyfile(src, staging / name)
         if unknown_group is not None:
             _set_fallback(staging / THRESHOLDS_FILE, unknown_group)
-        if (staging / "evaluation.json").exists():
-            ev = read_json(staging / "evaluation.json", what="evaluation report")
-            evaluation = "passed" if ev.get("passed") is True else "failed"
-        if compression.get("status") == "selected":
-            # `fedready compress` ships only a variant that passed every gate of its policy, measured
-            # on that variant (the fp32 model's evaluation.json describes the uncompressed teacher)
-            evaluation = "passed"
+        evaluation, undecided_allows = _release_decision(staging, compression)
         schema_src = _find(run, SCHEMA_FILE, ())
         config = read_json(run / "config.json", what="run config")
         schema = task_from_dict(config.get("config", {})).schema if schema_src is None else None  # older runs
@@ -331,9 +347,17 @@ def package_run(
             data_fingerprints=summary.get("data_fingerprints"),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             audit=audit,
+            undecided_allows=undecided_allows,
         )
         write_json(staging / PROVENANCE_FILE, prov.to_dict())
-        if (run / PROFILE_FILE).is_file():  # last: describing the shipped model needs the whole artifact
+        client_level = summary.get("client_dp") not in (None, "off")
+        if client_level and (staging / "evaluation.json").exists():
+            _withhold_per_client(staging)
+        if client_level and (run / PROFILE_FILE).is_file():
+            profile, _ = _public_profile(run, staging)
+            if profile is not None:  # no profile rather than a non-private one (the benchmark could not be read)
+                write_json(staging / PROFILE_FILE, profile)
+        elif (run / PROFILE_FILE).is_file():  # last: describing the shipped model needs the whole artifact
             write_json(staging / PROFILE_FILE, _shipped_profile(run, staging, onnx_src))
         if target.exists():
             if _same_payload(staging, target):
@@ -435,6 +459,61 @@ def _shipped_profile(run: Path, staging: Path, onnx_src: Path | None) -> dict[st
     decisions = "shipped" if not (staging / THRESHOLDS_FILE).is_file() else "before-post-processing"
     return {**profile, "outputs": {"source": "clients (the trained model on their rows)", "decisions": decisions,
                                    "model_sha256": model_sha, "why": why}}  # fmt: skip
+
+
+_WITHHELD = ("withheld: under client-level DP, numbers per client (and statistics over them) are not client-level "
+             "private; the coordinator decided the gate on them")  # fmt: skip
+
+
+def _withhold_per_client(staging: Path) -> None:
+    """Under client-level DP, ship the evaluation and model card without anything computed per client.
+
+    The clients' own numbers (each client's accuracy, their spread, the summed counts) are releases
+    whose sensitivity to one whole client is not bounded, so they stay with the coordinator: the
+    shipped ``evaluation.json`` keeps the gates' outcomes, without their numbers, and the model card
+    is rendered again from it.
+    """
+    from fedready.evaluation.card import write_model_card
+
+    ev = read_json(staging / "evaluation.json", what="evaluation report")
+    ev["federated"] = None
+    ev["federated_withheld"] = _WITHHELD
+    ev["estimates"] = {k: v for k, v in (ev.get("estimates") or {}).items() if not k.startswith("federated.")}
+    for g in ev.get("gates", []):
+        if g.get("source") == "clients":
+            g.update(measured=None, lo=None, hi=None, note=_WITHHELD)
+    write_json(staging / "evaluation.json", ev)
+    write_model_card(ev, staging)
+
+
+def _public_profile(run: Path, staging: Path) -> tuple[dict[str, Any] | None, str]:
+    """Under client-level DP: the reference profile of the shipped model on the public benchmark alone.
+
+    The clients' summed histograms are noised for one row, not for one whole client (whose rows
+    move a sum by all of their count), so they are not shipped; the benchmark (the coordinator's
+    public holdout) gives the feature histograms instead, and the shipped model's outputs on it.
+    """
+    from fedready.monitoring._profile import NoiseRecord, count_rows, profile_document, with_outputs
+
+    clients_profile = read_json(run / PROFILE_FILE, what="reference profile")
+    outputs, why = _public_outputs_now(run, staging, clients_profile)
+    if outputs is None:
+        return None, why
+    from fedready.task import task_from_dict
+
+    task = task_from_dict(read_json(run / CONFIG_FILE, what="run config").get("config", {}))
+    from fedready.registry._predict import Predictor
+
+    proba = Predictor(staging).column_probabilities(task.test.columns)
+    decided = proba.argmax(axis=1)
+    scores = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
+    counts = count_rows(task.schema, task.test.columns, scores=scores, predictions=decided,
+                        labels=task.test.labels(task.schema))  # fmt: skip
+    noise = NoiseRecord("none", extra={"source": f"the public benchmark ({task.test_source}): under client-level "
+                                                 "DP the clients' histograms are not shipped"})  # fmt: skip
+    doc = profile_document(task.schema, counts, noise, model_digest=clients_profile.get("model_digest", ""),
+                           clients=0)  # fmt: skip
+    return with_outputs(doc, outputs), ""
 
 
 def _public_outputs_now(run: Path, staging: Path, profile: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:

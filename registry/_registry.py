@@ -77,6 +77,8 @@ from fedready.registry._channels import CANARY, STABLE, canary_state, cohort_ver
 
 __all__ = [
     "CHANNELS",
+    "STABLE",
+    "release_allowed",
     "DEFAULT_EXPIRY",
     "ROLES",
     "Channel",
@@ -161,6 +163,32 @@ class Channel:
     def past_review(self, today: dt.date | None = None) -> bool:
         """True when the review-by date has passed."""
         return dt.date.fromisoformat(self.review_by) < (today or _now().date())
+
+
+def release_allowed(evaluation: str, undecided_allows: str, channel: str) -> bool:
+    """May a release with this decision reach ``channel`` without ``--force``?
+
+    A passed release may reach any channel, a failed or never-evaluated one none. An undecided
+    release (a gate whose interval straddles its limit) reaches what its policy's ``[promotion]
+    undecided`` allows: ``canary`` every channel but stable (the default), ``block`` none,
+    ``stable`` every channel.
+    """
+    if evaluation == "passed":
+        return True
+    if evaluation == "undecided":
+        return undecided_allows == "stable" or (undecided_allows == "canary" and channel != STABLE)
+    return False
+
+
+def _why_refused(evaluation: str, undecided_allows: str, channel: str) -> str:
+    if evaluation == "undecided":
+        where = "no channel" if undecided_allows == "block" else "every channel but stable"
+        return (f"has undecided gates (their intervals straddle the limits) and its policy lets an undecided release "
+                f"reach {where}, not '{channel}'; see its evaluation.json, or decide them with more evaluation budget "
+                "or a larger benchmark")  # fmt: skip
+    if evaluation == "failed":
+        return "failed its gates (see its evaluation.json and compression.json)"
+    return "has no evaluation (gates not run): run `fedready evaluate` (and `fedready compress`) and package again"
 
 
 class Registry:
@@ -474,10 +502,10 @@ class Registry:
                                         "privacy guarantee ships")  # fmt: skip
         prov = self.provenance(version)
         private = self._check_private(version, allow_not_private=allow_not_private)
-        if not prov.gates_passed and not force:
-            why = "failed its evaluation gates" if prov.evaluation == "failed" else "has no evaluation (gates not run)"
-            raise ConfigError("version", f"{version} {why}; run `fedready evaluate` and package again, or pass "
-                                         "--force --reason '...' to override (recorded in the audit log)")  # fmt: skip
+        if not force and not release_allowed(prov.evaluation, prov.undecided_allows, channel):
+            why = _why_refused(prov.evaluation, prov.undecided_allows, channel)
+            raise ConfigError("version", f"{version} {why}; pass --force --reason '...' to override (recorded in the "
+                                         "audit log)")  # fmt: skip
         today = _now().date()
         review = review_by or today + DEFAULT_REVIEW
         if review <= today:
@@ -489,7 +517,7 @@ class Registry:
         still_withdrawn = tuple(v for v in withdrawn(None if stable is None else stable.to_dict()) if v != version)
         doc = Channel(channel=channel, version=version, files=files, rollout_percent=float(rollout_percent),
                       approver=approver, review_by=review.isoformat(), promoted_at=_now().isoformat(),
-                      forced=bool(force and not prov.gates_passed),
+                      forced=bool(force and not release_allowed(prov.evaluation, prov.undecided_allows, channel)),
                       reason=reason if force or allow_not_private else None,
                       gates=prov.evaluation, previous=previous[-10:], serial=self._next_serial(),
                       withdrawn=still_withdrawn if channel == STABLE else ())  # fmt: skip

@@ -187,5 +187,7 @@ def pipeline_run(tmp_path_factory):
     from fedready.cli import app
 
     out = tmp_path_factory.mktemp("pipeline")
-    args = ["pipeline", "--out", str(out), "--model", "mlp", "--rounds", "2", "--json"]
+    # a 2-round model is not meant to pass the gates: published with a recorded override, for the device tests
+    args = ["pipeline", "--out", str(out), "--model", "mlp", "--rounds", "2", "--json", "--force", "--reason",
+            "test fixture: a 2-round model"]  # fmt: skip
     return out, args, CliRunner().invoke(app, args)

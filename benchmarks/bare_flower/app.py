@@ -3,7 +3,7 @@
     python benchmarks/bare_flower/app.py --clients 10 --rounds 5 --fraction-train 1.0 --noise 1.1
 
 What a user would write from Flower's and Opacus's examples, doing the same training work as
-``fedready simulate --partitioner iid``: the same Adult rows (IID shards, 10% held back per client as
+``fedready simulate --partitioner iid``: the same Adult rows (IID shards, 20% held back per client as
 fedready does), the same model, Poisson batch, local steps, learning rate schedule, clipping bound,
 noise multiplier and Opacus clipping mode (ghost clipping, as fedready uses), Flower's ``FedAvg``
 with the same sampling fraction, and the same central evaluation on the holdout after every round,
@@ -53,7 +53,7 @@ def _shards(num_clients: int, seed: int) -> list[np.ndarray]:
 def _client_data(pid: int, num_clients: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x, y = _encoded("train")
     idx = _shards(num_clients, seed)[pid]
-    idx = idx[int(round(len(idx) * 0.1)) :]  # the 10% validation share fedready keeps aside
+    idx = idx[int(round(len(idx) * 0.2)) :]  # the 20% validation share fedready keeps aside
     return x[idx], y[idx]
 
 

@@ -18,7 +18,8 @@ from rich.markup import escape
 
 from fedready.errors import ConfigError, FedreadyError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy-preserving federated training.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy-preserving federated training.",
+                  pretty_exceptions_show_locals=False)  # a traceback's locals would print data values
 err = Console(stderr=True)
 
 

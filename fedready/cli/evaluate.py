@@ -45,7 +45,9 @@ def evaluate(
 ) -> None:
     """Fairness, stability, calibration, mitigation and explanations for a run; check the gates; write the model card.
 
-    Exit code 0 when every gate passes, 1 when any fails, 2 for a bad policy or option.
+    Every gated number is shown with its 95% interval and its source (benchmark, clients, ledger).
+    Exit code 0 when every gate passes, 1 when any fails, 3 when none fails but some are undecided,
+    2 for a bad policy or option.
     """
     from fedready.evaluation import evaluate_run
 
@@ -58,8 +60,8 @@ def evaluate(
         typer.echo(json.dumps(report, sort_keys=True))
     else:
         _print_gates(report)
-    if not report["passed"]:
-        raise typer.Exit(1)
+    if report["decision"] != "passed":
+        raise typer.Exit(1 if report["decision"] == "failed" else 3)
 
 
 @app.command()
@@ -78,8 +80,10 @@ def compress(
 ) -> None:
     """Build edge variants (int8, pruned, distilled, chained), gate each one, select the smallest that passes.
 
-    Writes RUN/compression/ (every variant's ONNX, compression.json, compression.md, size_vs_accuracy.png,
-    selected.onnx and its thresholds.json). Exit code 0 when a variant is selected, 1 when none passes.
+    Each variant is judged by the policy's variant gates: its fidelity to the trained model on the benchmark
+    (accuracy lost, decisions agreeing, calibration, change in group fairness). Writes RUN/compression/ (every
+    variant's ONNX, compression.json, compression.md, size_vs_accuracy.png, selected.onnx and its
+    thresholds.json). Exit code 0 when a variant is selected, 1 when none passes.
     """
     with _errors():
         try:
@@ -100,26 +104,42 @@ def compress(
         typer.echo(report["table"])
     for skip in report.get("skipped", []):
         err.print(f"skipped {skip['variant']}: {skip['reason']}", markup=False, highlight=False, soft_wrap=True)
+    model = report["model"]
     if report["selected"] is None:
-        err.print(f"[bold red]no variant selected:[/] {report['reason']}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]no variant selected:[/] {escape(report['reason'])}", markup=True, highlight=False,
+                  soft_wrap=True)  # fmt: skip
         raise typer.Exit(1)
-    err.print(f"selected {report['selected']} -> {run / 'compression' / 'selected.onnx'}")
+    err.print(f"selected {report['selected']} -> {run / 'compression' / 'selected.onnx'}", highlight=False)
+    err.print(f"release decision: {report['decision']} (the trained model's gates: {model['decision']}; the selected "
+              "variant's gates: passed)", highlight=False)  # fmt: skip
 
 
 def _num(v: Any) -> str:
     return "undefined" if v is None else f"{v:.4f}"
 
 
+_VERDICT = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "undecided": "[yellow]undecided[/]"}
+
+
+def _measured(g: dict[str, Any]) -> str:
+    if g["measured"] is None:
+        return "undefined"
+    if g.get("lo") is None or g.get("hi") is None or g["lo"] == g["hi"]:
+        return f"{g['measured']:.4f}"
+    return f"{g['measured']:.4f} [{g['lo']:.4f}, {g['hi']:.4f}]"
+
+
 def _print_gates(report: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from fedready.evaluation.gates import GateResult
+
     table = Table(title=escape(f"release gates: {report['policy']['name']} on {report['run_id']}"))
     table.add_column("gate", overflow="fold")
-    for col in ("measured", "limit", "result"):
+    for col in ("measured [95% interval]", "limit", "source", "result"):
         table.add_column(col, justify="right", no_wrap=True)
     for g in report["gates"]:
-        verdict = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
-        table.add_row(escape(g["gate"]), _num(g["measured"]), _num(g["limit"]), verdict)
+        table.add_row(escape(g["gate"]), _measured(g), _num(g["limit"]), g.get("source", ""), _VERDICT[g["outcome"]])
     Console().print(table)
     m = report.get("mitigation")
     lines = [f"accuracy {report['metrics']['accuracy']:.4f}, ECE {report['calibration']['ece']:.4f}"]
@@ -132,10 +152,11 @@ def _print_gates(report: dict[str, Any]) -> None:
     lines.append(f"wrote {run / 'evaluation.json'}, {run / 'model_card.html'}, {run / 'model_card.md'}")
     for line in lines:
         err.print(line, highlight=False)
+    err.print(f"decision: {report['decision']} (an undecided model may reach: "
+              f"{report['promotion']['undecided']}; never stable by default)", highlight=False)
     for g in report["gates"]:
-        if not g["passed"]:
-            err.print(f"[bold red]gate failed:[/] {escape(g['gate'])}: measured {_num(g['measured'])}, "
-                      f"limit {_num(g['limit'])}" + (f" ({g['note']})" if g["note"] else ""), highlight=False)  # fmt: skip
+        if g["outcome"] != "pass":
+            err.print(escape(GateResult.from_dict(g).line()), highlight=False)
 
 
 @app.command()

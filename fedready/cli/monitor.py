@@ -43,10 +43,16 @@ def monitor(
         _echo_json(report)
     else:
         worst = max(report["features"].items(), key=lambda kv: kv[1]["psi"])
+        spread = worst[1].get("psi_interval")
+        noise = f" [{spread[0]:.3f}, {spread[1]:.3f} over the reference's DP noise]" if spread else ""
         typer.echo(f"{report['version']} ({report['channel']}): {report['rows']:g} rows; highest PSI {worst[0]} "
-                   f"{worst[1]['psi']:.3f}; prediction PSI {report['prediction']['psi']:.3f}")  # fmt: skip
+                   f"{worst[1]['psi']:.3f}{noise}; prediction PSI {report['prediction']['psi']:.3f}")  # fmt: skip
         for b in report["breaches"]:
             typer.echo(f"BREACH {b['kind']} {b['feature'] or ''} {b['metric']} {b['value']:.4f} > {b['threshold']}")
+        for u in report.get("undecided", []):
+            typer.echo(f"undecided {u['kind']} {u['feature'] or ''} {u['metric']} {u['value']:.4f} > {u['threshold']}, "
+                       f"but the reference's DP noise alone gives [{u['interval'][0]:.4f}, {u['interval'][1]:.4f}]: "
+                       "not alerted")  # fmt: skip
         if not report["enough_rows"]:
             typer.echo(f"window below min_rows ({policy.min_rows}): reported, not alerted")
     if report["breaches"]:

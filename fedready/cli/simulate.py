@@ -68,6 +68,15 @@ def simulate(
         float | None,
         typer.Option(help="Noise multiplier of the counts clients answer after training. [default: 12]"),
     ] = None,
+    query_accuracy_share: Annotated[
+        float | None,
+        typer.Option(help="Share of that answer's privacy cost spent on each client's own accuracy counts. "
+                          "[default: 0.8]"),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of each client's rows kept aside for its own validation. [default: 0.2]"),
+    ] = None,
     insecure_seeded_noise: Annotated[
         bool | None,
         typer.Option("--insecure-seeded-noise", help="Derive DP noise from --seed (bit-exact reruns): NOT private."),
@@ -284,7 +293,8 @@ def simulate(
         "budget_rounds": budget_rounds, "client_dp": client_dp, "client_epsilon": client_epsilon,
         "client_noise_multiplier": client_noise_multiplier, "client_delta": client_delta, "client_clip": client_clip,
         "clip_quantile": clip_quantile, "clip_count_stddev": clip_count_stddev, "secagg": secagg,
-        "count_noise": count_noise, "query_noise": query_noise, "insecure_seeded_noise": insecure_seeded_noise,
+        "count_noise": count_noise, "query_noise": query_noise,
+        "query_accuracy_share": query_accuracy_share, "val_fraction": val_fraction, "insecure_seeded_noise": insecure_seeded_noise,
         "exact_evaluation": exact_evaluation, "release_train_loss": release_train_loss, "secagg_shares": secagg_shares,
         "secagg_threshold": secagg_threshold, "secagg_clip_range": secagg_clip_range,
         "secagg_quantization": secagg_quantization, "aggregator": aggregator, "trim_beta": trim_beta,
@@ -436,6 +446,10 @@ def pipeline(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed. [default: 0]")] = None,
     version: Annotated[str, typer.Option(help="Artifact version to package and publish.")] = "1.0.0",
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote to stable even with failed or undecided gates (needs --reason).")
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="Why the gates are overridden (recorded).")] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the summary of every step as JSON on stdout.")
     ] = False,
@@ -443,7 +457,9 @@ def pipeline(
     """The whole job: train, evaluate, compress, sign, publish, update a device and predict raw rows.
 
     On your CSV (--data, --schema) or the embedded data set. Run it again after a failure: it resumes
-    the training and redoes or re-checks the later steps.
+    the training and redoes or re-checks the later steps. Only a release whose gates all pass
+    reaches stable: exit 0; an undecided gate stops it at canary (exit 3), a failed one promotes it
+    nowhere (exit 1), each blocking gate printed in one line.
     """
     import fedready
 
@@ -451,7 +467,9 @@ def pipeline(
                if v is not None}  # fmt: skip
     with _errors():
         result = fedready.pipeline(data, schema, test=test, test_fraction=test_fraction, model=model, out=out,
-                                   version=version, simulate_with=run_simulate, **options,
+                                   version=version, simulate_with=run_simulate, force=force, reason=reason, **options,
                                    say=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))  # fmt: skip
     if json_out:
         _echo_json(result.steps)
+    if "stable" not in result.channels:
+        raise typer.Exit(1 if result.decision in ("failed", "not-run") else 3)

@@ -30,7 +30,7 @@ def _compress(run, policy, *extra):
 
 def test_selects_the_smallest_passing_variant_and_writes_everything(run, tmp_path):
     policy = tmp_path / "p.toml"
-    policy.write_text("[gates]\nmin_accuracy = 0.75\n")
+    policy.write_text("[gates]\nmin_accuracy = 0.75\n[variant_gates]\nmax_accuracy_loss = 0.02\n")
     res = _compress(run, policy, "--student-widths", "8")
     assert res.exit_code == 0, res.output
     folder = run / "compression"
@@ -38,6 +38,11 @@ def test_selects_the_smallest_passing_variant_and_writes_everything(run, tmp_pat
     passing = [v for v in report["variants"] if v["passed"]]
     smallest = min(passing, key=lambda v: v["bytes"])
     assert report["selected"] == smallest["name"]
+    # the selected variant was judged on its fidelity to the trained model, with intervals
+    gates = {g["gate"]: g for g in smallest["gates"]}
+    assert gates["max_accuracy_loss"]["outcome"] == "pass" and gates["max_accuracy_loss"]["hi"] <= 0.02
+    assert all(v["decision"] != "passed" for v in report["variants"] if v["bytes"] < smallest["bytes"])
+    assert report["model"]["decision"] == "not-run" and report["decision"] == "not-run"  # no evaluate yet
     assert (folder / "selected.onnx").read_bytes() == (folder / smallest["file"]).read_bytes()
     assert (folder / "compression.md").read_text().count("\n|") >= len(report["variants"])
     assert (folder / "size_vs_accuracy.png").stat().st_size > 10_000
@@ -53,10 +58,11 @@ def test_selects_the_smallest_passing_variant_and_writes_everything(run, tmp_pat
 
 def test_no_variant_passing_exits_1_and_says_why(run, tmp_path):
     policy = tmp_path / "p.toml"
-    policy.write_text("[gates]\nmin_accuracy = 0.99\n")
+    policy.write_text("[gates]\nmin_accuracy = 0.5\n[variant_gates]\nmax_accuracy_loss = -0.05\n")  # must gain 5 pt
     res = _compress(run, policy)
     assert res.exit_code == 1
-    assert "no variant passes every gate" in res.stderr and "min_accuracy" in res.stderr
+    assert "passes its variant gates" in res.stderr and "max_accuracy_loss: fail" in res.stderr
+    assert len([ln for ln in res.stderr.splitlines() if "no variant selected" in ln]) == 1
     assert json.loads((run / "compression" / "compression.json").read_text())["selected"] is None
     assert not (run / "compression" / "selected.onnx").exists()
 

@@ -30,10 +30,13 @@ def test_gate_below_measured_value_fails_with_name_value_and_limit(evaluated_run
                       f"[gates.max_equalized_odds_difference]\nsex = {eod / 2:.4f}\n")  # fmt: skip
     result = _evaluate(run, policy)
     assert result.exit_code == 1, result.output
-    failed = [ln for ln in result.stderr.splitlines() if ln.startswith("gate failed")]
+    failed = [ln for ln in result.stderr.splitlines() if ": fail, " in ln]
     assert len(failed) == 1, result.stderr
-    assert "max_equalized_odds_difference[sex]" in failed[0]
-    assert f"measured {eod:.4f}" in failed[0] and f"limit {eod / 2:.4f}" in failed[0]
+    # one line: the gate, its outcome, the measured value with its interval, the limit and the source
+    assert failed[0].startswith("max_equalized_odds_difference[sex]: fail, ")
+    est = report["estimates"]["fairness.sex.equalized_odds_difference"]
+    assert est["lo"] > eod / 2 and f"{est['value']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}]" in failed[0]
+    assert f"limit {eod / 2:.3f}" in failed[0] and "benchmark" in failed[0]
 
 
 def test_passing_policy_exits_0(evaluated_run, tmp_path):

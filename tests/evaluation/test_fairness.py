@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from fedready.errors import ConfigError
 from fedready.evaluation.fairness import (
-    client_spread,
     confusion_counts,
     fairness_from_counts,
     group_labels,
@@ -61,14 +60,6 @@ def test_unknown_sensitive_attribute_names_the_field(adult_schema):
 def test_numeric_sensitive_attribute_is_sliced_by_declared_bins(adult_schema):
     labels = group_labels(adult_schema, "age", np.array(["17", "24.9", "25", "90"]))
     assert list(labels) == ["[17, 20)", "[20, 25)", "[25, 30)", "[70, 90)"]
-
-
-def test_client_spread_reports_std_worst_and_worst_decile():
-    spread = client_spread({str(i): (i + 1, 10) for i in range(10)} | {"10": (0, 0)})
-    assert spread["worst_client"] == "0" and spread["worst_accuracy"] == pytest.approx(0.1)
-    assert spread["worst_10pct_accuracy"] == pytest.approx(0.1)
-    assert spread["std"] == pytest.approx(np.std(np.arange(1, 11) / 10))
-    assert spread["undefined_clients"] == ["10"]
 
 
 @settings(max_examples=25, deadline=None)

@@ -36,7 +36,7 @@ def _pooled(run):
         p = rm.predict(shard.x_val)
         ys.append(shard.y_val)
         preds.append(p)
-        per_client[str(pid)] = float((p == shard.y_val).mean())
+        per_client[str(pid)] = (float((p == shard.y_val).mean()), len(shard.y_val))
         for a, raw in client_validation_attributes(rm.cfg, pid).items():
             attrs.setdefault(a, []).append(group_labels(schema, a, raw))
     return np.concatenate(ys), np.concatenate(preds), {a: np.concatenate(v) for a, v in attrs.items()}, per_client
@@ -84,11 +84,17 @@ def test_federated_counts_equal_fairlearn_on_pooled_predictions(evaluated_run):
         for key, value in ref.items():
             assert mine[key] == pytest.approx(value, abs=TOL), (attr, key)
     spread = fed["client_accuracy"]
-    for c, acc in per_client.items():
-        assert spread["clients"][c] == pytest.approx(acc, abs=TOL)
-    values = np.array(list(per_client.values()))
-    assert spread["std"] == pytest.approx(values.std(), abs=TOL)
-    assert spread["worst_accuracy"] == pytest.approx(values.min(), abs=TOL)
+    for c, (acc, _) in per_client.items():
+        assert spread["clients"][c]["value"] == pytest.approx(acc, abs=TOL)
+        assert spread["clients"][c]["noise_std"] == 0.0  # exact counts: the interval is the sampling error only
+    # exact counts: the spread subtracts the binomial variance of each client's validation sample
+    kept = [(a, n) for c, (a, n) in per_client.items() if c not in spread["undefined_clients"]]
+    acc = np.array([a for a, _ in kept])
+    v = np.array([min(max(a, 0.05), 0.95) * (1 - min(max(a, 0.05), 0.95)) / n for a, n in kept])
+    expected = np.sqrt(max(0.0, acc.var() - (1 - 1 / len(acc)) * v.mean()))
+    assert spread["std"]["value"] == pytest.approx(expected, abs=TOL)
+    assert spread["std"]["lo"] <= spread["std"]["value"] <= spread["std"]["hi"]
+    assert spread["worst_accuracy"]["value"] == pytest.approx(acc.min(), abs=TOL)
 
 
 def test_holdout_fairness_is_fairlearn_metricframe(evaluated_run):

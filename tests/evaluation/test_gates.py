@@ -22,7 +22,9 @@ def test_default_policy_names_no_column_and_fits_any_schema(adult_schema, multic
     for schema in (adult_schema, load_schema(multiclass_task["schema"])):
         policy = load_policy(None, schema)
         keys = {(g, k) for g, k, _ in policy.limits}
-        assert {("max_ece", ""), ("max_epsilon", ""), ("min_accuracy_lift", "")} <= keys
+        assert {("max_epsilon", ""), ("min_balanced_accuracy_lift", ""), ("max_constant_decision_groups", "")} <= keys
+        assert {g for g, _, _ in policy.variant_limits} >= {"max_accuracy_loss", "min_agreement", "max_ece"}
+        assert policy.undecided == "canary"
         # "*" became one fairness gate per sensitive attribute the schema declares
         assert {k for g, k in keys if g == "max_equalized_odds_difference"} == set(schema.sensitive)
 
@@ -32,7 +34,8 @@ def test_the_embedded_data_set_ships_its_own_policy(adult_schema):
 
     policy = load_policy(policy_path(), adult_schema)
     names = {g for g, _, _ in policy.limits}
-    assert {"min_accuracy", "max_equalized_odds_difference", "max_ece", "max_epsilon", "max_flip_rate"} <= names
+    assert {"min_accuracy", "max_equalized_odds_difference", "max_epsilon", "max_flip_rate"} <= names
+    assert "max_ece" in {g for g, _, _ in policy.variant_limits}  # the shipped variant is the calibrated one
 
 
 def test_wildcards_expand_and_explicit_keys_override(adult_schema, tmp_path):
@@ -48,15 +51,21 @@ def test_wildcards_expand_and_explicit_keys_override(adult_schema, tmp_path):
 
 
 def test_every_registered_gate_loads_and_reads_a_report(adult_schema, tmp_path):
-    lines = ["[gates]"] + [f"{n} = 0.5" for n, g in GATES.items() if not g.keyed_by]
-    for n, g in GATES.items():
-        if g.keyed_by:
-            lines += [f"[gates.{n}]", "sex = 0.5" if g.keyed_by == "attribute" else '"gaussian-0.1" = 0.5']
+    lines = []
+    for table, level in (("gates", "model"), ("variant_gates", "variant")):
+        names = [n for n, g in GATES.items() if level in g.levels and (table == "gates" or "model" not in g.levels)]
+        lines += [f"[{table}]"] + [f"{n} = 0.5" for n in names if not GATES[n].keyed_by]
+        for n in names:
+            if GATES[n].keyed_by:
+                key = "sex" if GATES[n].keyed_by == "attribute" else '"gaussian-0.1"'
+                lines += [f"[{table}.{n}]", f"{key} = 0.5"]
     policy = load_policy(_write(tmp_path, "\n".join(lines)), adult_schema)
-    assert {g for g, _, _ in policy.limits} == set(GATES)
-    results = check_gates(policy, {})  # an empty report: every measurement undefined
+    assert {g for g, _, _ in policy.limits + policy.variant_limits} == set(GATES)
+    results = check_gates(policy, {}) + check_gates(policy.as_variant(), {})  # every measurement undefined
     assert len(results) == len(GATES)
     assert all(not r.passed and r.measured is None and r.note.startswith("undefined") for r in results)
+    # undefined is undecided, unless undefined means the worst case (no DP: no finite epsilon)
+    assert {r.gate for r in results if r.outcome == "fail"} == {n for n, g in GATES.items() if g.undefined_fails}
     # a gate that needs the federated evaluation says which command supplies it
     spread = next(r for r in results if r.gate.startswith("max_client_accuracy_std"))
     assert "fedready evaluate" in spread.note
@@ -74,6 +83,9 @@ def test_every_registered_gate_loads_and_reads_a_report(adult_schema, tmp_path):
         ("[gates]\nmin_accuracy = true", "gates.min_accuracy"),
         ("colour = 'red'\n[gates]\nmin_accuracy = 0.8", "colour"),
         ("name = 'x'", "gates"),
+        ("[gates]\nmax_accuracy_loss = 0.01", "gates.max_accuracy_loss"),
+        ("[gates]\nmin_accuracy = 0.8\n[variant_gates]\nmax_epsilon = 1.0", "variant_gates.max_epsilon"),
+        ("[gates]\nmin_accuracy = 0.8\n[promotion]\nundecided = 'yes'", "promotion.undecided"),
     ],
 )
 def test_bad_policy_names_the_key(adult_schema, tmp_path, text, field):

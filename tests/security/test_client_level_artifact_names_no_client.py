@@ -60,3 +60,32 @@ def test_the_evaluation_report_lists_no_per_client_epsilon_under_client_level_dp
     ledger.save(run / "ledger.json")
     assert _privacy(run, {"dp": True, "client_dp": "off"})["per_client_epsilon"] == {"4": ledger.epsilon}
     assert _privacy(run, {"dp": True, "client_dp": "server-fixed"})["per_client_epsilon"] == {}
+
+
+def test_client_level_artifact_ships_no_per_client_evaluation_and_a_public_profile(tmp_path, keys):
+    """Issue 20/21: the clients' own numbers and their summed histograms are not client-level private."""
+    from fedready.evaluation.federated import federated_report, final_model, local_group_counts
+    from fedready.evaluation.suite import evaluate_run
+    from fedready.modelio import arrays_digest
+    from fedready.simulations.engine import load_run_config
+
+    run = write_demo_run(tmp_path / "run")
+    cfg = load_run_config(run)
+    arrays, _ = final_model(run)
+    fed = federated_report([local_group_counts(cfg, p, arrays) for p in range(cfg.num_clients)], cfg)
+    fed.update(model_digest=arrays_digest(arrays), clients_failed=[], clients_declined=0)
+    (run / "federated_eval.json").write_text(json.dumps(fed))
+    report = evaluate_run(run)  # reads the clients' counts above
+    assert report["federated"]["client_accuracy"]["clients"]  # the coordinator has them
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "client_dp": "server-fixed"}))
+    art, _ = package_run(run, key=keys["operator"][0], version="1.0.0", out=tmp_path / "art")
+    shipped = json.loads((art / "evaluation.json").read_text())
+    assert shipped["federated"] is None and "client-level" in shipped["federated_withheld"]
+    assert not [k for k in shipped["estimates"] if k.startswith("federated.")]
+    clients = [g for g in shipped["gates"] if g["source"] == "clients"]
+    assert clients and all(g["measured"] is None and g["lo"] is None for g in clients)
+    card = (art / "model_card.md").read_text()
+    assert "validation accuracy [95% interval]" not in card and "Not computed" in card
+    profile = json.loads((art / "reference_profile.json").read_text())
+    assert profile["clients"] == 0 and "public benchmark" in profile["noise"]["source"]
