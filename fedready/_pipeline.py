@@ -165,7 +165,7 @@ def run_pipeline(
     if force:
         say(f"    --force: every gate overridden, reason recorded: {reason}")
     channels = [c for c in ("canary", "stable")
-                if force or release_allowed(prov.evaluation, prov.undecided_allows, c)]  # fmt: skip
+                if force or release_allowed(prov.evaluation, prov.undecided_reach, c)]  # fmt: skip
     why = "; ".join(x for x in (reason if force else None, None if private else
                                 "pipeline demo: the run is not private (see its caveats)") if x)  # fmt: skip
     for channel in channels:

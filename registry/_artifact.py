@@ -91,13 +91,15 @@ class Provenance:
     created: str
     # the run's audit log when packaged: {"lines", "head", "key"} (fedready.audit.Anchor); None: no log
     audit: dict[str, Any] | None = None
-    # what an undecided release may reach, from the gate policy: "canary" | "block" | "stable"
-    undecided_allows: str = "canary"
+    # what an undecided release may reach, from the gate policy: "canary" | "block" | "stable"; None: a record
+    # written before the field existed (read as "canary", and kept absent so its bytes round-trip)
+    undecided_allows: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form (``extra`` merged back at the top level; optional fields only when set)."""
-        out = {k: v for k, v in self.__dict__.items() if k != "extra" and not (k == "audit" and v is None)}
+        out = {k: v for k, v in self.__dict__.items()
+               if k != "extra" and not (k in ("audit", "undecided_allows") and v is None)}  # fmt: skip
         return {**self.extra, **out}
 
     @classmethod
@@ -115,6 +117,11 @@ class Provenance:
             raise IntegrityError(f"provenance.json lacks {missing}")
         return cls(**{n: data[n] for n in names if n in data},
                    extra={k: v for k, v in data.items() if k not in names})  # fmt: skip
+
+    @property
+    def undecided_reach(self) -> str:
+        """What an undecided release may reach: the recorded policy, ``"canary"`` for a record that predates it."""
+        return self.undecided_allows or "canary"
 
     @property
     def gates_passed(self) -> bool:

@@ -502,8 +502,8 @@ class Registry:
                                         "privacy guarantee ships")  # fmt: skip
         prov = self.provenance(version)
         private = self._check_private(version, allow_not_private=allow_not_private)
-        if not force and not release_allowed(prov.evaluation, prov.undecided_allows, channel):
-            why = _why_refused(prov.evaluation, prov.undecided_allows, channel)
+        if not force and not release_allowed(prov.evaluation, prov.undecided_reach, channel):
+            why = _why_refused(prov.evaluation, prov.undecided_reach, channel)
             raise ConfigError("version", f"{version} {why}; pass --force --reason '...' to override (recorded in the "
                                          "audit log)")  # fmt: skip
         today = _now().date()
@@ -517,7 +517,7 @@ class Registry:
         still_withdrawn = tuple(v for v in withdrawn(None if stable is None else stable.to_dict()) if v != version)
         doc = Channel(channel=channel, version=version, files=files, rollout_percent=float(rollout_percent),
                       approver=approver, review_by=review.isoformat(), promoted_at=_now().isoformat(),
-                      forced=bool(force and not release_allowed(prov.evaluation, prov.undecided_allows, channel)),
+                      forced=bool(force and not release_allowed(prov.evaluation, prov.undecided_reach, channel)),
                       reason=reason if force or allow_not_private else None,
                       gates=prov.evaluation, previous=previous[-10:], serial=self._next_serial(),
                       withdrawn=still_withdrawn if channel == STABLE else ())  # fmt: skip

@@ -20,7 +20,7 @@ from fedready.errors import ConfigError, FedreadyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy-preserving federated training.",
                   pretty_exceptions_show_locals=False)  # a traceback's locals would print data values
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line: never wrapped at the terminal width
 
 
 @app.callback()

@@ -19,6 +19,9 @@ from fedready.errors import ConfigError
 from fedready.models import create_model
 
 
+_TEACHER_STATE: dict = {}
+
+
 @pytest.fixture(scope="module")
 def trained():
     """A 3x256 teacher trained centrally for two epochs (a stand-in for a federated global model)."""
@@ -35,10 +38,26 @@ def trained():
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
-    layers = mlp_layers({k: v.detach().numpy() for k, v in model.state_dict().items()})
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    layers = mlp_layers(state)
     xh, yh = task.x_test, task.y_test
     tr, ev = public_split(len(xh), share=0.5, seed=0)
+    _TEACHER_STATE.update(state)  # the weights as a run folder holds them (see _as_run)
     return layers, xh[tr], xh[ev], yh[ev]
+
+
+def _as_run(folder, state):
+    """The trained teacher as a finished run folder (config.json, summary.json, model.npz), as compress reads it."""
+    import json
+
+    from fedready.config import make_config
+    from fedready.federation import record_run
+    from fedready.modelio import arrays_digest, save_npz
+
+    record_run(make_config(model="mlp-large"), folder, simulated=True)
+    (folder / "model.npz").write_bytes(save_npz(state))
+    (folder / "summary.json").write_text(json.dumps({"model_digest": arrays_digest(state)}))
+    return folder
 
 
 def _labels(layers, x):
@@ -121,11 +140,13 @@ def test_unfair_variant_is_not_selected_even_when_smallest(trained, tmp_path):
         Variant("sex-only", unfair, ("hand-made",), 2 * len(names), 1),
     ]
     policy = tmp_path / "fair.toml"
-    policy.write_text("[gates.max_equalized_odds_difference]\nsex = 0.3\n")
-    assess, x, y = gate_assessor(tmp_path, policy)
+    # a variant is judged against the trained model: its change of the equalized odds difference by sex
+    policy.write_text("[gates]\nmin_accuracy = 0.5\n[variant_gates.max_equalized_odds_change]\nsex = 0.1\n")
+    run = _as_run(tmp_path / "run", _TEACHER_STATE)
+    assess, x, y = gate_assessor(run, policy)
     measured = measure(variants, x, y, assess, timing=False)
     by_name = {m.variant.name: m for m in measured}
-    failed = [g for g in by_name["sex-only"].gates if not g.passed]
-    assert [g.gate for g in failed] == ["max_equalized_odds_difference[sex]"] and failed[0].measured > 0.3
+    failed = [g for g in by_name["sex-only"].gates if g.outcome == "fail"]
+    assert [g.gate for g in failed] == ["max_equalized_odds_change[sex]"] and failed[0].lo > 0.1
     assert by_name["fp32"].passed
     assert select(measured).variant.name == "fp32"

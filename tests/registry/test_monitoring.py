@@ -209,5 +209,11 @@ def test_a_real_simulation_writes_a_noisy_accounted_profile_that_detects_both_sh
     scores = np.full(n, 0.2)
     reports = {k: compare(profile, count_rows(schema, cols, scores=scores, predictions=np.zeros(n, int)))
                for k, cols in windows.items()}  # fmt: skip
-    assert max(f["psi"] for f in reports["clean"]["features"].values()) < 0.1
+    # the clean window raises no drift alert at the default limits (PSI 0.2): the reference's noise moves a
+    # clean feature's PSI by a few hundredths (measured up to 0.13 on one draw), far from a real shift
+    assert not [b for b in reports["clean"]["breaches"] if b["kind"] == "feature-drift"]
+    assert max(f["psi"] for f in reports["clean"]["features"].values()) < 0.2
     assert reports["aged"]["features"]["age"]["psi"] > 0.2 and reports["female"]["features"]["sex"]["psi"] > 0.2
+    # each shift is decided, not merely undecided: its interval over the reference's noise clears the limit
+    assert {("age", "aged"), ("sex", "female")} <= {(b["feature"], k) for k in ("aged", "female")
+                                                   for b in reports[k]["breaches"] if b["metric"] == "psi"}

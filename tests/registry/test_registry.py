@@ -59,7 +59,7 @@ def test_published_version_is_immutable(reg, artifact, keys, tmp_path):
 
 @pytest.mark.parametrize(
     ("version", "message"),
-    [("1.0.0", "has no evaluation"), ("3.0.0", "failed its evaluation gates")],
+    [("1.0.0", "has no evaluation"), ("3.0.0", "failed its gates")],
 )
 def test_promote_refuses_failed_or_unrun_gates_without_force(reg, keys, fake_run, tmp_path, version, message):
     if version == "3.0.0":

@@ -54,7 +54,8 @@ def test_scaled_updates_are_rejected_and_fedavg_collapse_is_reported(tmp_path):
     # 2 of 10 clients send x100-scaled updates; the median-norm check is the defence.
     # On the embedded data with DP-SGD: a x100-scaled noisy update throws plain FedAvg far off.
     summary, rounds, audit, _ = _run(tmp_path, "scale", "--clients", "10", "--rounds", "4", "--attack", "scale",
-                                     "--attack-fraction", "0.2", "--partitioner", "iid", synthetic=False)  # fmt: skip
+                                     "--attack-fraction", "0.2", "--partitioner", "iid", "--insecure-seeded-noise",
+                                     synthetic=False)  # fmt: skip  # robustness, not privacy: one fixed noise draw
     assert summary["accuracy"] >= 0.76
     # plain FedAvg on the same updates collapses, in the rounds with large steps (under the cosine decay the last
     # round's steps are small, and its undefended model once kept 0.80: a flaky check on the last round alone)
