@@ -21,7 +21,8 @@ def schema_draft(
         Path | None, typer.Option(help="Where to write the draft. [default: DATA's stem + .schema.toml]")
     ] = None,
     target: Annotated[
-        str | None, typer.Option(help="The label column. [default: one named like a label, else the last non-sensitive one]")
+        str | None,
+        typer.Option(help="The label column. [default: one named like a label, else the last non-sensitive one]"),
     ] = None,
     name: Annotated[str | None, typer.Option(help="The schema's name. [default: DATA's stem]")] = None,
     min_count: Annotated[int, typer.Option(help="Categories seen fewer times are left out (they identify).")] = 5,
