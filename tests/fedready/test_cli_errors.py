@@ -73,3 +73,40 @@ def test_a_temp_folder_too_long_for_rays_sockets_is_refused_before_anything_star
     check_ray_temp_dir(None)  # the default folder leaves room
     monkeypatch.setenv("RAY_TMPDIR", "/tmp/" + "t" * 60)
     check_ray_temp_dir("127.0.0.1:6379")  # an existing cluster keeps its own folder
+
+
+SCHEMA = """name = "s"
+{top}
+[target]
+column = "y"
+positive = ["1"]
+{target}
+[[columns]]
+name = "x"
+kind = "numeric"
+{column}
+max = 10
+"""
+
+
+@pytest.mark.parametrize(
+    ("top", "target", "column", "expected"),
+    [
+        ("", 'negative = ["0"]', "mn = 0", "column 'x': unknown key 'mn'; did you mean 'min'?"),
+        ("sensitve = []", 'negative = ["0"]', "min = 0", ": unknown key 'sensitve'; did you mean 'sensitive'?"),
+        ("", 'negatve = ["0"]', "min = 0", "target: unknown key 'negatve'; did you mean 'negative'?"),
+        ("[contract]\nmin_row = 3", 'negative = ["0"]', "min = 0",
+         "contract: unknown key 'min_row'; did you mean 'min_rows'?"),
+    ],
+    ids=["column-key", "top-key", "target-key", "contract-key"],
+)  # fmt: skip
+def test_a_misspelt_schema_key_gets_a_suggestion(tmp_path, top, target, column, expected):
+    from fedready.errors import ConfigError
+    from fedready.schema import load_schema
+
+    path = tmp_path / "s.toml"
+    text = SCHEMA.format(top="" if top.startswith("[") else top, target=target, column=column)
+    path.write_text(text + ("\n" + top + "\n" if top.startswith("[") else ""))
+    with pytest.raises(ConfigError) as e:
+        load_schema(path)
+    assert str(e.value).endswith(expected) and str(e.value).count("\n") == 0, str(e.value)
