@@ -14,7 +14,7 @@ from fedready._io import atomic_write_text
 from fedready.data import Table, read_csv
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
-from fedready.evaluation._model import RunModel, check_width, load_run
+from fedready.evaluation._model import RunModel, check_width, load_run, run_schema
 from fedready.evaluation.calibration import calibration_report
 from fedready.evaluation.estimates import benchmark_estimates, constant_decision_groups
 from fedready.evaluation.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
@@ -50,13 +50,18 @@ class EvalData:
         return self.schema.classes
 
 
-def load_eval_data(csv: Path | None = None, schema_path: Path | None = None, *, task: Task | None = None) -> EvalData:
+def load_eval_data(
+    csv: Path | None = None, schema_path: Path | DataSchema | None = None, *, task: Task | None = None
+) -> EvalData:
     """The benchmark: the task's (a run's) benchmark rows by default, or a CSV with its declared schema.
+
+    ``schema_path`` is a schema TOML or an already loaded schema (a run's ``schema.json``).
 
     Raises
     ------
     ConfigError
-        If a CSV comes without a schema, or the label column holds a single class.
+        If a CSV comes without a schema, holds an undeclared label, or its label column holds a
+        single class.
     """
     if csv is None:
         task = task or load_task()
@@ -66,7 +71,7 @@ def load_eval_data(csv: Path | None = None, schema_path: Path | None = None, *, 
             raise ConfigError("schema", "a --data CSV needs its declared schema: pass --schema schema.toml")
         import hashlib
 
-        schema = load_schema(schema_path)
+        schema = schema_path if isinstance(schema_path, DataSchema) else load_schema(schema_path)
         table = read_csv(csv, schema)
         source, digest = str(csv), "sha256:" + hashlib.sha256(Path(csv).read_bytes()).hexdigest()
     y = table.labels(schema)
@@ -217,6 +222,13 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) 
             "recall": recall, "precision": precision}  # fmt: skip
 
 
+def _trained_schema(run_dir: Path) -> DataSchema:
+    if not (run_dir / "schema.json").exists() and not (run_dir / "config.json").exists():
+        raise ConfigError("schema", f"{run_dir} holds no run (no schema.json) to read --data with: pass --schema "
+                                    "schema.toml or the folder of a finished run")  # fmt: skip
+    return run_schema(run_dir)
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -251,7 +263,8 @@ def evaluate_run(
     federated : bool
         Ask the run's clients for group counts on their validation splits (not with ``data``).
     data, schema : path, optional
-        Evaluate on a CSV with its declared schema instead of the run's benchmark.
+        Evaluate on a CSV with its declared schema instead of the run's benchmark (default
+        schema: the run's own, ``schema.json``).
     mitigate : str, optional
         Sensitive attribute for the threshold post-processing (default: the schema's first).
 
@@ -267,8 +280,8 @@ def evaluate_run(
         rm = load_run(run_dir)
         task: Task | None = task_of(rm.cfg)
         ev = load_eval_data(task=task)
-    else:
-        task, ev = None, load_eval_data(data, schema)
+    else:  # without --schema, the CSV is read with the schema the run was trained on (its schema.json)
+        task, ev = None, load_eval_data(data, schema if schema is not None else _trained_schema(run_dir))
         rm = load_run(run_dir, schema=ev.schema)  # a run trained on another schema is refused here
     check_width(rm.arrays, ev.schema, rm.cfg.model)
     if seeds > 1:  # before any work: a retrained seed is a release like any other

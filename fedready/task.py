@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedready.data import Table, read_csv
+from fedready.data import Table, read_csv, undeclared_label
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError, IntegrityError
 from fedready.schema import DataSchema, load_schema
@@ -235,11 +235,7 @@ def _labelled(table: Table, schema: DataSchema) -> tuple[Table, str | None]:
     missing = (y < 0) & np.isin(np.char.strip(raw.astype(str)), _MISSING_LABEL)
     bad = (y < 0) & ~missing
     if bad.any():
-        i = int(np.argmax(bad))
-        raise ConfigError("data", f"{table.where(i)}: label '{raw[i]}' in column '{schema.target.column}' is not "
-                                  f"declared ({int(bad.sum())} such row(s)); declared: "
-                                  f"{schema.target.declared_values()}; add it to the schema's [target] or fix the "
-                                  "rows")  # fmt: skip
+        raise undeclared_label(table, schema, bad)
     if not missing.any():
         return table, None
     note = f"{table.source}: left out {int(missing.sum())} row(s) without a label in '{schema.target.column}'"

@@ -33,10 +33,10 @@ def evaluate(
     federated: Annotated[
         bool, typer.Option("--federated/--no-federated", help="Ask the run's clients for group counts (on).")
     ] = True,
-    data: Annotated[
-        Path | None, typer.Option(help="Evaluate on this CSV instead of the run's benchmark (needs --schema).")
+    data: Annotated[Path | None, typer.Option(help="Evaluate on this CSV instead of the run's benchmark.")] = None,
+    schema: Annotated[
+        Path | None, typer.Option(help="Declared schema TOML of --data. [default: the run's schema.json]")
     ] = None,
-    schema: Annotated[Path | None, typer.Option(help="Declared schema TOML of --data.")] = None,
     mitigate: Annotated[
         str | None,
         typer.Option(help="Sensitive attribute for threshold post-processing. [default: the schema's first]"),

@@ -1,5 +1,6 @@
 """The CLI's error paths: one line naming the field, exit code 2, no traceback, nothing started."""
 
+import json
 import subprocess
 import sys
 
@@ -110,3 +111,29 @@ def test_a_misspelt_schema_key_gets_a_suggestion(tmp_path, top, target, column, 
     with pytest.raises(ConfigError) as e:
         load_schema(path)
     assert str(e.value).endswith(expected) and str(e.value).count("\n") == 0, str(e.value)
+
+
+def _fake_run(tmp_path, schema_toml: str):
+    """A folder holding only a run's schema.json (what evaluate reads --data with before the model)."""
+    from fedready.schema import load_schema
+
+    (tmp_path / "s.toml").write_text(schema_toml)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "schema.json").write_text(json.dumps(load_schema(tmp_path / "s.toml").to_dict()))
+    return run
+
+
+def test_evaluate_data_without_schema_reads_the_runs_schema_and_names_an_undeclared_label(tmp_path):
+    run = _fake_run(tmp_path, SCHEMA.format(top="", target='negative = ["0"]', column="min = 0"))
+    csv = tmp_path / "d.csv"
+    csv.write_text("x,y\n" + "".join(f"{i % 10},{i % 2}\n" for i in range(20)) + "3,maybe\n")
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(csv)])
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output  # read with the run's schema, not "needs --schema"
+    assert lines[0].startswith("error: target:") and "line 22: label 'maybe'" in lines[0], lines[0]
+    csv.write_text("x,y\n" + "".join(f"{i % 10},{i % 2}\n" for i in range(20)))
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(csv)])
+    assert res.exit_code == 2 and "holds no config.json" in res.stderr, res.output  # past the data, at the model
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "nothing"), "--data", str(csv)])
+    assert res.exit_code == 2 and "pass --schema" in res.stderr, res.output

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from fedready.cli import app
 from fedready.config import make_config
 from fedready.data import read_csv
-from fedready.errors import ConfigError, IntegrityError
+from fedready.errors import ConfigError
 from fedready.federation import client_shard, holdout, partition_sizes, task_of
 from fedready.models import check_model, create_model
 from fedready.schema import Target, load_schema
@@ -195,5 +195,16 @@ def test_the_same_seed_gives_the_same_user_model():
 def test_label_errors_name_the_file_and_line(tmp_path):
     data, schema = _files(tmp_path, ROWS + "3,a,2\n")
     s = load_schema(schema)
-    with pytest.raises(IntegrityError, match=r"first: '2' at .*d\.csv line 62"):
+    with pytest.raises(ConfigError, match=r"^target: .*d\.csv line 62: label '2' in column 'y' is not declared"):
         read_csv(data, s).labels(s)
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line_and_column(tmp_path):
+    data, schema = _files(tmp_path, "")
+    data.write_bytes(ROWS.encode() + "3,b,1\n4,caf\xe9,0\n".encode("latin-1"))  # a Latin-1 export
+    with pytest.raises(ConfigError, match=r"not UTF-8 text: line 63, column 6: byte 0xe9"):
+        read_csv(data, load_schema(schema))
+    res = CliRunner().invoke(app, ["simulate", "--data", str(data), "--schema", str(schema), "--rounds", "1",
+                                   "--out", str(tmp_path / "runs")])  # fmt: skip
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "line 63, column 6" in " ".join(res.output.split()), res.output
