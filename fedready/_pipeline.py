@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_pipeline"]
+__all__ = ["check_out", "default_out", "run_pipeline"]
 
 DEVICE_ID = "device-0001"
 
@@ -41,6 +42,56 @@ def _static_server(folder: Path) -> Iterator[str]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+def default_out(data: str | Path | None, schema: str | Path | None) -> Path:
+    """The pipeline's folder when none is given: ``fedready-<schema name>`` for own data, else ``fedready-demo``.
+
+    The demo and every own data set get folders of their own: one never resumes the other's run.
+    """
+    if data is None or schema is None:
+        return Path("fedready-demo")
+    from fedready.schema import load_schema
+
+    return Path("fedready-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", load_schema(schema).name).strip(".-"))
+
+
+def check_out(out: Path, given: dict[str, Any]) -> None:
+    """Refuse an ``out`` folder whose recorded run was trained on other data or another schema.
+
+    The pipeline resumes what it finds in ``out``: a run of another data set would be evaluated,
+    signed and published as if it were this one.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``out``, both digests and the fix.
+    """
+    from fedready.errors import ConfigError
+    from fedready.schema import DataSchema
+    from fedready.task import TaskSpec, data_digest, load_task
+
+    run = Path(out) / "runs" / "pipeline"
+    if not (run / "config.json").exists():
+        return
+    spec = TaskSpec(**{k: given[k] for k in ("data", "schema", "test", "test_fraction") if k in given})
+    fix = f"pass another --out, or delete {out} to train there again"
+    try:
+        recorded = json.loads((run / "config.json").read_text())
+        old_schema = json.loads((run / "schema.json").read_text()) if (run / "schema.json").exists() else None
+    except (OSError, ValueError) as e:
+        raise ConfigError("out", f"{out} holds an unreadable run ({e}); {fix}") from e
+    now = data_digest(spec)
+    before = recorded.get("data_digest")
+    if before not in (None, now):
+        raise ConfigError("out", f"{out} holds a run trained on other data (data digest {str(before)[:19]}, this "
+                                 f"data {now[:19]}); {fix}")  # fmt: skip
+    if old_schema is not None:
+        before, schema = DataSchema.model_validate(old_schema), load_task(spec).schema
+        if before.digest() != schema.digest():
+            raise ConfigError("out", f"{out} holds a run trained with another schema ('{before.name}' "
+                                     f"{before.digest()[:19]}, this one '{schema.name}' {schema.digest()[:19]}); "
+                                     f"{fix}")  # fmt: skip
 
 
 def _tally(gates: list[dict[str, Any]]) -> str:

@@ -430,9 +430,13 @@ def pipeline(
         float | None, typer.Option(help="Without --test: share of --data held out as the benchmark. [default: 0.2]")
     ] = None,
     clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 10]")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the run, keys, artifacts, registry and device.")] = Path(
-        "fedready-demo"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the run, keys, artifacts, registry and device (one data set per folder). "
+            "[default: fedready-<schema name> with --data, else fedready-demo]"
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -137,3 +138,57 @@ def test_evaluate_data_without_schema_reads_the_runs_schema_and_names_an_undecla
     assert res.exit_code == 2 and "holds no config.json" in res.stderr, res.output  # past the data, at the model
     res = runner.invoke(app, ["evaluate", str(tmp_path / "nothing"), "--data", str(csv)])
     assert res.exit_code == 2 and "pass --schema" in res.stderr, res.output
+
+
+def _own_data(tmp_path, name="wages", rows=60):
+    (tmp_path / "s.toml").write_text(SCHEMA.format(top="", target='negative = ["0"]', column="min = 0")
+                                     .replace('name = "s"', f'name = "{name}"'))  # fmt: skip
+    (tmp_path / "d.csv").write_text("x,y\n" + "".join(f"{i % 10},{i % 3 % 2}\n" for i in range(rows)))
+    return tmp_path / "d.csv", tmp_path / "s.toml"
+
+
+def test_pipeline_refuses_an_out_folder_holding_another_data_sets_run(tmp_path):
+    from fedready.schema import load_schema
+
+    data, schema = _own_data(tmp_path)
+    run = tmp_path / "out" / "runs" / "pipeline"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": {}, "data_digest": "sha256:" + "ab" * 32}))
+    (run / "summary.json").write_text('{"accuracy": 0.9}')  # the old run's numbers must not be reported
+    args = ["pipeline", "--data", str(data), "--schema", str(schema), "--out", str(tmp_path / "out")]
+    res = runner.invoke(app, args)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "out:" in lines[0] and "other data" in lines[0], res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["runs"]  # nothing signed or published
+    # same data, another schema
+    from fedready.task import TaskSpec, data_digest
+
+    same = data_digest(TaskSpec(data=str(data), schema=str(schema)))
+    (run / "config.json").write_text(json.dumps({"data_digest": same}))
+    other = load_schema(schema).model_copy(update={"name": "older"})
+    (run / "schema.json").write_text(json.dumps(other.to_dict()))
+    res = runner.invoke(app, args)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "another schema ('older'" in lines[0], res.output
+
+
+def test_pipeline_on_own_data_defaults_to_a_folder_named_after_the_schema(tmp_path, monkeypatch):
+    import fedready
+
+    data, schema = _own_data(tmp_path, name="wage survey")
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def train(given, *, out, name, resume, ray_address):
+        seen["out"] = out
+        raise Stop
+
+    with pytest.raises(Stop):
+        fedready.pipeline(data, schema, simulate_with=train)
+    assert seen["out"] == Path("fedready-wage-survey") / "runs"
+    from fedready._pipeline import default_out
+
+    assert default_out(None, None) == Path("fedready-demo")  # the Quick start keeps its folder
