@@ -19,7 +19,7 @@ from fedready.evaluation.calibration import calibration_report
 from fedready.evaluation.estimates import benchmark_estimates, constant_decision_groups
 from fedready.evaluation.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
 from fedready.evaluation.gates import Policy, check_gates, decision, load_policy
-from fedready.evaluation.mitigation import apply_thresholds, fit_thresholds, split_halves
+from fedready.evaluation.mitigation import MIN_LABEL_ROWS, apply_thresholds, fit_thresholds, split_halves
 from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
 from fedready.intervals import Estimate
 from fedready.schema import DataSchema, load_schema
@@ -123,14 +123,37 @@ BINARY_ONLY = (
 )
 
 
+def _small_group_notes(rules: Any, y: np.ndarray, groups: np.ndarray, attribute: str) -> list[str]:
+    """One line per way small groups were handled (pooled, skipped) in either fold, naming the groups."""
+    pooled = sorted({g for r in rules for g in r["pooled"]})
+    skipped = sorted({g for r in rules for g in r["skipped"]} - set(pooled))
+
+    def named(gs: list[str]) -> str:
+        parts = []
+        for g in gs:
+            n, labels = int((groups == g).sum()), len(set(y[groups == g].tolist()))
+            parts.append(f"'{g}' ({n} benchmark row{'s' * (n != 1)}{', one label' if n and labels == 1 else ''})")
+        return f"group{'s' * (len(gs) > 1)} {', '.join(parts)} of '{attribute}'"
+
+    lead = f"threshold post-processing: {{}} too small for a rule of its own (under {MIN_LABEL_ROWS} rows of a label)"
+    out = []
+    if pooled:
+        out.append(lead.format(named(pooled)) + ": pooled into one shared rule")
+    if skipped:
+        they = "they keep" if len(skipped) > 1 else "it keeps"
+        out.append(lead.format(named(skipped)) + f": skipped, {they} the plain decision (score > 0.5)")
+    return out
+
+
 def _mitigation(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, attribute: str, seed: int) -> dict[str, Any]:
     """Cross-fitted threshold post-processing: fit on half A, measure on half B (and the swap)."""
     from fairlearn.metrics import equalized_odds_difference
 
     a, b = split_halves(y, groups, seed=seed)
     folds, rules, decided = {}, {}, {}
+    names = sorted(set(groups.tolist()))
     for name, fit, test in (("fit_a_measure_b", a, b), ("fit_b_measure_a", b, a)):
-        rule = fit_thresholds(scores[fit], y[fit], groups[fit], attribute=attribute)
+        rule = fit_thresholds(scores[fit], y[fit], groups[fit], attribute=attribute, names=names)
         rules[name] = rule
         before = (scores[test] > 0.5).astype(np.int64)
         after = apply_thresholds(scores[test], groups[test], rule, seed=seed)
@@ -144,6 +167,7 @@ def _mitigation(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, attribute
                        "eod_reduction": 1 - eod_a / eod_b if eod_b > 0 else None}  # fmt: skip
     return {"attribute": attribute, "method": "fairlearn ThresholdOptimizer(equalized_odds), randomised",
             "stored_rule": "fit_a_measure_b", "seed": seed, "folds": folds, "rule": rules["fit_a_measure_b"],
+            "small_groups": _small_group_notes(rules.values(), y, groups, attribute),
             "by_attribute": {attribute: {"eod_after": folds["fit_a_measure_b"]["eod_after"]}},
             "_decided": decided["fit_a_measure_b"], **folds["fit_a_measure_b"]}  # fmt: skip
 

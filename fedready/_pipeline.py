@@ -170,6 +170,8 @@ def run_pipeline(
     _say_reference(say, report)
     if report.get("mitigation_skipped"):
         say(f"    skipped post-processing: {report['mitigation_skipped']}")
+    for note in (report.get("mitigation") or {}).get("small_groups", []):
+        say(f"    {note}")
     say(f"    model gates: {report['decision']} ({_tally(report['gates'])}); model card {run / 'model_card.html'}")
     for g in blocking:
         say(f"    {g.line()}")

@@ -148,6 +148,7 @@ def _print_gates(report: dict[str, Any]) -> None:
             f"post-processing ({m['attribute']}): EOD {m['eod_before']:.4f} -> {m['eod_after']:.4f}, "
             f"accuracy {m['accuracy_before']:.4f} -> {m['accuracy_after']:.4f} on the held-out half"
         )
+        lines += m.get("small_groups", [])
     run = Path(report["run"])
     lines.append(f"wrote {run / 'evaluation.json'}, {run / 'model_card.html'}, {run / 'model_card.md'}")
     for line in lines:
