@@ -22,6 +22,7 @@ from fedready.evaluation.gates import Policy, check_gates, decision, load_policy
 from fedready.evaluation.mitigation import MIN_LABEL_ROWS, apply_thresholds, fit_thresholds, split_halves
 from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
 from fedready.intervals import Estimate
+from fedready.metrics import classification_metrics
 from fedready.schema import DataSchema, load_schema
 from fedready.task import Task, load_task, task_of
 
@@ -230,20 +231,6 @@ def assess_predictor(
         float(len(constant)), "benchmark", "decides the same whatever the model says: " + ", ".join(constant)
         if constant else "").to_dict()  # fmt: skip
     return out, predict_raw
-
-
-def classification_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, the majority-class baseline, balanced accuracy and per-class recall and precision."""
-    counts = np.bincount(y, minlength=len(classes))
-    recall = {c: float((pred[y == i] == i).mean()) if counts[i] else None for i, c in enumerate(classes)}
-    chosen = np.bincount(pred, minlength=len(classes))
-    precision = {c: float((y[pred == i] == i).mean()) if chosen[i] else None for i, c in enumerate(classes)}
-    defined = [r for r in recall.values() if r is not None]
-    accuracy, majority, balanced = float((pred == y).mean()), float(counts.max() / len(y)), float(np.mean(defined))
-    return {"accuracy": accuracy, "rows": len(y), "classes": list(classes), "majority_rate": majority,
-            "balanced_accuracy": balanced, "accuracy_lift": accuracy - majority,
-            "balanced_accuracy_lift": balanced - 1.0 / len(classes), "chance": 1.0 / len(classes),
-            "recall": recall, "precision": precision}  # fmt: skip
 
 
 def _trained_schema(run_dir: Path) -> DataSchema:

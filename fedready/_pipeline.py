@@ -101,13 +101,16 @@ def _tally(gates: list[dict[str, Any]]) -> str:
 
 def _say_reference(say: Callable[[str], None], report: dict[str, Any]) -> None:
     """Accuracy beside the numbers that make it mean something: always guessing the majority class, chance."""
+    from fedready.metrics import below_majority
+
     m, est = report["metrics"], report.get("estimates", {})
     bal = est.get("metrics.balanced_accuracy_lift", {})
     lift = (f"[{bal['lo']:+.3f}, {bal['hi']:+.3f}]" if bal.get("lo") is not None else "(no interval)")
     say(f"    benchmark: accuracy {m['accuracy']:.4f} (majority class {m['majority_rate']:.4f}), balanced accuracy "
         f"{m['balanced_accuracy']:.4f} (chance {m['chance']:.4f}, lift {lift})")  # fmt: skip
-    if m["accuracy"] <= m["majority_rate"]:
-        say("    warning: the model is no more accurate than always answering the majority class")
+    warning = below_majority(m)
+    if warning:
+        say(f"    {warning}")
 
 
 def run_pipeline(
@@ -151,6 +154,7 @@ def run_pipeline(
         raise IntegrityError(f"training failed: {summary['reason']}; first client error: "
                              f"{summary['first_client_error']} (see {run}/audit.jsonl)")  # fmt: skip
     result["train"] = {k: summary[k] for k in ("accuracy", "epsilon", "delta", "model_digest", "run_dir")}
+    result["train"].update({k: summary.get(k) for k in ("majority_rate", "balanced_accuracy")})
     eps = (f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g}; composed: training, row counts and "
            "post-training counts)") if summary.get("dp") else "no DP"  # fmt: skip
     say(f"    accuracy {summary['accuracy']:.4f}, {eps}")

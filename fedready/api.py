@@ -91,6 +91,21 @@ class SimulationResult:
         """Whether the epsilon is a guarantee (DP on, secret noise, nothing released outside it)."""
         return bool(self.summary.get("private", False))
 
+    @property
+    def majority_rate(self) -> float | None:
+        """The benchmark's majority-class rate: the accuracy of always answering its most frequent class."""
+        return self.summary.get("majority_rate")
+
+    @property
+    def balanced_accuracy(self) -> float | None:
+        """The final model's balanced accuracy on the benchmark (mean per-class recall; chance is 1 / classes)."""
+        return self.summary.get("balanced_accuracy")
+
+    @property
+    def below_majority(self) -> bool:
+        """The model is no more accurate than always answering the majority class."""
+        return self.accuracy is not None and self.majority_rate is not None and self.accuracy <= self.majority_rate
+
 
 def model_name(model: str | Callable[..., Any]) -> str:
     """The ``--model`` spelling of ``model``: a name as is, an importable function as ``module:qualname``.

@@ -98,6 +98,27 @@ def _evaluate(cfg: SimulationConfig, arrays: ArrayRecord) -> tuple[float, float]
     return evaluate(model, x, y)
 
 
+REFERENCE_KEYS = ("majority_rate", "balanced_accuracy", "chance")  # beside the accuracy in summary.json
+
+
+def reference_numbers(cfg: SimulationConfig, final: dict[str, np.ndarray]) -> dict[str, float]:
+    """The benchmark's majority-class rate and the final model's balanced accuracy (macro recall) and chance.
+
+    On the server's public holdout, as the accuracy: post-processing, no privacy cost.
+    """
+    from fedready.metrics import classification_metrics
+
+    x, y = holdout(cfg)
+    task = task_of(cfg)
+    model = task.model()
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in final.items()})
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(1).numpy()
+    m = classification_metrics(y, pred, task.schema.classes)
+    return {k: m[k] for k in REFERENCE_KEYS}
+
+
 class _Checkpointer:
     """Round-by-round state in the run folder, each file written whole or not at all."""
 
@@ -500,6 +521,7 @@ def write_summary(
         # a run that trained nothing reports no accuracy: the untrained model's score is not a result
         "accuracy": None if failed else accuracy,
         "loss": None if failed else loss,
+        **(dict.fromkeys(REFERENCE_KEYS) if failed else reference_numbers(cfg, final)),
         **privacy_summary(cfg, ledger, noise_multiplier),
         "secagg": cfg.secagg,
         "rounds": cfg.rounds,

@@ -324,6 +324,7 @@ def simulate(
         if summary["client_epsilon"] is not None:
             eps += f", client-level epsilon {summary['client_epsilon']:.3f} (delta {summary['client_delta']:g})"
         err.print(f"accuracy {summary['accuracy']:.4f}, {eps}, {summary['seconds']:.0f} s -> {summary['run_dir']}")
+        _say_reference(summary)
         if summary["dp"] and summary.get("epsilon_parts"):
             parts = summary["epsilon_parts"]
             err.print(
@@ -342,6 +343,19 @@ def simulate(
             extra.append(f"stopped early: {summary['stopped']}")
         if extra:
             err.print("; ".join(extra))
+
+
+def _say_reference(summary: dict[str, Any]) -> None:
+    """The benchmark's majority-class rate and the balanced accuracy beside the accuracy; a warning at or below it."""
+    from fedready.metrics import below_majority
+
+    if summary.get("majority_rate") is None:  # a run from before these numbers were recorded
+        return
+    err.print(f"benchmark: majority class {summary['majority_rate']:.4f}, balanced accuracy "
+              f"{summary['balanced_accuracy']:.4f} (chance {summary['chance']:.4f})", highlight=False)  # fmt: skip
+    warning = below_majority(summary)
+    if warning:
+        err.print(warning, markup=False, highlight=False, soft_wrap=True)
 
 
 def run_simulate(
