@@ -160,6 +160,11 @@ def run_pipeline(
     say(f"    accuracy {summary['accuracy']:.4f}, {eps}")
     for caveat in summary.get("caveats", []):
         say(f"    {caveat}")
+    if summary.get("mostly_rejected_clients"):
+        from fedready.server.app import rejection_lines
+
+        for line in rejection_lines(Path(summary["run_dir"])):
+            say(f"    {line}")
 
     say("2/6 evaluate: fairness, stability, calibration, gates, model card")
     done = run / "evaluation.json"

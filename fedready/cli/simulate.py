@@ -325,6 +325,7 @@ def simulate(
             eps += f", client-level epsilon {summary['client_epsilon']:.3f} (delta {summary['client_delta']:g})"
         err.print(f"accuracy {summary['accuracy']:.4f}, {eps}, {summary['seconds']:.0f} s -> {summary['run_dir']}")
         _say_reference(summary)
+        _say_rejections(summary)
         if summary["dp"] and summary.get("epsilon_parts"):
             parts = summary["epsilon_parts"]
             err.print(
@@ -356,6 +357,14 @@ def _say_reference(summary: dict[str, Any]) -> None:
     warning = below_majority(summary)
     if warning:
         err.print(warning, markup=False, highlight=False, soft_wrap=True)
+
+
+def _say_rejections(summary: dict[str, Any]) -> None:
+    from fedready.server.app import rejection_lines
+
+    if summary.get("mostly_rejected_clients"):
+        for line in rejection_lines(Path(summary["run_dir"])):
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def run_simulate(
