@@ -288,10 +288,17 @@ def _server_only(spec: TaskSpec) -> Task:
 
 
 def _from_files(spec: TaskSpec) -> Task:
+    from fedready.contract import contract_refusal, empty_columns
+
     schema = load_schema(spec.schema)
     encoder = FeatureEncoder(schema)
-    train, note = _labelled(read_csv(spec.data, schema), schema)
+    raw = read_csv(spec.data, schema)
+    refusal = contract_refusal(raw, schema, data=spec.data, schema_path=spec.schema)
+    if refusal is not None:  # what every deployed client checks before it trains
+        raise ConfigError("data", refusal)
+    train, note = _labelled(raw, schema)
     notes = [note] if note else []
+    notes += empty_columns(train, schema)
     _check_classes(train, schema)
     x_train = _encode(encoder, train)  # a bad value fails here, naming its line, before any training starts
     if spec.test:
