@@ -23,8 +23,8 @@ import numpy as np
 from fedready import constants as K
 from fedready.audit import AuditLog
 from fedready.config import SimulationConfig, loosened_keys
+from fedready.contract import ContractReport, row_validity, validate_contract
 from fedready.data import Table, read_csv
-from fedready.deploy.contract import ContractReport, row_validity, validate_contract
 from fedready.deploy.limits import LocalLedger, LocalLimits, Release, load_limits
 from fedready.encoding import FeatureEncoder
 from fedready.schema import DataSchema, load_schema
