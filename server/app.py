@@ -26,11 +26,11 @@ from flwr.serverapp.strategy import Strategy
 from fedready import constants as K
 from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.audit import AuditLog
-from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
 from fedready.federation import holdout, record_run, task_of
 from fedready.modelio import arrays_digest, load_npz, save_npz
+from fedready.models import evaluate
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon, dp_accounting_epsilon
 from fedready.privacy.ledger import Ledger
 from fedready.server.client_dp import ClientLevelDP
