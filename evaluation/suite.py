@@ -11,16 +11,16 @@ from typing import Any
 import numpy as np
 
 from fedready._io import atomic_write_text
+from fedready.calibration import calibration_report
 from fedready.data import Table, read_csv
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
+from fedready.estimates import benchmark_estimates, constant_decision_groups
 from fedready.evaluation._model import RunModel, check_width, load_run
-from fedready.evaluation.calibration import calibration_report
-from fedready.evaluation.estimates import benchmark_estimates, constant_decision_groups
-from fedready.evaluation.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
 from fedready.evaluation.gates import Policy, check_gates, decision, load_policy
 from fedready.evaluation.mitigation import apply_thresholds, fit_thresholds, split_halves
 from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
+from fedready.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
 from fedready.intervals import Estimate
 from fedready.schema import DataSchema, load_schema
 from fedready.task import Task, load_task, task_of
@@ -329,7 +329,7 @@ def evaluate_run(
 
 def _federated(rm: RunModel) -> dict[str, Any]:
     """Federated group counts for this model: reuse ``federated_eval.json`` if it matches, else ask the clients."""
-    from fedready.evaluation.federated import FEDERATED_FILE, FORMAT, federated_numbers
+    from fedready.server.queries import FEDERATED_FILE, FORMAT, federated_numbers
     from fedready.simulations.engine import federated_evaluate
 
     p = rm.run_dir / FEDERATED_FILE

@@ -307,8 +307,9 @@ def audit_privacy(
         SecAgg+, or a client-level audit of a non-mean aggregator.
     """
     from fedready.config import make_config
+    from fedready.evaluation.card import record_audit
     from fedready.privacy.auditing import read_audits
-    from fedready.simulations.audit import check_simulated_run, record_audit, run_audit
+    from fedready.simulations.audit import check_simulated_run, run_audit
     from fedready.simulations.engine import check_config, check_ray_temp_dir, load_run_config
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}

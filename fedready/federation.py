@@ -2,7 +2,7 @@
 
 Simulated clients and the server call these with the run's configuration; every process
 builds the task and the split once (cached). A client reads only its own shard. Deployed
-clients read their own CSV instead (:mod:`fedready.deploy.site`).
+clients read their own CSV instead (:mod:`fedready.client.site`).
 """
 
 from __future__ import annotations

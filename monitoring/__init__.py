@@ -5,7 +5,7 @@ builds the profile lives in :mod:`fedready.monitoring.federated` (training stack
 """
 
 from fedready.monitoring._drift import MonitoringPolicy, compare, js_distance, load_monitoring_policy, psi
-from fedready.monitoring._edge import (
+from fedready.monitoring.edge import (
     ALERT_CONTEXT,
     ALERTS_FILE,
     SUMMARIES_FILE,
@@ -13,9 +13,8 @@ from fedready.monitoring._edge import (
     Recorder,
     StorageLimits,
     load_window,
-    monitor,
 )
-from fedready.monitoring._profile import (
+from fedready.monitoring.profile import (
     PROFILE_FILE,
     Counts,
     NoiseRecord,
@@ -23,7 +22,6 @@ from fedready.monitoring._profile import (
     privatize,
     profile_document,
 )
-from fedready.monitoring._shadow import shadow_compare
 
 __all__ = [
     "ALERTS_FILE",
@@ -41,9 +39,7 @@ __all__ = [
     "js_distance",
     "load_monitoring_policy",
     "load_window",
-    "monitor",
     "privatize",
     "profile_document",
     "psi",
-    "shadow_compare",
 ]

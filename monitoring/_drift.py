@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedready._io import read_toml
 from fedready.errors import ConfigError, IntegrityError
-from fedready.monitoring._profile import PROFILE_FORMAT, SCORE_EDGES, Counts
+from fedready.monitoring.profile import PROFILE_FORMAT, SCORE_EDGES, Counts
 
 __all__ = ["MonitoringPolicy", "compare", "js_distance", "load_monitoring_policy", "psi", "psi_interval"]
 

@@ -64,9 +64,10 @@ def test_the_evaluation_report_lists_no_per_client_epsilon_under_client_level_dp
 
 def test_client_level_artifact_ships_no_per_client_evaluation_and_a_public_profile(tmp_path, keys):
     """Issue 20/21: the clients' own numbers and their summed histograms are not client-level private."""
-    from fedready.evaluation.federated import federated_report, final_model, local_group_counts
+    from fedready.client.queries import local_group_counts
     from fedready.evaluation.suite import evaluate_run
     from fedready.modelio import arrays_digest
+    from fedready.server.queries import federated_report, final_model
     from fedready.simulations.engine import load_run_config
 
     run = write_demo_run(tmp_path / "run")
