@@ -21,8 +21,8 @@ from fedready.config import SimulationConfig
 from fedready.fairness import confusion_counts, group_labels, group_names
 from fedready.federation import client_shard, client_train_columns, client_validation_attributes, task_of
 from fedready.models import model_for_schema
-from fedready.monitoring._profile import count_rows
 from fedready.monitoring.federated import FEATURE_PREFIX, PROFILE_PARTS
+from fedready.monitoring.profile import count_rows
 
 __all__ = ["answer_query", "local_group_counts", "local_profile_counts"]
 

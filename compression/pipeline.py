@@ -449,7 +449,7 @@ def _teacher(run: Path) -> tuple[Layers | Any, str]:
     cfg = _run_config(run)
     if cfg is None or is_builtin(cfg.model):
         return mlp_layers(load_npz((run / "model.npz").read_bytes())), cfg.model if cfg else "mlp"
-    from fedready.evaluation._model import load_run
+    from fedready.evaluation.model import load_run
 
     return load_run(run).module, cfg.model
 
@@ -481,9 +481,9 @@ def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tupl
     were decided once for the trained model by ``fedready evaluate`` and are not re-decided here.
     """
     from fedready.estimates import fidelity_estimates
-    from fedready.evaluation._model import load_run
     from fedready.evaluation.gates import check_gates, load_policy
-    from fedready.evaluation.suite import _privacy, assess_predictor, load_eval_data
+    from fedready.evaluation.model import load_run
+    from fedready.evaluation.suite import assess_predictor, load_eval_data, privacy_report
     from fedready.fairness import group_labels, sensitive_attributes
 
     run = Path(run_dir)
@@ -493,7 +493,7 @@ def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tupl
         policy = task.policy  # the policy shipped beside the data set, as fedready evaluate uses
     pol = load_policy(policy, ev.schema).as_variant()
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
-    privacy = _privacy(run, summary)
+    privacy = privacy_report(run, summary)
     attrs = sensitive_attributes(ev.schema)
     groups = {a: group_labels(ev.schema, a, ev.table.columns[a]).astype(str) for a in attrs}
     teacher = load_run(run).predict(ev.x)

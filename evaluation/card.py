@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedready._io import atomic_write_text
+from fedready.files import atomic_write_text
 from fedready.privacy.auditing import AUDIT_FILE, AUDIT_FORMAT, empirical_privacy_line, read_audits
 
 __all__ = ["SECTIONS", "record_audit", "refresh_model_card", "render_html", "render_markdown", "write_model_card"]

@@ -120,7 +120,7 @@ def record_run(cfg: SimulationConfig, run_dir: Path, *, simulated: bool = False)
     """
     import json
 
-    from fedready._io import atomic_write_text
+    from fedready.files import atomic_write_text
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

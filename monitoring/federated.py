@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from fedready import constants as K
-from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
 from fedready.federation import task_of
+from fedready.files import atomic_write_text
 from fedready.modelio import arrays_digest, load_npz
 from fedready.monitoring.profile import PROFILE_FILE, Counts, NoiseRecord, profile_document
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedready.audit import sign_record
 from fedready.errors import ConfigError
-from fedready.monitoring._drift import MonitoringPolicy, compare
+from fedready.monitoring import MonitoringPolicy, compare
 from fedready.monitoring.edge import (
     ALERT_CONTEXT,
     ALERTS_FILE,

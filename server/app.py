@@ -24,11 +24,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedready import constants as K
-from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.audit import AuditLog
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
 from fedready.federation import holdout, record_run, task_of
+from fedready.files import atomic_write_bytes, atomic_write_text
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.models import evaluate
 from fedready.monitoring.federated import profile_needed, write_profile

@@ -30,12 +30,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedready import constants as K
-from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
 from fedready.estimates import federated_fairness_estimates
 from fedready.fairness import fairness_from_counts, group_names
 from fedready.federation import task_of
+from fedready.files import atomic_write_text
 from fedready.intervals import client_spread
 from fedready.modelio import arrays_digest, load_npz
 from fedready.privacy.ledger import Ledger

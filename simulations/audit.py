@@ -62,10 +62,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedready import constants as K
-from fedready._io import atomic_write_bytes
 from fedready.config import SimulationConfig
 from fedready.errors import ConfigError
 from fedready.federation import CONFIG_FILE, LAUNCHED_BY_SIMULATION, task_of
+from fedready.files import atomic_write_bytes
 from fedready.privacy.auditing import (
     CanaryAudit,
     canary_audit,

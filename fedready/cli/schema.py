@@ -37,7 +37,7 @@ def schema_draft(
         if target_path.exists() and not force:
             raise ConfigError("out", f"{target_path} exists; pass --force to overwrite it or --out another file")
         draft = draft_schema(data, target=target, name=name, min_count=min_count)
-        from fedready._io import atomic_write_text
+        from fedready.files import atomic_write_text
 
         atomic_write_text(target_path, draft.toml)
     for note in draft.notes:

@@ -19,7 +19,7 @@ from fairlearn.metrics import (
 from sklearn.metrics import accuracy_score
 
 from fedready.datasets.adult import adult_schema
-from fedready.evaluation._model import load_run
+from fedready.evaluation.model import load_run
 from fedready.fairness import group_labels
 from fedready.federation import client_shard, client_validation_attributes
 
