@@ -108,3 +108,16 @@ def test_a_private_name_imported_from_another_folder_is_found(copy_of_checkout):
     finally:
         card.write_text(original, encoding="utf-8")
     assert len(found) == 1 and found[0].startswith("evaluation/card.py:") and "_client_id" in found[0], found
+
+
+def test_the_core_does_not_import_the_api_until_its_names_are_used():
+    code = ("import sys, fedready, fedready.schema, fedready.privacy.ledger\n"
+            "assert 'fedready.api' not in sys.modules, 'the core imported the API'\n"
+            "assert 'simulate' in dir(fedready)\n"
+            "from fedready import simulate, PipelineResult\n"
+            "from fedready.api import simulate as api_simulate\n"
+            "assert simulate is api_simulate and PipelineResult.__module__ == 'fedready.api'\n"
+            "try:\n    fedready.no_such_name\nexcept AttributeError as e:\n    print(e)\n")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "module 'fedready' has no attribute 'no_such_name'"

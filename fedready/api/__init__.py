@@ -531,7 +531,7 @@ def pipeline(
     ``model``: ``mlp`` when the clients hold at least
     :data:`LARGE_MODEL_ROWS` training rows each on average, else ``logreg`` (see :func:`default_model`).
     """
-    from fedready._pipeline import run_pipeline
+    from fedready.api._pipeline import run_pipeline
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
     if model is None:
