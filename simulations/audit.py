@@ -720,5 +720,3 @@ def run_audit(
             audit_run=str(run_dir), config=cfg.model_dump(), references=list(REFERENCES),
         )  # fmt: skip
     return reports
-
-
