@@ -321,6 +321,7 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
             ("p", f"Accuracy cost {m['accuracy_cost_points']:.2f} points; swapped fold: EOD {_num(f2['eod_before'])} "
                   f"-> {_num(f2['eod_after'])}, cost {f2['accuracy_cost_points']:.2f} points."),
         ]  # fmt: skip
+        s["Fairness mitigation"] += [("p", note[0].upper() + note[1:] + ".") for note in m.get("small_groups", [])]
     elif r.get("mitigation_skipped"):
         s["Fairness mitigation"] = [("p", r["mitigation_skipped"] + ".")]
     else:

@@ -25,7 +25,7 @@ import numpy as np
 from fedready.errors import ConfigError
 from fedready.thresholds import positive_probability
 
-__all__ = ["apply_thresholds", "fit_thresholds", "positive_probability", "split_halves"]
+__all__ = ["MIN_LABEL_ROWS", "apply_thresholds", "fit_thresholds", "positive_probability", "split_halves"]
 
 
 def _scores_estimator() -> Any:
@@ -48,8 +48,36 @@ def _scores_estimator() -> Any:
     return _Scores()
 
 
-def fit_thresholds(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, *, attribute: str) -> dict[str, Any]:
+MIN_LABEL_ROWS = 5  # rows of each label a group needs in the fitted rows for a rule of its own
+POOLED = "<pooled>"
+# The rule of a group left without post-processing: decide ``score > 0.5`` (p0 = 1, never ignored).
+PLAIN_RULE = {"p0": 1.0, "op0": ">", "t0": 0.5, "p1": 0.0, "op1": ">", "t1": 0.5, "p_ignore": 0.0,
+              "prediction_constant": 0.0}  # fmt: skip
+
+
+def _exported(b: Any) -> dict[str, Any]:
+    return {
+        "p0": float(b["p0"]), "op0": b["operation0"]._operator, "t0": float(b["operation0"]._threshold),
+        "p1": float(b["p1"]), "op1": b["operation1"]._operator, "t1": float(b["operation1"]._threshold),
+        "p_ignore": float(b.get("p_ignore", 0.0)), "prediction_constant": float(b.get("prediction_constant", 0.0)),
+    }  # fmt: skip
+
+
+def _too_small(y: np.ndarray) -> bool:
+    return min(int((y == 0).sum()), int((y == 1).sum())) < MIN_LABEL_ROWS
+
+
+def fit_thresholds(
+    scores: np.ndarray, y: np.ndarray, groups: np.ndarray, *, attribute: str, names: list[str] | None = None
+) -> dict[str, Any]:
     """Fit equalized-odds thresholds per group; return them as plain JSON-ready data.
+
+    A group with fewer than :data:`MIN_LABEL_ROWS` rows of either label (one label only, or
+    absent from the fitted rows but listed in ``names``) gets no rule of its own: such groups
+    are pooled and share one rule fitted on their rows together (``"pooled"``), or, when the pool
+    itself is too small, keep the plain decision ``score > 0.5`` (``"skipped"``). fairlearn
+    cannot fit a group of one label (its ROC curve is undefined) and a handful of rows would
+    give a rule that only fits those rows.
 
     Raises
     ------
@@ -60,17 +88,25 @@ def fit_thresholds(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, *, att
 
     if len(np.unique(y)) < 2:
         raise ConfigError("labels", f"the label column holds one class only ({int(y[0])}); cannot fit thresholds")
-    opt = ThresholdOptimizer(estimator=_scores_estimator(), constraints="equalized_odds", prefit=True,
-                             predict_method="predict_proba", objective="accuracy_score")  # fmt: skip
-    opt.fit(np.asarray(scores)[:, None], y, sensitive_features=np.asarray(groups))
-    rules = {}
-    for g, b in opt.interpolated_thresholder_.interpolation_dict.items():
-        rules[str(g)] = {
-            "p0": float(b["p0"]), "op0": b["operation0"]._operator, "t0": float(b["operation0"]._threshold),
-            "p1": float(b["p1"]), "op1": b["operation1"]._operator, "t1": float(b["operation1"]._threshold),
-            "p_ignore": float(b.get("p_ignore", 0.0)), "prediction_constant": float(b.get("prediction_constant", 0.0)),
-        }  # fmt: skip
-    return {"attribute": attribute, "constraint": "equalized_odds", "score": "p(positive)", "groups": rules}
+    groups = np.asarray(groups).astype(str)
+    every = sorted(set(groups.tolist()) | set(names or []))
+    small = [g for g in every if _too_small(y[groups == g])]
+    pooled_rows = np.isin(groups, small)
+    pool = bool(small) and not _too_small(y[pooled_rows])
+    fit_groups = np.where(pooled_rows, POOLED, groups) if pool else groups
+    keep = np.ones(len(y), dtype=bool) if pool else ~pooled_rows
+    rules: dict[str, dict[str, Any]] = {}
+    if keep.any():
+        opt = ThresholdOptimizer(estimator=_scores_estimator(), constraints="equalized_odds", prefit=True,
+                                 predict_method="predict_proba", objective="accuracy_score")  # fmt: skip
+        opt.fit(np.asarray(scores)[keep][:, None], y[keep], sensitive_features=fit_groups[keep])
+        rules = {str(g): _exported(b) for g, b in opt.interpolated_thresholder_.interpolation_dict.items()}
+    for g in small:  # every group keeps a rule under its own name: a device refuses rows of a group it does not know
+        rules[g] = dict(rules[POOLED]) if pool else dict(PLAIN_RULE)
+    rules.pop(POOLED, None)
+    return {"attribute": attribute, "constraint": "equalized_odds", "score": "p(positive)",
+            "groups": {g: rules[g] for g in sorted(rules)},
+            "pooled": small if pool else [], "skipped": [] if pool else small}  # fmt: skip
 
 
 def apply_thresholds(scores: np.ndarray, groups: np.ndarray, rule: dict[str, Any], *, seed: int = 0) -> np.ndarray:

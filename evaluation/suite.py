@@ -16,12 +16,13 @@ from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
 from fedready.estimates import benchmark_estimates, constant_decision_groups
 from fedready.evaluation.gates import Policy, check_gates, decision, load_policy
-from fedready.evaluation.mitigation import apply_thresholds, fit_thresholds, split_halves
-from fedready.evaluation.model import RunModel, check_width, load_run
+from fedready.evaluation.mitigation import MIN_LABEL_ROWS, apply_thresholds, fit_thresholds, split_halves
+from fedready.evaluation.model import RunModel, check_width, load_run, run_schema
 from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
 from fedready.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
 from fedready.files import atomic_write_text
 from fedready.intervals import Estimate
+from fedready.metrics import classification_metrics
 from fedready.schema import DataSchema, load_schema
 from fedready.task import Task, load_task, task_of
 
@@ -50,13 +51,18 @@ class EvalData:
         return self.schema.classes
 
 
-def load_eval_data(csv: Path | None = None, schema_path: Path | None = None, *, task: Task | None = None) -> EvalData:
+def load_eval_data(
+    csv: Path | None = None, schema_path: Path | DataSchema | None = None, *, task: Task | None = None
+) -> EvalData:
     """The benchmark: the task's (a run's) benchmark rows by default, or a CSV with its declared schema.
+
+    ``schema_path`` is a schema TOML or an already loaded schema (a run's ``schema.json``).
 
     Raises
     ------
     ConfigError
-        If a CSV comes without a schema, or the label column holds a single class.
+        If a CSV comes without a schema, holds an undeclared label, or its label column holds a
+        single class.
     """
     if csv is None:
         task = task or load_task()
@@ -66,7 +72,7 @@ def load_eval_data(csv: Path | None = None, schema_path: Path | None = None, *, 
             raise ConfigError("schema", "a --data CSV needs its declared schema: pass --schema schema.toml")
         import hashlib
 
-        schema = load_schema(schema_path)
+        schema = schema_path if isinstance(schema_path, DataSchema) else load_schema(schema_path)
         table = read_csv(csv, schema)
         source, digest = str(csv), "sha256:" + hashlib.sha256(Path(csv).read_bytes()).hexdigest()
     y = table.labels(schema)
@@ -119,14 +125,37 @@ BINARY_ONLY = (
 )
 
 
+def _small_group_notes(rules: Any, y: np.ndarray, groups: np.ndarray, attribute: str) -> list[str]:
+    """One line per way small groups were handled (pooled, skipped) in either fold, naming the groups."""
+    pooled = sorted({g for r in rules for g in r["pooled"]})
+    skipped = sorted({g for r in rules for g in r["skipped"]} - set(pooled))
+
+    def named(gs: list[str]) -> str:
+        parts = []
+        for g in gs:
+            n, labels = int((groups == g).sum()), len(set(y[groups == g].tolist()))
+            parts.append(f"'{g}' ({n} benchmark row{'s' * (n != 1)}{', one label' if n and labels == 1 else ''})")
+        return f"group{'s' * (len(gs) > 1)} {', '.join(parts)} of '{attribute}'"
+
+    lead = f"threshold post-processing: {{}} too small for a rule of its own (under {MIN_LABEL_ROWS} rows of a label)"
+    out = []
+    if pooled:
+        out.append(lead.format(named(pooled)) + ": pooled into one shared rule")
+    if skipped:
+        they = "they keep" if len(skipped) > 1 else "it keeps"
+        out.append(lead.format(named(skipped)) + f": skipped, {they} the plain decision (score > 0.5)")
+    return out
+
+
 def _mitigation(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, attribute: str, seed: int) -> dict[str, Any]:
     """Cross-fitted threshold post-processing: fit on half A, measure on half B (and the swap)."""
     from fairlearn.metrics import equalized_odds_difference
 
     a, b = split_halves(y, groups, seed=seed)
     folds, rules, decided = {}, {}, {}
+    names = sorted(set(groups.tolist()))
     for name, fit, test in (("fit_a_measure_b", a, b), ("fit_b_measure_a", b, a)):
-        rule = fit_thresholds(scores[fit], y[fit], groups[fit], attribute=attribute)
+        rule = fit_thresholds(scores[fit], y[fit], groups[fit], attribute=attribute, names=names)
         rules[name] = rule
         before = (scores[test] > 0.5).astype(np.int64)
         after = apply_thresholds(scores[test], groups[test], rule, seed=seed)
@@ -140,6 +169,7 @@ def _mitigation(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, attribute
                        "eod_reduction": 1 - eod_a / eod_b if eod_b > 0 else None}  # fmt: skip
     return {"attribute": attribute, "method": "fairlearn ThresholdOptimizer(equalized_odds), randomised",
             "stored_rule": "fit_a_measure_b", "seed": seed, "folds": folds, "rule": rules["fit_a_measure_b"],
+            "small_groups": _small_group_notes(rules.values(), y, groups, attribute),
             "by_attribute": {attribute: {"eod_after": folds["fit_a_measure_b"]["eod_after"]}},
             "_decided": decided["fit_a_measure_b"], **folds["fit_a_measure_b"]}  # fmt: skip
 
@@ -204,18 +234,11 @@ def assess_predictor(
     return out, predict_raw
 
 
-def classification_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, the majority-class baseline, balanced accuracy and per-class recall and precision."""
-    counts = np.bincount(y, minlength=len(classes))
-    recall = {c: float((pred[y == i] == i).mean()) if counts[i] else None for i, c in enumerate(classes)}
-    chosen = np.bincount(pred, minlength=len(classes))
-    precision = {c: float((y[pred == i] == i).mean()) if chosen[i] else None for i, c in enumerate(classes)}
-    defined = [r for r in recall.values() if r is not None]
-    accuracy, majority, balanced = float((pred == y).mean()), float(counts.max() / len(y)), float(np.mean(defined))
-    return {"accuracy": accuracy, "rows": len(y), "classes": list(classes), "majority_rate": majority,
-            "balanced_accuracy": balanced, "accuracy_lift": accuracy - majority,
-            "balanced_accuracy_lift": balanced - 1.0 / len(classes), "chance": 1.0 / len(classes),
-            "recall": recall, "precision": precision}  # fmt: skip
+def _trained_schema(run_dir: Path) -> DataSchema:
+    if not (run_dir / "schema.json").exists() and not (run_dir / "config.json").exists():
+        raise ConfigError("schema", f"{run_dir} holds no run (no schema.json) to read --data with: pass --schema "
+                                    "schema.toml or the folder of a finished run")  # fmt: skip
+    return run_schema(run_dir)
 
 
 def evaluate_run(
@@ -252,7 +275,8 @@ def evaluate_run(
     federated : bool
         Ask the run's clients for group counts on their validation splits (not with ``data``).
     data, schema : path, optional
-        Evaluate on a CSV with its declared schema instead of the run's benchmark.
+        Evaluate on a CSV with its declared schema instead of the run's benchmark (default
+        schema: the run's own, ``schema.json``).
     mitigate : str, optional
         Sensitive attribute for the threshold post-processing (default: the schema's first).
 
@@ -268,8 +292,8 @@ def evaluate_run(
         rm = load_run(run_dir)
         task: Task | None = task_of(rm.cfg)
         ev = load_eval_data(task=task)
-    else:
-        task, ev = None, load_eval_data(data, schema)
+    else:  # without --schema, the CSV is read with the schema the run was trained on (its schema.json)
+        task, ev = None, load_eval_data(data, schema if schema is not None else _trained_schema(run_dir))
         rm = load_run(run_dir, schema=ev.schema)  # a run trained on another schema is refused here
     check_width(rm.arrays, ev.schema, rm.cfg.model)
     if seeds > 1:  # before any work: a retrained seed is a release like any other

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedready._validation import first_error, unknown_key_error
 from fedready.errors import ConfigError
 
 __all__ = ["RUN_CONFIG_KEYS", "KeyRule", "SimulationConfig", "loosened_keys", "make_config"]
@@ -344,7 +345,10 @@ def make_config(**values: Any) -> SimulationConfig:
     try:
         cfg = SimulationConfig(**values)
     except ValidationError as e:
-        err = e.errors()[0]
+        err = first_error(e)
+        unknown = unknown_key_error(SimulationConfig, err, noun="keyword")
+        if unknown is not None:  # only a Python caller can pass one: named as spelt (num_clientz, not num-clientz)
+            raise ConfigError(str(err["loc"][-1]), unknown) from e
         field = str(err["loc"][0]) if err["loc"] else "config"
         msg = str(err["msg"]).removeprefix("Value error, ")
         got = err.get("input")

@@ -52,7 +52,9 @@ class Table:
         Raises
         ------
         IntegrityError
-            If the label column is absent or a value is not declared for any class.
+            If the label column is absent.
+        ConfigError
+            Naming ``target``, the file and the line, if a value is not declared for any class.
         """
         target = schema.target
         raw = self.columns.get(target.column)
@@ -61,13 +63,18 @@ class Table:
         y = target.encode(raw)
         bad = y < 0
         if bad.any():
-            first = int(np.argmax(bad))
-            raise IntegrityError(
-                f"label column '{target.column}': {int(bad.sum())} row(s) hold undeclared values (first: "
-                f"'{raw[first]}' at {self.where(first)}); declared: {target.declared_values()}; add the value "
-                "to the schema's [target] or remove those rows"
-            )
+            raise undeclared_label(self, schema, bad)
         return y
+
+
+def undeclared_label(table: Table, schema: DataSchema, bad: np.ndarray) -> ConfigError:
+    """The one-line error for rows whose label (``bad``, a boolean mask) no class of the schema declares."""
+    i = int(np.argmax(bad))
+    raw = table.columns[schema.target.column]
+    return ConfigError("target", f"{table.where(i)}: label '{raw[i]}' in column '{schema.target.column}' is not "
+                                 f"declared ({int(bad.sum())} such row(s)); declared: "
+                                 f"{schema.target.declared_values()}; add it to the schema's [target] or fix the "
+                                 "rows")  # fmt: skip
 
 
 _DELIMITERS = (",", ";", "\t", "|")
@@ -129,7 +136,16 @@ def read_text(path: str | Path) -> str:
     except IsADirectoryError as e:
         raise ConfigError("data", f"{p} is a folder; pass a CSV file") from e
     except UnicodeDecodeError as e:
-        raise ConfigError("data", f"{p} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 CSV") from e
+        raise ConfigError("data", f"{p} is not UTF-8 text: {_position(e)}; save it as UTF-8 CSV (in a spreadsheet: "
+                                  "Save as, CSV UTF-8)") from e  # fmt: skip
+
+
+def _position(e: UnicodeDecodeError) -> str:
+    """``line 3, column 7: byte 0xe9 (invalid continuation byte)``: where a text editor shows the bad byte."""
+    before = bytes(e.object[: e.start])
+    line = before.count(b"\n") + 1
+    column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", errors="replace")) + 1  # characters, not bytes
+    return f"line {line}, column {column}: byte 0x{e.object[e.start]:02x} ({e.reason})"
 
 
 def read_csv(path: str | Path, schema: DataSchema) -> Table:

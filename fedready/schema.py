@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedready._validation import first_error, unknown_key_error
 from fedready.errors import ConfigError, IntegrityError
 from fedready.files import read_toml
 
@@ -403,7 +404,14 @@ def load_schema(path: str | Path) -> DataSchema:
     try:
         return DataSchema.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
+        err = first_error(e)
+        unknown = unknown_key_error(DataSchema, err)
+        if unknown is not None:  # where the key sits: its section, or its column by name
+            where = [str(x) for x in err["loc"][:-1] if x not in ("numeric", "categorical")]
+            if len(where) == 2 and where[0] == "columns" and isinstance(raw, dict):
+                name = raw["columns"][int(where[1])].get("name") if isinstance(raw.get("columns"), list) else None
+                where = [f"column '{name}'"] if isinstance(name, str) else where
+            raise ConfigError("schema", f"{p}: {'.'.join(where) + ': ' if where else ''}{unknown}") from e
         loc = ".".join(str(x) for x in err["loc"])
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError("schema", f"{p}: {loc + ': ' if loc else ''}{msg}") from e

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedready.data import Table, read_csv
+from fedready.data import Table, read_csv, undeclared_label
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError, IntegrityError
 from fedready.schema import DataSchema, load_schema
@@ -235,11 +235,7 @@ def _labelled(table: Table, schema: DataSchema) -> tuple[Table, str | None]:
     missing = (y < 0) & np.isin(np.char.strip(raw.astype(str)), _MISSING_LABEL)
     bad = (y < 0) & ~missing
     if bad.any():
-        i = int(np.argmax(bad))
-        raise ConfigError("data", f"{table.where(i)}: label '{raw[i]}' in column '{schema.target.column}' is not "
-                                  f"declared ({int(bad.sum())} such row(s)); declared: "
-                                  f"{schema.target.declared_values()}; add it to the schema's [target] or fix the "
-                                  "rows")  # fmt: skip
+        raise undeclared_label(table, schema, bad)
     if not missing.any():
         return table, None
     note = f"{table.source}: left out {int(missing.sum())} row(s) without a label in '{schema.target.column}'"
@@ -292,10 +288,17 @@ def _server_only(spec: TaskSpec) -> Task:
 
 
 def _from_files(spec: TaskSpec) -> Task:
+    from fedready.contract import contract_refusal, empty_columns
+
     schema = load_schema(spec.schema)
     encoder = FeatureEncoder(schema)
-    train, note = _labelled(read_csv(spec.data, schema), schema)
+    raw = read_csv(spec.data, schema)
+    refusal = contract_refusal(raw, schema, data=spec.data, schema_path=spec.schema)
+    if refusal is not None:  # what every deployed client checks before it trains
+        raise ConfigError("data", refusal)
+    train, note = _labelled(raw, schema)
     notes = [note] if note else []
+    notes += empty_columns(train, schema)
     _check_classes(train, schema)
     x_train = _encode(encoder, train)  # a bad value fails here, naming its line, before any training starts
     if spec.test:

@@ -37,7 +37,7 @@ from fedready.privacy.ledger import Ledger
 from fedready.server.client_dp import ClientLevelDP
 from fedready.server.queries import final_model, query_all, query_round, write_federated_evaluation
 from fedready.server.strategies import build_strategy, client_sample_rate
-from fedready.server.validation import UpdateValidator, update_norm
+from fedready.server.validation import UpdateValidator, dp_sgd_scale, update_norm
 
 __all__ = [
     "RoundReport",
@@ -110,6 +110,41 @@ def _evaluate(cfg: SimulationConfig, arrays: ArrayRecord) -> tuple[float, float]
     model = task_of(cfg).model()
     model.load_state_dict(arrays.to_torch_state_dict())
     return evaluate(model, x, y)
+
+
+REFERENCE_KEYS = ("majority_rate", "balanced_accuracy", "chance")  # beside the accuracy in summary.json
+
+
+def _dp_scales(cfg: SimulationConfig, server_round: int, replies: list[Message],
+               reference: dict[str, np.ndarray]) -> list[tuple[float, float]]:  # fmt: skip
+    """Per reply, its DP-SGD gradient bound and expected noise norm (the scale-aware median rule)."""
+    params = sum(int(np.asarray(v).size) for v in reference.values())
+    out = []
+    for msg in replies:
+        mr = msg.content[K.METRICS]
+        out.append(dp_sgd_scale(steps=int(mr.get(K.STEPS, 0)), noise_multiplier=float(mr.get(K.NOISE_MULTIPLIER, 0.0)),
+                                sample_rate=float(mr.get(K.SAMPLE_RATE, 1.0)),
+                                rows=float(mr.get(K.NUM_EXAMPLES, 1.0)), lr=cfg.lr_at(server_round),
+                                clip=cfg.max_grad_norm, params=params))  # fmt: skip
+    return out
+
+
+def reference_numbers(cfg: SimulationConfig, final: dict[str, np.ndarray]) -> dict[str, float]:
+    """The benchmark's majority-class rate and the final model's balanced accuracy (macro recall) and chance.
+
+    On the server's public holdout, as the accuracy: post-processing, no privacy cost.
+    """
+    from fedready.metrics import classification_metrics
+
+    x, y = holdout(cfg)
+    task = task_of(cfg)
+    model = task.model()
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in final.items()})
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(1).numpy()
+    m = classification_metrics(y, pred, task.schema.classes)
+    return {k: m[k] for k in REFERENCE_KEYS}
 
 
 class _Checkpointer:
@@ -387,7 +422,8 @@ def run_rounds(
         accepted = well_formed
         if validator is not None and well_formed:
             candidates = [(_client_id(msg), msg.metadata.src_node_id, _reply_arrays(msg)) for msg in well_formed]
-            keep, rejections = validator.validate(candidates, reference)
+            scales = _dp_scales(cfg, server_round, well_formed, reference) if cfg.dp else None
+            keep, rejections = validator.validate(candidates, reference, scales)
             accepted = [well_formed[i] for i in keep]
             for r in rejections:
                 report.rejected.append({"client": r.client, "reason": r.reason, "norm": r.norm})
@@ -469,6 +505,32 @@ def privacy_summary(cfg: SimulationConfig, ledger: Ledger, noise_multiplier: flo
     return out
 
 
+def mostly_rejected(history: list[dict[str, Any]]) -> list[tuple[str, int, int, list[str]]]:
+    """Clients whose updates were rejected in most rounds they trained in: (client, rejected, trained, reasons)."""
+    trained: dict[str, int] = {}
+    rejected: dict[str, list[str]] = {}
+    for h in history:
+        for c in h.get("trained", []):
+            trained[str(c)] = trained.get(str(c), 0) + 1
+        for r in h.get("rejected", []):
+            rejected.setdefault(str(r["client"]), []).append(str(r["reason"]))
+    return [(c, len(rs), max(trained.get(c, 0), len(rs)), sorted(set(rs))) for c, rs in sorted(rejected.items())
+            if 2 * len(rs) > max(trained.get(c, 0), len(rs))]  # fmt: skip
+
+
+def rejection_lines(run_dir: Path) -> list[str]:
+    """One warning line per client rejected in most rounds, read from the run folder's ``metrics.jsonl``.
+
+    The client is named: the line is for the operator at the run folder (``summary.json``, which ships,
+    only counts them).
+    """
+    p = Path(run_dir) / "metrics.jsonl"
+    history = [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+    return [f"warning: client {c}'s updates were rejected in {n} of the {t} rounds it trained in "
+            f"({', '.join(reasons)}): its rows barely shaped the model (see {run_dir}/audit.jsonl)"
+            for c, n, t, reasons in mostly_rejected(history)]  # fmt: skip
+
+
 def run_status(history: list[dict[str, Any]], stopped: str) -> dict[str, Any]:
     """``completed`` or ``failed`` (no round aggregated a single update), with the reason and first client error."""
     aggregated = sum(int(h.get("aggregated", len(h.get("trained", [])) if not h.get("skipped") else 0))
@@ -514,6 +576,7 @@ def write_summary(
         # a run that trained nothing reports no accuracy: the untrained model's score is not a result
         "accuracy": None if failed else accuracy,
         "loss": None if failed else loss,
+        **(dict.fromkeys(REFERENCE_KEYS) if failed else reference_numbers(cfg, final)),
         **privacy_summary(cfg, ledger, noise_multiplier),
         "secagg": cfg.secagg,
         "rounds": cfg.rounds,
@@ -522,6 +585,7 @@ def write_summary(
         "aggregator": cfg.aggregator,
         "attack": cfg.attack,
         "rejected_updates": sum(len(h.get("rejected", [])) for h in history),
+        "mostly_rejected_clients": len(mostly_rejected(history)),  # counted, not named (the summary ships)
         "failed_clients": sum(len(h.get("failed", [])) for h in history),
         "declined": sum(len(h.get("declined", [])) for h in history),
         "skipped_rounds": [h["round"] for h in history if h.get("skipped")],

@@ -6,6 +6,12 @@ norm of the update (client model minus global model) is far above the clipping
 bound or far above the round's median norm (the signature of a scaled or boosted
 update, Bhagoji et al. 2019, arXiv:1811.12470). Each rejection names the client,
 the reason and the norm, and is written to the run's audit log.
+
+Under sample-level DP-SGD the median rule is scale-aware: each norm is divided by
+the size an honest update of that client's own DP-SGD round can have
+(:func:`dp_sgd_scale`), so a client whose update is larger only because it holds
+fewer rows (less privacy amplification, more noise per row) or ran more steps is
+compared like for like, while a boosted update stays as many times too large.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import numpy as np
 
 from fedready import constants as K
 
-__all__ = ["Rejection", "UpdateValidator", "update_norm"]
+__all__ = ["Rejection", "UpdateValidator", "dp_sgd_scale", "update_norm"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,40 @@ def update_norm(update: dict[str, np.ndarray], reference: dict[str, np.ndarray])
         d = np.asarray(update[name], dtype=np.float64) - np.asarray(ref, dtype=np.float64)
         total += float(np.sum(d * d))
     return float(np.sqrt(total))
+
+
+def dp_sgd_scale(*, steps: int, noise_multiplier: float, sample_rate: float, rows: float, lr: float, clip: float,
+                 params: int) -> tuple[float, float]:  # fmt: skip
+    """What an honest update of one DP-SGD round is made of: (largest gradient part, expected noise norm).
+
+    Each step moves the model by ``lr`` times the mean of clipped per-sample gradients (norm at
+    most ``clip``) plus Gaussian noise of std ``noise_multiplier * clip / B`` per parameter, with
+    ``B = sample_rate * rows`` the expected batch Opacus divides by. Over ``steps`` steps the
+    gradients add at most linearly, to ``lr * clip * steps``, and the noise as a random walk, to an
+    expected norm of ``lr * clip * noise_multiplier * sqrt(steps * params) / B``.
+
+    Notes
+    -----
+    Every input but ``lr``, ``clip`` and ``params`` is the client's own report (the same numbers
+    its privacy charge and its aggregation weight come from). A client that overstates its steps
+    to hide a boosted update is charged for the steps it claims; a claimed noise multiplier only
+    changes how large an update passes, never the global model's clip or noise.
+    """
+    batch = max(sample_rate * rows, 1.0)
+    return float(lr * clip * steps), float(lr * clip * noise_multiplier * np.sqrt(steps * params) / batch)
+
+
+def _expected_norms(norms: dict[int, float], scales: list[tuple[float, float]]) -> dict[int, float]:
+    """Per update, the norm an honest one of its size reaches: its noise, plus the round's typical gradient part.
+
+    The gradient part is ``g * lr * clip * steps`` with ``g`` in [0, 1] the round's median share of
+    the clipped bound the updates used, after their own expected noise is taken out: clients that
+    learn from similar data move alike per step, however many rows (and so how much noise) each has.
+    """
+    used = [min(1.0, np.sqrt(max(norms[i] ** 2 - scales[i][1] ** 2, 0.0)) / scales[i][0])
+            for i in norms if scales[i][0] > 0]  # fmt: skip
+    g = float(np.median(used)) if used else 0.0
+    return {i: float(np.hypot(g * scales[i][0], scales[i][1])) for i in norms}
 
 
 class UpdateValidator:
@@ -84,8 +124,9 @@ class UpdateValidator:
         return None
 
     def validate(
-        self, updates: list[tuple[str, int, dict[str, np.ndarray]]], reference: dict[str, np.ndarray]
-    ) -> tuple[list[int], list[Rejection]]:
+        self, updates: list[tuple[str, int, dict[str, np.ndarray]]], reference: dict[str, np.ndarray],
+        scales: list[tuple[float, float]] | None = None,
+    ) -> tuple[list[int], list[Rejection]]:  # fmt: skip
         """Return (indices of accepted updates, rejections), in input order.
 
         Parameters
@@ -94,6 +135,10 @@ class UpdateValidator:
             The round's candidate updates (full client models).
         reference : dict
             The global model the round started from.
+        scales : list of (float, float), optional
+            Per update, its gradient bound and expected noise norm under DP-SGD (:func:`dp_sgd_scale`):
+            the median rule then compares each norm with what an honest update of that size reaches,
+            so clients of very different sizes or step counts are judged alike. Without it, raw norms.
         """
         rejections: list[Rejection] = []
         norms: dict[int, float] = {}
@@ -112,11 +157,15 @@ class UpdateValidator:
                 continue
             norms[i] = norm
         if len(norms) >= 3 and not self.structural_only:
-            median = float(np.median(list(norms.values())))
+            expected = _expected_norms(norms, scales) if scales is not None else {}
+            scaled = {i: n / expected[i] if expected.get(i, 0.0) > 0 else n for i, n in norms.items()}
+            median = float(np.median(list(scaled.values())))
             for i, norm in list(norms.items()):
-                if median > 0 and norm > self.median_factor * median:
+                if median > 0 and scaled[i] > self.median_factor * median:
                     client, node, _ = updates[i]
-                    detail = f"norm {norm:.4g} > {self.median_factor:g} x median {median:.4g}"
+                    detail = f"norm {norm:.4g} > {self.median_factor:g} x median {median:.4g}" if scales is None \
+                        else (f"norm {norm:.4g} is {scaled[i]:.4g} x an honest update of its size ({expected[i]:.4g}), "
+                              f"> {self.median_factor:g} x the round's median {median:.4g}")  # fmt: skip
                     rejections.append(Rejection(client, node, K.REJECT_NORM_MEDIAN, norm, detail))
                     del norms[i]
         return sorted(norms), rejections

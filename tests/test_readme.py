@@ -61,3 +61,31 @@ def test_python_api_sweep_runs_as_written(tmp_path):
     acc = [float(re.search(r"accuracy ([\d.]+)", ln).group(1)) for ln in lines]
     assert all(a > 0.6 for a in acc)  # better than the majority class
     assert (tmp_path / "privacy_utility.png").stat().st_size > 5_000
+
+
+def test_the_run_folder_layout_shows_client_state_beside_the_run_not_inside_it(tmp_path):
+    from fedready.client.state import client_state_dir
+
+    block = _block("The run folder", "")
+    inside = block.split("runs/<name>.clients/")[0]
+    assert "clients/" not in inside, "client state is not inside the run folder"
+    assert "runs/<name>.clients/<id>/state.json" in block
+    assert client_state_dir(tmp_path / "runs" / "r1", 3) == tmp_path / "runs" / "r1.clients" / "3"
+
+
+def test_the_draft_example_with_sensitive_and_ignore_runs_as_written(tmp_path, monkeypatch):
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from fedready.cli import app
+    from fedready.schema import load_schema
+
+    line = next(m.group(1) for m in re.finditer(r"`(fedready schema draft [^`]*--sensitive[^`]*)`", README.read_text()))
+    rows = [f"{i},{'fm'[i % 2]},{'abc'[i % 3]},{20 + i % 40},{'<=50K' if i % 3 else '>50K'}" for i in range(60)]
+    (tmp_path / "train.csv").write_text("\n".join(["id,sex,race,age,income", *rows]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, shlex.split(line)[1:])
+    assert res.exit_code == 0, res.output
+    schema = load_schema(tmp_path / "schema.toml")
+    assert schema.sensitive == ["sex", "race"] and "id" in schema.ignore and schema.target.column == "income"

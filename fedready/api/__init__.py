@@ -91,6 +91,21 @@ class SimulationResult:
         """Whether the epsilon is a guarantee (DP on, secret noise, nothing released outside it)."""
         return bool(self.summary.get("private", False))
 
+    @property
+    def majority_rate(self) -> float | None:
+        """The benchmark's majority-class rate: the accuracy of always answering its most frequent class."""
+        return self.summary.get("majority_rate")
+
+    @property
+    def balanced_accuracy(self) -> float | None:
+        """The final model's balanced accuracy on the benchmark (mean per-class recall; chance is 1 / classes)."""
+        return self.summary.get("balanced_accuracy")
+
+    @property
+    def below_majority(self) -> bool:
+        """The model is no more accurate than always answering the majority class."""
+        return self.accuracy is not None and self.majority_rate is not None and self.accuracy <= self.majority_rate
+
 
 def model_name(model: str | Callable[..., Any]) -> str:
     """The ``--model`` spelling of ``model``: a name as is, an importable function as ``module:qualname``.
@@ -514,7 +529,7 @@ def pipeline(
     test: str | Path | None = None,
     test_fraction: float | None = None,
     model: str | Callable[..., Any] | None = None,
-    out: str | Path = "fedready-demo",
+    out: str | Path | None = None,
     version: str = "1.0.0",
     say: Callable[[str], None] | None = None,
     simulate_with: Callable[..., dict[str, Any]] | None = None,
@@ -527,13 +542,17 @@ def pipeline(
     Resumable: run it again after a failure and it picks up where it stopped. ``say`` receives
     one line per step (default: nothing); ``options`` are :func:`simulate` options. The release
     reaches stable only when every gate passes (an undecided one stops it at canary, a failed one
-    promotes it nowhere) unless ``force`` with a ``reason``. Without
+    promotes it nowhere) unless ``force`` with a ``reason``. ``out`` defaults to
+    ``fedready-<schema name>`` for own data, ``fedready-demo`` for the embedded set; a folder
+    holding a run of other data or another schema is refused. Without
     ``model``: ``mlp`` when the clients hold at least
     :data:`LARGE_MODEL_ROWS` training rows each on average, else ``logreg`` (see :func:`default_model`).
     """
-    from fedready.api._pipeline import run_pipeline
+    from fedready.api._pipeline import check_out, default_out, run_pipeline
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
+    out = Path(out) if out is not None else default_out(data, schema)
+    check_out(out, given)  # before anything reads the folder's run (its model, its summary)
     if model is None:
         given["model"], why = default_model(given, resume=Path(out) / "runs" / "pipeline")
         if say is not None and why:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_pipeline"]
+__all__ = ["check_out", "default_out", "run_pipeline"]
 
 DEVICE_ID = "device-0001"
 
@@ -43,6 +44,56 @@ def _static_server(folder: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+def default_out(data: str | Path | None, schema: str | Path | None) -> Path:
+    """The pipeline's folder when none is given: ``fedready-<schema name>`` for own data, else ``fedready-demo``.
+
+    The demo and every own data set get folders of their own: one never resumes the other's run.
+    """
+    if data is None or schema is None:
+        return Path("fedready-demo")
+    from fedready.schema import load_schema
+
+    return Path("fedready-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", load_schema(schema).name).strip(".-"))
+
+
+def check_out(out: Path, given: dict[str, Any]) -> None:
+    """Refuse an ``out`` folder whose recorded run was trained on other data or another schema.
+
+    The pipeline resumes what it finds in ``out``: a run of another data set would be evaluated,
+    signed and published as if it were this one.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``out``, both digests and the fix.
+    """
+    from fedready.errors import ConfigError
+    from fedready.schema import DataSchema
+    from fedready.task import TaskSpec, data_digest, load_task
+
+    run = Path(out) / "runs" / "pipeline"
+    if not (run / "config.json").exists():
+        return
+    spec = TaskSpec(**{k: given[k] for k in ("data", "schema", "test", "test_fraction") if k in given})
+    fix = f"pass another --out, or delete {out} to train there again"
+    try:
+        recorded = json.loads((run / "config.json").read_text())
+        old_schema = json.loads((run / "schema.json").read_text()) if (run / "schema.json").exists() else None
+    except (OSError, ValueError) as e:
+        raise ConfigError("out", f"{out} holds an unreadable run ({e}); {fix}") from e
+    now = data_digest(spec)
+    before = recorded.get("data_digest")
+    if before not in (None, now):
+        raise ConfigError("out", f"{out} holds a run trained on other data (data digest {str(before)[:19]}, this "
+                                 f"data {now[:19]}); {fix}")  # fmt: skip
+    if old_schema is not None:
+        before, schema = DataSchema.model_validate(old_schema), load_task(spec).schema
+        if before.digest() != schema.digest():
+            raise ConfigError("out", f"{out} holds a run trained with another schema ('{before.name}' "
+                                     f"{before.digest()[:19]}, this one '{schema.name}' {schema.digest()[:19]}); "
+                                     f"{fix}")  # fmt: skip
+
+
 def _tally(gates: list[dict[str, Any]]) -> str:
     counts = {o: sum(g["outcome"] == o for g in gates) for o in ("pass", "undecided", "fail")}
     return ", ".join(f"{n} {o}" for o, n in counts.items() if n)
@@ -50,13 +101,16 @@ def _tally(gates: list[dict[str, Any]]) -> str:
 
 def _say_reference(say: Callable[[str], None], report: dict[str, Any]) -> None:
     """Accuracy beside the numbers that make it mean something: always guessing the majority class, chance."""
+    from fedready.metrics import below_majority
+
     m, est = report["metrics"], report.get("estimates", {})
     bal = est.get("metrics.balanced_accuracy_lift", {})
     lift = (f"[{bal['lo']:+.3f}, {bal['hi']:+.3f}]" if bal.get("lo") is not None else "(no interval)")
     say(f"    benchmark: accuracy {m['accuracy']:.4f} (majority class {m['majority_rate']:.4f}), balanced accuracy "
         f"{m['balanced_accuracy']:.4f} (chance {m['chance']:.4f}, lift {lift})")  # fmt: skip
-    if m["accuracy"] <= m["majority_rate"]:
-        say("    warning: the model is no more accurate than always answering the majority class")
+    warning = below_majority(m)
+    if warning:
+        say(f"    {warning}")
 
 
 def run_pipeline(
@@ -100,11 +154,17 @@ def run_pipeline(
         raise IntegrityError(f"training failed: {summary['reason']}; first client error: "
                              f"{summary['first_client_error']} (see {run}/audit.jsonl)")  # fmt: skip
     result["train"] = {k: summary[k] for k in ("accuracy", "epsilon", "delta", "model_digest", "run_dir")}
+    result["train"].update({k: summary.get(k) for k in ("majority_rate", "balanced_accuracy")})
     eps = (f"epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g}; composed: training, row counts and "
            "post-training counts)") if summary.get("dp") else "no DP"  # fmt: skip
     say(f"    accuracy {summary['accuracy']:.4f}, {eps}")
     for caveat in summary.get("caveats", []):
         say(f"    {caveat}")
+    if summary.get("mostly_rejected_clients"):
+        from fedready.server.app import rejection_lines
+
+        for line in rejection_lines(Path(summary["run_dir"])):
+            say(f"    {line}")
 
     say("2/6 evaluate: fairness, stability, calibration, gates, model card")
     done = run / "evaluation.json"
@@ -119,6 +179,8 @@ def run_pipeline(
     _say_reference(say, report)
     if report.get("mitigation_skipped"):
         say(f"    skipped post-processing: {report['mitigation_skipped']}")
+    for note in (report.get("mitigation") or {}).get("small_groups", []):
+        say(f"    {note}")
     say(f"    model gates: {report['decision']} ({_tally(report['gates'])}); model card {run / 'model_card.html'}")
     for g in blocking:
         say(f"    {g.line()}")

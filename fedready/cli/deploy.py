@@ -124,7 +124,7 @@ def contract_check(
     schema: Annotated[Path, typer.Option(help="The schema TOML with its [contract].")],
 ) -> None:
     """Check a CSV against its schema's data contract; print the readable report (exit 1 on a violation)."""
-    from fedready.client.contract import validate_contract
+    from fedready.contract import validate_contract
     from fedready.data import read_csv
     from fedready.errors import IntegrityError
     from fedready.schema import load_schema
@@ -182,8 +182,8 @@ def client(
 
     Every ClientApp runs behind the bundle guard: only the installed fedready's code runs.
     """
-    from fedready.client.contract import validate_contract
     from fedready.client.limits import load_limits
+    from fedready.contract import validate_contract
     from fedready.data import read_csv
     from fedready.deploy.launch import client_environment, supernode_command
     from fedready.schema import load_schema

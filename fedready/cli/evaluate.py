@@ -33,10 +33,10 @@ def evaluate(
     federated: Annotated[
         bool, typer.Option("--federated/--no-federated", help="Ask the run's clients for group counts (on).")
     ] = True,
-    data: Annotated[
-        Path | None, typer.Option(help="Evaluate on this CSV instead of the run's benchmark (needs --schema).")
+    data: Annotated[Path | None, typer.Option(help="Evaluate on this CSV instead of the run's benchmark.")] = None,
+    schema: Annotated[
+        Path | None, typer.Option(help="Declared schema TOML of --data. [default: the run's schema.json]")
     ] = None,
-    schema: Annotated[Path | None, typer.Option(help="Declared schema TOML of --data.")] = None,
     mitigate: Annotated[
         str | None,
         typer.Option(help="Sensitive attribute for threshold post-processing. [default: the schema's first]"),
@@ -148,6 +148,7 @@ def _print_gates(report: dict[str, Any]) -> None:
             f"post-processing ({m['attribute']}): EOD {m['eod_before']:.4f} -> {m['eod_after']:.4f}, "
             f"accuracy {m['accuracy_before']:.4f} -> {m['accuracy_after']:.4f} on the held-out half"
         )
+        lines += m.get("small_groups", [])
     run = Path(report["run"])
     lines.append(f"wrote {run / 'evaluation.json'}, {run / 'model_card.html'}, {run / 'model_card.md'}")
     for line in lines:

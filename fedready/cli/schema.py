@@ -21,10 +21,17 @@ def schema_draft(
         Path | None, typer.Option(help="Where to write the draft. [default: DATA's stem + .schema.toml]")
     ] = None,
     target: Annotated[
-        str | None, typer.Option(help="The label column. [default: one named like a label, else the last]")
+        str | None,
+        typer.Option(help="The label column. [default: one named like a label, else the last non-sensitive one]"),
     ] = None,
     name: Annotated[str | None, typer.Option(help="The schema's name. [default: DATA's stem]")] = None,
     min_count: Annotated[int, typer.Option(help="Categories seen fewer times are left out (they identify).")] = 5,
+    sensitive: Annotated[
+        list[str] | None, typer.Option(metavar="COL", help="Mark COL as a protected attribute (repeatable).")
+    ] = None,
+    ignore: Annotated[
+        list[str] | None, typer.Option(metavar="COL", help="Declare COL, not a model input (repeatable).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Draft a schema (kinds, rounded ranges, bins, categories, the target and its classes) for a person to review."""
@@ -36,10 +43,14 @@ def schema_draft(
             raise ConfigError("min-count", f"must be >= 1, got {min_count}")
         if target_path.exists() and not force:
             raise ConfigError("out", f"{target_path} exists; pass --force to overwrite it or --out another file")
-        draft = draft_schema(data, target=target, name=name, min_count=min_count)
+        draft = draft_schema(
+            data, target=target, name=name, min_count=min_count, sensitive=sensitive or (), ignore=ignore or ()
+        )
         from fedready.files import atomic_write_text
 
         atomic_write_text(target_path, draft.toml)
+    for warning in draft.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     for note in draft.notes:
         err.print(f"review: {note}", markup=False, highlight=False, soft_wrap=True)
     err.print(f"read {data} on this machine ({draft.rows} rows, target '{draft.target}'); wrote {target_path}. "

@@ -324,6 +324,8 @@ def simulate(
         if summary["client_epsilon"] is not None:
             eps += f", client-level epsilon {summary['client_epsilon']:.3f} (delta {summary['client_delta']:g})"
         err.print(f"accuracy {summary['accuracy']:.4f}, {eps}, {summary['seconds']:.0f} s -> {summary['run_dir']}")
+        _say_reference(summary)
+        _say_rejections(summary)
         if summary["dp"] and summary.get("epsilon_parts"):
             parts = summary["epsilon_parts"]
             err.print(
@@ -342,6 +344,27 @@ def simulate(
             extra.append(f"stopped early: {summary['stopped']}")
         if extra:
             err.print("; ".join(extra))
+
+
+def _say_reference(summary: dict[str, Any]) -> None:
+    """The benchmark's majority-class rate and the balanced accuracy beside the accuracy; a warning at or below it."""
+    from fedready.metrics import below_majority
+
+    if summary.get("majority_rate") is None:  # a run from before these numbers were recorded
+        return
+    err.print(f"benchmark: majority class {summary['majority_rate']:.4f}, balanced accuracy "
+              f"{summary['balanced_accuracy']:.4f} (chance {summary['chance']:.4f})", highlight=False)  # fmt: skip
+    warning = below_majority(summary)
+    if warning:
+        err.print(warning, markup=False, highlight=False, soft_wrap=True)
+
+
+def _say_rejections(summary: dict[str, Any]) -> None:
+    from fedready.server.app import rejection_lines
+
+    if summary.get("mostly_rejected_clients"):
+        for line in rejection_lines(Path(summary["run_dir"])):
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def run_simulate(
@@ -430,9 +453,13 @@ def pipeline(
         float | None, typer.Option(help="Without --test: share of --data held out as the benchmark. [default: 0.2]")
     ] = None,
     clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 10]")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the run, keys, artifacts, registry and device.")] = Path(
-        "fedready-demo"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the run, keys, artifacts, registry and device (one data set per folder). "
+            "[default: fedready-<schema name> with --data, else fedready-demo]"
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(

@@ -56,3 +56,29 @@ def test_unknown_group_keeps_the_plain_decision():
 def test_single_class_labels_are_refused():
     with pytest.raises(ConfigError, match="one class"):
         fit_thresholds(np.array([0.2, 0.8]), np.array([1, 1]), np.array(["a", "b"]), attribute="g")
+
+
+def _with_small_groups(*small: tuple[str, list[int]]):
+    s, y, g = _biased(2000)
+    g = g.astype(object)
+    for name, labels in small:
+        s = np.concatenate([s, np.linspace(0.3, 0.7, len(labels))])
+        y = np.concatenate([y, labels])
+        g = np.concatenate([g, [name] * len(labels)])
+    return s, y, g.astype(str)
+
+
+def test_a_group_of_one_label_is_skipped_and_keeps_the_plain_decision():
+    s, y, g = _with_small_groups(("c", [1, 1, 1]))  # fairlearn alone: "Degenerate labels for sensitive feature value c"
+    rule = fit_thresholds(s, y, g, attribute="g")
+    assert rule["skipped"] == ["c"] and rule["pooled"] == []
+    assert set(rule["groups"]) == {"a", "b", "c"}  # still known: a device does not refuse its rows
+    probs = positive_probability(np.array([0.7, 0.3]), np.array(["c", "c"]), rule)
+    assert list(probs) == [1.0, 0.0]
+
+
+def test_small_groups_that_together_hold_both_labels_share_one_rule():
+    s, y, g = _with_small_groups(("c", [1] * 4), ("d", [0] * 4 + [1]), ("e", [0] * 3))
+    rule = fit_thresholds(s, y, g, attribute="g", names=["a", "b", "c", "d", "e", "f"])
+    assert rule["pooled"] == ["c", "d", "e", "f"] and rule["skipped"] == []  # f: listed, without rows
+    assert rule["groups"]["c"] == rule["groups"]["d"] == rule["groups"]["f"] != rule["groups"]["a"]

@@ -1,7 +1,9 @@
 """The CLI's error paths: one line naming the field, exit code 2, no traceback, nothing started."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -73,3 +75,124 @@ def test_a_temp_folder_too_long_for_rays_sockets_is_refused_before_anything_star
     check_ray_temp_dir(None)  # the default folder leaves room
     monkeypatch.setenv("RAY_TMPDIR", "/tmp/" + "t" * 60)
     check_ray_temp_dir("127.0.0.1:6379")  # an existing cluster keeps its own folder
+
+
+SCHEMA = """name = "s"
+{top}
+[target]
+column = "y"
+positive = ["1"]
+{target}
+[[columns]]
+name = "x"
+kind = "numeric"
+{column}
+max = 10
+"""
+
+
+@pytest.mark.parametrize(
+    ("top", "target", "column", "expected"),
+    [
+        ("", 'negative = ["0"]', "mn = 0", "column 'x': unknown key 'mn'; did you mean 'min'?"),
+        ("sensitve = []", 'negative = ["0"]', "min = 0", ": unknown key 'sensitve'; did you mean 'sensitive'?"),
+        ("", 'negatve = ["0"]', "min = 0", "target: unknown key 'negatve'; did you mean 'negative'?"),
+        ("[contract]\nmin_row = 3", 'negative = ["0"]', "min = 0",
+         "contract: unknown key 'min_row'; did you mean 'min_rows'?"),
+    ],
+    ids=["column-key", "top-key", "target-key", "contract-key"],
+)  # fmt: skip
+def test_a_misspelt_schema_key_gets_a_suggestion(tmp_path, top, target, column, expected):
+    from fedready.errors import ConfigError
+    from fedready.schema import load_schema
+
+    path = tmp_path / "s.toml"
+    text = SCHEMA.format(top="" if top.startswith("[") else top, target=target, column=column)
+    path.write_text(text + ("\n" + top + "\n" if top.startswith("[") else ""))
+    with pytest.raises(ConfigError) as e:
+        load_schema(path)
+    assert str(e.value).endswith(expected) and str(e.value).count("\n") == 0, str(e.value)
+
+
+def _fake_run(tmp_path, schema_toml: str):
+    """A folder holding only a run's schema.json (what evaluate reads --data with before the model)."""
+    from fedready.schema import load_schema
+
+    (tmp_path / "s.toml").write_text(schema_toml)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "schema.json").write_text(json.dumps(load_schema(tmp_path / "s.toml").to_dict()))
+    return run
+
+
+def test_evaluate_data_without_schema_reads_the_runs_schema_and_names_an_undeclared_label(tmp_path):
+    run = _fake_run(tmp_path, SCHEMA.format(top="", target='negative = ["0"]', column="min = 0"))
+    csv = tmp_path / "d.csv"
+    csv.write_text("x,y\n" + "".join(f"{i % 10},{i % 2}\n" for i in range(20)) + "3,maybe\n")
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(csv)])
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output  # read with the run's schema, not "needs --schema"
+    assert lines[0].startswith("error: target:") and "line 22: label 'maybe'" in lines[0], lines[0]
+    csv.write_text("x,y\n" + "".join(f"{i % 10},{i % 2}\n" for i in range(20)))
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(csv)])
+    assert res.exit_code == 2 and "holds no config.json" in res.stderr, res.output  # past the data, at the model
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "nothing"), "--data", str(csv)])
+    assert res.exit_code == 2 and "pass --schema" in res.stderr, res.output
+
+
+def _own_data(tmp_path, name="wages", rows=60):
+    (tmp_path / "s.toml").write_text(SCHEMA.format(top="", target='negative = ["0"]', column="min = 0")
+                                     .replace('name = "s"', f'name = "{name}"'))  # fmt: skip
+    (tmp_path / "d.csv").write_text("x,y\n" + "".join(f"{i % 10},{i % 3 % 2}\n" for i in range(rows)))
+    return tmp_path / "d.csv", tmp_path / "s.toml"
+
+
+def test_pipeline_refuses_an_out_folder_holding_another_data_sets_run(tmp_path):
+    from fedready.schema import load_schema
+
+    data, schema = _own_data(tmp_path)
+    run = tmp_path / "out" / "runs" / "pipeline"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": {}, "data_digest": "sha256:" + "ab" * 32}))
+    (run / "summary.json").write_text('{"accuracy": 0.9}')  # the old run's numbers must not be reported
+    args = ["pipeline", "--data", str(data), "--schema", str(schema), "--out", str(tmp_path / "out")]
+    res = runner.invoke(app, args)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "out:" in lines[0] and "other data" in lines[0], res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["runs"]  # nothing signed or published
+    # same data, another schema
+    from fedready.task import TaskSpec, data_digest
+
+    same = data_digest(TaskSpec(data=str(data), schema=str(schema)))
+    (run / "config.json").write_text(json.dumps({"data_digest": same}))
+    other = load_schema(schema).model_copy(update={"name": "older"})
+    (run / "schema.json").write_text(json.dumps(other.to_dict()))
+    res = runner.invoke(app, args)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "another schema ('older'" in lines[0], res.output
+    from fedready.api._pipeline import check_out
+
+    (run / "schema.json").write_text(json.dumps(load_schema(schema).to_dict()))
+    check_out(tmp_path / "out", {"data": str(data.resolve()), "schema": str(schema)})  # its own run: resumed
+
+
+def test_pipeline_on_own_data_defaults_to_a_folder_named_after_the_schema(tmp_path, monkeypatch):
+    import fedready
+
+    data, schema = _own_data(tmp_path, name="wage survey")
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def train(given, *, out, name, resume, ray_address):
+        seen["out"] = out
+        raise Stop
+
+    with pytest.raises(Stop):
+        fedready.pipeline(data, schema, simulate_with=train)
+    assert seen["out"] == Path("fedready-wage-survey") / "runs"
+    from fedready.api._pipeline import default_out
+
+    assert default_out(None, None) == Path("fedready-demo")  # the Quick start keeps its folder

@@ -62,3 +62,16 @@ def test_the_runbook_table_lists_every_key_with_its_kind():
     expected = {(k if k in ("run-dir", "fedready.wire-log") else k.replace("_", "-"), r.kind)
                 for k, r in RUN_CONFIG_KEYS.items()}  # fmt: skip
     assert listed == expected
+
+
+def test_an_unknown_keyword_is_named_as_given_with_a_suggestion():
+    import pytest
+
+    from fedready.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        make_config(num_clientz=3, rounds=0)  # two errors: the misspelt keyword is reported
+    assert str(e.value) == "num_clientz: unknown keyword 'num_clientz'; did you mean 'num_clients'?"
+    assert e.value.field == "num_clientz"
+    with pytest.raises(ConfigError, match="unknown keyword 'zzz'; expected one of: accountant, "):
+        make_config(zzz=1)

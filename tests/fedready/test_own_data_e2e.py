@@ -58,3 +58,23 @@ def test_own_binary_data_with_a_held_out_fraction(binary_task, tmp_path):
     assert report["mitigation"]["attribute"] == "group"  # binary: post-processing for the sensitive attribute
     gates = {g["gate"] for g in report["gates"]}
     assert "max_equalized_odds_difference[group]" in gates  # the default policy's "*", filled in by the schema
+
+
+def test_a_sensitive_group_of_three_rows_all_of_one_label_runs_the_pipeline_to_the_end(tmp_path):
+    from tests.conftest import write_task
+
+    task = write_task(tmp_path / "task", rows=900, test_rows=400)
+    schema = task["schema"].read_text().replace('categories = ["A", "B"]', 'categories = ["A", "B", "C"]')
+    task["schema"].write_text(schema)
+    for part, rows in (("test", ["40,30000,C,red,0.5,yes"] * 3), ("data", ["35,20000,C,blue,0.1,no"] * 3)):
+        task[part].write_text(task[part].read_text() + "\n".join(rows) + "\n")
+    res, out = _pipeline(task, tmp_path / "out", "--test", str(task["test"]), "--model", "logreg", "--force",
+                         "--reason", "test: a 2-round model")  # fmt: skip
+    line = ("threshold post-processing: group 'C' (3 benchmark rows, one label) of 'group' too small for a rule of "
+            "its own (under 5 rows of a label): skipped, it keeps the plain decision (score > 0.5)")  # fmt: skip
+    assert f"    {line}" in res.stderr.splitlines(), res.stderr[-3000:]
+    run = tmp_path / "out" / "runs" / "pipeline"
+    rule = json.loads((run / "thresholds.json").read_text())
+    assert rule["skipped"] == ["C"] and set(rule["groups"]) == {"A", "B", "C"}
+    assert "Threshold post-processing: group 'C' (3 benchmark rows, one label)" in (run / "model_card.md").read_text()
+    assert len(out["device"]["predictions"]) == 5

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from fedready.cli import app
 from fedready.config import make_config
 from fedready.data import read_csv
-from fedready.errors import ConfigError, IntegrityError
+from fedready.errors import ConfigError
 from fedready.federation import client_shard, holdout, partition_sizes, task_of
 from fedready.models import check_model, create_model
 from fedready.schema import Target, load_schema
@@ -195,5 +195,54 @@ def test_the_same_seed_gives_the_same_user_model():
 def test_label_errors_name_the_file_and_line(tmp_path):
     data, schema = _files(tmp_path, ROWS + "3,a,2\n")
     s = load_schema(schema)
-    with pytest.raises(IntegrityError, match=r"first: '2' at .*d\.csv line 62"):
+    with pytest.raises(ConfigError, match=r"^target: .*d\.csv line 62: label '2' in column 'y' is not declared"):
         read_csv(data, s).labels(s)
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line_and_column(tmp_path):
+    data, schema = _files(tmp_path, "")
+    data.write_bytes(ROWS.encode() + "3,b,1\n4,caf\xe9,0\n".encode("latin-1"))  # a Latin-1 export
+    with pytest.raises(ConfigError, match=r"not UTF-8 text: line 63, column 6: byte 0xe9"):
+        read_csv(data, load_schema(schema))
+    res = CliRunner().invoke(app, ["simulate", "--data", str(data), "--schema", str(schema), "--rounds", "1",
+                                   "--out", str(tmp_path / "runs")])  # fmt: skip
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "line 63, column 6" in " ".join(res.output.split()), res.output
+
+
+RANDOM_G = "x,g,y\n" + "".join(f"{i % 10},id-{i * 7919 % 10007:05d}-{i},{i % 3 % 2}\n" for i in range(60))
+EMPTY_G = ("column 'g': none of its 60 values is inside its declared categories (60 outside, 0 missing): it carries "
+           "nothing to the model; fix the schema (fedready schema draft) or list it under ignore")  # fmt: skip
+
+
+def test_a_column_of_random_strings_is_named_in_one_note_before_training(tmp_path):
+    from fedready.simulations.engine import check_config
+
+    data, schema = _files(tmp_path, RANDOM_G)
+    assert EMPTY_G in load_task(TaskSpec(data=str(data), schema=str(schema))).notes
+    assert EMPTY_G in check_config(make_config(data=str(data), schema=str(schema), model="logreg", num_clients=2))
+    data, schema = _files(tmp_path, ROWS)  # a declared vocabulary in use: no note
+    assert not [n for n in load_task(TaskSpec(data=str(data), schema=str(schema))).notes if "none of its" in n]
+
+
+@pytest.mark.parametrize("command", ["simulate", "pipeline"])
+def test_simulate_and_pipeline_apply_the_schemas_data_contract(tmp_path, command):
+    data, schema = _files(tmp_path, RANDOM_G, 'positive = ["1"]\nnegative = ["0"]\n[contract]\nmax_invalid_rate = 0.1')
+    res = CliRunner().invoke(app, [command, "--data", str(data), "--schema", str(schema), "--rounds", "1", "--out",
+                                   str(tmp_path / "out")])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()) == (
+        f"error: data: {data} breaks the schema's [contract]: column 'g': 60 of 60 rows (100.0%) outside the declared "
+        f"values or range, limit 10.0%; fix the data or the contract (fedready contract check --data {data} --schema "
+        f"{schema} lists every violation)"
+    )
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_simulate_warns_about_a_column_of_random_strings(tmp_path):
+    data, schema = _files(tmp_path, RANDOM_G)
+    res = CliRunner().invoke(app, ["simulate", "--data", str(data), "--schema", str(schema), "--rounds", "1",
+                                   "--clients", "2", "--model", "logreg", "--out", str(tmp_path / "runs")])  # fmt: skip
+    assert res.exit_code == 0, res.output[-3000:]
+    assert f"note: {EMPTY_G}" in res.stderr.splitlines(), res.stderr

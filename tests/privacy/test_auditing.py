@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from fedready.client.contract import row_validity, validate_contract
+from fedready.contract import row_validity, validate_contract
 from fedready.encoding import FeatureEncoder
 from fedready.privacy.auditing import (
     AUDIT_FILE,

@@ -101,3 +101,30 @@ def test_killed_packaging_leaves_no_staging_behind_on_the_next_run(fake_run, key
     package_run(fake_run, key=keys["operator"][0], version="1.0.0", out=out)
     assert sorted(p.name for p in out.iterdir()) == ["1.0.0"]
     assert json.loads((out / "1.0.0" / "provenance.json").read_text())["version"] == "1.0.0"
+
+
+def test_an_internal_error_prints_no_data_value(tmp_path):
+    """A bug (not a refusal) inside a command still shows no row: the traceback prints no local variables."""
+    import subprocess
+    import sys
+
+    secret = "Jane-Doe-1970-04-12"  # a value of the user's data, held in the locals of every frame below
+    csv = tmp_path / "people.csv"
+    csv.write_text("age,name,label\n" + "".join(f"{30 + i},{secret}-{i},{'yes' if i % 2 else 'no'}\n"
+                                                for i in range(20)))  # fmt: skip
+    bug = (
+        "import sys, fedready.schema_draft as d\n"
+        "def _categorical_block(name, raw, *args):\n"
+        "    rows = list(raw)\n"
+        "    raise RuntimeError('an internal bug')\n"
+        "d._categorical_block = _categorical_block\n"
+        "from fedready.cli import main\n"
+        f"sys.argv = ['fedready', 'schema', 'draft', {str(csv)!r}, '--target', 'label']\n"
+        "main()\n"
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("_TYPER_STANDARD_TRACEBACK", "TYPER_STANDARD_TRACEBACK")}
+    proc = subprocess.run([sys.executable, "-c", bug], capture_output=True, text=True, timeout=120,
+                          env={**env, "COLUMNS": "200"})  # fmt: skip
+    assert proc.returncode != 0
+    assert "RuntimeError: an internal bug" in proc.stderr, proc.stderr  # it did fail inside, past the top
+    assert secret not in proc.stderr + proc.stdout, proc.stderr

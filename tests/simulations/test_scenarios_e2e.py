@@ -69,6 +69,22 @@ def test_scaled_updates_are_rejected_and_fedavg_collapse_is_reported(tmp_path):
     assert all(a["norm"] > 0 for a in rejected)
 
 
+def test_honest_clients_of_very_different_sizes_are_not_rejected_under_dp(tmp_path):
+    # quantity skew: one client holds a few dozen rows, another over a thousand; with 1,024-row expected batches
+    # the small ones get no amplification, far more noise per row and updates tens of times the median's norm
+    from fedready.federation import partition_sizes
+    from fedready.simulations.engine import load_run_config
+
+    summary, rounds, audit, run = _run(tmp_path, "skewed", "--clients", "5", "--rounds", "3", "--partitioner",
+                                       "quantity", "--alpha", "0.3", "--batch-size", "1024")  # fmt: skip
+    sizes = partition_sizes(load_run_config(run))
+    assert max(sizes) > 10 * min(sizes), sizes
+    norms = [a["norm"] for a in audit if a["event"] == "update-accepted"]
+    assert max(norms) > 10 * sorted(norms)[len(norms) // 2]  # the raw median rule would have rejected someone
+    assert [r["rejected"] for r in rounds] == [[], [], []]
+    assert summary["rejected_updates"] == 0 and summary["mostly_rejected_clients"] == 0
+
+
 def test_nan_updates_and_dropout_never_crash_a_round(tmp_path):
     summary, rounds, audit, run = _run(
         tmp_path, "faults", "--clients", "10", "--rounds", "4", "--partitioner", "iid", "--attack", "nan",

@@ -17,7 +17,7 @@ import numpy as np
 from fedready.data import Table
 from fedready.schema import CategoricalColumn, DataContract, DataSchema, NumericColumn
 
-__all__ = ["ContractReport", "Violation", "row_validity", "validate_contract"]
+__all__ = ["ContractReport", "Violation", "contract_refusal", "empty_columns", "row_validity", "validate_contract"]
 
 _NUMERIC_MISSING = ("", "?", "NA", "nan", "NaN")
 
@@ -127,3 +127,35 @@ def validate_contract(table: Table, schema: DataSchema) -> ContractReport:
             out.append(Violation("positive-rate", schema.target.column, int(pos.sum()), labelled,
                                  f"[{contract.min_positive_rate:.1%}, {contract.max_positive_rate:.1%}]"))  # fmt: skip
     return ContractReport(rows=n, violations=out)
+
+
+def empty_columns(table: Table, schema: DataSchema) -> list[str]:
+    """One line per feature column in which no value is usable: every one missing, unknown or out of range.
+
+    Such a column (random identifiers under a categorical with other categories, a misspelt vocabulary)
+    encodes to the same "unknown" slot on every row: it trains, and teaches the model nothing.
+    """
+    out = []
+    for col in schema.features:
+        raw = table.columns[col.name]
+        missing, invalid = _column_status(col, raw)
+        if len(raw) and not (~missing & ~invalid).any():
+            kind = "declared categories" if isinstance(col, CategoricalColumn) else "declared range"
+            out.append(f"column '{col.name}': none of its {len(raw)} values is inside its {kind} "
+                       f"({int(invalid.sum())} outside, {int(missing.sum())} missing): it carries nothing to the "
+                       "model; fix the schema (fedready schema draft) or list it under ignore")  # fmt: skip
+    return out
+
+
+def contract_refusal(table: Table, schema: DataSchema, *, data: str, schema_path: str) -> str | None:
+    """The one-line reason ``table`` breaks ``schema.contract`` (None when it has none or keeps it)."""
+    if schema.contract is None:
+        return None
+    report = validate_contract(table, schema)
+    if report.ok:
+        return None
+    more = f" (and {len(report.violations) - 1} more)" if len(report.violations) > 1 else ""
+    return (
+        f"{data} breaks the schema's [contract]: {report.violations[0].message()}{more}; fix the data or the "
+        f"contract (fedready contract check --data {data} --schema {schema_path} lists every violation)"
+    )
