@@ -26,7 +26,8 @@ import numpy as np
 
 def exact_report(run: Path) -> dict[str, Any]:
     """The run's federated report from exact per-client counts on the same final model."""
-    from fedready.evaluation.federated import federated_report, final_model, local_group_counts
+    from fedready.client.queries import local_group_counts
+    from fedready.server.queries import federated_report, final_model
     from fedready.simulations.engine import load_run_config
 
     cfg = load_run_config(run)

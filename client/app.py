@@ -29,12 +29,13 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedready import constants as K
+from fedready.client.queries import answer_query
 from fedready.client.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
+from fedready.client.site import Site, site_from_node_config
 from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_noise_split
 from fedready.client.training import OptimizerHooks, poisson_plan, train
 from fedready.client.wire import make_wire_log_mod
 from fedready.config import SimulationConfig
-from fedready.deploy.site import Site, site_from_node_config
 from fedready.federation import client_shard, task_of
 from fedready.modelio import arrays_digest
 from fedready.models import model_for_schema
@@ -283,8 +284,6 @@ def handle_query(msg: Message, context: Context, overrides: dict[str, Any]) -> M
     lifetime ledger) before the answer leaves; one that would exceed the budget is declined.
     ``--exact-evaluation`` leaves the group counts exact, outside the guarantee (stamped).
     """
-    from fedready.evaluation.federated import answer_query
-
     cfg, run_dir = resolve_config(context, overrides)
     pid = int(context.node_config["partition-id"])
     site = site_from_node_config(context.node_config)

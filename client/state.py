@@ -30,7 +30,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 
 from fedready import constants as K
-from fedready._io import atomic_write_bytes, atomic_write_text
+from fedready.files import atomic_write_bytes, atomic_write_text
 from fedready.modelio import load_npz, save_npz
 from fedready.privacy.accounting import calibrate_with_releases, compose_epsilon
 from fedready.privacy.randomness import dp_numpy_rng

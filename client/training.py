@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedready.privacy.randomness import harden_optimizer, secret_torch_generator, seeded_torch_generator
 
-__all__ = ["OptimizerHook", "OptimizerHooks", "TrainResult", "evaluate", "poisson_plan", "train"]
+__all__ = ["OptimizerHook", "OptimizerHooks", "TrainResult", "poisson_plan", "train"]
 
 
 @dataclass(frozen=True)
@@ -223,13 +223,3 @@ def train(
     released = tuple((float(z), float(q), int(n)) for z, q, n in engine.accountant.history) if engine else ()
     hist = [*map(tuple, history or []), *released]
     return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist, released=released)  # type: ignore[arg-type]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Return (loss, accuracy) of ``model`` on ``x``, ``y``."""
-    model.eval()
-    logits = model(torch.from_numpy(x))
-    loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(y)))
-    acc = float((logits.argmax(1).numpy() == y).mean())
-    return loss, acc

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fedready._io import atomic_write_bytes
 from fedready.errors import IntegrityError
+from fedready.files import atomic_write_bytes
 from fedready.modelio import load_npz
 
 __all__ = [
@@ -217,7 +217,7 @@ def run_onnx(run_dir: str | Path, *, metadata: Mapping[str, str] | None = None) 
     if is_builtin(config.get("model", "mlp")):
         return mlp_to_onnx(mlp_layers(arrays), metadata=metadata)
     from fedready.encoding import FeatureEncoder
-    from fedready.evaluation._model import load_run
+    from fedready.evaluation.model import load_run
 
     rm = load_run(run)
     return module_to_onnx(rm.module, FeatureEncoder(rm.schema).width, metadata=metadata)

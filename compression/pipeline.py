@@ -330,7 +330,7 @@ def public_outputs(
     """
     import hashlib
 
-    from fedready.monitoring._profile import shipped_outputs
+    from fedready.monitoring.profile import shipped_outputs
 
     return shipped_outputs(onnx_probabilities(onnx, x), y, rule=rule, groups=groups,
                            model_sha256=hashlib.sha256(onnx).hexdigest(), source=source)  # fmt: skip
@@ -418,7 +418,7 @@ def compress(
                         "fitted_on": "half A of the evaluation half of the benchmark (stratified, seed 0)"}  # fmt: skip
                 (tmp / "thresholds.json").write_text(json.dumps(rule, indent=2, sort_keys=True) + "\n")
             if groups is not None:
-                from fedready.monitoring._profile import OUTPUTS_FILE
+                from fedready.monitoring.profile import OUTPUTS_FILE
 
                 doc = public_outputs(chosen.variant.onnx, rule or None, x=x, y=y, groups=groups, source=source)
                 (tmp / OUTPUTS_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -449,7 +449,7 @@ def _teacher(run: Path) -> tuple[Layers | Any, str]:
     cfg = _run_config(run)
     if cfg is None or is_builtin(cfg.model):
         return mlp_layers(load_npz((run / "model.npz").read_bytes())), cfg.model if cfg else "mlp"
-    from fedready.evaluation._model import load_run
+    from fedready.evaluation.model import load_run
 
     return load_run(run).module, cfg.model
 
@@ -475,16 +475,16 @@ def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tupl
 
     Each variant is assessed on the run's benchmark by the suites of ``fedready evaluate``
     (accuracy, fairness, calibration, perturbations, cross-fitted threshold post-processing), and
-    against the trained model on the same rows (:func:`fedready.evaluation.estimates.fidelity_estimates`:
+    against the trained model on the same rows (:func:`fedready.estimates.fidelity_estimates`:
     accuracy lost, decisions agreeing, change of each attribute's equalized odds difference). The
     policy's *variant* gates decide it; its *model* gates (the clients' spread, fairness, the lift)
     were decided once for the trained model by ``fedready evaluate`` and are not re-decided here.
     """
-    from fedready.evaluation._model import load_run
-    from fedready.evaluation.estimates import fidelity_estimates
-    from fedready.evaluation.fairness import group_labels, sensitive_attributes
+    from fedready.estimates import fidelity_estimates
     from fedready.evaluation.gates import check_gates, load_policy
-    from fedready.evaluation.suite import _privacy, assess_predictor, load_eval_data
+    from fedready.evaluation.model import load_run
+    from fedready.evaluation.suite import assess_predictor, load_eval_data, privacy_report
+    from fedready.fairness import group_labels, sensitive_attributes
 
     run = Path(run_dir)
     task = _run_task(run)
@@ -493,7 +493,7 @@ def gate_assessor(run_dir: str | Path, policy: str | Path | None = None) -> tupl
         policy = task.policy  # the policy shipped beside the data set, as fedready evaluate uses
     pol = load_policy(policy, ev.schema).as_variant()
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
-    privacy = _privacy(run, summary)
+    privacy = privacy_report(run, summary)
     attrs = sensitive_attributes(ev.schema)
     groups = {a: group_labels(ev.schema, a, ev.table.columns[a]).astype(str) for a in attrs}
     teacher = load_run(run).predict(ev.x)

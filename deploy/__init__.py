@@ -1,1 +1,1 @@
-"""Deployment on Flower's real engine: identities, data contracts, local privacy limits."""
+"""Deployment on Flower's real engine: identities (certificates), the launch commands and the SuperNode guard."""

@@ -58,7 +58,7 @@ def supernode_command(
     """``flower-supernode`` for one organisation: TLS to ``superlink``, its node key, its local files.
 
     The node config carries absolute paths to the CSV, schema and limits files; the
-    ClientApp reads them on this machine (:func:`fedready.deploy.site.site_from_node_config`).
+    ClientApp reads them on this machine (:func:`fedready.client.site.site_from_node_config`).
     """
     if ":" not in superlink:
         raise ConfigError("superlink", f"expected HOST:PORT, got {superlink!r}")
@@ -83,8 +83,8 @@ def client_environment(limits: Path) -> dict[str, str]:
 
     The guard's launcher lives in the limits' state folder; refusals go to the client's audit log.
     """
+    from fedready.client.limits import load_limits
     from fedready.deploy.guard import guard_environment
-    from fedready.deploy.limits import load_limits
 
     lim = load_limits(limits)
     return {**flower_env(), **guard_environment(lim.state_dir / "guard", audit_log=lim.audit_log)}

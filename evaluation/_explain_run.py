@@ -8,8 +8,8 @@ from typing import Any
 from fedready.data import read_csv
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
-from fedready.evaluation._model import check_width, load_run
 from fedready.evaluation.explain import explain_row
+from fedready.evaluation.model import check_width, load_run
 from fedready.federation import task_of
 from fedready.schema import load_schema
 

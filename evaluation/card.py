@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
-from fedready._io import atomic_write_text
+from fedready.files import atomic_write_text
+from fedready.privacy.auditing import AUDIT_FILE, AUDIT_FORMAT, empirical_privacy_line, read_audits
 
-__all__ = ["SECTIONS", "refresh_model_card", "render_html", "render_markdown", "write_model_card"]
+__all__ = ["SECTIONS", "record_audit", "refresh_model_card", "render_html", "render_markdown", "write_model_card"]
 
 SECTIONS = (
     "Intended use",
@@ -240,7 +242,6 @@ def build_sections(r: dict[str, Any]) -> list[tuple[str, list[Block]]]:
     if pv["client_epsilon"] is not None:
         eps.append(f"client-level DP ({pv['client_dp']}): epsilon {_num(pv['client_epsilon'], 3)} "
                    f"at delta {pv['client_delta']:g}")  # fmt: skip
-    from fedready.privacy.auditing import empirical_privacy_line
 
     eps += [empirical_privacy_line(a) for _, a in sorted((r.get("empirical_privacy") or {}).items())]
     eps.append(f"declined rounds (budget): {pv['declines']}; secure aggregation: {'yes' if pv['secagg'] else 'no'}")
@@ -428,8 +429,6 @@ def render_html(r: dict[str, Any], sections: list[tuple[str, list[Block]]]) -> s
 def refresh_model_card(run_dir: Path) -> bool:
     """Write an evaluated run's model card again, from ``evaluation.json`` and, when the run was compressed,
     ``compression/compression.json`` (its "Edge variants" section). False when the run has no evaluation."""
-    import json
-
     run_dir = Path(run_dir)
     evaluation = run_dir / "evaluation.json"
     if not evaluation.exists():
@@ -445,11 +444,22 @@ def refresh_model_card(run_dir: Path) -> bool:
 
 def write_model_card(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
     """Write ``model_card.md`` and ``model_card.html`` into ``run_dir`` (with its privacy audits, if any)."""
-    from fedready.privacy.auditing import read_audits
-
     report = {**report, "empirical_privacy": read_audits(run_dir)}
     sections = build_sections(report)
     md, page = run_dir / "model_card.md", run_dir / "model_card.html"
     atomic_write_text(md, render_markdown(report, sections) + "\n")
     atomic_write_text(page, render_html(report, sections) + "\n")
     return md, page
+
+
+def record_audit(report: dict[str, Any], folder: Path) -> Path:
+    """Write ``report`` into ``folder/audit_privacy.json`` (whole, keeping the other level's audit).
+
+    When the folder holds an evaluation (``evaluation.json``), its model card is written again so it
+    carries the "empirical privacy" line.
+    """
+    path = folder / AUDIT_FILE
+    doc = {"format": AUDIT_FORMAT, "audits": {**read_audits(folder), report["level"]: report}}
+    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    refresh_model_card(folder)  # an evaluated run's card gains its "empirical privacy" line
+    return path

@@ -31,8 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from fedready._io import read_toml
 from fedready.errors import ConfigError
+from fedready.files import read_toml
 from fedready.intervals import Estimate
 from fedready.schema import DataSchema
 

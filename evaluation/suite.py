@@ -10,23 +10,23 @@ from typing import Any
 
 import numpy as np
 
-from fedready._io import atomic_write_text
+from fedready.calibration import calibration_report
 from fedready.data import Table, read_csv
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
-from fedready.evaluation._model import RunModel, check_width, load_run, run_schema
-from fedready.evaluation.calibration import calibration_report
-from fedready.evaluation.estimates import benchmark_estimates, constant_decision_groups
-from fedready.evaluation.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
+from fedready.estimates import benchmark_estimates, constant_decision_groups
 from fedready.evaluation.gates import Policy, check_gates, decision, load_policy
 from fedready.evaluation.mitigation import MIN_LABEL_ROWS, apply_thresholds, fit_thresholds, split_halves
+from fedready.evaluation.model import RunModel, check_width, load_run, run_schema
 from fedready.evaluation.stability import churn, default_perturbations, perturbation_report, seed_stability
+from fedready.fairness import group_labels, group_names, holdout_fairness, sensitive_attributes
+from fedready.files import atomic_write_text
 from fedready.intervals import Estimate
 from fedready.metrics import classification_metrics
 from fedready.schema import DataSchema, load_schema
 from fedready.task import Task, load_task, task_of
 
-__all__ = ["EvalData", "evaluate_run", "load_eval_data"]
+__all__ = ["EvalData", "assess_predictor", "evaluate_run", "load_eval_data", "privacy_report"]
 
 EVALUATION_FILE = "evaluation.json"
 THRESHOLDS_FILE = "thresholds.json"
@@ -100,7 +100,8 @@ def _with_empty_groups(fair: dict[str, Any], schema: DataSchema) -> dict[str, An
     return fair
 
 
-def _privacy(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+def privacy_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The privacy part of ``evaluation.json``: epsilon from the ledger, delta, each client's epsilon, caveats."""
     led_path = run_dir / "ledger.json"
     led = json.loads(led_path.read_text()) if led_path.exists() else {}
     # each client's epsilon composed over every release about its rows (count, training, query, seed runs);
@@ -316,7 +317,7 @@ def evaluate_run(
         "training": {"clients": rm.cfg.num_clients, "rounds": rm.summary.get("rounds_completed"),
                      "partitioner": rm.cfg.partitioner, "alpha": rm.cfg.alpha, "aggregator": rm.cfg.aggregator,
                      "seed": rm.cfg.seed, "val_fraction": rm.cfg.val_fraction, "history": _history(run_dir)},
-        "privacy": _privacy(run_dir, rm.summary),
+        "privacy": privacy_report(run_dir, rm.summary),
     }  # fmt: skip
     suites, predict_raw = assess_predictor(rm.predict_proba, ev, pol, mitigate=mitigate_attr)
     report.update(suites)
@@ -353,7 +354,7 @@ def evaluate_run(
 
 def _federated(rm: RunModel) -> dict[str, Any]:
     """Federated group counts for this model: reuse ``federated_eval.json`` if it matches, else ask the clients."""
-    from fedready.evaluation.federated import FEDERATED_FILE, FORMAT, federated_numbers
+    from fedready.server.queries import FEDERATED_FILE, FORMAT, federated_numbers
     from fedready.simulations.engine import federated_evaluate
 
     p = rm.run_dir / FEDERATED_FILE

@@ -2,7 +2,7 @@
 
 Simulated clients and the server call these with the run's configuration; every process
 builds the task and the split once (cached). A client reads only its own shard. Deployed
-clients read their own CSV instead (:mod:`fedready.deploy.site`).
+clients read their own CSV instead (:mod:`fedready.client.site`).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def record_run(cfg: SimulationConfig, run_dir: Path, *, simulated: bool = False)
     """
     import json
 
-    from fedready._io import atomic_write_text
+    from fedready.files import atomic_write_text
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ __all__ = [
     "build_mlp",
     "check_model",
     "create_model",
+    "evaluate",
     "is_builtin",
     "model_for_schema",
     "model_names",
@@ -245,3 +246,13 @@ def model_for_schema(
                                     f"({width} inputs, {k} classes); pass the schema and model the run was "
                                     f"trained with ({first})") from e  # fmt: skip
     return model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Return (loss, accuracy) of ``model`` on ``x``, ``y``."""
+    model.eval()
+    logits = model(torch.from_numpy(x))
+    loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(y)))
+    acc = float((logits.argmax(1).numpy() == y).mean())
+    return loss, acc

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedready._io import read_toml
 from fedready._validation import first_error, unknown_key_error
 from fedready.errors import ConfigError, IntegrityError
+from fedready.files import read_toml
 
 __all__ = [
     "CategoricalColumn",

@@ -1,11 +1,14 @@
-"""Monitoring: a federated, optionally noisy reference profile; drift on the edge; shadow comparison.
+"""Monitoring: a federated, optionally noisy reference profile; drift statistics and summaries on the edge.
 
-Everything here is NumPy only, so it runs on the lean edge install; the federated query that
-builds the profile lives in :mod:`fedready.monitoring.federated` (training stack).
+Everything here is NumPy only, so it runs on the lean edge install. The federated query that
+builds the profile is asked by the server (:func:`fedready.server.app.run_profile_query`), answered
+by the clients (:mod:`fedready.client.queries`) and summed in :mod:`fedready.monitoring.federated`;
+a device's monitoring of its active model and the shadow comparison read artifacts, so they live in
+the registry (:func:`fedready.registry.monitor`, :func:`fedready.registry.shadow_compare`).
 """
 
 from fedready.monitoring._drift import MonitoringPolicy, compare, js_distance, load_monitoring_policy, psi
-from fedready.monitoring._edge import (
+from fedready.monitoring.edge import (
     ALERT_CONTEXT,
     ALERTS_FILE,
     SUMMARIES_FILE,
@@ -13,9 +16,8 @@ from fedready.monitoring._edge import (
     Recorder,
     StorageLimits,
     load_window,
-    monitor,
 )
-from fedready.monitoring._profile import (
+from fedready.monitoring.profile import (
     PROFILE_FILE,
     Counts,
     NoiseRecord,
@@ -23,7 +25,6 @@ from fedready.monitoring._profile import (
     privatize,
     profile_document,
 )
-from fedready.monitoring._shadow import shadow_compare
 
 __all__ = [
     "ALERTS_FILE",
@@ -41,9 +42,7 @@ __all__ = [
     "js_distance",
     "load_monitoring_policy",
     "load_window",
-    "monitor",
     "privatize",
     "profile_document",
     "psi",
-    "shadow_compare",
 ]

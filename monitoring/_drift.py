@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedready._io import read_toml
 from fedready.errors import ConfigError, IntegrityError
-from fedready.monitoring._profile import PROFILE_FORMAT, SCORE_EDGES, Counts
+from fedready.files import read_toml
+from fedready.monitoring.profile import PROFILE_FORMAT, SCORE_EDGES, Counts
 
 __all__ = ["MonitoringPolicy", "compare", "js_distance", "load_monitoring_policy", "psi", "psi_interval"]
 

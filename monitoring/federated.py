@@ -2,9 +2,10 @@
 
 After training, the server sends the final model with the query ``reference-profile``; each
 client answers with histograms of its own training rows over the schema's bins (features,
-labels, the model's scores and decisions on them, and positives per score bucket). The
-server sums them and writes ``reference_profile.json``, which ``fedready package`` ships
-inside the artifact. Imports the training stack.
+labels, the model's scores and decisions on them, and positives per score bucket;
+:func:`fedready.client.queries.local_profile_counts`). The server sums them
+(:func:`fedready.server.app.run_profile_query`) and writes ``reference_profile.json``, which
+``fedready package`` ships inside the artifact.
 
 Notes
 -----
@@ -22,59 +23,24 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from fedready import constants as K
-from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
 from fedready.federation import task_of
+from fedready.files import atomic_write_text
 from fedready.modelio import arrays_digest, load_npz
-from fedready.models import model_for_schema
+from fedready.monitoring.profile import PROFILE_FILE, Counts, NoiseRecord, profile_document
 
-if TYPE_CHECKING:
-    from fedready.deploy.site import LocalData
-from fedready.monitoring._profile import PROFILE_FILE, Counts, NoiseRecord, count_rows, profile_document
-
-__all__ = ["local_profile_counts", "profile_needed", "run_profile_query", "sum_profiles"]
+__all__ = ["FEATURE_PREFIX", "PROFILE_PARTS", "profile_needed", "sum_profiles", "write_profile"]
 
 log = logging.getLogger(__name__)
 
-_FEATURE = K.PROFILE_PREFIX + "feature/"
-_PARTS = ("scores", "predictions", "labels", "score-positives")
-
-
-def local_profile_counts(
-    cfg: SimulationConfig, partition_id: int, arrays: dict[str, np.ndarray], local: LocalData | None = None
-) -> dict[str, Any]:
-    """A client's exact answer to the ``reference-profile`` query (counts only; the client noises them).
-
-    ``local`` is a deployed client's own data; without it the simulated shard of ``partition_id``.
-    """
-    import torch
-
-    from fedready.federation import client_shard, client_train_columns
-
-    if local is not None:
-        x_train, y_train, columns = local.x_train, local.y_train, local.train_columns
-    else:
-        shard = client_shard(cfg, partition_id)
-        x_train, y_train, columns = shard.x_train, shard.y_train, client_train_columns(cfg, partition_id)
-    schema = local.schema if local is not None and local.schema is not None else task_of(cfg).schema
-    model = model_for_schema(cfg.model, schema, arrays=arrays)  # the local schema
-    with torch.no_grad():
-        proba = torch.softmax(model(torch.from_numpy(x_train)), dim=1).numpy()
-    decided = proba.argmax(axis=1)  # binary: P(positive) is the score; multi-class: the decided class's probability
-    score = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
-    counts = count_rows(schema, columns, scores=score, predictions=decided, labels=y_train)
-    d = counts.to_dict()
-    out: dict[str, Any] = {K.PARTITION_ID: partition_id}
-    out.update({_FEATURE + k: [int(x) for x in v] for k, v in d["features"].items()})
-    for part, key in zip(_PARTS, ("scores", "predictions", "labels", "score_positives"), strict=True):
-        out[K.PROFILE_PREFIX + part] = [int(x) for x in d[key]]
-    return out
+FEATURE_PREFIX = K.PROFILE_PREFIX + "feature/"  # wire key of a feature's histogram (then the feature's name)
+PROFILE_PARTS = ("scores", "predictions", "labels", "score-positives")  # the other histograms, in Counts' order
 
 
 def sum_profiles(replies: list[dict[str, Any]]) -> Counts:
@@ -94,8 +60,10 @@ def sum_profiles(replies: list[dict[str, Any]]) -> Counts:
             noisy = float(r.get(K.QUERY_NOISE_STD, 0.0)) > 0
             if any(h.ndim != 1 or not np.isfinite(h).all() or (not noisy and (h < 0).any()) for h in hists.values()):
                 raise ValueError("nested, non-finite or (exact) negative counts")
-            parts = [hists[K.PROFILE_PREFIX + p] for p in _PARTS]
-            counts = Counts({k.removeprefix(_FEATURE): v for k, v in hists.items() if k.startswith(_FEATURE)}, *parts)
+            parts = [hists[K.PROFILE_PREFIX + p] for p in PROFILE_PARTS]
+            counts = Counts(
+                {k.removeprefix(FEATURE_PREFIX): v for k, v in hists.items() if k.startswith(FEATURE_PREFIX)}, *parts
+            )
             total = counts if total is None else total + counts
         except (KeyError, ValueError) as e:
             raise IntegrityError(f"client {r.get(K.PARTITION_ID)}: malformed profile counts ({e})") from e
@@ -112,33 +80,16 @@ def profile_needed(run_dir: Path) -> bool:
     return json.loads(target.read_text()).get("model_digest") != digest
 
 
-def run_profile_query(grid: Any, cfg: SimulationConfig, run_dir: Path, *, replies: list | None = None
-                      ) -> dict[str, Any] | None:  # fmt: skip
-    """Sum the clients' profile counts on the final model into ``reference_profile.json``.
+def write_profile(cfg: SimulationConfig, run_dir: Path, replies: list, digest: str) -> dict[str, Any] | None:
+    """Sum the profile counts of ``replies`` (query answers) on the model ``digest`` into ``reference_profile.json``.
 
-    ``replies`` are answers already collected by a combined query (only those carrying profile
-    counts are used; their releases are charged by the caller); without them the clients are
-    asked here (the same seeded ``cfg.fraction_evaluate`` share as the group counts) and the
-    releases charged here. A profile already written for the same model is kept.
+    Only the replies carrying profile counts are used; their releases are charged by the caller.
 
     Returns
     -------
     dict or None
-        The profile document (None if it was already there, or nobody answered).
+        The profile document (None if nobody answered).
     """
-    from fedready.evaluation.federated import final_model, query_all
-
-    if not profile_needed(run_dir):
-        return None
-    arrays, record = final_model(run_dir)
-    digest = arrays_digest(arrays)
-    if replies is None:
-        from fedready.server.app import _query_round, charge_queries
-
-        replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, query=K.QUERY_PROFILE,
-                            fraction=cfg.fraction_evaluate, seed=cfg.seed,
-                            server_round=_query_round(run_dir))  # fmt: skip
-        replies = charge_queries(run_dir, cfg, replies)
     ok = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
     ok = [r for r in ok if not int(r.get(K.DECLINED, 0)) and any(k.startswith(K.PROFILE_PREFIX) for k in r)]
     if not ok:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedready._io import atomic_write_text
+from fedready.files import atomic_write_text
 from fedready.privacy.accounting import compose_epsilon
 
 __all__ = ["LEVELS", "RECORD_LEVELS", "Ledger", "LedgerEntry", "compose_entries", "recompute"]

@@ -7,6 +7,7 @@ imports the training stack, and only inside :func:`package_run`.
 
 from fedready.registry._anchors import verify_anchored_log, write_checkpoint
 from fedready.registry._artifact import Provenance, generate_keys, package_run, verify_artifact
+from fedready.registry._canonical import read_json, write_json
 from fedready.registry._channels import cohort_versions, in_canary, resolve
 from fedready.registry._edge import EdgeAgent, UpdateResult
 from fedready.registry._predict import Predictor, read_rows
@@ -22,6 +23,7 @@ from fedready.registry._registry import (
 )
 from fedready.registry._reproduce import reproduce_artifact
 from fedready.registry._serve import EdgeServer, ServeConfig
+from fedready.registry.device_monitor import monitor, shadow_compare
 
 __all__ = [
     "CHANNELS",
@@ -40,12 +42,16 @@ __all__ = [
     "generate_keys",
     "in_canary",
     "metadata_anchors",
+    "monitor",
     "package_run",
+    "read_json",
     "read_rows",
     "release_allowed",
     "reproduce_artifact",
     "resolve",
+    "shadow_compare",
     "verify_anchored_log",
     "verify_artifact",
     "write_checkpoint",
+    "write_json",
 ]

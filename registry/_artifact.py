@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedready.errors import ConfigError, IntegrityError
-from fedready.monitoring._profile import PROFILE_FILE  # the reference for drift monitoring, when the run has one
+from fedready.monitoring.profile import PROFILE_FILE  # the reference for drift monitoring, when the run has one
 from fedready.registry._canonical import (
     artifact_files,
     check_file_name,
@@ -158,10 +158,8 @@ def generate_keys(out: Path, *, name: str = "signing") -> tuple[Path, Path]:
 
 
 def _git_commit() -> str | None:
-    import fedready
-
     try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(fedready.__file__).parent, capture_output=True,
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                               text=True, timeout=10, check=False)  # fmt: skip
     except OSError:
         return None
@@ -447,7 +445,7 @@ def _shipped_profile(run: Path, staging: Path, onnx_src: Path | None) -> dict[st
     benchmark (the server's public holdout). When the trained model ships as it is, or that
     holdout cannot be read any more, they stay the clients' and the profile says why.
     """
-    from fedready.monitoring._profile import OUTPUTS_FILE, with_outputs
+    from fedready.monitoring.profile import OUTPUTS_FILE, with_outputs
 
     profile = read_json(run / PROFILE_FILE, what="reference profile")
     model_sha = file_sha256(staging / MODEL_FILE)
@@ -500,7 +498,7 @@ def _public_profile(run: Path, staging: Path) -> tuple[dict[str, Any] | None, st
     move a sum by all of their count), so they are not shipped; the benchmark (the coordinator's
     public holdout) gives the feature histograms instead, and the shipped model's outputs on it.
     """
-    from fedready.monitoring._profile import NoiseRecord, count_rows, profile_document, with_outputs
+    from fedready.monitoring.profile import NoiseRecord, count_rows, profile_document, with_outputs
 
     clients_profile = read_json(run / PROFILE_FILE, what="reference profile")
     outputs, why = _public_outputs_now(run, staging, clients_profile)
@@ -525,7 +523,7 @@ def _public_profile(run: Path, staging: Path) -> tuple[dict[str, Any] | None, st
 
 def _public_outputs_now(run: Path, staging: Path, profile: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     """Public-data outputs of the staged model on the run's benchmark; or None and why not."""
-    from fedready.monitoring._profile import shipped_outputs
+    from fedready.monitoring.profile import shipped_outputs
     from fedready.registry._predict import Predictor
     from fedready.task import task_from_dict
 

@@ -8,8 +8,8 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fedready._io import atomic_write_text
 from fedready.errors import ConfigError, IntegrityError
+from fedready.files import atomic_write_text
 
 __all__ = [
     "artifact_files",

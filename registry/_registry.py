@@ -469,7 +469,7 @@ class Registry:
     ) -> Channel:
         """Point ``channel`` at ``version``.
 
-        With ``min_agreement``, a shadow report (:func:`fedready.monitoring.shadow_compare`) of
+        With ``min_agreement``, a shadow report (:func:`fedready.registry.shadow_compare`) of
         ``version`` as the candidate must show at least that share of decisions agreeing with the
         active model (``--force`` does not override this: it is the operator's own bar).
 

@@ -63,7 +63,7 @@ from typing import Any
 
 from fedready.errors import ConfigError, FedreadyError, IntegrityError
 from fedready.monitoring import PROFILE_FILE, Metrics, Recorder, StorageLimits, load_monitoring_policy
-from fedready.monitoring._edge import append_bounded, recorded_row
+from fedready.monitoring.edge import append_bounded, recorded_row
 from fedready.registry._canonical import read_json
 from fedready.registry._edge import EdgeAgent
 from fedready.registry._predict import Predictor, parse_json

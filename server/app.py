@@ -24,20 +24,34 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedready import constants as K
-from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.audit import AuditLog
-from fedready.client.training import evaluate
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
 from fedready.federation import holdout, record_run, task_of
+from fedready.files import atomic_write_bytes, atomic_write_text
 from fedready.modelio import arrays_digest, load_npz, save_npz
+from fedready.models import evaluate
+from fedready.monitoring.federated import profile_needed, write_profile
 from fedready.privacy.accounting import calibrate_noise, compose_epsilon, dp_accounting_epsilon
 from fedready.privacy.ledger import Ledger
 from fedready.server.client_dp import ClientLevelDP
+from fedready.server.queries import final_model, query_all, query_round, write_federated_evaluation
 from fedready.server.strategies import build_strategy, client_sample_rate
 from fedready.server.validation import UpdateValidator, dp_sgd_scale, update_norm
 
-__all__ = ["RoundReport", "app", "charge_history", "final_queries", "make_server_app", "new_ledger", "run_rounds"]
+__all__ = [
+    "RoundReport",
+    "app",
+    "charge_history",
+    "charge_queries",
+    "final_queries",
+    "make_server_app",
+    "new_ledger",
+    "run_federated_evaluation",
+    "run_profile_query",
+    "run_rounds",
+    "schema_handshake",
+]
 
 log = logging.getLogger(__name__)
 
@@ -626,8 +640,6 @@ def schema_handshake(grid: Grid, cfg: SimulationConfig, run_dir: Path) -> list[d
     and, by the caller, to the summary. A client that does not answer is not refused here (it fails
     like any absent client).
     """
-    from fedready.evaluation.federated import query_all
-
     mine = task_of(cfg).schema.digest()
     audit = AuditLog(run_dir / "audit.jsonl")
     replies = query_all(grid, ArrayRecord(), cfg.num_clients, cfg.round_timeout, query=K.QUERY_SCHEMA)
@@ -727,12 +739,6 @@ def make_server_app(
     return server_app
 
 
-def _query_round(run_dir: Path) -> int:
-    """The ledger round a post-training query is charged under: after every recorded round."""
-    path = run_dir / "ledger.json"
-    return max((e.round for e in Ledger.load(path).entries), default=0) + 1 if path.exists() else 1
-
-
 def charge_queries(run_dir: Path, cfg: SimulationConfig, replies: list[Message]) -> list[Message]:
     """Charge the releases the query replies report; return the replies whose history was well formed."""
     path = run_dir / "ledger.json"
@@ -768,13 +774,9 @@ def final_queries(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: 
 
     Each client answers with counts it has noised itself (under DP) and its release history;
     the query release is charged to the ledger here and the summary's epsilon updated. Group
-    counts feed :func:`fedready.evaluation.federated.run_federated_evaluation`, the profile
-    :func:`fedready.monitoring.federated.run_profile_query`. One round trip instead of two:
+    counts feed :func:`run_federated_evaluation`, the profile :func:`run_profile_query`. One round trip instead of two:
     with thousands of clients each round trip costs as much as a training round.
     """
-    from fedready.evaluation.federated import final_model, query_all, run_federated_evaluation
-    from fedready.monitoring.federated import profile_needed, run_profile_query
-
     queries = [K.QUERY_GROUP_COUNTS, *([K.QUERY_PROFILE] if profile_needed(run_dir) else [])]
     _, record = final_model(run_dir)
     # wait only for the clients that were not refused (``refused`` of them, before round 1): waiting for a
@@ -782,12 +784,54 @@ def final_queries(grid: Grid, cfg: SimulationConfig, run_dir: Path, run_config: 
     expected = max(1, cfg.num_clients - refused)
     replies = query_all(grid, record, expected, cfg.round_timeout, query=",".join(queries),
                         fraction=cfg.fraction_evaluate, seed=cfg.seed,
-                        server_round=_query_round(run_dir))  # fmt: skip
+                        server_round=query_round(run_dir))  # fmt: skip
     ok = charge_queries(run_dir, cfg, replies)
     summary = run_federated_evaluation(grid, cfg, run_dir, replies=ok)
     if K.QUERY_PROFILE in queries:
         run_profile_query(grid, cfg, run_dir, replies=ok)
     return summary
+
+
+def run_federated_evaluation(
+    grid: Grid, cfg: SimulationConfig, run_dir: Path, *, replies: list[Message] | None = None
+) -> dict[str, Any]:
+    """Ask every client (or ``cfg.fraction_evaluate`` of them) for group counts on the final model.
+
+    Writes ``federated_eval.json`` (:func:`fedready.server.queries.write_federated_evaluation`).
+    ``replies`` are answers already collected (a combined query, see :func:`final_queries`);
+    without them the clients are asked here and the releases charged.
+    """
+    arrays, record = final_model(run_dir)
+    if replies is None:
+        replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, fraction=cfg.fraction_evaluate,
+                            seed=cfg.seed, server_round=query_round(run_dir))  # fmt: skip
+        replies = charge_queries(run_dir, cfg, replies)
+    return write_federated_evaluation(cfg, run_dir, arrays, replies)
+
+
+def run_profile_query(grid: Any, cfg: SimulationConfig, run_dir: Path, *, replies: list | None = None
+                      ) -> dict[str, Any] | None:  # fmt: skip
+    """Sum the clients' profile counts on the final model into ``reference_profile.json``.
+
+    ``replies`` are answers already collected by a combined query (only those carrying profile
+    counts are used; their releases are charged by the caller); without them the clients are
+    asked here (the same seeded ``cfg.fraction_evaluate`` share as the group counts) and the
+    releases charged here. A profile already written for the same model is kept.
+
+    Returns
+    -------
+    dict or None
+        The profile document (None if it was already there, or nobody answered).
+    """
+    if not profile_needed(run_dir):
+        return None
+    arrays, record = final_model(run_dir)
+    if replies is None:
+        replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, query=K.QUERY_PROFILE,
+                            fraction=cfg.fraction_evaluate, seed=cfg.seed,
+                            server_round=query_round(run_dir))  # fmt: skip
+        replies = charge_queries(run_dir, cfg, replies)
+    return write_profile(cfg, run_dir, replies, arrays_digest(arrays))
 
 
 app = make_server_app()

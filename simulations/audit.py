@@ -62,13 +62,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedready import constants as K
-from fedready._io import atomic_write_bytes, atomic_write_text
 from fedready.config import SimulationConfig
 from fedready.errors import ConfigError
 from fedready.federation import CONFIG_FILE, LAUNCHED_BY_SIMULATION, task_of
+from fedready.files import atomic_write_bytes
 from fedready.privacy.auditing import (
-    AUDIT_FILE,
-    AUDIT_FORMAT,
     CanaryAudit,
     canary_audit,
     canary_update,
@@ -76,7 +74,6 @@ from fedready.privacy.auditing import (
     flatten_update,
     inclusion_bits,
     isotropic_directions,
-    read_audits,
     subsampled_gaussian_scores,
 )
 from fedready.privacy.ledger import Ledger
@@ -94,7 +91,6 @@ __all__ = [
     "accounted_epsilon",
     "check_auditable",
     "check_simulated_run",
-    "record_audit",
     "local_client_updates",
     "run_audit",
     "run_scale_audit",
@@ -724,18 +720,3 @@ def run_audit(
             audit_run=str(run_dir), config=cfg.model_dump(), references=list(REFERENCES),
         )  # fmt: skip
     return reports
-
-
-def record_audit(report: dict[str, Any], folder: Path) -> Path:
-    """Write ``report`` into ``folder/audit_privacy.json`` (whole, keeping the other level's audit).
-
-    When the folder holds an evaluation (``evaluation.json``), its model card is written again so it
-    carries the "empirical privacy" line.
-    """
-    from fedready.evaluation.card import refresh_model_card
-
-    path = folder / AUDIT_FILE
-    doc = {"format": AUDIT_FORMAT, "audits": {**read_audits(folder), report["level"]: report}}
-    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    refresh_model_card(folder)  # an evaluated run's card gains its "empirical privacy" line
-    return path

@@ -159,7 +159,7 @@ def federated_evaluate(run_dir: Path, *, ray_address: str | None = None) -> dict
 
     Starts the same ServerApp and ClientApp as :func:`simulate`, with the run config
     key ``fedready.mode = "evaluate"``: the server sends one ``evaluate`` message per
-    client and sums the replies (:mod:`fedready.evaluation.federated`). Always uses
+    client and sums the replies (:mod:`fedready.server.queries`). Always uses
     the plain message path, also for runs trained under SecAgg+ (only counts travel).
     """
     from fedready.client.app import make_client_app

@@ -131,8 +131,7 @@ def registry_promote(
     not private (--insecure-seeded-noise, --no-dp) without --allow-not-private --reason."""
     import datetime as dt
 
-    from fedready.registry import Registry
-    from fedready.registry._canonical import read_json
+    from fedready.registry import Registry, read_json
 
     with _errors():
         try:

@@ -182,10 +182,10 @@ def client(
 
     Every ClientApp runs behind the bundle guard: only the installed fedready's code runs.
     """
+    from fedready.client.limits import load_limits
     from fedready.contract import validate_contract
     from fedready.data import read_csv
     from fedready.deploy.launch import client_environment, supernode_command
-    from fedready.deploy.limits import load_limits
     from fedready.schema import load_schema
 
     with _errors():

@@ -31,7 +31,7 @@ def monitor(
     Exit code 3 when a threshold is breached (alerts written), 0 otherwise.
     """
     from fedready.monitoring import load_monitoring_policy
-    from fedready.monitoring import monitor as run_monitor
+    from fedready.registry import monitor as run_monitor
 
     with _errors():
         if window is not None and window < 1:
@@ -87,9 +87,7 @@ def shadow(
     out: Annotated[Path | None, typer.Option(help="Write the report (JSON) here, for `registry promote`.")] = None,
 ) -> None:
     """Run a candidate beside the active model on the same rows: agreement overall and per group, score deltas."""
-    from fedready.monitoring import shadow_compare
-    from fedready.registry import read_rows, verify_artifact
-    from fedready.registry._canonical import write_json
+    from fedready.registry import read_rows, shadow_compare, verify_artifact, write_json
 
     with _errors():
         for name, folder in (("active", active), ("candidate", candidate)):

@@ -46,7 +46,7 @@ def schema_draft(
         draft = draft_schema(
             data, target=target, name=name, min_count=min_count, sensitive=sensitive or (), ignore=ignore or ()
         )
-        from fedready._io import atomic_write_text
+        from fedready.files import atomic_write_text
 
         atomic_write_text(target_path, draft.toml)
     for warning in draft.warnings:

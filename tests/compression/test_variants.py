@@ -18,7 +18,6 @@ from fedready.compression.variants import (
 from fedready.errors import ConfigError
 from fedready.models import create_model
 
-
 _TEACHER_STATE: dict = {}
 
 

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from fedready import constants as K
 from fedready.cli import app
+from fedready.client.limits import LocalLedger, Release, load_limits
+from fedready.client.site import Site
 from fedready.contract import validate_contract
 from fedready.data import Table
 from fedready.datasets.adult import adult_schema
 from fedready.deploy.certs import generate_certificates
-from fedready.deploy.limits import LocalLedger, Release, load_limits
-from fedready.deploy.site import Site
 from fedready.errors import ConfigError
 from fedready.schema import DataContract
 

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from fedready._io import atomic_write_bytes
 from fedready.client.training import train
 from fedready.config import make_config
 from fedready.data import read_csv
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
 from fedready.evaluation import evaluate_run, explain_run_row
+from fedready.files import atomic_write_bytes
 from fedready.modelio import arrays_digest, save_npz
 from fedready.models import create_model
 from fedready.schema import load_schema

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
+from fedready.evaluation.card import record_audit
 from fedready.privacy.auditing import AUDIT_FILE
-from fedready.simulations.audit import record_audit
 
 pytestmark = pytest.mark.slow  # shares the session's evaluated run
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedready.evaluation.estimates import constant_decision_groups, disparity_estimates, federated_fairness_estimates
-from fedready.evaluation.fairness import confusion_counts, group_names
+from fedready.estimates import constant_decision_groups, disparity_estimates, federated_fairness_estimates
 from fedready.evaluation.gates import GATES, Policy, check_gates, decide, decision
+from fedready.fairness import confusion_counts, group_names
 from fedready.intervals import Estimate
 from fedready.schema import DataSchema
 

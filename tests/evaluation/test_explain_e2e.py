@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from fedready.cli import app
 from fedready.datasets.adult import adult_schema, load_adult
 from fedready.encoding import FeatureEncoder
-from fedready.evaluation._model import load_run
 from fedready.evaluation.explain import counterfactual, encoded_predict_proba
+from fedready.evaluation.model import load_run
 
 pytestmark = pytest.mark.slow
 PROTECTED = {"sex", "race", "age"}

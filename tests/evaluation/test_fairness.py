@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedready.errors import ConfigError
-from fedready.evaluation.fairness import (
+from fedready.fairness import (
     confusion_counts,
     fairness_from_counts,
     group_labels,
@@ -65,7 +65,7 @@ def test_numeric_sensitive_attribute_is_sliced_by_declared_bins(adult_schema):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), clients=st.integers(1, 5), k=st.integers(3, 5))
 def test_summed_multiclass_confusion_matrices_equal_fairlearn_one_vs_rest(seed, clients, k):
-    from fedready.evaluation.fairness import holdout_fairness
+    from fedready.fairness import holdout_fairness
     from fedready.schema import DataSchema
 
     schema = DataSchema.model_validate({

@@ -19,8 +19,8 @@ from fairlearn.metrics import (
 from sklearn.metrics import accuracy_score
 
 from fedready.datasets.adult import adult_schema
-from fedready.evaluation._model import load_run
-from fedready.evaluation.fairness import group_labels
+from fedready.evaluation.model import load_run
+from fedready.fairness import group_labels
 from fedready.federation import client_shard, client_validation_attributes
 
 pytestmark = pytest.mark.slow

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedready.calibration import calibration_report
 from fedready.data import Table
 from fedready.datasets.adult import load_adult
 from fedready.errors import ConfigError
-from fedready.evaluation.calibration import calibration_report
 from fedready.evaluation.stability import (
     PERTURBATIONS,
     apply_perturbation,

@@ -170,7 +170,7 @@ def test_pipeline_refuses_an_out_folder_holding_another_data_sets_run(tmp_path):
     res = runner.invoke(app, args)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "another schema ('older'" in lines[0], res.output
-    from fedready._pipeline import check_out
+    from fedready.api._pipeline import check_out
 
     (run / "schema.json").write_text(json.dumps(load_schema(schema).to_dict()))
     check_out(tmp_path / "out", {"data": str(data.resolve()), "schema": str(schema)})  # its own run: resumed
@@ -193,6 +193,6 @@ def test_pipeline_on_own_data_defaults_to_a_folder_named_after_the_schema(tmp_pa
     with pytest.raises(Stop):
         fedready.pipeline(data, schema, simulate_with=train)
     assert seen["out"] == Path("fedready-wage-survey") / "runs"
-    from fedready._pipeline import default_out
+    from fedready.api._pipeline import default_out
 
     assert default_out(None, None) == Path("fedready-demo")  # the Quick start keeps its folder

@@ -29,8 +29,8 @@ def test_every_option_is_a_flwr_run_config_key_with_the_same_default():
 
 
 def test_every_run_config_key_a_client_reads_is_classified_once():
+    from fedready.client.limits import LocalLimits
     from fedready.config import LOOSENING, RUN_CONFIG_EXTRA, RUN_CONFIG_KEYS, SimulationConfig
-    from fedready.deploy.limits import LocalLimits
 
     assert set(RUN_CONFIG_KEYS) == set(SimulationConfig.model_fields) | set(RUN_CONFIG_EXTRA)
     allows = {f for f in LocalLimits.model_fields if f.startswith("allow_")}

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 
 from fedready import constants as K
+from fedready.client.queries import local_profile_counts
 from fedready.config import make_config
 from fedready.datasets.adult import load_adult
 from fedready.errors import IntegrityError
 from fedready.modelio import save_npz
 from fedready.monitoring import PROFILE_FILE, Counts, compare, count_rows
-from fedready.monitoring.federated import local_profile_counts, run_profile_query, sum_profiles
+from fedready.monitoring.federated import sum_profiles
 from fedready.privacy.ledger import Ledger, recompute
+from fedready.server.app import run_profile_query
 
 
 class InMemoryGrid:
@@ -169,8 +171,8 @@ def _arrays(run_dir):
 
 
 def test_group_counts_and_profile_travel_in_one_message_per_client(cfg, run_dir):
-    from fedready.evaluation.federated import FEDERATED_FILE
     from fedready.server.app import final_queries
+    from fedready.server.queries import FEDERATED_FILE
 
     grid = InMemoryGrid(cfg, run_dir)
     summary = final_queries(grid, cfg, run_dir, {})
@@ -213,7 +215,7 @@ def test_schema_handshake_answers_the_digest_only_and_refuses_a_mismatch(cfg, ru
 
 
 def test_final_queries_do_not_wait_for_a_refused_client(cfg, run_dir, monkeypatch):
-    import fedready.evaluation.federated as federated
+    import fedready.server.queries as federated
     from fedready.server.app import _FilteredGrid, final_queries
 
     def no_waiting(_seconds):

@@ -18,7 +18,7 @@ from fedready.cli import BREACH_EXIT
 from fedready.datasets.adult import adult_schema, load_adult
 from fedready.encoding import FeatureEncoder
 from fedready.monitoring import compare
-from fedready.monitoring._edge import load_window
+from fedready.monitoring.edge import load_window
 from fedready.registry import EdgeAgent, package_run
 from fedready.thresholds import DecisionRule
 from tests.registry.conftest import keys, write_fake_run  # noqa: F401 -- the operator key fixture

@@ -88,7 +88,7 @@ def test_rows_of_another_schema_are_checked_and_decided_deterministically(loans_
 
 
 def test_profile_of_a_schema_without_public_data_says_so_and_skips_the_rate_check(loans_device):
-    from fedready.monitoring import monitor
+    from fedready.registry import monitor
 
     version = loans_device.state()["active"]
     profile = json.loads((loans_device.models / version / "reference_profile.json").read_text())
@@ -185,7 +185,7 @@ def test_multiclass_device_compares_like_with_like_on_its_own_benchmark(multicla
     assert res.exit_code == 0, res.output
     results = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(results) == len(task.test) and set(results[0]["probabilities"]) == {"0", "1", "2"}
-    from fedready.monitoring import monitor
+    from fedready.registry import monitor
 
     report = monitor(home, window=len(task.test))
     # the same model on the same rows: the device counts exactly what the profile holds

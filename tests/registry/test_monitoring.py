@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from fedready.cli import BREACH_EXIT, app
 from fedready.datasets.adult import load_adult
 from fedready.errors import ConfigError
-from fedready.monitoring import SUMMARIES_FILE, shadow_compare
-from fedready.registry import EdgeAgent, EdgeServer, ServeConfig
+from fedready.monitoring import SUMMARIES_FILE
+from fedready.registry import EdgeAgent, EdgeServer, ServeConfig, shadow_compare
 from tests.registry.test_edge_e2e import BLOCKED, BLOCKER
 
 

@@ -52,21 +52,22 @@ def test_client_level_artifact_carries_no_per_client_epsilon_or_client_name(tmp_
 
 
 def test_the_evaluation_report_lists_no_per_client_epsilon_under_client_level_dp(tmp_path):
-    from fedready.evaluation.suite import _privacy
+    from fedready.evaluation.suite import privacy_report
 
     run = write_demo_run(tmp_path / "run")
     ledger = Ledger(run_id=run.name, delta=1e-5, target_epsilon=1.0, accountant="rdp", dp=True)
     ledger.charge(round=1, client="4", level="sample", noise_multiplier=5.0, sample_rate=0.5, steps=3, delta=1e-5)
     ledger.save(run / "ledger.json")
-    assert _privacy(run, {"dp": True, "client_dp": "off"})["per_client_epsilon"] == {"4": ledger.epsilon}
-    assert _privacy(run, {"dp": True, "client_dp": "server-fixed"})["per_client_epsilon"] == {}
+    assert privacy_report(run, {"dp": True, "client_dp": "off"})["per_client_epsilon"] == {"4": ledger.epsilon}
+    assert privacy_report(run, {"dp": True, "client_dp": "server-fixed"})["per_client_epsilon"] == {}
 
 
 def test_client_level_artifact_ships_no_per_client_evaluation_and_a_public_profile(tmp_path, keys):
     """Issue 20/21: the clients' own numbers and their summed histograms are not client-level private."""
-    from fedready.evaluation.federated import federated_report, final_model, local_group_counts
+    from fedready.client.queries import local_group_counts
     from fedready.evaluation.suite import evaluate_run
     from fedready.modelio import arrays_digest
+    from fedready.server.queries import federated_report, final_model
     from fedready.simulations.engine import load_run_config
 
     run = write_demo_run(tmp_path / "run")

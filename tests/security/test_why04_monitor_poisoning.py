@@ -8,8 +8,7 @@ import urllib.request
 import numpy as np
 
 from fedready.datasets.adult import load_adult
-from fedready.monitoring import monitor
-from fedready.registry import EdgeAgent, EdgeServer, ServeConfig
+from fedready.registry import EdgeAgent, EdgeServer, ServeConfig, monitor
 
 
 def _shifted_rows(n: int) -> list[dict[str, str]]:

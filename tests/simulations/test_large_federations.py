@@ -4,8 +4,8 @@ import pytest
 
 from fedready.config import make_config
 from fedready.errors import ConfigError
-from fedready.evaluation.federated import _query_nodes
 from fedready.federation import client_shard, partition_sizes
+from fedready.server.queries import _query_nodes
 from fedready.simulations.engine import check_config
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fedready.evaluation.fairness import confusion_counts, fairness_from_counts, group_names, one_vs_rest_counts
+from fedready.fairness import confusion_counts, fairness_from_counts, group_names, one_vs_rest_counts
 from fedready.intervals import LEVEL, Estimate, bootstrap_rows, wilson
 from fedready.schema import DataSchema
 
@@ -36,7 +36,7 @@ _DISPARITIES = ("demographic_parity_difference", "demographic_parity_ratio", "eq
 
 
 def _ece(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
-    from fedready.evaluation.calibration import calibration_report
+    from fedready.calibration import calibration_report
 
     return float(calibration_report(y, proba, bins=bins)["ece"])
 
@@ -239,7 +239,7 @@ def benchmark_estimates(
     y, proba : arrays
         Benchmark labels and the model's class probabilities on them.
     groups : mapping
-        Sensitive attribute -> group name per row (as :func:`~fedready.evaluation.fairness.group_labels`).
+        Sensitive attribute -> group name per row (as :func:`~fedready.fairness.group_labels`).
     perturbed : mapping, optional
         Perturbation name -> the model's decisions on the perturbed rows (paired with the unperturbed ones).
     mitigated : mapping, optional

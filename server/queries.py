@@ -1,19 +1,19 @@
-"""Federated fairness: clients count, the server sums.
+"""After training, the server's half of the query protocol: ask the clients, sum their counts.
 
-The server sends the global model in a Flower ``evaluate`` message with the query
-``group-counts``; each client predicts on its own local validation split and
-answers with a (tp, fp, tn, fn) table per group of every sensitive attribute,
-plus its number of correct predictions and rows. No row, score or label leaves a
-client, only counts.
+The server sends the global model in a Flower ``evaluate`` message with one query, or several
+joined by commas (``group-counts``, ``reference-profile``); each client answers with counts on
+its own rows (:mod:`fedready.client.queries`). No row, score or label leaves a client, only
+counts. The releases the replies report are charged by :func:`fedready.server.app.charge_queries`
+under :func:`query_round`.
 
 Notes
 -----
-Under DP each client adds Gaussian noise to its counts before they leave and charges
-the release to its budget (:func:`fedready.client.app.handle_query`): the server sums
-noisy counts, clips negative sums to zero (post-processing) and computes the metrics
-from them. Without DP, or with ``--exact-evaluation`` (outside the guarantee, stamped in
-the ledger), the counts are exact and the summed metrics equal those on the pooled
-predictions (:mod:`fedready.evaluation.fairness`; tested to 1e-9 against fairlearn).
+Under DP each client adds Gaussian noise to its counts before they leave and charges the
+release to its budget (:func:`fedready.client.app.handle_query`): the server sums noisy counts,
+clips negative sums to zero (post-processing) and computes the metrics from them. Without DP,
+or with ``--exact-evaluation`` (outside the guarantee, stamped in the ledger), the counts are
+exact and the summed metrics equal those on the pooled predictions (:mod:`fedready.fairness`;
+tested to 1e-9 against fairlearn).
 """
 
 from __future__ import annotations
@@ -25,81 +25,44 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedready import constants as K
-from fedready._io import atomic_write_text
 from fedready.config import SimulationConfig
 from fedready.errors import IntegrityError
-from fedready.evaluation.estimates import federated_fairness_estimates
+from fedready.estimates import federated_fairness_estimates
+from fedready.fairness import fairness_from_counts, group_names
 from fedready.federation import task_of
+from fedready.files import atomic_write_text
 from fedready.intervals import client_spread
-from fedready.models import model_for_schema
+from fedready.modelio import arrays_digest, load_npz
+from fedready.privacy.ledger import Ledger
 
 if TYPE_CHECKING:
-    from fedready.deploy.site import LocalData
     from fedready.schema import DataSchema
-from fedready.evaluation.fairness import (
-    confusion_counts,
-    fairness_from_counts,
-    group_labels,
-    group_names,
-)
-from fedready.modelio import arrays_digest, load_npz
 
 __all__ = [
     "FEDERATED_FILE",
-    "answer_query",
+    "FORMAT",
     "federated_numbers",
     "federated_report",
     "final_model",
-    "local_group_counts",
     "query_all",
-    "run_federated_evaluation",
+    "query_round",
     "sum_replies",
+    "write_federated_evaluation",
 ]
 
 FEDERATED_FILE = "federated_eval.json"
 FORMAT = 2  # 2: per-client (correct, wrong) and every number with its interval
 
 
-def local_group_counts(
-    cfg: SimulationConfig, partition_id: int, arrays: dict[str, np.ndarray], local: LocalData | None = None
-) -> dict[str, Any]:
-    """A client's answer to the ``group-counts`` query, as MetricRecord content.
-
-    ``local`` is a deployed client's own validation split; without it the simulated
-    shard of ``partition_id`` is used.
-
-    Returns
-    -------
-    dict
-        ``counts/<attribute>``: flat list ``[tp, fp, tn, fn]`` per group in
-        :func:`~fedready.evaluation.fairness.group_names` order; ``val-correct``,
-        ``val-wrong`` (decisions right and wrong on the validation rows), ``partition-id``.
-    """
-    from fedready.federation import client_shard, client_validation_attributes
-
-    schema = local.schema if local is not None else task_of(cfg).schema
-    if local is not None:
-        x_val, y_val, attributes = local.x_val, local.y_val, local.val_attributes
-    else:
-        shard = client_shard(cfg, partition_id)
-        x_val, y_val = shard.x_val, shard.y_val
-        attributes = client_validation_attributes(cfg, partition_id)
-    model = model_for_schema(cfg.model, schema, arrays=arrays)
-    import torch
-
-    with torch.no_grad():
-        pred = model(torch.from_numpy(x_val)).argmax(1).numpy()
-    correct = int((pred == y_val).sum())
-    out: dict[str, Any] = {K.PARTITION_ID: partition_id, K.VAL_CORRECT: correct, K.VAL_WRONG: int(len(y_val)) - correct}
-    for attr, raw in attributes.items():
-        names = group_names(schema, attr)
-        table = confusion_counts(y_val, pred, group_labels(schema, attr, raw), names, classes=schema.target.num_classes)
-        out[K.COUNTS_PREFIX + attr] = [int(v) for v in table.reshape(-1)]
-    return out
+def query_round(run_dir: Path) -> int:
+    """The ledger round a post-training query is charged under: after every recorded round."""
+    path = run_dir / "ledger.json"
+    return max((e.round for e in Ledger.load(path).entries), default=0) + 1 if path.exists() else 1
 
 
 def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig) -> dict[str, Any]:
@@ -179,19 +142,13 @@ def query_all(
 
 def final_model(run_dir: Path) -> tuple[dict[str, np.ndarray], ArrayRecord]:
     """A finished run's final model, as arrays and as the record the queries send."""
-    import torch
-
     arrays = load_npz((run_dir / "model.npz").read_bytes())
     return arrays, ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
 
 
-def run_federated_evaluation(
-    grid: Grid, cfg: SimulationConfig, run_dir: Path, *, replies: list[Message] | None = None
-) -> dict[str, Any]:
-    """Ask every client (or ``cfg.fraction_evaluate`` of them) for group counts on the final model.
-
-    Writes ``federated_eval.json``. ``replies`` are answers already collected (a combined query,
-    see :func:`fedready.server.app.final_queries`); without them the clients are asked here.
+def write_federated_evaluation(cfg: SimulationConfig, run_dir: Path, arrays: dict[str, np.ndarray],
+                               replies: list[Message]) -> dict[str, Any]:  # fmt: skip
+    """Sum the ``group-counts`` replies on the final model ``arrays`` into ``federated_eval.json``.
 
     Returns
     -------
@@ -199,13 +156,6 @@ def run_federated_evaluation(
         Summed counts, metrics per attribute, per-client accuracy spread, failed clients,
         and the model digest the counts belong to.
     """
-    arrays, record = final_model(run_dir)
-    if replies is None:
-        from fedready.server.app import _query_round, charge_queries
-
-        replies = query_all(grid, record, cfg.num_clients, cfg.round_timeout, fraction=cfg.fraction_evaluate,
-                            seed=cfg.seed, server_round=_query_round(run_dir))  # fmt: skip
-        replies = charge_queries(run_dir, cfg, replies)
     answers = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
     ok = [a for a in answers if not int(a.get(K.DECLINED, 0)) and any(k.startswith(K.COUNTS_PREFIX) for k in a)]
     failed = [m.error.reason for m in replies if m.has_error()]
@@ -222,7 +172,7 @@ def federated_report(answers: list[dict[str, Any]], cfg: SimulationConfig) -> di
     ``client_accuracy`` holds each client's accuracy on its validation rows and the
     noise-corrected spread across clients (:func:`fedready.intervals.client_spread`); ``fairness``
     the group metrics of the summed counts, with intervals in ``estimates``
-    (:func:`fedready.evaluation.estimates.federated_fairness_estimates`). The noise stds are the
+    (:func:`fedready.estimates.federated_fairness_estimates`). The noise stds are the
     ones the clients report: ``accuracy_noise_std`` on each client's two accuracy counts,
     ``noise_std`` on each of its summed counts (the sum over ``m`` clients carries ``sqrt(m)`` times it).
     """
@@ -260,27 +210,3 @@ def federated_numbers(released: dict[str, Any], schema: DataSchema) -> dict[str,
         "estimates": federated_fairness_estimates(counts, schema, noise_std=float(released["sum_noise_std"])),
         "client_accuracy": spread.to_dict(),
     }
-
-
-def answer_query(msg: Message, cfg: SimulationConfig, partition_id: int,
-                 local: LocalData | None = None) -> dict[str, Any]:  # fmt: skip
-    """A client's exact answer to an ``evaluate`` message: one query, or several joined by commas.
-
-    The client adds noise and charges the release before anything leaves
-    (:func:`fedready.client.app.handle_query`).
-    """
-    from fedready.monitoring.federated import local_profile_counts
-
-    known = (K.QUERY_GROUP_COUNTS, K.QUERY_PROFILE)
-    queries = str(msg.content[K.CONFIG].get(K.QUERY, "")).split(",")
-    for query in queries:
-        if query not in known:
-            raise ValueError(f"unknown query '{query}'; expected one of: {', '.join(known)}")
-    record = msg.content[K.ARRAYS]
-    arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
-    metrics: dict[str, Any] = {K.PARTITION_ID: partition_id}
-    if K.QUERY_GROUP_COUNTS in queries:
-        metrics.update(local_group_counts(cfg, partition_id, arrays, local))
-    if K.QUERY_PROFILE in queries:
-        metrics.update(local_profile_counts(cfg, partition_id, arrays, local))
-    return metrics

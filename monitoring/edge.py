@@ -4,7 +4,7 @@ Every prediction call (``edge predict``, each micro-batch of ``edge serve``) app
 to ``HOME/monitoring/summaries.jsonl``: the version that answered, the number of rows, the
 call's latency and the histograms of :func:`~fedready.monitoring.count_rows` (never the rows
 themselves; ``record_inputs`` additionally appends the raw rows to ``inputs.jsonl``).
-:func:`monitor` sums the newest lines of the active version into a window, compares it with
+:func:`fedready.registry.monitor` sums the newest lines of the active version into a window, compares it with
 the active artifact's reference profile and appends one alert line per breach.
 NumPy only (plus ``prometheus-client`` in the serving process).
 
@@ -33,11 +33,11 @@ import numpy as np
 
 from fedready.errors import ConfigError, IntegrityError
 from fedready.monitoring._drift import MonitoringPolicy, compare
-from fedready.monitoring._profile import PROFILE_FILE, Counts, count_rows
+from fedready.monitoring.profile import Counts, count_rows
 from fedready.schema import DataSchema
 
 __all__ = ["ALERTS_FILE", "ALERT_CONTEXT", "SUMMARIES_FILE", "Recorder", "StorageLimits", "append_bounded",
-           "load_window", "monitor", "read_lines_newest_first"]  # fmt: skip
+           "load_window", "read_lines_newest_first", "recorded_row", "summarize"]  # fmt: skip
 
 MONITOR_DIR = "monitoring"
 SUMMARIES_FILE = "summaries.jsonl"
@@ -285,86 +285,6 @@ def load_window(home: Path, *, version: str | None, rows: int | None = None) -> 
         if rows is not None and n >= rows:
             break
     return total
-
-
-def monitor(
-    home: Path,
-    *,
-    window: int | None = None,
-    policy: MonitoringPolicy | None = None,
-    labelled: tuple[list[Mapping[str, Any]], np.ndarray] | None = None,
-    alerts: Path | None = None,
-    limits: StorageLimits | None = None,
-) -> dict[str, Any]:
-    """Compare the device's newest ``window`` rows with the active model's reference profile.
-
-    Parameters
-    ----------
-    home : Path
-        The device folder.
-    window : int, optional
-        Rows to compare (the newest summaries of the active version); None: every recorded row.
-    policy : MonitoringPolicy, optional
-        Thresholds (defaults: :class:`MonitoringPolicy`).
-    labelled : (rows, labels), optional
-        Rows whose outcome is now known; scored with the active model for calibration drift.
-    alerts : Path, optional
-        JSON lines file breaches are appended to (default ``HOME/monitoring/alerts.jsonl``),
-        signed with the device's key (``HOME/device.key``) and rotated like every monitoring file.
-    limits : StorageLimits, optional
-        Rotation of the alerts file.
-
-    Returns
-    -------
-    dict
-        The drift report of :func:`~fedready.monitoring.compare` plus ``device_id``,
-        ``channel``, ``version``, ``alerts_file`` and ``time``.
-
-    Raises
-    ------
-    ConfigError
-        If nothing was recorded for the active version or its artifact has no reference profile.
-    """
-    from fedready.registry import EdgeAgent
-    from fedready.registry._canonical import read_json
-
-    agent = EdgeAgent(home)
-    state = agent.state()
-    folder = agent.active_dir()
-    version = state.get("active")
-    if not (folder / PROFILE_FILE).exists():
-        raise ConfigError("home", f"the active model {version} ships no {PROFILE_FILE}; package a run that has one")
-    profile = read_json(folder / PROFILE_FILE, what="reference profile")
-    counts = load_window(agent.home, version=version, rows=window)
-    if labelled is not None:
-        predictor = agent.predictor()
-        rows, y = labelled
-        lab = summarize(predictor.schema, rows, predictor.predict(rows), labels=y)
-        counts = lab if counts is None else _with_labels(counts, lab)
-    if counts is None:
-        raise ConfigError("home", f"nothing recorded for {version} yet; predict with `fedready edge predict` or "
-                                  "`edge serve` first")  # fmt: skip
-    report = compare(profile, counts, policy)
-    now = time.time()
-    channel = state.get("source_channel") or state.get("channel")
-    report.update(time=now, device_id=state.get("device_id"), channel=channel, version=version)
-    target = Path(alerts) if alerts is not None else agent.home / MONITOR_DIR / ALERTS_FILE
-    if report["breaches"]:
-        from fedready.audit import sign_record
-
-        key = agent.device_key()
-        lines = [{"time": now, "device_id": state.get("device_id"), "channel": channel, "version": version,
-                  "window_rows": counts.rows, **b} for b in report["breaches"]]  # fmt: skip
-        target.parent.mkdir(parents=True, exist_ok=True)
-        append_bounded(target, [{**a, "sig": sign_record(key, a, context=ALERT_CONTEXT)} for a in lines],
-                       limits or StorageLimits())  # fmt: skip
-    report["alerts_file"] = str(target)
-    return report
-
-
-def _with_labels(window: Counts, labelled: Counts) -> Counts:
-    """The window's input and output histograms, with the labelled rows' calibration histograms."""
-    return Counts(window.features, window.scores, window.predictions, labelled.labels, labelled.score_positives)
 
 
 class Metrics:

@@ -322,8 +322,9 @@ def audit_privacy(
         SecAgg+, or a client-level audit of a non-mean aggregator.
     """
     from fedready.config import make_config
+    from fedready.evaluation.card import record_audit
     from fedready.privacy.auditing import read_audits
-    from fedready.simulations.audit import check_simulated_run, record_audit, run_audit
+    from fedready.simulations.audit import check_simulated_run, run_audit
     from fedready.simulations.engine import check_config, check_ray_temp_dir, load_run_config
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
@@ -547,7 +548,7 @@ def pipeline(
     ``model``: ``mlp`` when the clients hold at least
     :data:`LARGE_MODEL_ROWS` training rows each on average, else ``logreg`` (see :func:`default_model`).
     """
-    from fedready._pipeline import check_out, default_out, run_pipeline
+    from fedready.api._pipeline import check_out, default_out, run_pipeline
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
     out = Path(out) if out is not None else default_out(data, schema)

@@ -22,10 +22,10 @@ import numpy as np
 
 from fedready import constants as K
 from fedready.audit import AuditLog
+from fedready.client.limits import LocalLedger, LocalLimits, Release, load_limits
 from fedready.config import SimulationConfig, loosened_keys
 from fedready.contract import ContractReport, row_validity, validate_contract
 from fedready.data import Table, read_csv
-from fedready.deploy.limits import LocalLedger, LocalLimits, Release, load_limits
 from fedready.encoding import FeatureEncoder
 from fedready.schema import DataSchema, load_schema
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedready._io import atomic_write_text, read_toml
 from fedready.errors import ConfigError
+from fedready.files import atomic_write_text, read_toml
 from fedready.privacy.accounting import compose_epsilon
 
 __all__ = ["LocalLedger", "LocalLimits", "Release", "load_limits"]
