@@ -166,11 +166,13 @@ def train(
         rate, normaliser, _ = poisson_plan(int(released_rows), batch_size)
         # Poisson sampling of the real rows at the released count's rate, with the secret generator
         loader = DPDataLoader(_Rows(x, y), sample_rate=rate, generator=gen, collate_fn=_as_batch)
-        engine = PrivacyEngine(accountant=accountant)  # an empty history: what it records is this pass alone
         ghost = grad_sample_mode == "ghost"
         extra = {"criterion": criterion, "grad_sample_mode": "ghost"} if ghost else {}
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # secure_mode advice: our generator is seeded from OS entropy
+            # Opacus's "Secure RNG turned off" advice (from the constructor and make_private), once per client
+            # and round: our noise generator is seeded from OS entropy (fedready.privacy's dp generator)
+            warnings.simplefilter("ignore")
+            engine = PrivacyEngine(accountant=accountant)  # an empty history: what it records is this pass alone
             private = engine.make_private(
                 module=model,
                 optimizer=opt,

@@ -729,6 +729,12 @@ def make_server_app(
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if on_summary is not None:
             on_summary(summary)
+        else:  # `flwr run`: one line that Flower streams back to the user, with what `fedready simulate` prints
+            from flwr.common.logger import log as flwr_log
+
+            flwr_log(logging.INFO, "fedready: run %s %s: accuracy %s, epsilon %s; run folder %s", run_dir.name,
+                     summary.get("status", "finished"), _fmt(summary.get("accuracy"), ".4f"),
+                     _fmt(summary.get("epsilon"), ".3f"), run_dir)  # fmt: skip
         if summary.get("status") == "failed" and on_summary is None:
             # under `flwr run` the ServerApp's failure is the run's failure: a non-zero exit, not a quiet result
             raise RuntimeError(
@@ -737,6 +743,11 @@ def make_server_app(
             )
 
     return server_app
+
+
+def _fmt(value: Any, spec: str) -> str:
+    """A summary number for a log line (``-`` when absent or not a number)."""
+    return format(value, spec) if isinstance(value, int | float) else "-"
 
 
 def charge_queries(run_dir: Path, cfg: SimulationConfig, replies: list[Message]) -> list[Message]:

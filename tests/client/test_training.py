@@ -88,3 +88,14 @@ def test_the_dp_optimizer_uses_opacus_floating_point_safe_noise(monkeypatch):
         modes.clear()
         _run(mode, 1.0, steps=2)
         assert modes and all(modes)
+
+
+def test_dp_training_prints_no_secure_rng_advice():
+    """Opacus advises secure_mode on every PrivacyEngine (once per client and round under `flwr run`); fedready's
+    generator is seeded from OS entropy, so the advice is noise in the user's output."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _run("hooks", 1.0, steps=2)
+    assert not [w for w in seen if "Secure RNG" in str(w.message)]

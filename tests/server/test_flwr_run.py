@@ -47,6 +47,10 @@ def test_flwr_run_dot_trains_with_the_same_app_on_a_declared_csv(tmp_path, multi
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["clients"] == 4
     assert 0 < summary["epsilon"] <= 1.0
+    # the run ends with one line naming its accuracy, epsilon and folder (streamed back by `flwr run --stream`)
+    assert f"accuracy {summary['accuracy']:.4f}, epsilon {summary['epsilon']:.3f}; run folder {run_dir}" in (
+        proc.stdout + proc.stderr
+    )
     assert summary["accuracy"] > 0.4  # three balanced classes: a third is chance
     ledger = json.loads((run_dir / "ledger.json").read_text())
     assert {e["round"] for e in ledger["entries"] if e["level"] == "sample"} == {1, 2}  # queries: round 3
