@@ -81,13 +81,15 @@ def run_measured(cmd: list[str], *, cwd: Path, timeout: float = 3600) -> dict:
 
 def _noise(clients: int, rounds: int, *, epsilon: float, delta: float, batch: int, steps: int) -> float:
     """The noise multiplier fedready calibrates for client 0 of an IID federation of ``clients``."""
-    from fedready.client.app import _noise_multiplier
     from fedready.config import make_config
     from fedready.federation import client_shard
+    from fedready.privacy.accounting import calibrate_with_releases
 
     cfg = make_config(num_clients=clients, partitioner="iid", min_client_rows=1, rounds=rounds)
     n = len(client_shard(cfg, 0).y_train)
-    return _noise_multiplier(epsilon, delta, 1.0 / max(1, math.ceil(n / batch)), rounds * steps, cfg.accountant)
+    rate = 1.0 / max(1, math.ceil(n / batch))
+    return calibrate_with_releases(target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=rounds * steps,
+                                   releases=[], accountant=cfg.accountant)  # fmt: skip
 
 
 def measure(clients: int, rounds: int, fraction: float, *, repeat: int, work: Path) -> dict:

@@ -733,7 +733,7 @@ def make_server_app(
             from flwr.common.logger import log as flwr_log
 
             flwr_log(logging.INFO, "fedready: run %s %s: accuracy %s, epsilon %s; run folder %s", run_dir.name,
-                     summary.get("status", "finished"), _fmt(summary.get("accuracy"), ".4f"),
+                     summary.get("status", "completed"), _fmt(summary.get("accuracy"), ".4f"),
                      _fmt(summary.get("epsilon"), ".3f"), run_dir)  # fmt: skip
         if summary.get("status") == "failed" and on_summary is None:
             # under `flwr run` the ServerApp's failure is the run's failure: a non-zero exit, not a quiet result

@@ -75,13 +75,17 @@ def check_out(out: Path, given: dict[str, Any]) -> None:
     if not (run / "config.json").exists():
         return
     spec = TaskSpec(**{k: given[k] for k in ("data", "schema", "test", "test_fraction") if k in given})
-    fix = f"pass another --out, or delete {out} to train there again"
+    fix = (f"pass another --out, or move {run} away to train there again (the keys and the registry in {out} stay; "
+           "publish the new model with another --version)")  # fmt: skip
     try:
         recorded = json.loads((run / "config.json").read_text())
         old_schema = json.loads((run / "schema.json").read_text()) if (run / "schema.json").exists() else None
     except (OSError, ValueError) as e:
         raise ConfigError("out", f"{out} holds an unreadable run ({e}); {fix}") from e
-    now = data_digest(spec)
+    try:
+        now = data_digest(spec)
+    except OSError as e:  # a mistyped --data or --test: named here, before the recorded run is compared
+        raise ConfigError("data", f"cannot read {e.filename}: {e.strerror}; check the path") from e
     before = recorded.get("data_digest")
     if before not in (None, now):
         raise ConfigError("out", f"{out} holds a run trained on other data (data digest {str(before)[:19]}, this "

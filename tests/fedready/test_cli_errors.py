@@ -174,6 +174,14 @@ def test_pipeline_refuses_an_out_folder_holding_another_data_sets_run(tmp_path):
 
     (run / "schema.json").write_text(json.dumps(load_schema(schema).to_dict()))
     check_out(tmp_path / "out", {"data": str(data.resolve()), "schema": str(schema)})  # its own run: resumed
+    # the fix keeps the keys and the registry: only the run is to move
+    assert "move " + str(run) in lines[0] and "keys and the registry" in lines[0]
+    # a mistyped --data into a folder that holds a run: one line naming the field, no traceback
+    typo = [a if a != str(data) else str(data) + "x" for a in args]
+    assert typo != args
+    res = runner.invoke(app, typo)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "data:" in lines[0] and "Traceback" not in res.output, res.output
 
 
 def test_pipeline_on_own_data_defaults_to_a_folder_named_after_the_schema(tmp_path, monkeypatch):
