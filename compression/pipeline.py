@@ -368,7 +368,7 @@ def compress(
     report = {
         "run": run.name,
         "model": model,
-        "decision": release_decision(model["decision"], chosen.decision if chosen else None),
+        "decision": release_decision(model["decision"], (chosen or base).decision),
         "model_digest": arrays_digest(load_npz(npz.read_bytes())),
         "options": {**opts.__dict__, "student_widths": list(opts.student_widths)},
         "data": {
@@ -521,11 +521,14 @@ def model_decision(run: Path) -> dict[str, Any]:
             "undecided": (ev.get("promotion") or {}).get("undecided", "canary"), "model_digest": ev.get("model_digest")}
 
 
-def release_decision(model: str, variant: str | None) -> str:
-    """The decision a promotion reads: the worse of the model's gates and the shipped variant's."""
+def release_decision(model: str, variant: str) -> str:
+    """The decision a promotion reads: the worse of the model's gates and the shipped variant's.
+
+    When no variant passes, the uncompressed model ships and ``variant`` is the fp32 variant's own
+    decision: an fp32 gate that is only undecided (its interval straddles the limit) leaves the
+    release undecided, never failed.
+    """
     order = ("passed", "undecided", "failed", "not-run")
-    if variant is None:
-        return "failed" if model != "not-run" else "not-run"
     return max(model, variant, key=order.index)
 
 

@@ -186,7 +186,8 @@ def _release_decision(staging: Path, compression: dict[str, Any]) -> tuple[str, 
 
     The trained model's gates (``evaluation.json``, decided once) and, when ``fedready compress``
     ran, the shipped variant's gates (its fidelity to that model): the worse of the two. A
-    compression that selected nothing ships the uncompressed model, which failed its variant gates.
+    compression that selected nothing ships the uncompressed model with the fp32 variant's own
+    decision (undecided when its gates only straddle their limits; failed when one failed).
     """
     ev_path = staging / "evaluation.json"
     if not ev_path.exists():
@@ -194,11 +195,12 @@ def _release_decision(staging: Path, compression: dict[str, Any]) -> tuple[str, 
     ev = read_json(ev_path, what="evaluation report")
     model = str(ev.get("decision") or ("passed" if ev.get("passed") is True else "failed"))
     undecided = str((ev.get("promotion") or {}).get("undecided", "canary"))
-    status = compression.get("status")
-    if status == "none-selected":
-        return "failed", undecided
     if model not in ("passed", "undecided", "failed"):
         model = "failed"
+    if compression.get("status") == "none-selected":
+        shipped = str(compression.get("fp32_decision") or "failed")  # an older report without it: failed
+        order = ("passed", "undecided", "failed")
+        return max(model, shipped if shipped in order else "failed", key=order.index), undecided
     return model, undecided
 
 
@@ -209,8 +211,11 @@ def _selected_onnx(run: Path) -> tuple[Path | None, dict[str, Any]]:
         return None, {"status": "not-run"}
     data = read_json(report, what="compression report")
     selected = data.get("selected") if isinstance(data, dict) else None
-    if not selected:  # compression ran but no variant passed its gates: ship the fp32 model
-        return None, {"status": "none-selected", "reason": data.get("reason") if isinstance(data, dict) else None}
+    if not selected:  # compression ran but no variant passed its gates: ship the fp32 model, as fp32 was judged
+        variants = data.get("variants") if isinstance(data, dict) else None
+        fp32 = next((v for v in variants or [] if isinstance(v, dict) and v.get("name") == "fp32"), {})
+        return None, {"status": "none-selected", "reason": data.get("reason") if isinstance(data, dict) else None,
+                      "fp32_decision": fp32.get("decision")}  # fmt: skip
     rel = None
     if isinstance(selected, dict):
         rel = selected.get("path") or selected.get("file") or selected.get("onnx")

@@ -202,7 +202,7 @@ def run_pipeline(
     for skip in comp.get("skipped", []):
         say(f"    skipped {skip['variant']}: {skip['reason']}")
     if chosen is None:
-        say(f"    {comp['reason']}; the uncompressed model would ship, and its release decision is failed")
+        say(f"    {comp['reason']}; the uncompressed model would ship, and its release decision is {comp['decision']}")
     else:
         result["compress"].update(bytes=chosen["bytes"], fp32_bytes=fp32["bytes"], accuracy=chosen["accuracy"],
                                   fp32_accuracy=fp32["accuracy"])  # fmt: skip

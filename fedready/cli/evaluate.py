@@ -108,6 +108,9 @@ def compress(
     if report["selected"] is None:
         err.print(f"[bold red]no variant selected:[/] {escape(report['reason'])}", markup=True, highlight=False,
                   soft_wrap=True)  # fmt: skip
+        fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+        err.print(f"release decision if the uncompressed model ships: {report['decision']} (the trained model's gates: "
+                  f"{model['decision']}; fp32's variant gates: {fp32['decision']})", highlight=False)  # fmt: skip
         raise typer.Exit(1)
     err.print(f"selected {report['selected']} -> {run / 'compression' / 'selected.onnx'}", highlight=False)
     err.print(f"release decision: {report['decision']} (the trained model's gates: {model['decision']}; the selected "

@@ -70,3 +70,14 @@ def test_no_variant_passing_exits_1_and_says_why(run, tmp_path):
 def test_bad_option_is_one_line_exit_2(run):
     res = CliRunner().invoke(app, ["compress", str(run), "--student-widths", "wide"])
     assert res.exit_code == 2 and "student-widths" in res.stderr and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("model", "shipped", "expected"), [
+    ("passed", "passed", "passed"), ("passed", "undecided", "undecided"), ("undecided", "passed", "undecided"),
+    ("passed", "failed", "failed"), ("undecided", "failed", "failed"), ("not-run", "passed", "not-run"),
+])  # fmt: skip
+def test_release_decision_is_the_worse_of_model_and_shipped_variant(model, shipped, expected):
+    # when no variant is selected the fp32 variant's own decision is passed in: undecided stays undecided
+    from fedready.compression.pipeline import release_decision
+
+    assert release_decision(model, shipped) == expected

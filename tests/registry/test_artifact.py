@@ -120,7 +120,8 @@ def test_selected_compressed_model_is_packaged(fake_run, keys, tmp_path, selecte
     run = tmp_path / "run"
     shutil.copytree(fake_run, run)
     (run / "compression").mkdir()
-    report = {"selected": selected, "reason": None if selected else "no variant passes every gate"}
+    report = {"selected": selected, "reason": None if selected else "no variant passes every gate",
+              "variants": [{"name": "fp32", "decision": "undecided"}]}
     (run / "compression" / "compression.json").write_text(json.dumps(report))
     if selected:  # a stand-in for the compressed variant: a valid model whose bytes differ from the fp32 export
         layers = mlp_layers(load_npz((run / "model.npz").read_bytes()))
@@ -133,4 +134,9 @@ def test_selected_compressed_model_is_packaged(fake_run, keys, tmp_path, selecte
         assert prov.compression["status"] == "selected" and prov.compression["selected"] == selected
         assert (art / "model.onnx").read_bytes() == (run / "compression" / "selected.onnx").read_bytes()
     else:
-        assert prov.compression == {"status": "none-selected", "reason": "no variant passes every gate"}
+        assert prov.compression == {"status": "none-selected", "reason": "no variant passes every gate",
+                                    "fp32_decision": "undecided"}
+        # fp32 ships; its gates only straddle their limits, so the release is undecided (canary), never failed
+        model = json.loads((run / "evaluation.json").read_text()).get("decision") if (run / "evaluation.json").exists() \
+            else None
+        assert prov.evaluation == ("failed" if model == "failed" else "undecided" if model else "not-run")
