@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fedready.schema import DataSchema
 
 __all__ = [
+    "BUILTIN_MODELS",
     "build_mlp",
     "check_model",
     "create_model",
@@ -57,6 +58,7 @@ _MODELS: dict[str, Callable[[int, int], nn.Module]] = {
     "mlp-wide": lambda d, k: build_mlp(d, (64,), classes=k),
     "mlp-large": lambda d, k: build_mlp(d, (256, 256, 256), classes=k),  # the teacher worth compressing
 }
+BUILTIN_MODELS = tuple(_MODELS)  # the names --model takes besides a module:factory
 
 
 def model_names() -> list[str]:

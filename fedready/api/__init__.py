@@ -202,7 +202,10 @@ def simulate(
             base["budget_rounds"] = base["rounds"]  # the budget stays planned over the original rounds
         cfg = make_config(**{**base, **given})
     else:
-        cfg = make_config(**given)
+        plan = _plan(given)
+        if plan.note and on_note is not None:
+            on_note(plan.note)
+        cfg = make_config(**{**given, **plan.options})
         run_dir = Path(out) / name if name else _new_run_dir(Path(out))
         if (run_dir / "config.json").exists():
             raise ConfigError("name", f"{run_dir} already holds a run; pick another --name or use --resume")
@@ -470,33 +473,16 @@ def compress(
                              skipped=report.get("skipped", []), report=report)  # fmt: skip
 
 
-LARGE_MODEL_ROWS = 2000  # rows per client below which DP noise swamps an MLP; logreg then (README: Your own data)
-
-
-def default_model(given: dict[str, Any], *, resume: Path) -> tuple[str, str]:
-    """The pipeline's model when none is named, and a one-line reason.
-
-    DP-SGD adds noise to every parameter while the signal grows with the rows a client holds, so
-    a large teacher only pays when each client holds thousands of rows; on a few hundred rows per
-    client the fewest parameters (a logistic regression) keep most of the accuracy. A run being
-    resumed keeps the model it started with.
-    """
-    from fedready.config import SimulationConfig
+def _plan(given: dict[str, Any]) -> Any:
+    """The training plan for options the user left unset (:func:`fedready.simulations.plan.plan_training`)."""
+    from fedready.config import make_config
+    from fedready.simulations.plan import plan_training
     from fedready.task import TaskSpec, load_task
 
-    if (resume / "config.json").exists():
-        from fedready.simulations.engine import load_run_config
-
-        return load_run_config(resume).model, ""
+    make_config(**given)  # a bad option is named before any data is read
     spec = TaskSpec(**{k: given[k] for k in ("data", "schema", "test", "test_fraction") if k in given})
-    clients = int(given.get("num_clients", SimulationConfig.model_fields["num_clients"].default))
-    per_client = len(load_task(spec).train) / clients
-    if per_client >= LARGE_MODEL_ROWS:
-        return "mlp", ""
-    return "logreg", (
-        f"model logreg: the {clients} clients hold about {per_client:.0f} training rows each, too few "
-        f"for the mlp under DP (it needs about {LARGE_MODEL_ROWS}); pass --model to choose"
-    )
+    task = load_task(spec)
+    return plan_training(given, train_rows=len(task.train), schema=task.schema)
 
 
 @dataclass(frozen=True)
@@ -544,19 +530,15 @@ def pipeline(
     reaches stable only when every gate passes (an undecided one stops it at canary, a failed one
     promotes it nowhere) unless ``force`` with a ``reason``. ``out`` defaults to
     ``fedready-<schema name>`` for own data, ``fedready-demo`` for the embedded set; a folder
-    holding a run of other data or another schema is refused. Without
-    ``model``: ``mlp`` when the clients hold at least
-    :data:`LARGE_MODEL_ROWS` training rows each on average, else ``logreg`` (see :func:`default_model`).
+    holding a run of other data or another schema is refused. Options left unset are planned
+    from rows per client as :func:`simulate` plans them
+    (:func:`fedready.simulations.plan.plan_training`).
     """
     from fedready.api._pipeline import check_out, default_out, run_pipeline
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
     out = Path(out) if out is not None else default_out(data, schema)
     check_out(out, given)  # before anything reads the folder's run (its model, its summary)
-    if model is None:
-        given["model"], why = default_model(given, resume=Path(out) / "runs" / "pipeline")
-        if say is not None and why:
-            say(why)
 
     def train(given: dict[str, Any], *, out: Path, name: str | None, resume: Path | None,
               ray_address: str | None) -> dict[str, Any]:  # fmt: skip

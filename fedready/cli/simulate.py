@@ -92,7 +92,8 @@ def simulate(
     model: Annotated[
         str | None,
         typer.Option(
-            help="logreg | mlp | mlp-wide | mlp-large | package.module:factory. [default: mlp]",
+            help="logreg | mlp | mlp-wide | mlp-large | package.module:factory. [default: mlp when clients hold >= 2,000 "
+            "training rows each, else logreg]",
             rich_help_panel="Data and model",
         ),
     ] = None,
@@ -101,7 +102,8 @@ def simulate(
     batch_size: Annotated[int | None, typer.Option(help="Expected Poisson batch size. [default: 1024]")] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help="Local learning rate at round 1. [default: 6.0 with DP, 1.0 without or for mlp-large]"),
+        typer.Option(help="Local learning rate at round 1. [default: 6.0 with DP, 1.0 without or for mlp-large; below "
+                          "2,000 training rows per client, lowered until the final model's DP noise norm is at most 6]"),
     ] = None,
     lr_schedule: Annotated[str | None, typer.Option(help="constant | cosine. [default: cosine]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
