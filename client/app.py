@@ -463,8 +463,9 @@ def _noise_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str 
     t = query_threshold(cfg)
     opted = bool(sums) and cfg.query_distributed_noise and (site is None or site.limits.allow_distributed_noise)
     if opted and setup.threshold < t:  # a sum of fewer than t clients could be unmasked: no share is sent
-        return Decline(K.SECAGG_BELOW_T, f"the query round's SecAgg+ threshold {setup.threshold} is below t = {t}: "
-                                         f"a sum of fewer than t shares would carry less than the whole noise")
+        why = (f"the query round's SecAgg+ threshold {setup.threshold} is below t = {t}: a sum of fewer than t "
+               f"shares would carry less than the whole noise")  # fmt: skip
+        return Decline(K.SECAGG_BELOW_T, why)
     cells = sum(len(values[k]) for k in sums)
     # every summed vector changes in one cell by 1 when a row is added or removed: L1 = vectors, L2 = sqrt(vectors)
     share_var = std * std / t if opted else std * std

@@ -76,8 +76,12 @@ def _secagg_setup(context: Context) -> SecAggSetup | None:
     record = context.state.config_records.get(RECORD_KEY_STATE)
     if record is None or "threshold" not in record:
         return None
-    return SecAggSetup(threshold=int(record["threshold"]), clipping_range=float(record["clipping_range"]),
-                       quantization_range=int(record["target_range"]), max_weight=float(record["max_weight"]))
+    return SecAggSetup(
+        threshold=int(record["threshold"]),
+        clipping_range=float(record["clipping_range"]),
+        quantization_range=int(record["target_range"]),
+        max_weight=float(record["max_weight"]),
+    )
 
 
 def _training_only(mod: Mod) -> Mod:

@@ -278,8 +278,10 @@ RUN_CONFIG_KEYS: dict[str, KeyRule] = {
     "secagg_clip_range": KeyRule(NEUTRAL, "SecAgg+ parameters; the record-level guarantee does not rely on SecAgg+"),
     "secagg_quantization": KeyRule(NEUTRAL, "SecAgg+ parameters; the record-level guarantee does not rely on "
                                             "SecAgg+"),
-    "query_distributed_noise": KeyRule(NEUTRAL, "a deployed client adds only a share of the noise if its own "
-                                                "limits opt in (allow_distributed_noise); otherwise its full noise"),
+    # neutral for the run (never refused): the organisation's own flag decides what its client adds
+    "query_distributed_noise": KeyRule(NEUTRAL, "a deployed client adds only a 1/t share of the summed counts' noise "
+                                                "if its own limits opt in; otherwise its whole noise (the run goes on)",
+                                       limit="allow_distributed_noise"),
     "query_secagg_threshold": KeyRule(NEUTRAL, "a client divides its share by it only after checking that the query "
                                                "round's SecAgg+ threshold is at least it"),
     "query_secagg_clip": KeyRule(NEUTRAL, "an answer beyond it is refused, never clipped"),

@@ -171,8 +171,16 @@ def write_federated_evaluation(cfg: SimulationConfig, run_dir: Path, arrays: dic
     return write_report(cfg, run_dir, arrays, ok, failed=failed, declined=len(answers) - len(ok))
 
 
-def write_report(cfg: SimulationConfig, run_dir: Path, arrays: dict[str, np.ndarray], answers: list[dict[str, Any]],
-                 *, failed: list[str], declined: int, secure_sum: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_report(
+    cfg: SimulationConfig,
+    run_dir: Path,
+    arrays: dict[str, np.ndarray],
+    answers: list[dict[str, Any]],
+    *,
+    failed: list[str],
+    declined: int,
+    secure_sum: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write ``federated_eval.json`` from the clients' ``answers`` (and a SecAgg+ ``secure_sum``); return it."""
     result = federated_report(answers, cfg, secure_sum)
     result.update(model_digest=arrays_digest(arrays), clients_failed=failed, clients_declined=declined)

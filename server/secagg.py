@@ -383,7 +383,8 @@ def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[
         "whole_noise": len(whole), "threshold": t, "share_std": share_std,
         "tau": distributed_tau(share_std**2, t) if sharers else 0.0,
         "distributed": (f"{len(sharers)} client(s) added a 1/{t} share of the noise (std {share_std:.4g} per count), "
-                        f"{len(whole)} the whole noise"),
+                        f"{len(whole)} their whole noise" if sharers else
+                        f"{len(whole)} client(s) added their whole noise (distributed noise off)"),
         "refused": "",
     }  # fmt: skip
     if len(layouts) != 1:
