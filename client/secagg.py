@@ -12,6 +12,12 @@ it (closer to the app), so the update is clipped *before* it is masked. The
 server only ever receives masked vectors and reconstructs their sum; it cannot
 clip, validate or inspect any single update (Bell et al. 2020, "Secure
 single-server aggregation with (poly)logarithmic overhead", CCS).
+
+After training the server runs one more SecAgg+ round for the post-training query
+(its fit config carries ``query-secagg``): the client answers with its summed counts
+as one integer vector, noised with a distributed-noise share or its whole noise
+(:func:`fedready.client.app.answer_through_secagg`); ``fixedclipping_mod`` passes that
+round through (the counts are no model update).
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ Notes
 -----
 The profile describes the clients' *training* rows. Under DP each client noises its own
 histograms before they leave (Gaussian, ``--query-noise`` times the L2 sensitivity, from OS
-entropy; :func:`fedready.client.app.handle_query`) and charges that release to its budget,
+entropy; :func:`fedready.client.app.handle_query`; under SecAgg+ a discrete Gaussian, a ``1/t``
+share of it or the whole, inside the masked sum: :func:`fedready.server.secagg.run_secagg_query`)
+and charges that release to its budget,
 where it composes (RDP) with the client's training and its noisy row count: the run's
 headline epsilon includes it. The server never sees an exact count; the document records
 the per-client noise std and the std of the sum.

@@ -13,7 +13,6 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Context, RecordDict
 
 import fedready.client.app as client_app
 from fedready import constants as K
@@ -22,25 +21,13 @@ from fedready.client.state import query_noise_split
 from fedready.config import make_config, query_threshold
 from fedready.federation import task_of
 from fedready.server.secagg import secure_sum
-from tests.conftest import synthetic_rows, write_task
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):  # what a Flower process has set
-        monkeypatch.setattr(TaskIdentity, name, value, raising=False)
+from tests.client.test_site_refuses_loosening import _context, write_site_files
+from tests.client.test_site_refuses_loosening import _task_identity as _task_identity  # noqa: F401 -- autouse
 
 
 @pytest.fixture
 def site(tmp_path):
-    task = write_task(tmp_path / "task", rows=400, test_rows=50, seed=3)
-    data = tmp_path / "local.csv"
-    data.write_text("\n".join(synthetic_rows(400, 3)) + "\n", encoding="utf-8")
-    schema = task["schema"]
-    schema.write_text(schema.read_text() + "\n[contract]\nmissing_rate = { score = 0.1 }\n", encoding="utf-8")
-    return tmp_path, data, schema
+    return write_site_files(tmp_path)
 
 
 @pytest.fixture
@@ -55,13 +42,6 @@ def noise_calls(monkeypatch):
 
     monkeypatch.setattr(client_app, "sample_discrete_gaussian", spy)
     return calls
-
-
-def _context(tmp_path, data, schema, allow: str = "") -> Context:
-    limits = tmp_path / "limits.toml"
-    limits.write_text(f"max_epsilon = 5.0\nmax_delta = 1e-5\n{allow}", encoding="utf-8")
-    node = {"partition-id": 0, K.NODE_DATA: str(data), K.NODE_SCHEMA: str(schema), K.NODE_LIMITS: str(limits)}
-    return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
 
 
 def _ask(tmp_path, data, schema, *, allow: str = "", threshold: int | None = None, clip: float | None = None):
