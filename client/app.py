@@ -15,7 +15,10 @@ costs no privacy, whereas training again would spend the budget twice.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +32,21 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedready import constants as K
-from fedready.client.queries import answer_query
+from fedready.client.queries import answer_queries, answer_query
 from fedready.client.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
 from fedready.client.site import Site, site_from_node_config
 from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_noise_split
 from fedready.client.training import OptimizerHooks, poisson_plan, train
 from fedready.client.wire import make_wire_log_mod
-from fedready.config import SimulationConfig
+from fedready.config import SimulationConfig, query_threshold
 from fedready.federation import client_shard, task_of
 from fedready.modelio import arrays_digest
 from fedready.models import model_for_schema
 from fedready.privacy.accounting import compose_epsilon
+from fedready.privacy.distributed import distributed_rho, gaussian_equivalent, sample_discrete_gaussian
 from fedready.privacy.randomness import dp_numpy_rng
 
-__all__ = ["app", "make_client_app", "planned_query_release"]
+__all__ = ["SecAggSetup", "answer_through_secagg", "app", "make_client_app", "planned_query_release"]
 
 log = logging.getLogger(__name__)
 
@@ -323,21 +327,10 @@ def _answer_privately(msg: Message, context: Context, cfg: SimulationConfig, run
     state = store.load()
     noised = [k for k in answer if _is_count(k) and not (cfg.exact_evaluation and _is_group_count(k))]
     release = planned_query_release(cfg)
-    projected = compose_epsilon([*state.history(), release], delta=cfg.delta, accountant=cfg.accountant)
-    refusal = None
-    if projected > cfg.epsilon:
-        refusal = (K.BUDGET_EXHAUSTED, f"the query would take epsilon to {projected:.4f} > budget {cfg.epsilon}")
-    elif site is not None:
-        _record_site_releases(site, _run_key(context, run_dir), state)
-        refusal = site.privacy_refusal(requested_delta=cfg.delta, accountant=cfg.accountant, step=release)
+    refusal = _query_refusal(cfg, context, run_dir, site, state, release)
     if refusal is not None:
-        if site is not None:
-            site.audit.append("query-declined", run=_run_key(context, run_dir), reason=refusal[0], detail=refusal[1])
         return _decline(msg, pid, *refusal)
-    config = msg.content.config_records.get(K.CONFIG)
-    r = int(config.get(K.SERVER_ROUND, state.last_round + 1)) if config is not None else state.last_round + 1
-    while any(x.level == "query" and x.round == r for x in state.releases):
-        r += 1  # a second query is a second release, charged under its own round
+    r = _query_round(state, msg.content.config_records.get(K.CONFIG))
     # A row changes one cell of each count vector (a group's confusion table, each profile histogram)
     # and exactly one of (val-correct, val-wrong): every vector has L2 sensitivity 1.
     accuracy = [k for k in noised if k in _ACCURACY_COUNTS]
@@ -359,6 +352,158 @@ def _answer_privately(msg: Message, context: Context, cfg: SimulationConfig, run
                    **state.wire_history()})  # fmt: skip
     answer[K.EPSILON] = state.epsilon(delta=cfg.delta, accountant=cfg.accountant)
     return Message(content=RecordDict({K.METRICS: MetricRecord(answer)}), reply_to=msg)
+
+
+def _query_refusal(cfg: SimulationConfig, context: Context, run_dir: str | None, site: Site | None,
+                   state: ClientPrivacyState, release: tuple[float, float, int]) -> tuple[str, str] | None:  # fmt: skip
+    """Why this client may not make the query ``release`` (its run budget, its organisation's limits), or None."""
+    projected = compose_epsilon([*state.history(), release], delta=cfg.delta, accountant=cfg.accountant)
+    refusal = None
+    if projected > cfg.epsilon:
+        refusal = (K.BUDGET_EXHAUSTED, f"the query would take epsilon to {projected:.4f} > budget {cfg.epsilon}")
+    elif site is not None:
+        _record_site_releases(site, _run_key(context, run_dir), state)
+        refusal = site.privacy_refusal(requested_delta=cfg.delta, accountant=cfg.accountant, step=release)
+    if refusal is not None and site is not None:
+        site.audit.append("query-declined", run=_run_key(context, run_dir), reason=refusal[0], detail=refusal[1])
+    return refusal
+
+
+def _query_round(state: ClientPrivacyState, config: Any) -> int:
+    """The round a query release is recorded under: the server's, or the next free one."""
+    r = int(config.get(K.SERVER_ROUND, state.last_round + 1)) if config is not None else state.last_round + 1
+    while any(x.level == "query" and x.round == r for x in state.releases):
+        r += 1  # a second query is a second release, charged under its own round
+    return r
+
+
+@dataclass(frozen=True)
+class SecAggSetup:
+    """What the query round's SecAgg+ setup stage told this client (Flower's ``secaggplus_mod`` state)."""
+
+    threshold: int  # shares needed to unmask: no sum of fewer clients can be unmasked
+    clipping_range: float
+    quantization_range: int
+    max_weight: float
+
+
+def answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str | None, config: dict[str, Any],
+                          global_arrays: dict[str, np.ndarray], setup: SecAggSetup | None
+                          ) -> tuple[np.ndarray, dict[str, Any]] | Decline:  # fmt: skip
+    """A client's answer to the post-training query in a SecAgg+ round: the summed counts as one integer vector.
+
+    The vector (every count vector that is only ever summed over clients, in the order the
+    ``query-layout`` metric gives) goes into SecAgg+'s masked sum; the per-client accuracy counts
+    travel beside it in the clear, with their local noise, as in :func:`handle_query`.
+
+    Notes
+    -----
+    Under DP the summed counts gain discrete Gaussian noise (:mod:`fedready.privacy.distributed`)
+    of variance ``s^2 / t`` (a *share*: the secure sum of ``n >= t`` clients carries ``n s^2 / t``)
+    when the run asks for distributed noise *and*, for a deployed client, its own limits opt in
+    (``allow_distributed_noise``); otherwise the whole ``s^2`` (local noise: the guarantee does
+    not rest on SecAgg+). A share is sent only if the round's SecAgg+ threshold is at least ``t``:
+    no sum of fewer than ``t`` clients can then be unmasked. The release is charged as what it is
+    (KLS 2021, its ``tau`` term included) before anything leaves.
+    """
+    pid = int(context.node_config["partition-id"])
+    site = site_from_node_config(context.node_config)
+    store = _store(context, run_dir, pid, site)
+    with store.locked():
+        return _answer_through_secagg(cfg, context, run_dir, config, global_arrays, setup, pid, site, store)
+
+
+def _answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str | None, config: dict[str, Any],
+                           global_arrays: dict[str, np.ndarray], setup: SecAggSetup | None, pid: int,
+                           site: Site | None, store: Store) -> tuple[np.ndarray, dict[str, Any]] | Decline:  # fmt: skip
+    if site is not None:
+        refusal = site.run_refusal(cfg)
+        if refusal is not None:
+            site.audit.append("query-declined", run=_run_key(context, run_dir), reason=refusal[0], detail=refusal[1])
+            return Decline(*refusal)
+        if not site.report.ok:
+            return Decline(K.CONTRACT_VIOLATION, site.contract_detail())
+    clip = cfg.query_secagg_clip
+    if setup is None or (setup.clipping_range, setup.quantization_range, setup.max_weight) != (clip, 2 * clip, 1.0):
+        got = "none" if setup is None else f"({setup.clipping_range}, {setup.quantization_range}, {setup.max_weight})"
+        return Decline(K.SECAGG_ENCODING, f"the query round's SecAgg+ (clip, levels, max weight) must be ({clip}, "
+                                          f"{2 * clip}, 1.0) to carry integer counts exactly; got {got}")  # fmt: skip
+    local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed) if site is not None else None
+    answer = answer_queries(str(config[K.QUERY]), global_arrays, cfg, pid, local)
+    summed = sorted(k for k in answer if k.startswith((K.COUNTS_PREFIX, K.PROFILE_PREFIX)))
+    metrics: dict[str, Any] = {
+        K.PARTITION_ID: pid, K.DECLINED: 0, K.VAL_CORRECT: float(answer[K.VAL_CORRECT]),
+        K.VAL_WRONG: float(answer[K.VAL_WRONG]),
+        K.QUERY_LAYOUT: json.dumps([[k, len(answer[k])] for k in summed]),
+        K.QUERY_NOISE_STD: 0.0, K.QUERY_SHARE_STD: 0.0, K.QUERY_SHARES: 0, K.QUERY_ACCURACY_NOISE_STD: 0.0,
+    }  # fmt: skip
+    values = {k: np.asarray(answer[k], dtype=np.int64) for k in summed}
+    if cfg.dp:
+        share = _noise_through_secagg(cfg, context, run_dir, config, answer, values, setup, pid, site, store)
+        if isinstance(share, Decline):
+            return share
+        metrics.update(share)
+    vector = np.concatenate([values[k] for k in summed]) if summed else np.zeros(0, dtype=np.int64)
+    if np.abs(vector).max(initial=0) > clip:  # SecAgg+ would clip it silently: refused loudly instead
+        raise RuntimeError(f"a summed count is beyond --query-secagg-clip {clip}; raise it (at most 2^40 / (2 x "
+                           f"clients asked))")  # fmt: skip
+    return vector.astype(np.float64), metrics
+
+
+def _noise_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str | None, config: dict[str, Any],
+                          answer: dict[str, Any], values: dict[str, np.ndarray], setup: SecAggSetup, pid: int,
+                          site: Site | None, store: Store) -> dict[str, Any] | Decline:  # fmt: skip
+    """Noise ``answer``'s accuracy counts (locally) and ``values`` (a share, or the whole), charge it, say what."""
+    state = store.load()
+    exact_groups = cfg.exact_evaluation
+    accuracy = [k for k in _ACCURACY_COUNTS if not exact_groups]
+    sums = [k for k in values if not (exact_groups and k.startswith(K.COUNTS_PREFIX))]
+    accuracy_std, std = query_noise_split(cfg.query_noise, cfg.query_accuracy_share, accuracy=bool(accuracy),
+                                          sum_vectors=len(sums))  # fmt: skip
+    t = query_threshold(cfg)
+    opted = bool(sums) and cfg.query_distributed_noise and (site is None or site.limits.allow_distributed_noise)
+    if opted and setup.threshold < t:  # a sum of fewer than t clients could be unmasked: no share is sent
+        why = (f"the query round's SecAgg+ threshold {setup.threshold} is below t = {t}: a sum of fewer than t "
+               f"shares would carry less than the whole noise")  # fmt: skip
+        return Decline(K.SECAGG_BELOW_T, why)
+    cells = sum(len(values[k]) for k in sums)
+    # every summed vector changes in one cell by 1 when a row is added or removed: L1 = vectors, L2 = sqrt(vectors)
+    share_var = std * std / t if opted else std * std
+    if sums:
+        rho_sums, tau = distributed_rho(share_variance=share_var, shares=t if opted else 1, l1=len(sums),
+                                        l2=math.sqrt(len(sums)), dim=cells)  # fmt: skip
+    else:
+        rho_sums, tau = 0.0, 0.0
+    rho = (0.5 / accuracy_std**2 if accuracy else 0.0) + rho_sums
+    if rho == 0.0:  # --exact-evaluation with nothing to noise
+        return {}
+    release = (gaussian_equivalent(rho), 1.0, 1)
+    refusal = _query_refusal(cfg, context, run_dir, site, state, release)
+    if refusal is not None:
+        return Decline(*refusal)
+    r = _query_round(state, config)
+    seeded = (cfg.seed, pid, 0x9E, r) if cfg.insecure_seeded_noise else None
+    rng = dp_numpy_rng(seeded)
+    for k in accuracy:
+        answer[k] = float(answer[k] + rng.normal(0.0, accuracy_std))
+    randbelow = random.Random(repr(seeded)).randrange if seeded is not None else None  # only the stamped research mode
+    for k in sums:
+        values[k] = values[k] + sample_discrete_gaussian(share_var, values[k].size, randbelow=randbelow)
+    share_std = math.sqrt(share_var) if sums else 0.0
+    state.releases.append(Release("query", r, release[0], 1.0, 1, shares=t if opted else 0, share_std=share_std,
+                                  tau=tau))  # fmt: skip
+    store.save(state)
+    if site is not None:
+        _record_site_releases(site, _run_key(context, run_dir), state)
+        site.audit.append("query-answered", run=_run_key(context, run_dir), round=r, secagg=True,
+                          distributed_noise=opted, shares=t if opted else 0, share_std=share_std, noise_std=std,
+                          accuracy_noise_std=accuracy_std, tau=tau, keys=sorted(values))  # fmt: skip
+    return {
+        K.VAL_CORRECT: float(answer[K.VAL_CORRECT]), K.VAL_WRONG: float(answer[K.VAL_WRONG]),
+        K.QUERY_NOISE_STD: std if sums else 0.0, K.QUERY_SHARE_STD: share_std, K.QUERY_SHARES: t if opted else 0,
+        K.QUERY_ACCURACY_NOISE_STD: accuracy_std if accuracy else 0.0,
+        K.EPSILON: state.epsilon(delta=cfg.delta, accountant=cfg.accountant), **state.wire_history(),
+    }  # fmt: skip
 
 
 def _site_train(site: Site, cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ from fedready.models import model_for_schema
 from fedready.monitoring.federated import FEATURE_PREFIX, PROFILE_PARTS
 from fedready.monitoring.profile import count_rows
 
-__all__ = ["answer_query", "local_group_counts", "local_profile_counts"]
+__all__ = ["answer_queries", "answer_query", "local_group_counts", "local_profile_counts"]
 
 
 def local_group_counts(
@@ -95,13 +95,25 @@ def answer_query(msg: Message, cfg: SimulationConfig, partition_id: int,
     The client adds noise and charges the release before anything leaves
     (:func:`fedready.client.app.handle_query`).
     """
-    known = (K.QUERY_GROUP_COUNTS, K.QUERY_PROFILE)
-    queries = str(msg.content[K.CONFIG].get(K.QUERY, "")).split(",")
-    for query in queries:
-        if query not in known:
-            raise ValueError(f"unknown query '{query}'; expected one of: {', '.join(known)}")
     record = msg.content[K.ARRAYS]
     arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
+    return answer_queries(str(msg.content[K.CONFIG].get(K.QUERY, "")), arrays, cfg, partition_id, local)
+
+
+def answer_queries(query: str, arrays: dict[str, np.ndarray], cfg: SimulationConfig, partition_id: int,
+                   local: LocalData | None = None) -> dict[str, Any]:  # fmt: skip
+    """The exact answer to ``query`` (names joined by commas) on the model ``arrays``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown query name.
+    """
+    known = (K.QUERY_GROUP_COUNTS, K.QUERY_PROFILE)
+    queries = query.split(",")
+    for q in queries:
+        if q not in known:
+            raise ValueError(f"unknown query '{q}'; expected one of: {', '.join(known)}")
     metrics: dict[str, Any] = {K.PARTITION_ID: partition_id}
     if K.QUERY_GROUP_COUNTS in queries:
         metrics.update(local_group_counts(cfg, partition_id, arrays, local))

@@ -12,6 +12,12 @@ it (closer to the app), so the update is clipped *before* it is masked. The
 server only ever receives masked vectors and reconstructs their sum; it cannot
 clip, validate or inspect any single update (Bell et al. 2020, "Secure
 single-server aggregation with (poly)logarithmic overhead", CCS).
+
+After training the server runs one more SecAgg+ round for the post-training query
+(its fit config carries ``query-secagg``): the client answers with its summed counts
+as one integer vector, noised with a distributed-noise share or its whole noise
+(:func:`fedready.client.app.answer_through_secagg`); ``fixedclipping_mod`` passes that
+round through (the counts are no model update).
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app.message_type import MessageType
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Context, Message
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 
 from fedready import constants as K
-from fedready.client.app import Decline, local_update, resolve_config
+from fedready.client.app import Decline, SecAggSetup, answer_through_secagg, local_update, resolve_config
 from fedready.client.wire import ClientDeclined, make_wire_log_mod
 from fedready.federation import task_of
 from fedready.privacy.masks import full_entropy_masks
@@ -45,6 +53,12 @@ class _SecAggClient(NumPyClient):
         cfg, run_dir = resolve_config(self.ctx, self.overrides)
         names = list(task_of(cfg).model().state_dict())
         global_arrays = dict(zip(names, parameters, strict=True))
+        if int(config.get(K.QUERY_SECAGG, 0)):  # the post-training query round: counts, not a model update
+            answer = answer_through_secagg(cfg, self.ctx, run_dir, config, global_arrays, _secagg_setup(self.ctx))
+            if isinstance(answer, Decline):
+                raise ClientDeclined(answer.reason, answer.detail)
+            vector, metrics = answer
+            return [vector], 1, _legacy_metrics(metrics)  # weight 1: SecAgg+ then sums the integers exactly
         out = local_update(cfg, self.ctx, run_dir, int(config[K.SERVER_ROUND]), global_arrays)
         if isinstance(out, Decline):
             # The legacy protocol has no decline; SecAgg+ treats the error as a dropout.
@@ -52,11 +66,44 @@ class _SecAggClient(NumPyClient):
         arrays, metrics = out
         # Under client-level DP the mean must be unweighted; SecAgg+ weighs by this number (the noisy count).
         weight = 1 if cfg.client_dp != "off" else int(metrics[K.NUM_EXAMPLES])
-        # legacy metrics hold scalars only: the release history travels as one JSON string
-        history = {k: metrics.pop(k) for k in list(metrics) if isinstance(metrics[k], list)}
-        if history:
-            metrics[K.HISTORY_JSON] = json.dumps(history, sort_keys=True)
-        return [arrays[k] for k in names], weight, metrics
+        return [arrays[k] for k in names], weight, _legacy_metrics(metrics)
+
+
+def _legacy_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Legacy metrics hold scalars only: the release history travels as one JSON string."""
+    history = {k: metrics.pop(k) for k in list(metrics) if isinstance(metrics[k], list)}
+    if history:
+        metrics[K.HISTORY_JSON] = json.dumps(history, sort_keys=True)
+    return metrics
+
+
+def _secagg_setup(context: Context) -> SecAggSetup | None:
+    """The SecAgg+ parameters of the current round, as ``secaggplus_mod`` stored them in the client's state."""
+    record = context.state.config_records.get(RECORD_KEY_STATE)
+    if record is None or "threshold" not in record:
+        return None
+    return SecAggSetup(
+        threshold=int(record["threshold"]),
+        clipping_range=float(record["clipping_range"]),
+        quantization_range=int(record["target_range"]),
+        max_weight=float(record["max_weight"]),
+    )
+
+
+def _training_only(mod: Mod) -> Mod:
+    """``mod`` for training rounds; the query round's counts pass through untouched (they are no model update)."""
+
+    def wrapped(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type == MessageType.TRAIN and _is_query_round(msg):
+            return call_next(msg, context)
+        return mod(msg, context, call_next)
+
+    return wrapped
+
+
+def _is_query_round(msg: Message) -> bool:
+    config = msg.content.config_records.get("fitins.config")
+    return config is not None and bool(int(config.get(K.QUERY_SECAGG, 0)))
 
 
 def full_entropy_secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -79,5 +126,5 @@ def make_secagg_client_app(overrides: dict[str, Any], *, client_clipping: bool) 
 
     wire = make_wire_log_mod(overrides)  # outermost: it records the protocol messages as they leave
     secagg = full_entropy_secaggplus_mod
-    mods = [wire, secagg, fixedclipping_mod] if client_clipping else [wire, secagg]
+    mods = [wire, secagg, _training_only(fixedclipping_mod)] if client_clipping else [wire, secagg]
     return ClientApp(client_fn=client_fn, mods=mods)

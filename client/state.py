@@ -43,13 +43,23 @@ LEVEL_CODES = {"count": 0, "sample": 1, "query": 2}  # on the wire (MetricRecord
 
 @dataclass(frozen=True)
 class Release:
-    """One release about this client's rows: its level, round and Gaussian parameters."""
+    """One release about this client's rows: its level, round and Gaussian parameters.
+
+    A post-training answer whose summed counts carried a distributed-noise share
+    (:mod:`fedready.privacy.distributed`) records ``shares`` (``t``: the share was ``1/t`` of the
+    variance, whole in a secure sum of at least ``t``), ``share_std`` (the std it added to each summed
+    count) and ``tau`` (KLS 2021's closeness term, included in ``noise``); ``noise`` is the Gaussian
+    noise multiplier with the same Renyi curve as the whole answer, which is what is charged.
+    """
 
     level: str
     round: int
     noise: float
     rate: float
     steps: int
+    shares: int = 0
+    share_std: float = 0.0
+    tau: float = 0.0
 
     def step(self) -> tuple[float, float, int]:
         return (self.noise, self.rate, self.steps)
@@ -111,7 +121,9 @@ class ClientPrivacyState:
             K.HISTORY_NOISE: [float(r.noise) for r in self.releases],
             K.HISTORY_RATE: [float(r.rate) for r in self.releases],
             K.HISTORY_STEPS: [int(r.steps) for r in self.releases],
-        }
+            **({K.HISTORY_SHARES: [int(r.shares) for r in self.releases]} if any(r.shares for r in self.releases)
+               else {}),
+        }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {"releases": [r.__dict__ for r in self.releases], "noisy_rows": self.noisy_rows,

@@ -53,7 +53,8 @@ class ClientDeclined(RuntimeError):
         self.reason, self.detail = reason, detail
 
 
-_REASON_CODES = (K.BUDGET_EXHAUSTED, K.LOCAL_LIMIT, K.CONTRACT_VIOLATION, "delta-too-large")
+_REASON_CODES = (K.BUDGET_EXHAUSTED, K.LOCAL_LIMIT, K.CONTRACT_VIOLATION, "delta-too-large", K.SECAGG_BELOW_T,
+                 K.SECAGG_ENCODING)
 
 
 def error_code(ex: BaseException) -> str:

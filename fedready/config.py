@@ -91,6 +91,11 @@ class SimulationConfig(BaseModel):
     secagg_threshold: int = Field(2, ge=2)  # shares needed to reconstruct; tolerates shares - threshold dropouts
     secagg_clip_range: float = Field(8.0, gt=0)  # every model value is clipped to +-this before quantisation
     secagg_quantization: int = Field(4194304, ge=2)  # quantisation levels over [-clip_range, clip_range]
+    # the post-training counts under SecAgg+: the query round's own protocol parameters (privacy/distributed.py)
+    query_distributed_noise: bool = True  # under --secagg each client adds only a share of the summed counts' noise
+    query_secagg_threshold: int | None = Field(None, ge=2)  # t: least clients in the query's sum (default: 90% of
+    #                                                         those asked, at most all but one); the share is 1/t
+    query_secagg_clip: int = Field(2**20, ge=1)  # a summed count (with its noise) beyond +-this is refused, not clipped
     # robustness: validation, aggregation, hostile and failing clients
     aggregator: Literal["fedavg", "median", "trimmed-mean", "krum", "multikrum", "bulyan", "qfedavg"] = "fedavg"
     qffl_q: float = Field(0.1, ge=0)  # q-FFL fairness exponent for aggregator=qfedavg (0 = FedAvg)
@@ -273,6 +278,13 @@ RUN_CONFIG_KEYS: dict[str, KeyRule] = {
     "secagg_clip_range": KeyRule(NEUTRAL, "SecAgg+ parameters; the record-level guarantee does not rely on SecAgg+"),
     "secagg_quantization": KeyRule(NEUTRAL, "SecAgg+ parameters; the record-level guarantee does not rely on "
                                             "SecAgg+"),
+    # neutral for the run (never refused): the organisation's own flag decides what its client adds
+    "query_distributed_noise": KeyRule(NEUTRAL, "a deployed client adds only a 1/t share of the summed counts' noise "
+                                                "if its own limits opt in; otherwise its whole noise (the run goes on)",
+                                       limit="allow_distributed_noise"),
+    "query_secagg_threshold": KeyRule(NEUTRAL, "a client divides its share by it only after checking that the query "
+                                               "round's SecAgg+ threshold is at least it"),
+    "query_secagg_clip": KeyRule(NEUTRAL, "an answer beyond it is refused, never clipped"),
     "aggregator": KeyRule(NEUTRAL, "server side"),
     "qffl_q": KeyRule(NEUTRAL, "server side (its loss weights need release_train_loss)"),
     "trim_beta": KeyRule(NEUTRAL, "server side"),
@@ -321,6 +333,13 @@ def _cross_checks(cfg: SimulationConfig) -> None:
             raise ConfigError("secagg-threshold", f"{cfg.secagg_threshold} exceeds --secagg-shares {cfg.secagg_shares}")
         if cfg.secagg_shares > m:
             raise ConfigError("secagg-shares", f"{cfg.secagg_shares} exceeds the {m} clients sampled per round")
+        asked = query_clients(cfg)
+        if cfg.query_secagg_threshold is not None and not 2 <= cfg.query_secagg_threshold < asked:
+            raise ConfigError("query-secagg-threshold", f"{cfg.query_secagg_threshold} must be at least 2 and below "
+                                                        f"the {asked} clients asked after training")  # fmt: skip
+        if asked * 2 * cfg.query_secagg_clip >= QUERY_MODULUS:
+            raise ConfigError("query-secagg-clip", f"{asked} clients x 2 x {cfg.query_secagg_clip} would wrap the "
+                                                   f"query's ring of 2^{QUERY_MODULUS.bit_length() - 1}; lower it")
     if cfg.aggregator == "qfedavg" and cfg.dp and not cfg.release_train_loss:
         raise ConfigError("aggregator", "q-FFL weighs clients by their training loss, which DP does not cover: "
                                         "pass --release-train-loss (outside the guarantee) or --no-dp")  # fmt: skip
@@ -332,6 +351,22 @@ def _cross_checks(cfg: SimulationConfig) -> None:
         raise ConfigError("num-malicious", f"bulyan needs sampled clients >= 4f + 3; got {m} for f={cfg.num_malicious}")
     if cfg.min_clients > m:
         raise ConfigError("min-clients", f"{cfg.min_clients} exceeds the {m} clients sampled per round")
+
+
+QUERY_MODULUS = 2**40  # the query round's SecAgg+ ring (2^40: up to 2^23 clients' int64 sum before the modulus)
+
+
+def query_clients(cfg: SimulationConfig) -> int:
+    """How many clients the post-training query asks (``fraction_evaluate`` of them, at least one)."""
+    return max(1, math.ceil(cfg.fraction_evaluate * cfg.num_clients))
+
+
+def query_threshold(cfg: SimulationConfig) -> int:
+    """The query round's ``t`` under SecAgg+: given, or 90% of the clients asked (at most all but one, at least 2)."""
+    if cfg.query_secagg_threshold is not None:
+        return cfg.query_secagg_threshold
+    asked = query_clients(cfg)
+    return max(2, min(asked - 1, math.ceil(0.9 * asked)))
 
 
 def make_config(**values: Any) -> SimulationConfig:

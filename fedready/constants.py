@@ -35,6 +35,12 @@ HISTORY_STEPS = "history-steps"
 HISTORY_JSON = "history-json"  # the same, as one JSON string (legacy SecAgg+ metrics hold scalars only)
 QUERY_NOISE_STD = "query-noise-std"  # std of the Gaussian noise on each summed count of a query answer (0: exact)
 QUERY_ACCURACY_NOISE_STD = "query-accuracy-noise-std"  # std of the noise on val-correct and val-wrong (0: exact)
+# the post-training query through SecAgg+ (fedready.client.secagg, fedready.server.secagg)
+QUERY_SECAGG = "query-secagg"  # in a fit config: this is the query round; answer the summed counts through SecAgg+
+QUERY_SHARES = "query-shares"  # t if the summed counts carry a 1/t share of their noise (whole in a sum of >= t); 0
+QUERY_SHARE_STD = "query-share-std"  # std of the (discrete Gaussian) noise this client added to each summed count
+QUERY_LAYOUT = "query-layout"  # JSON [[key, length], ...]: the layout of the summed vector sent through SecAgg+
+HISTORY_SHARES = "history-shares"  # per release: t for a distributed-noise share of the summed counts, else 0
 
 # ConfigRecord keys in a client's reply
 REASON = "reason"
@@ -69,6 +75,8 @@ VAL_WRONG = "val-wrong"  # ... and wrong: one row changes exactly one of the two
 # Deployment (fedready.deploy): reason codes of a deployed client and its data fingerprint
 CONTRACT_VIOLATION = "contract-violation"  # the local data breaks the schema's [contract]
 LOCAL_LIMIT = "local-privacy-limit"  # the coordinator asks for more than the client's local limits allow
+SECAGG_BELOW_T = "secagg-threshold-below-t"  # the query round's SecAgg+ threshold is below the t a share assumes
+SECAGG_ENCODING = "secagg-encoding"  # the query round's clip, levels or weight would not carry integer counts exactly
 SCHEMA_DIGEST = "schema-digest"  # ConfigRecord keys of the fingerprint in every deployed reply
 DATA_COMMITMENT = "data-commitment"  # sha256(client secret salt + data sha256): provenance without the digest
 # node config keys of a deployed SuperNode (set by `fedready client`)

@@ -11,7 +11,9 @@ Notes
 -----
 The profile describes the clients' *training* rows. Under DP each client noises its own
 histograms before they leave (Gaussian, ``--query-noise`` times the L2 sensitivity, from OS
-entropy; :func:`fedready.client.app.handle_query`) and charges that release to its budget,
+entropy; :func:`fedready.client.app.handle_query`; under SecAgg+ a discrete Gaussian, a ``1/t``
+share of it or the whole, inside the masked sum: :func:`fedready.server.secagg.run_secagg_query`)
+and charges that release to its budget,
 where it composes (RDP) with the client's training and its noisy row count: the run's
 headline epsilon includes it. The server never sees an exact count; the document records
 the per-client noise std and the std of the sum.
@@ -80,16 +82,33 @@ def profile_needed(run_dir: Path) -> bool:
     return json.loads(target.read_text()).get("model_digest") != digest
 
 
-def write_profile(cfg: SimulationConfig, run_dir: Path, replies: list, digest: str) -> dict[str, Any] | None:
+def write_profile(cfg: SimulationConfig, run_dir: Path, replies: list, digest: str, *,
+                  secure_sum: dict[str, Any] | None = None) -> dict[str, Any] | None:  # fmt: skip
     """Sum the profile counts of ``replies`` (query answers) on the model ``digest`` into ``reference_profile.json``.
 
     Only the replies carrying profile counts are used; their releases are charged by the caller.
+    ``secure_sum`` (a query answered through SecAgg+, :func:`fedready.server.secagg.run_secagg_query`)
+    holds the histograms already summed, ``noise_std`` (the std on each summed count), ``clients``
+    and ``distributed`` (what each client added); ``replies`` are then not read.
 
     Returns
     -------
     dict or None
         The profile document (None if nobody answered).
     """
+    if secure_sum is not None:
+        hists = {k: v for k, v in secure_sum["sums"].items() if k.startswith(K.PROFILE_PREFIX)}
+        if not hists:
+            log.warning("the secure sum holds no reference profile; the run ships without a profile")
+            return None
+        std = float(secure_sum["noise_std"])
+        total = sum_profiles([{**hists, K.QUERY_NOISE_STD: std, K.PARTITION_ID: "secure sum"}])
+        noise = NoiseRecord("discrete-gaussian" if std > 0 else "none", scale=std or None,
+                            noise_multiplier=cfg.query_noise if std > 0 else None,
+                            delta=cfg.delta if std > 0 else None,
+                            extra={"added_by": "each client, before masking (SecAgg+): " + secure_sum["distributed"],
+                                   "charged_to": "each client's budget (ledger level 'query')"})  # fmt: skip
+        return _write(cfg, run_dir, total, noise, digest, int(secure_sum["clients"]), std)
     ok = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
     ok = [r for r in ok if not int(r.get(K.DECLINED, 0)) and any(k.startswith(K.PROFILE_PREFIX) for k in r)]
     if not ok:
@@ -103,7 +122,12 @@ def write_profile(cfg: SimulationConfig, run_dir: Path, replies: list, digest: s
                         delta=cfg.delta if per > 0 else None,
                         extra={"added_by": "each client, before sending", "client_std": per,
                                "charged_to": "each client's budget (ledger level 'query')"})  # fmt: skip
-    doc = profile_document(task_of(cfg).schema, total, noise, model_digest=digest, clients=len(ok))
+    return _write(cfg, run_dir, total, noise, digest, len(ok), per)
+
+
+def _write(cfg: SimulationConfig, run_dir: Path, total: Counts, noise: NoiseRecord, digest: str, clients: int,
+           std: float) -> dict[str, Any]:  # fmt: skip
+    doc = profile_document(task_of(cfg).schema, total, noise, model_digest=digest, clients=clients)
     atomic_write_text(run_dir / PROFILE_FILE, json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    log.info("reference profile from %d clients (per-client noise std %.3g)", len(ok), per)
+    log.info("reference profile from %d clients (noise std %.3g)", clients, std)
     return doc

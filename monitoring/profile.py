@@ -274,7 +274,7 @@ class NoiseRecord:
     ``noise_multiplier`` is ``scale / sensitivity`` (as in the ledger).
     """
 
-    mechanism: str  # "none" | "gaussian" | "laplace"
+    mechanism: str  # "none" | "gaussian" | "laplace" | "discrete-gaussian" (a secure sum of clients' noise)
     epsilon: float | None = None
     delta: float | None = None
     sensitivity: float | None = None

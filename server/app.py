@@ -244,16 +244,22 @@ def charge_history(ledger: Ledger, client: str, metrics: Any, *, delta: float, c
         raise IntegrityError(f"client {client}: release history lacks {e}") from e
     if len({len(c) for c in cols}) != 1:
         raise IntegrityError(f"client {client}: release history columns differ in length")
+    shares = list(metrics[K.HISTORY_SHARES]) if K.HISTORY_SHARES in metrics else [0] * len(cols[0])
+    if len(shares) != len(cols[0]):
+        raise IntegrityError(f"client {client}: release history columns differ in length")
     added = 0
-    for lv, r, z, q, n in zip(*cols, strict=True):
+    for (lv, r, z, q, n), t in zip(zip(*cols, strict=True), shares, strict=True):
         level = _HISTORY_LEVELS.get(int(lv))
-        if level is None or not (float(z) > 0 and 0 < float(q) <= 1 and int(n) >= 0):
+        if level is None or not (float(z) > 0 and 0 < float(q) <= 1 and int(n) >= 0 and int(t) >= 0):
             raise IntegrityError(f"client {client}: malformed release ({lv}, {r}, {z}, {q}, {n})")
         if ledger.charged(client, level, int(r)):
             continue
         late = level == "sample" and int(r) < current_round
+        # a distributed-noise share: the charge (z) is that of the secure sum of >= t shares (KLS 2021, tau included)
+        note = "late" if late else (f"distributed noise: a 1/{int(t)} share, whole in a secure sum of >= {int(t)}"
+                                    if int(t) else "")  # fmt: skip
         ledger.charge(round=int(r), client=client, level=level, noise_multiplier=float(z), sample_rate=float(q),
-                      steps=int(n), delta=delta, note="late" if late else "")  # fmt: skip
+                      steps=int(n), delta=delta, note=note)  # fmt: skip
         added += 1
     return added
 
@@ -712,12 +718,14 @@ def make_server_app(
         elif refused and len(refused) >= cfg.num_clients:
             summary = _all_refused(cfg, run_dir, refused)
         elif cfg.secagg:  # SecAgg+ runs through Flower's legacy workflow (server/secagg.py)
-            from fedready.server.secagg import run_secagg_rounds
+            from fedready.server.secagg import run_secagg_query, run_secagg_rounds
 
             if strategy_hook is not None:
                 raise RuntimeError("strategy_hook applies to plain rounds; SecAgg+ aggregates inside its workflow")
 
             summary = run_secagg_rounds(grid, context, cfg, run_dir, on_round=on_round, refused=len(refused))
+            if summary["status"] != "failed":  # the counts travel through SecAgg+ too (their own round)
+                summary = run_secagg_query(grid, context, cfg, run_dir, refused=len(refused)) or summary
         else:
             summary = run_rounds(grid, cfg, run_dir, on_round=on_round, refused=len(refused),
                                  strategy_hook=strategy_hook)  # fmt: skip

@@ -50,9 +50,11 @@ __all__ = [
     "federated_report",
     "final_model",
     "query_all",
+    "query_nodes",
     "query_round",
     "sum_replies",
     "write_federated_evaluation",
+    "write_report",
 ]
 
 FEDERATED_FILE = "federated_eval.json"
@@ -65,10 +67,13 @@ def query_round(run_dir: Path) -> int:
     return max((e.round for e in Ledger.load(path).entries), default=0) + 1 if path.exists() else 1
 
 
-def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig) -> dict[str, Any]:
+def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig,
+                secure_sums: dict[str, np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
     """Sum the clients' count tables (exact, or noised by each client) and keep each client's (correct, wrong).
 
-    Noisy sums are clipped to zero (post-processing); exact counts stay integers.
+    Noisy sums are clipped to zero (post-processing); exact counts stay integers. With
+    ``secure_sums`` (the query answered through SecAgg+: every ``counts/<attr>`` already summed) the
+    tables come from it, and the replies give only each client's (correct, wrong).
 
     Raises
     ------
@@ -81,17 +86,21 @@ def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig) -> dict[st
     sums: dict[str, np.ndarray] = {}
     per_client: dict[str, tuple[float, float]] = {}
     noisy = any(float(r.get(K.QUERY_NOISE_STD, 0.0)) > 0 for r in replies)
+    tables: list[tuple[str, dict[str, Any]]] = [] if secure_sums is None else [("the secure sum", secure_sums)]
     for r in replies:
         per_client[str(int(r[K.PARTITION_ID]))] = (float(r[K.VAL_CORRECT]), float(r[K.VAL_WRONG]))
+        if secure_sums is None:
+            tables.append((f"client {r[K.PARTITION_ID]}", r))
+    for who, r in tables:
         for key, flat in r.items():
             if not key.startswith(K.COUNTS_PREFIX):
                 continue
             attr = key.removeprefix(K.COUNTS_PREFIX)
             table = np.asarray(flat, dtype=np.float64)
             if table.size != width * len(group_names(schema, attr)) or not np.isfinite(table).all():
-                raise IntegrityError(f"client {r[K.PARTITION_ID]}: malformed counts for '{attr}'")
+                raise IntegrityError(f"{who}: malformed counts for '{attr}'")
             if not noisy and (table < 0).any():
-                raise IntegrityError(f"client {r[K.PARTITION_ID]}: negative counts for '{attr}'")
+                raise IntegrityError(f"{who}: negative counts for '{attr}'")
             sums[attr] = sums.get(attr, 0) + table.reshape(-1, width)
     ordered = [a for a in schema.sensitive if a in sums] + sorted(set(sums) - set(schema.sensitive))
     out = {a: np.maximum(sums[a], 0.0) for a in ordered}
@@ -100,7 +109,7 @@ def sum_replies(replies: list[dict[str, Any]], cfg: SimulationConfig) -> dict[st
     return {"counts": {a: v.tolist() for a, v in out.items()}, "per_client": per_client, "noisy": noisy}
 
 
-def _query_nodes(nodes: list[int], fraction: float, seed: int) -> list[int]:
+def query_nodes(nodes: list[int], fraction: float, seed: int) -> list[int]:
     """All nodes, or a seeded sample of ``ceil(fraction * len(nodes))`` of them (at least one)."""
     if fraction >= 1.0 or not nodes:
         return nodes
@@ -130,7 +139,7 @@ def query_all(
         time.sleep(0.5)
         nodes = list(grid.get_node_ids())
     # With thousands of clients, asking each one costs as much as many training rounds.
-    nodes = _query_nodes(sorted(nodes), fraction, seed)
+    nodes = query_nodes(sorted(nodes), fraction, seed)
     messages = [
         Message(content=RecordDict({K.ARRAYS: arrays,
                                     K.CONFIG: ConfigRecord({K.QUERY: query, K.SERVER_ROUND: server_round})}),
@@ -159,14 +168,28 @@ def write_federated_evaluation(cfg: SimulationConfig, run_dir: Path, arrays: dic
     answers = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
     ok = [a for a in answers if not int(a.get(K.DECLINED, 0)) and any(k.startswith(K.COUNTS_PREFIX) for k in a)]
     failed = [m.error.reason for m in replies if m.has_error()]
-    declined = len(answers) - len(ok)
-    result = federated_report(ok, cfg)
+    return write_report(cfg, run_dir, arrays, ok, failed=failed, declined=len(answers) - len(ok))
+
+
+def write_report(
+    cfg: SimulationConfig,
+    run_dir: Path,
+    arrays: dict[str, np.ndarray],
+    answers: list[dict[str, Any]],
+    *,
+    failed: list[str],
+    declined: int,
+    secure_sum: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``federated_eval.json`` from the clients' ``answers`` (and a SecAgg+ ``secure_sum``); return it."""
+    result = federated_report(answers, cfg, secure_sum)
     result.update(model_digest=arrays_digest(arrays), clients_failed=failed, clients_declined=declined)
     atomic_write_text(run_dir / FEDERATED_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
 
 
-def federated_report(answers: list[dict[str, Any]], cfg: SimulationConfig) -> dict[str, Any]:
+def federated_report(answers: list[dict[str, Any]], cfg: SimulationConfig,
+                     secure_sum: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """What the clients' answers say, every number with its interval (``federated_eval.json``).
 
     ``client_accuracy`` holds each client's accuracy on its validation rows and the
@@ -174,16 +197,21 @@ def federated_report(answers: list[dict[str, Any]], cfg: SimulationConfig) -> di
     the group metrics of the summed counts, with intervals in ``estimates``
     (:func:`fedready.estimates.federated_fairness_estimates`). The noise stds are the
     ones the clients report: ``accuracy_noise_std`` on each client's two accuracy counts,
-    ``noise_std`` on each of its summed counts (the sum over ``m`` clients carries ``sqrt(m)`` times it).
+    ``noise_std`` on each of its summed counts when it adds the whole noise (the sum over ``m``
+    clients then carries ``sqrt(m)`` times it), and ``sum_noise_std`` on each cell of the sum:
+    under SecAgg+ with distributed noise (``secure_sum``, :func:`fedready.server.secagg.run_secagg_query`)
+    the clients each added a ``1/t`` share, and the sum of ``n`` carries ``sqrt(n / t)`` times one
+    client's whole noise.
     """
-    summed = sum_replies(answers, cfg)
+    summed = sum_replies(answers, cfg, None if secure_sum is None else secure_sum["sums"])
     schema = task_of(cfg).schema
     per_cell = [float(a.get(K.QUERY_NOISE_STD, 0.0)) for a in answers]
+    added = [float(a.get(K.QUERY_SHARE_STD, a.get(K.QUERY_NOISE_STD, 0.0))) for a in answers]
     released = {
         "format": FORMAT,
         "clients_answered": len(answers),
-        "noise_std": max(per_cell, default=0.0),  # per client, on each summed count (0: exact counts)
-        "sum_noise_std": math.sqrt(sum(s * s for s in per_cell)),  # on each cell of the sum over those clients
+        "noise_std": max(per_cell, default=0.0),  # per client, its whole noise on each summed count (0: exact)
+        "sum_noise_std": math.sqrt(sum(s * s for s in added)),  # on each cell of the sum over those clients
         # per client, on its (correct, wrong) counts
         "accuracy_noise_std": max((float(a.get(K.QUERY_ACCURACY_NOISE_STD, 0.0)) for a in answers), default=0.0),
         "exact": not summed["noisy"],
@@ -191,6 +219,9 @@ def federated_report(answers: list[dict[str, Any]], cfg: SimulationConfig) -> di
         "per_client_counts": {c: {"correct": v[0], "wrong": v[1]} for c, v in summed["per_client"].items()},
         "source": "the clients' validation rows" + ("" if not summed["noisy"] else " (counts each client noised)"),
     }
+    if secure_sum is not None:
+        released["secure_sum"] = {k: v for k, v in secure_sum.items() if k != "sums"}
+        released["source"] += "; group counts summed by SecAgg+"
     return {**released, **federated_numbers(released, schema)}
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,10 +45,13 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedready import constants as K
 from fedready.audit import AuditLog
-from fedready.config import SimulationConfig
+from fedready.config import QUERY_MODULUS, SimulationConfig, query_clients, query_threshold
 from fedready.errors import IntegrityError
 from fedready.federation import task_of
 from fedready.modelio import arrays_digest
+from fedready.monitoring.federated import profile_needed, write_profile
+from fedready.privacy.distributed import distributed_tau
+from fedready.privacy.ledger import Ledger
 from fedready.privacy.masks import full_entropy_masks
 from fedready.server.app import (
     RoundReport,
@@ -58,12 +62,14 @@ from fedready.server.app import (
     client_budget_rounds,
     client_noise_multiplier,
     new_ledger,
+    refresh_privacy,
     write_summary,
 )
 from fedready.server.client_dp import ClientLevelDP
+from fedready.server.queries import final_model, query_nodes, query_round, write_report
 from fedready.server.strategies import client_sample_rate, sampled_clients
 
-__all__ = ["run_secagg_rounds"]
+__all__ = ["run_secagg_query", "run_secagg_rounds"]
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +252,156 @@ def run_secagg_rounds(
         loss, accuracy = _evaluate(cfg, record)
     return write_summary(cfg, run_dir, final, ledger, audit, accuracy=accuracy, loss=loss, noise_multiplier=z,
                          stopped=stopped, resumed_from=offset, t0=t0)  # fmt: skip
+
+
+class _QueryFedAvg(LegacyFedAvg):
+    """The post-training query as one SecAgg+ round: the final model and the query to the clients asked.
+
+    Every ``FitRes`` it is handed carries the unmasked mean of the clients' count vectors and, beside
+    it in the clear, that client's own metrics (its locally noised accuracy counts, its release history).
+    """
+
+    def __init__(self, *, config: dict[str, Scalar], expected: int, fraction: float, seed: int, timeout: float,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.query_config, self.expected, self.fraction = config, expected, fraction
+        self.seed, self.timeout = seed, timeout
+        self.results: list[tuple[ClientProxy, FitRes]] = []
+        self.failures: list[Any] = []
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        client_manager.wait_for(self.expected, timeout=int(self.timeout))
+        proxies = {p.node_id: p for p in client_manager.all().values()}
+        picked = query_nodes(sorted(proxies), self.fraction, self.seed)  # the same clients the plain path asks
+        return [(proxies[n], FitIns(parameters, dict(self.query_config))) for n in picked]
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        self.results, self.failures = list(results), list(failures)
+        return None, {}
+
+
+def run_secagg_query(grid: Grid, context: Context, cfg: SimulationConfig, run_dir: Path, *, refused: int = 0
+                     ) -> dict[str, Any] | None:  # fmt: skip
+    """Ask the clients for their counts on the final model in one SecAgg+ round; write what the sum says.
+
+    The count vectors that are only ever summed (group confusion tables, the reference profile's
+    histograms) travel masked, and the server unmasks only their sum; each client's two accuracy
+    counts travel beside them with the client's own noise. Under DP each client added to its summed
+    counts either a ``1/t`` share of the noise (distributed noise: the sum of ``n >= t`` shares carries
+    ``n / t`` times the whole variance) or the whole noise (a deployed client whose limits do not opt
+    in, or ``--query-distributed-noise false``); the sum's noise std is the root of the sum of the
+    variances they added. A sum holding shares of fewer than ``t`` clients is refused (one line),
+    and so is one whose clients disagree on its layout.
+
+    The query round has its own SecAgg+ parameters: every client asked is every other's neighbour
+    (``num_shares`` = clients asked), the threshold is ``t``, values are clipped to
+    ``+-query_secagg_clip`` and quantised to ``2 x query_secagg_clip`` levels (one level per integer:
+    integer counts survive exactly), in a ring of ``2^40`` (no wrap for the sums the config allows).
+
+    Returns
+    -------
+    dict or None
+        The run summary with the query's releases charged (None if no sum came back).
+    """
+    asked = min(query_clients(cfg), cfg.num_clients - refused)
+    t = query_threshold(cfg)
+    if not 3 <= asked or asked <= t:
+        log.warning("no federated counts: the query's SecAgg+ round needs more than t = %d clients (and at "
+                    "least 3); %d can be asked", t, asked)  # fmt: skip
+        return None
+    arrays, _ = final_model(run_dir)
+    queries = [K.QUERY_GROUP_COUNTS, *([K.QUERY_PROFILE] if profile_needed(run_dir) else [])]
+    config: dict[str, Scalar] = {K.QUERY: ",".join(queries), K.SERVER_ROUND: query_round(run_dir), K.QUERY_SECAGG: 1}
+    names = list(arrays)
+    clip = cfg.query_secagg_clip
+    strategy = _QueryFedAvg(
+        config=config, expected=cfg.num_clients - refused, fraction=cfg.fraction_evaluate, seed=cfg.seed,
+        timeout=cfg.round_timeout, fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=asked,
+        min_evaluate_clients=0, min_available_clients=cfg.num_clients - refused,
+        initial_parameters=ndarrays_to_parameters([arrays[k] for k in names]),
+    )  # fmt: skip
+    workflow = DefaultWorkflow(fit_workflow=_FullEntropySecAggPlus(
+        num_shares=asked, reconstruction_threshold=t, clipping_range=float(clip), quantization_range=2 * clip,
+        modulus_range=QUERY_MODULUS, max_weight=1.0, timeout=cfg.round_timeout,
+    ))  # fmt: skip
+    workflow(grid, LegacyContext(context=context, config=ServerConfig(num_rounds=1, round_timeout=cfg.round_timeout),
+                                 strategy=strategy))  # fmt: skip
+    failed = [str(f) for f in strategy.failures]
+    if not strategy.results:
+        log.warning("no federated counts: the query's SecAgg+ round did not complete (fewer than t = %d clients "
+                    "answered; %d failed)", t, len(failed))  # fmt: skip
+        return None
+    answers = [dict(res.metrics) for _, res in strategy.results]
+    path = run_dir / "ledger.json"
+    ledger = Ledger.load(path) if path.exists() else new_ledger(cfg, run_dir.name)
+    audit = AuditLog(run_dir / "audit.jsonl")
+    for a in answers:
+        try:
+            charge_history(ledger, str(int(a[K.PARTITION_ID])), _history(a), delta=cfg.delta,
+                           current_round=int(config[K.SERVER_ROUND]))  # fmt: skip
+        except (IntegrityError, ValueError) as e:  # the sum is formed: record the problem, carry on
+            audit.append("history-malformed", round=int(config[K.SERVER_ROUND]), client=str(a.get(K.PARTITION_ID)),
+                         detail=str(e))  # fmt: skip
+    summary = refresh_privacy(run_dir, cfg, ledger)
+    mean = parameters_to_ndarrays(strategy.results[0][1].parameters)[0]
+    secure = secure_sum(answers, mean, t)
+    if secure.get("refused"):
+        log.warning("refused the query's secure sum: %s; its summed counts are not used", secure["refused"])
+        audit.append("secure-sum-refused", round=int(config[K.SERVER_ROUND]), detail=secure["refused"])
+    write_report(cfg, run_dir, arrays, answers, failed=failed, declined=0, secure_sum=secure)
+    if K.QUERY_PROFILE in queries and not secure.get("refused"):
+        write_profile(cfg, run_dir, [], arrays_digest(arrays), secure_sum=secure)
+    audit.append("secure-query", round=int(config[K.SERVER_ROUND]), failed=len(failed),
+                 **{k: v for k, v in secure.items() if k != "sums"})  # fmt: skip
+    return summary
+
+
+def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[str, Any]:
+    """The summed count vectors from SecAgg+'s unmasked ``mean`` over the ``answers``' clients, and their noise.
+
+    Returns
+    -------
+    dict
+        ``sums`` (key -> summed vector, empty when refused), ``noise_std`` (on each summed count),
+        ``clients``, ``shares`` (clients that added a ``1/t`` share), ``whole_noise`` (clients that added
+        the whole noise), ``threshold`` (``t``), ``tau`` (KLS 2021's term for ``t`` shares), a
+        description, and ``refused`` (why the sum is not used, or empty).
+    """
+    n = len(answers)
+    total = np.rint(np.asarray(mean, dtype=np.float64) * n).astype(np.int64)  # weights 1: the mean of n integers
+    layouts = {str(a.get(K.QUERY_LAYOUT, "")) for a in answers}
+    sharers = [a for a in answers if int(a.get(K.QUERY_SHARES, 0)) > 0]
+    share_std = max((float(a[K.QUERY_SHARE_STD]) for a in sharers), default=0.0)
+    whole = [a for a in answers if int(a.get(K.QUERY_SHARES, 0)) == 0 and float(a.get(K.QUERY_SHARE_STD, 0)) > 0]
+    variance = sum(float(a.get(K.QUERY_SHARE_STD, 0.0)) ** 2 for a in answers)
+    out: dict[str, Any] = {
+        "sums": {}, "noise_std": math.sqrt(variance), "clients": n, "shares": len(sharers),
+        "whole_noise": len(whole), "threshold": t, "share_std": share_std,
+        "tau": distributed_tau(share_std**2, t) if sharers else 0.0,
+        "distributed": (f"{len(sharers)} client(s) added a 1/{t} share of the noise (std {share_std:.4g} per count), "
+                        f"{len(whole)} their whole noise" if sharers else
+                        f"{len(whole)} client(s) added their whole noise (distributed noise off)"),
+        "refused": "",
+    }  # fmt: skip
+    if len(layouts) != 1:
+        out["refused"] = "the clients disagree on the layout of the summed vector"
+    elif sharers and (len(sharers) < t or any(int(a[K.QUERY_SHARES]) != t for a in sharers)):
+        got = sorted({int(a[K.QUERY_SHARES]) for a in sharers})
+        out["refused"] = (f"it holds distributed-noise shares of {len(sharers)} client(s) (for t = {got}), fewer than "
+                          f"the t = {t} whose sum carries the whole noise")  # fmt: skip
+    else:
+        layout = json.loads(layouts.pop() or "[]")
+        if sum(int(length) for _, length in layout) != total.size:
+            out["refused"] = f"the layout names {sum(int(x) for _, x in layout)} counts, the sum holds {total.size}"
+        else:
+            start = 0
+            for key, length in layout:
+                out["sums"][str(key)] = total[start : start + int(length)].astype(np.float64)
+                start += int(length)
+    if out["refused"]:
+        out["noise_std"] = 0.0
+    return out

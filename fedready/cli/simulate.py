@@ -199,6 +199,24 @@ def simulate(
             help="SecAgg+ quantisation levels. [default: 4194304]", rich_help_panel="Client-level DP and SecAgg+"
         ),
     ] = None,
+    query_distributed_noise: Annotated[
+        bool | None,
+        typer.Option(
+            "--query-distributed-noise/--query-local-noise",
+            help="Under --secagg, each client adds a 1/t share of the noise on the summed counts (the secure sum "
+            "carries it whole), or its whole noise. A deployed client shares only if its limits opt in. [default: "
+            "distributed]",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
+    query_secagg_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="t of the query's SecAgg+ round: least clients in its sum (each adds 1/t of the noise). "
+            "[default: 90% of the clients asked, at most all but one]",
+            rich_help_panel="Client-level DP and SecAgg+",
+        ),
+    ] = None,
     aggregator: Annotated[
         str | None,
         typer.Option(
@@ -299,7 +317,8 @@ def simulate(
         "query_accuracy_share": query_accuracy_share, "val_fraction": val_fraction, "insecure_seeded_noise": insecure_seeded_noise,
         "exact_evaluation": exact_evaluation, "release_train_loss": release_train_loss, "secagg_shares": secagg_shares,
         "secagg_threshold": secagg_threshold, "secagg_clip_range": secagg_clip_range,
-        "secagg_quantization": secagg_quantization, "aggregator": aggregator, "trim_beta": trim_beta,
+        "secagg_quantization": secagg_quantization, "query_distributed_noise": query_distributed_noise,
+        "query_secagg_threshold": query_secagg_threshold, "aggregator": aggregator, "trim_beta": trim_beta,
         "num_malicious": num_malicious, "qffl_q": qffl_q, "validate_updates": validate, "median_factor": median_factor,
         "min_clients": min_clients, "round_timeout": round_timeout, "attack": attack,
         "attack_fraction": attack_fraction, "attack_scale": attack_scale, "dropout": dropout,

@@ -24,6 +24,11 @@ def _task_identity(monkeypatch):
 
 @pytest.fixture
 def site_files(tmp_path):
+    return write_site_files(tmp_path)
+
+
+def write_site_files(tmp_path):
+    """A site's CSV and schema (with its contract) under ``tmp_path``: ``(tmp_path, data, schema)``."""
     task = write_task(tmp_path / "task", rows=400, test_rows=50, seed=3)
     data = tmp_path / "local.csv"
     data.write_text("\n".join(synthetic_rows(400, 3)) + "\n", encoding="utf-8")

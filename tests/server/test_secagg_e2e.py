@@ -59,17 +59,43 @@ def test_server_never_holds_an_individual_update(secagg_run):
         mean = sum(w * updates[c][name] for w, c in zip(weights, "0123", strict=True)) / weights.sum()
         np.testing.assert_allclose(value, mean, atol=1e-3)
     ledger = json.loads((run / "ledger.json").read_text())
-    assert {e["round"] for e in ledger["entries"]} == {1, 2, 3, 4} and ledger["epsilon"] <= 1.0
+    assert {e["round"] for e in ledger["entries"] if e["level"] != "query"} == {1, 2, 3, 4}
+    assert ledger["epsilon"] <= 1.0
+
+
+def test_secagg_query_sum_carries_the_distributed_noise_once(secagg_run):
+    summary, run = secagg_run
+    fed = json.loads((run / "federated_eval.json").read_text())
+    secure = fed["secure_sum"]
+    # 4 clients asked, t = 3: each added a 1/3 share, the sum of 4 carries 4/3 of one client's whole variance
+    assert secure["clients"] == secure["shares"] == 4 and secure["threshold"] == 3 and not secure["refused"]
+    assert secure["share_std"] == pytest.approx(fed["noise_std"] / 3**0.5) and secure["tau"] == 0.0
+    assert fed["sum_noise_std"] == pytest.approx((4 / 3) ** 0.5 * fed["noise_std"])  # not sqrt(4) x it
+    # the intervals of the summed fairness use that std; the per-client accuracy counts keep their local noise
+    fairness = [e for k, e in fed["estimates"].items() if k.startswith("federated.fairness.")]
+    assert fairness and all(e["noise_std"] == pytest.approx(fed["sum_noise_std"]) for e in fairness)
+    assert len(fed["per_client_counts"]) == 4 and fed["accuracy_noise_std"] > 0
+    assert all(float(v) == round(float(v)) for t in fed["counts"].values() for row in t for v in row)  # integers
+    # the ledger charges each client's answer as what it was: the planned multiplier, noted as a share
+    ledger = json.loads((run / "ledger.json").read_text())
+    query = [e for e in ledger["entries"] if e["level"] == "query"]
+    assert sorted(e["client"] for e in query) == ["0", "1", "2", "3"] and {e["round"] for e in query} == {5}
+    assert all(e["noise_multiplier"] == pytest.approx(12.0) and "1/3 share" in e["note"] for e in query)
+    assert 0 < summary["epsilon"] <= 1.0 and ledger["epsilon"] == pytest.approx(summary["epsilon"])
+    profile = json.loads((run / "reference_profile.json").read_text())
+    assert profile["noise"]["mechanism"] == "discrete-gaussian"
+    assert profile["noise"]["scale"] == pytest.approx(fed["sum_noise_std"])
 
 
 def test_secagg_costs_no_accuracy(secagg_run, tmp_path):
     with_sa, _ = secagg_run
     without, _ = _run(tmp_path, "without")
     assert abs(with_sa["accuracy"] - without["accuracy"]) <= 0.01
-    # the same training spend; the plain run also answered the post-training query (SecAgg+ runs answer it
-    # when `fedready evaluate` asks), whose share of the budget was reserved in both
+    # the same training spend, and the same charge for the post-training query (through SecAgg+ with
+    # distributed noise, or in the clear with local noise): its share of the budget was reserved in both
     assert with_sa["epsilon_parts"]["sample"] == pytest.approx(without["epsilon_parts"]["sample"])
-    assert with_sa["epsilon"] <= without["epsilon"] <= 1.0
+    assert with_sa["epsilon_parts"]["query"] == pytest.approx(without["epsilon_parts"]["query"])
+    assert with_sa["epsilon"] <= 1.0 and without["epsilon"] <= 1.0
 
 
 def test_secagg_with_client_side_clipping_dp(tmp_path):

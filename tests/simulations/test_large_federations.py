@@ -5,7 +5,7 @@ import pytest
 from fedready.config import make_config
 from fedready.errors import ConfigError
 from fedready.federation import client_shard, partition_sizes
-from fedready.server.queries import _query_nodes
+from fedready.server.queries import query_nodes
 from fedready.simulations.engine import check_config
 
 
@@ -26,8 +26,8 @@ def test_default_min_client_rows_keeps_the_partition():
 
 def test_federated_evaluation_asks_everyone_by_default_and_a_seeded_sample_otherwise():
     nodes = list(range(1000, 1100))
-    assert _query_nodes(nodes, 1.0, seed=0) == nodes
-    picked = _query_nodes(nodes, 0.05, seed=0)
+    assert query_nodes(nodes, 1.0, seed=0) == nodes
+    picked = query_nodes(nodes, 0.05, seed=0)
     assert len(picked) == 5 == len(set(picked)) and set(picked) <= set(nodes) and picked == sorted(picked)
-    assert picked == _query_nodes(nodes, 0.05, seed=0)
-    assert _query_nodes(nodes, 0.001, seed=0) != [] and make_config().fraction_evaluate == 1.0
+    assert picked == query_nodes(nodes, 0.05, seed=0)
+    assert query_nodes(nodes, 0.001, seed=0) != [] and make_config().fraction_evaluate == 1.0
