@@ -15,10 +15,8 @@ It reads only what a coordinator knows before training (the task's classes and f
 number of clients, the row counts of its own simulation) and the privacy accounting; nothing is
 tuned on a client's rows, so it costs no privacy. A user's own ``--model`` or ``--lr`` is kept.
 
-Measured (``/tmp`` reproduction in the README, "Your own data"): on the 569-row breast-cancer
-table with 2 clients the default rate 6.0 reached 83.9% and the planned rate 91.6% to 95.8%
-(central logistic regression 98.6%); on a 750-row binary table the default ended below the
-majority rate.
+Measured on five small tables (README, "Your own data"; ``benchmarks/small_data.py``): the plan
+beat the default rate on every one, by 3 to 21 points, and none ended below the majority rate.
 """
 
 from __future__ import annotations

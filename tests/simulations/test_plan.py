@@ -65,8 +65,8 @@ def test_the_noise_grows_with_the_rate_and_shrinks_with_rows_and_clients():
 @pytest.mark.slow
 def test_simulate_prints_the_plan_in_one_line_and_records_the_rate(small, tmp_path):
     res = CliRunner().invoke(app, ["simulate", "--data", str(small["data"]), "--schema", str(small["schema"]), "--test",
-                                   str(small["test"]), "--clients", "3", "--rounds", "10", "--epsilon", "0.5", "--out", str(tmp_path),
-                                   "--name", "r"])  # fmt: skip
+                                   str(small["test"]), "--clients", "3", "--rounds", "10", "--epsilon", "0.5",
+                                   "--out", str(tmp_path), "--name", "r"])  # fmt: skip
     assert res.exit_code == 0, res.output[-3000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("note: plan for ")]
     expected = plan_training({"num_clients": 3, "rounds": 10, "epsilon": 0.5}, train_rows=900, schema=_schema(small))
