@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedready.constants import LEDGER_FILE
 from fedready.errors import ConfigError
 from fedready.files import atomic_write_text, read_toml
 from fedready.privacy.accounting import compose_epsilon
@@ -37,7 +38,7 @@ class LocalLimits(BaseModel):
     max_epsilon: float = Field(gt=0)  # lifetime epsilon over every run, at max_delta
     max_delta: float = Field(gt=0, lt=1)  # largest delta the client accepts (accounting uses it)
     accountant: str = "rdp"  # how the lifetime ledger is composed
-    ledger: Path = Path("ledger.json")  # lifetime ledger (kept across runs)
+    ledger: Path = Path(LEDGER_FILE)  # lifetime ledger (kept across runs)
     audit_log: Path = Path("audit.jsonl")  # the client's signed, hash-chained audit log (its key: audit.key beside it)
     state_dir: Path = Path("state")  # per-run accountant state and the last released update
     share_contract_report: bool = False  # tell the coordinator which contract checks failed (outside the guarantee)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from fedready.calibration import calibration_report
+from fedready.constants import LEDGER_FILE
 from fedready.data import Table, read_csv
 from fedready.encoding import FeatureEncoder
 from fedready.errors import ConfigError
@@ -102,7 +103,7 @@ def _with_empty_groups(fair: dict[str, Any], schema: DataSchema) -> dict[str, An
 
 def privacy_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """The privacy part of ``evaluation.json``: epsilon from the ledger, delta, each client's epsilon, caveats."""
-    led_path = run_dir / "ledger.json"
+    led_path = run_dir / LEDGER_FILE
     led = json.loads(led_path.read_text()) if led_path.exists() else {}
     # each client's epsilon composed over every release about its rows (count, training, query, seed runs);
     # not under client-level DP: the report ships, and per-client numbers say which client took part, and when
@@ -386,7 +387,7 @@ def check_seed_budget(rm: RunModel, seeds: int, seeds_epsilon: float | None,
     if rm.cfg.client_dp != "off":
         raise ConfigError("seeds", "every retrain also spends the clients' client-level budget, which --seeds does "
                                    "not charge: run the other seeds as separate simulations instead")  # fmt: skip
-    led_path = rm.run_dir / "ledger.json"
+    led_path = rm.run_dir / LEDGER_FILE
     if not rm.cfg.dp or not led_path.exists():
         return 0.0
     ledger = Ledger.load(led_path)
@@ -423,7 +424,7 @@ def _retrain(rm: RunModel, seeds: int, seeds_epsilon: float | None = None) -> li
     from fedready.simulations.engine import simulate
 
     out = []
-    led_path = rm.run_dir / "ledger.json"
+    led_path = rm.run_dir / LEDGER_FILE
     ledger = Ledger.load(led_path) if led_path.exists() and rm.cfg.dp else None
     for s in range(rm.cfg.seed + 1, rm.cfg.seed + seeds):
         d = rm.run_dir / "seeds" / f"seed-{s}"
@@ -431,7 +432,7 @@ def _retrain(rm: RunModel, seeds: int, seeds_epsilon: float | None = None) -> li
             simulate(rm.cfg.model_copy(update={"seed": s}), d)
         out.append(load_run(d))
         if ledger is not None and not any(e.level == "seed" and e.round == -s for e in ledger.entries):
-            other = Ledger.load(d / "ledger.json")
+            other = Ledger.load(d / LEDGER_FILE)
             worst = max(other.client_epsilon().items(), key=lambda kv: kv[1], default=(None, 0.0))[0]
             releases = [e for e in other.entries if e.client == worst]
             for client in sorted({e.client for e in ledger.entries if e.level != "client"}):

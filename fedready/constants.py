@@ -95,3 +95,5 @@ PROFILE_PREFIX = "profile/"  # + "feature/<name>", "scores", "predictions", "lab
 # Wire log: a file where a client records the keys of every message it sends (node config / env)
 NODE_WIRE_LOG = "wire-log"
 WIRE_LOG_ENV = "FEDREADY_WIRE_LOG"
+
+LEDGER_FILE = "ledger.json"  # a run folder's privacy ledger (and an organisation's lifetime ledger by default)

@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedready.constants import LEDGER_FILE
 from fedready.files import atomic_write_text
 from fedready.privacy.accounting import compose_epsilon
 
-__all__ = ["LEVELS", "RECORD_LEVELS", "Ledger", "LedgerEntry", "compose_entries", "recompute"]
+__all__ = ["LEDGER_FILE", "LEVELS", "RECORD_LEVELS", "Ledger", "LedgerEntry", "compose_entries", "recompute"]
 
 FORMAT = "fedready-ledger/2"
 

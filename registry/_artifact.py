@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fedready.constants import LEDGER_FILE
 from fedready.errors import ConfigError, IntegrityError
 from fedready.monitoring.profile import PROFILE_FILE  # the reference for drift monitoring, when the run has one
 from fedready.registry._canonical import (
@@ -239,7 +240,7 @@ def _ledger_summary(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
     (format 2), else from the run's ``summary.json`` (``summary``); ``registry promote`` refuses an artifact
     whose ``private`` is not true (a ``--insecure-seeded-noise`` or non-DP run).
     """
-    led = read_json(run / "ledger.json", what="ledger")
+    led = read_json(run / LEDGER_FILE, what="ledger")
     keys = ("accountant", "delta", "dp", "epsilon", "client_level_epsilon", *_PRIVACY_STAMP)
     out = {k: led.get(k) for k in keys if k in led}
     # no per-client epsilon leaves with the model: under client-level DP it says who took part, and when
@@ -297,7 +298,7 @@ def package_run(
     check_version(version)
     if parent_version is not None:
         check_version(parent_version, field="parent-version")
-    for name in ("model.npz", "config.json", "summary.json", "ledger.json"):
+    for name in ("model.npz", "config.json", "summary.json", LEDGER_FILE):
         if not (run / name).is_file():
             raise ConfigError("run", f"{run / name} does not exist; pass a run folder written by fedready simulate")
     if not key.is_file():

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fedready.config import make_config
+from fedready.constants import LEDGER_FILE
 from fedready.encoding import FeatureEncoder
 from fedready.modelio import arrays_digest, save_npz
 from fedready.task import load_task
@@ -39,7 +40,7 @@ def write_demo_run(run: Path, *, seed: int = 0, hidden: int = 16) -> Path:
     # no release at all (the model saw no data), so nothing voids the guarantee: private, as a ledger states it
     ledger = {"accountant": "rdp", "delta": 1e-5, "dp": True, "epsilon": None, "clients": {}, "entries": [],
               "declines": [], "private": True, "insecure_seeded_noise": False, "caveats": []}  # fmt: skip
-    (run / "ledger.json").write_text(json.dumps(ledger, sort_keys=True))
+    (run / LEDGER_FILE).write_text(json.dumps(ledger, sort_keys=True))
     _write_profile(run, arrays)
     return run
 

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from fedready import constants as K
 from fedready.audit import AuditLog
 from fedready.config import SimulationConfig
+from fedready.constants import LEDGER_FILE
 from fedready.errors import IntegrityError
 from fedready.federation import holdout, record_run, task_of
 from fedready.files import atomic_write_bytes, atomic_write_text
@@ -171,7 +172,7 @@ class _Checkpointer:
              strategy: dict[str, Any] | None = None) -> None:  # fmt: skip
         name = f"checkpoints/round-{server_round:04d}.npz"
         atomic_write_bytes(self.dir / name, save_npz(arrays))
-        ledger.save(self.dir / "ledger.json")
+        ledger.save(self.dir / LEDGER_FILE)
         meta = {"round": server_round, "arrays": name, "model_digest": arrays_digest(arrays),
                 "ledger": ledger.to_dict(), "strategy": dict(strategy or {})}  # fmt: skip
         # The pointer is written last: a crash before this line leaves the previous round intact.
@@ -613,7 +614,7 @@ def write_summary(
 
 def refresh_privacy(run_dir: Path, cfg: SimulationConfig, ledger: Ledger) -> dict[str, Any]:
     """Save ``ledger`` (and the checkpoint's copy) and rewrite the summary's privacy fields from it."""
-    ledger.save(run_dir / "ledger.json")
+    ledger.save(run_dir / LEDGER_FILE)
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists():
         meta = json.loads(ckpt.read_text())
@@ -760,7 +761,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 def charge_queries(run_dir: Path, cfg: SimulationConfig, replies: list[Message]) -> list[Message]:
     """Charge the releases the query replies report; return the replies whose history was well formed."""
-    path = run_dir / "ledger.json"
+    path = run_dir / LEDGER_FILE
     ledger = Ledger.load(path) if path.exists() else new_ledger(cfg, run_dir.name)
     current = max((e.round for e in ledger.entries), default=0) + 1
     ok = []

@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 
 from fedready import constants as K
 from fedready.config import SimulationConfig
+from fedready.constants import LEDGER_FILE
 from fedready.errors import IntegrityError
 from fedready.estimates import federated_fairness_estimates
 from fedready.fairness import fairness_from_counts, group_names
@@ -63,7 +64,7 @@ FORMAT = 2  # 2: per-client (correct, wrong) and every number with its interval
 
 def query_round(run_dir: Path) -> int:
     """The ledger round a post-training query is charged under: after every recorded round."""
-    path = run_dir / "ledger.json"
+    path = run_dir / LEDGER_FILE
     return max((e.round for e in Ledger.load(path).entries), default=0) + 1 if path.exists() else 1
 
 

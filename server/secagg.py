@@ -46,6 +46,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from fedready import constants as K
 from fedready.audit import AuditLog
 from fedready.config import QUERY_MODULUS, SimulationConfig, query_clients, query_threshold
+from fedready.constants import LEDGER_FILE
 from fedready.errors import IntegrityError
 from fedready.federation import task_of
 from fedready.modelio import arrays_digest
@@ -336,7 +337,7 @@ def run_secagg_query(grid: Grid, context: Context, cfg: SimulationConfig, run_di
                     "answered; %d failed)", t, len(failed))  # fmt: skip
         return None
     answers = [dict(res.metrics) for _, res in strategy.results]
-    path = run_dir / "ledger.json"
+    path = run_dir / LEDGER_FILE
     ledger = Ledger.load(path) if path.exists() else new_ledger(cfg, run_dir.name)
     audit = AuditLog(run_dir / "audit.jsonl")
     for a in answers:

@@ -63,6 +63,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedready import constants as K
 from fedready.config import SimulationConfig
+from fedready.constants import LEDGER_FILE
 from fedready.errors import ConfigError
 from fedready.federation import CONFIG_FILE, LAUNCHED_BY_SIMULATION, task_of
 from fedready.files import atomic_write_bytes
@@ -679,7 +680,7 @@ def run_audit(
     simulated = time.perf_counter() - t0
     if summary.get("status") == "failed":
         raise ConfigError("run", f"the audit's simulation failed ({summary.get('reason')}); nothing to score")
-    ledger = Ledger.load(run_dir / "ledger.json")
+    ledger = Ledger.load(run_dir / LEDGER_FILE)
     for lv, report in reports.items():
         notes: list[str] = []
         if crowded[lv] > dim:

@@ -17,6 +17,7 @@ from typing import Any
 
 from fedready import constants as K
 from fedready.config import SimulationConfig, make_config
+from fedready.constants import LEDGER_FILE
 from fedready.errors import ConfigError
 from fedready.federation import CONFIG_FILE, partition_sizes, record_run, task_of
 from fedready.models import check_model
@@ -136,7 +137,7 @@ def _charge_unreported(cfg: SimulationConfig, run_dir: Path, summary: dict[str, 
     from fedready.privacy.ledger import Ledger
     from fedready.server.app import charge_history, refresh_privacy
 
-    path = run_dir / "ledger.json"
+    path = run_dir / LEDGER_FILE
     if not path.exists():
         return summary
     ledger = Ledger.load(path)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from fedready.cli._common import _fail, app, err
+from fedready.constants import LEDGER_FILE
 from fedready.errors import ConfigError, FedreadyError
 
 
@@ -49,7 +50,7 @@ def check_ledger(run: Path, *, rel_tol: float = 0.01) -> dict[str, Any]:
     """Recompute a ledger with Opacus alone; ``ok`` is False if any entry differs by more than ``rel_tol``."""
     from fedready.privacy.ledger import Ledger, recompute
 
-    path = run / "ledger.json" if run.is_dir() else run
+    path = run / LEDGER_FILE if run.is_dir() else run
     if not path.exists():
         raise ConfigError("run", f"{path} does not exist; pass a run folder written by fedready simulate")
     try:
