@@ -403,7 +403,9 @@ def answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str 
     when the run asks for distributed noise *and*, for a deployed client, its own limits opt in
     (``allow_distributed_noise``); otherwise the whole ``s^2`` (local noise: the guarantee does
     not rest on SecAgg+). A share is sent only if the round's SecAgg+ threshold is at least ``t``:
-    no sum of fewer than ``t`` clients can then be unmasked. The release is charged as what it is
+    no sum of fewer than ``t`` clients can then be unmasked. The whole noise needs at least ``t``
+    *honest* clients in the sum (a colluding client's share is known to the coordinator), which no
+    client can check: that is why the organisation opts in. The release is charged as what it is
     (KLS 2021, its ``tau`` term included) before anything leaves.
     """
     pid = int(context.node_config["partition-id"])

@@ -11,7 +11,10 @@ floating point, so no low-order bits leak (Mironov 2012). Every uniform integer 
 
 Under SecAgg+ each of the ``n`` clients in the sum adds ``N_Z(0, sigma^2 / t)`` to every coordinate,
 where ``t`` is the least number of clients the server may find in the sum (the query round's
-SecAgg+ reconstruction threshold; the server refuses a sum of fewer). The sum of ``n >= t`` shares
+SecAgg+ reconstruction threshold; the server refuses a sum of fewer). The guarantee needs at least ``t``
+*honest* clients in the sum: a colluding client's share is known to the coordinator, so with ``c`` of
+the ``n`` colluding the noise left is ``(n - c) sigma^2 / t`` (``t = asked - c`` tolerates ``c``
+colluders). The sum of ``n >= t`` shares
 has variance ``n sigma^2 / t >= sigma^2`` and is close to ``N_Z(0, n sigma^2 / t)``; Kairouz, Liu and
 Steinke 2021 ("The Distributed Discrete Gaussian Mechanism for Federated Learning with Secure
 Aggregation", ICML; arXiv:2102.06387, Proposition 14) bound the mechanism ``x + sum of n shares``:
@@ -24,8 +27,8 @@ for shares of variance ``s2`` (each at least 1/2), L1 and L2 sensitivities ``D1`
 coordinates. :func:`distributed_rho` computes it (the ``tau`` terms are charged, however small), and
 :func:`gaussian_equivalent` turns it into the noise multiplier of a Gaussian mechanism with the same
 Renyi curve, ``1 / sqrt(2 rho)``, which is what the ledger records. A single discrete Gaussian of
-variance ``s2`` (a client's full local noise) is exactly ``D2^2 / (2 s2)``-zCDP for integer
-sensitivities (Canonne, Kamath, Steinke 2020, Theorem 4): the same as the continuous Gaussian.
+variance ``s2`` (a client's full local noise) is ``D2^2 / (2 s2)``-zCDP for integer sensitivities
+(Canonne, Kamath, Steinke 2020, Theorem 4): the same zCDP bound as the continuous Gaussian.
 """
 
 from __future__ import annotations
