@@ -447,8 +447,8 @@ def _answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str
         metrics.update(share)
     vector = np.concatenate([values[k] for k in summed]) if summed else np.zeros(0, dtype=np.int64)
     if np.abs(vector).max(initial=0) > clip:  # SecAgg+ would clip it silently: refused loudly instead
-        raise RuntimeError(f"a summed count is beyond --query-secagg-clip {clip}; raise it (at most 2^40 / (2 x "
-                           f"clients asked))")  # fmt: skip
+        raise RuntimeError(f"a summed count is beyond --query-secagg-clip {clip}; raise it (below 2^30 and "
+                           f"2^40 / (2 x clients asked))")  # fmt: skip
     return vector.astype(np.float64), metrics
 
 
