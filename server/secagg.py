@@ -294,8 +294,13 @@ def run_secagg_query(grid: Grid, context: Context, cfg: SimulationConfig, run_di
     counts either a ``1/t`` share of the noise (distributed noise: the sum of ``n >= t`` shares carries
     ``n / t`` times the whole variance) or the whole noise (a deployed client whose limits do not opt
     in, or ``--query-distributed-noise false``); the sum's noise std is the root of the sum of the
-    variances they added. A sum holding shares of fewer than ``t`` clients is refused (one line),
-    and so is one whose clients disagree on its layout.
+    variances they added. A sum of ``n >= t`` clients carries at least the whole noise, whatever the
+    mix: one whole-noise client already adds ``s^2``, and ``t`` sharers add ``s^2`` between them
+    (the charge each client made); a sum holding shares with fewer than ``t`` clients in all, or
+    shares made for another ``t``, is refused (one line), and so is one whose clients disagree on
+    its layout. The refusal keeps a mis-noised sum out of the report; it is no privacy barrier (the
+    sum is already unmasked): what protects a client is that its share is sent only when the
+    round's SecAgg+ threshold is at least ``t``.
 
     The query round has its own SecAgg+ parameters: every client asked is every other's neighbour
     (``num_shares`` = clients asked), the threshold is ``t``, values are clipped to
@@ -389,10 +394,10 @@ def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[
     }  # fmt: skip
     if len(layouts) != 1:
         out["refused"] = "the clients disagree on the layout of the summed vector"
-    elif sharers and (len(sharers) < t or any(int(a[K.QUERY_SHARES]) != t for a in sharers)):
+    elif sharers and (n < t or any(int(a[K.QUERY_SHARES]) != t for a in sharers)):
         got = sorted({int(a[K.QUERY_SHARES]) for a in sharers})
-        out["refused"] = (f"it holds distributed-noise shares of {len(sharers)} client(s) (for t = {got}), fewer than "
-                          f"the t = {t} whose sum carries the whole noise")  # fmt: skip
+        out["refused"] = (f"it holds {n} client(s), {len(sharers)} of them with distributed-noise shares for t = {got}; "
+                          f"a share is charged for a sum of at least t = {t} clients")  # fmt: skip
     else:
         layout = json.loads(layouts.pop() or "[]")
         if sum(int(length) for _, length in layout) != total.size:

@@ -107,13 +107,21 @@ def test_coordinator_asking_for_a_sum_below_t_is_refused(site, noise_calls):
     assert isinstance(out, Decline) and out.reason == K.SECAGG_ENCODING
 
 
-def test_server_refuses_a_secure_sum_holding_fewer_than_t_shares():
+def test_server_refuses_a_secure_sum_of_fewer_than_t_clients_holding_shares():
     layout = json.dumps([["counts/sex", 8]])
     share = {K.QUERY_SHARES: 9, K.QUERY_SHARE_STD: 40.0, K.QUERY_LAYOUT: layout}
     whole = {K.QUERY_SHARES: 0, K.QUERY_SHARE_STD: 120.0, K.QUERY_LAYOUT: layout}
     mean = np.arange(8.0)
-    out = secure_sum([share] * 3 + [whole] * 7, mean, 9)  # ten clients, only three of them shares
-    assert out["sums"] == {} and "fewer than the t = 9" in out["refused"]
+    out = secure_sum([share] * 8, mean, 9)  # eight sharers: 8/9 of the whole noise
+    assert out["sums"] == {} and "at least t = 9" in out["refused"] and out["noise_std"] == 0.0
+    out = secure_sum([share] * 3 + [whole] * 5, mean, 9)  # eight clients in all, below t
+    assert out["sums"] == {} and "8 client(s)" in out["refused"]
+    out = secure_sum([{**share, K.QUERY_SHARES: 4}] * 9 + [whole], mean, 9)  # shares made for another t
+    assert out["sums"] == {} and "[4]" in out["refused"]
+    # a sum of n >= t clients carries at least the whole noise whatever the mix: one whole-noise client is s^2
+    out = secure_sum([share] * 3 + [whole] * 7, mean, 9)
+    assert not out["refused"] and np.array_equal(out["sums"]["counts/sex"], np.arange(8.0) * 10)
+    assert out["noise_std"] == pytest.approx((3 * 40.0**2 + 7 * 120.0**2) ** 0.5)
     out = secure_sum([share] * 9 + [whole], mean, 9)
     assert not out["refused"] and np.array_equal(out["sums"]["counts/sex"], np.arange(8.0) * 10)
     assert out["noise_std"] == pytest.approx((9 * 40.0**2 + 120.0**2) ** 0.5)
