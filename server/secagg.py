@@ -365,6 +365,14 @@ def run_secagg_query(grid: Grid, context: Context, cfg: SimulationConfig, run_di
     return summary
 
 
+def _query_charge(answer: dict[str, Any]) -> float | None:
+    """The noise multiplier a client charged for its last post-training answer (its history), or None."""
+    history = _history(answer)
+    charges = [float(z) for level, z in zip(history.get(K.HISTORY_LEVEL, []), history.get(K.HISTORY_NOISE, []))
+               if int(level) == 2]  # fmt: skip
+    return charges[-1] if charges else None
+
+
 def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[str, Any]:
     """The summed count vectors from SecAgg+'s unmasked ``mean`` over the ``answers``' clients, and their noise.
 
@@ -373,8 +381,10 @@ def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[
     dict
         ``sums`` (key -> summed vector, empty when refused), ``noise_std`` (on each summed count),
         ``clients``, ``shares`` (clients that added a ``1/t`` share), ``whole_noise`` (clients that added
-        the whole noise), ``threshold`` (``t``), ``tau`` (KLS 2021's term for ``t`` shares), a
-        description, and ``refused`` (why the sum is not used, or empty).
+        the whole noise), ``threshold`` (``t``), ``tau`` (KLS 2021's term for ``t`` shares),
+        ``charged_noise_multiplier`` (the least Gaussian-equivalent multiplier a client charged for
+        this answer, from its release history; None if none says), a description, and ``refused``
+        (why the sum is not used, or empty).
     """
     n = len(answers)
     total = np.rint(np.asarray(mean, dtype=np.float64) * n).astype(np.int64)  # weights 1: the mean of n integers
@@ -383,10 +393,12 @@ def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[
     share_std = max((float(a[K.QUERY_SHARE_STD]) for a in sharers), default=0.0)
     whole = [a for a in answers if int(a.get(K.QUERY_SHARES, 0)) == 0 and float(a.get(K.QUERY_SHARE_STD, 0)) > 0]
     variance = sum(float(a.get(K.QUERY_SHARE_STD, 0.0)) ** 2 for a in answers)
+    charged = [_query_charge(a) for a in answers]
     out: dict[str, Any] = {
         "sums": {}, "noise_std": math.sqrt(variance), "clients": n, "shares": len(sharers),
         "whole_noise": len(whole), "threshold": t, "share_std": share_std,
         "tau": distributed_tau(share_std**2, t) if sharers else 0.0,
+        "charged_noise_multiplier": min((z for z in charged if z is not None), default=None),
         "distributed": (f"{len(sharers)} client(s) added a 1/{t} share of the noise (std {share_std:.4g} per count), "
                         f"{len(whole)} their whole noise" if sharers else
                         f"{len(whole)} client(s) added their whole noise (distributed noise off)"),

@@ -125,3 +125,17 @@ def test_server_refuses_a_secure_sum_of_fewer_than_t_clients_holding_shares():
     out = secure_sum([share] * 9 + [whole], mean, 9)
     assert not out["refused"] and np.array_equal(out["sums"]["counts/sex"], np.arange(8.0) * 10)
     assert out["noise_std"] == pytest.approx((9 * 40.0**2 + 120.0**2) ** 0.5)
+
+
+def test_secure_sum_records_the_least_noise_multiplier_a_client_charged():
+    layout = json.dumps([["counts/sex", 2]])
+
+    def answer(z):  # a client's history: its row count (level 0), then this answer (level 2) charged at z
+        history = {K.HISTORY_LEVEL: [0, 2], K.HISTORY_NOISE: [20.0, z]}
+        return {K.QUERY_SHARES: 0, K.QUERY_SHARE_STD: 100.0, K.QUERY_LAYOUT: layout,
+                K.HISTORY_JSON: json.dumps(history)}  # fmt: skip
+
+    out = secure_sum([answer(12.0), answer(11.5), answer(12.0)], np.zeros(2), 2)
+    assert out["charged_noise_multiplier"] == pytest.approx(11.5)
+    out = secure_sum([{K.QUERY_SHARES: 0, K.QUERY_SHARE_STD: 100.0, K.QUERY_LAYOUT: layout}] * 3, np.zeros(2), 2)
+    assert out["charged_noise_multiplier"] is None  # no history: the profile falls back to --query-noise
