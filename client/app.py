@@ -38,7 +38,7 @@ from fedready.client.site import Site, site_from_node_config
 from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_noise_split
 from fedready.client.training import OptimizerHooks, poisson_plan, train
 from fedready.client.wire import make_wire_log_mod
-from fedready.config import SimulationConfig, query_threshold
+from fedready.config import QUERY_MODULUS, SimulationConfig, query_threshold
 from fedready.federation import client_shard, task_of
 from fedready.modelio import arrays_digest
 from fedready.models import model_for_schema
@@ -385,6 +385,7 @@ class SecAggSetup:
     clipping_range: float
     quantization_range: int
     max_weight: float
+    mod_range: int  # the ring the masked sum lives in: a smaller one than the query's could wrap the sum
 
 
 def answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str | None, config: dict[str, Any],
@@ -426,10 +427,13 @@ def _answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str
         if not site.report.ok:
             return Decline(K.CONTRACT_VIOLATION, site.contract_detail())
     clip = cfg.query_secagg_clip
-    if setup is None or (setup.clipping_range, setup.quantization_range, setup.max_weight) != (clip, 2 * clip, 1.0):
-        got = "none" if setup is None else f"({setup.clipping_range}, {setup.quantization_range}, {setup.max_weight})"
-        return Decline(K.SECAGG_ENCODING, f"the query round's SecAgg+ (clip, levels, max weight) must be ({clip}, "
-                                          f"{2 * clip}, 1.0) to carry integer counts exactly; got {got}")  # fmt: skip
+    if (setup is None or (setup.clipping_range, setup.quantization_range, setup.max_weight) != (clip, 2 * clip, 1.0)
+            or setup.mod_range < QUERY_MODULUS):  # fmt: skip
+        got = "none" if setup is None else (f"({setup.clipping_range}, {setup.quantization_range}, "
+                                            f"{setup.max_weight}, {setup.mod_range})")  # fmt: skip
+        return Decline(K.SECAGG_ENCODING, f"the query round's SecAgg+ (clip, levels, max weight, modulus) must be "
+                                          f"({clip}, {2 * clip}, 1.0, >= 2^40) to carry integer counts exactly; "
+                                          f"got {got}")  # fmt: skip
     local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed) if site is not None else None
     answer = answer_queries(str(config[K.QUERY]), global_arrays, cfg, pid, local)
     summed = sorted(k for k in answer if k.startswith((K.COUNTS_PREFIX, K.PROFILE_PREFIX)))
@@ -489,8 +493,12 @@ def _noise_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str 
     for k in accuracy:
         answer[k] = float(answer[k] + rng.normal(0.0, accuracy_std))
     randbelow = random.Random(repr(seeded)).randrange if seeded is not None else None  # only the stamped research mode
+    # the exact counts are clamped 10 share stds inside the clip (1-Lipschitz: the sensitivity stands), so the
+    # noised value stays inside it; the caller's error on a value beyond the clip is the backstop
+    bound = math.floor(cfg.query_secagg_clip - 10.0 * math.sqrt(share_var))
     for k in sums:
-        values[k] = values[k] + sample_discrete_gaussian(share_var, values[k].size, randbelow=randbelow)
+        exact = np.clip(values[k], -bound, bound) if bound > 0 else values[k]
+        values[k] = exact + sample_discrete_gaussian(share_var, values[k].size, randbelow=randbelow)
     share_std = math.sqrt(share_var) if sums else 0.0
     state.releases.append(Release("query", r, release[0], 1.0, 1, shares=t if opted else 0, share_std=share_std,
                                   tau=tau))  # fmt: skip

@@ -100,7 +100,8 @@ class SimulationConfig(BaseModel):
     query_distributed_noise: bool = True  # under --secagg each client adds only a share of the summed counts' noise
     query_secagg_threshold: int | None = Field(None, ge=2)  # t: least clients in the query's sum (default: 90% of
     #                                                         those asked, at most all but one); the share is 1/t
-    # a summed count (with its noise) beyond +-this is refused, not clipped; below 2^30: Flower's quantiser is int32
+    # exact summed counts are clamped 10 noise stds inside +-this; a noised one beyond it is an error, never clipped;
+    # below 2^30: Flower's quantiser is int32
     query_secagg_clip: int = Field(QUERY_SECAGG_CLIP, ge=1, lt=2**30)
     # robustness: validation, aggregation, hostile and failing clients
     aggregator: Literal["fedavg", "median", "trimmed-mean", "krum", "multikrum", "bulyan", "qfedavg"] = "fedavg"
@@ -290,7 +291,8 @@ RUN_CONFIG_KEYS: dict[str, KeyRule] = {
                                        limit="allow_distributed_noise"),
     "query_secagg_threshold": KeyRule(NEUTRAL, "a client divides its share by it only after checking that the query "
                                                "round's SecAgg+ threshold is at least it"),
-    "query_secagg_clip": KeyRule(NEUTRAL, "an answer beyond it is refused, never clipped"),
+    "query_secagg_clip": KeyRule(NEUTRAL, "exact counts are clamped 10 noise stds inside it; a noised "
+                                                       "count beyond it is an error, never clipped"),
     "aggregator": KeyRule(NEUTRAL, "server side"),
     "qffl_q": KeyRule(NEUTRAL, "server side (its loss weights need release_train_loss)"),
     "trim_beta": KeyRule(NEUTRAL, "server side"),

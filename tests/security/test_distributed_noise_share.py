@@ -18,7 +18,7 @@ import fedready.client.app as client_app
 from fedready import constants as K
 from fedready.client.app import Decline, SecAggSetup, answer_through_secagg
 from fedready.client.state import query_noise_split
-from fedready.config import make_config, query_threshold
+from fedready.config import QUERY_MODULUS, QUERY_SECAGG_CLIP, make_config, query_threshold
 from fedready.federation import task_of
 from fedready.server.secagg import secure_sum
 from tests.client.test_site_refuses_loosening import _context, write_site_files
@@ -44,12 +44,14 @@ def noise_calls(monkeypatch):
     return calls
 
 
-def _ask(tmp_path, data, schema, *, allow: str = "", threshold: int | None = None, clip: float | None = None):
-    cfg = make_config(data=str(data), schema=str(schema), num_clients=10, secagg=True, query_distributed_noise=True)
+def _ask(tmp_path, data, schema, *, allow: str = "", threshold: int | None = None, clip: float | None = None,
+         modulus: int = QUERY_MODULUS, query_clip: int = QUERY_SECAGG_CLIP):  # fmt: skip
+    cfg = make_config(data=str(data), schema=str(schema), num_clients=10, secagg=True, query_distributed_noise=True,
+                      query_secagg_clip=query_clip)  # fmt: skip
     t = query_threshold(cfg)
     setup = SecAggSetup(threshold=t if threshold is None else threshold,
                         clipping_range=float(cfg.query_secagg_clip if clip is None else clip),
-                        quantization_range=2 * cfg.query_secagg_clip, max_weight=1.0)  # fmt: skip
+                        quantization_range=2 * cfg.query_secagg_clip, max_weight=1.0, mod_range=modulus)  # fmt: skip
     model = {k: v.detach().numpy() for k, v in task_of(cfg).model(seed=0).state_dict().items()}
     ctx = _context(tmp_path, data, schema, allow)
     out = answer_through_secagg(cfg, ctx, "/tmp/run-dn", {K.QUERY: K.QUERY_GROUP_COUNTS, K.SERVER_ROUND: 3}, model,
@@ -105,6 +107,21 @@ def test_coordinator_asking_for_a_sum_below_t_is_refused(site, noise_calls):
     # an encoding that would clip counts (or round them) is refused before anything is read
     _, _, out = _ask(tmp_path, data, schema, allow="allow_distributed_noise = true\n", clip=8.0)
     assert isinstance(out, Decline) and out.reason == K.SECAGG_ENCODING
+    # and so is a ring smaller than the query's, where the masked sum could wrap
+    _, _, out = _ask(tmp_path, data, schema, allow="allow_distributed_noise = true\n", modulus=2**32)
+    assert isinstance(out, Decline) and out.reason == K.SECAGG_ENCODING and "2^40" in out.detail
+    assert noise_calls == [] and not (tmp_path / "ledger.json").exists()
+
+
+def test_counts_near_the_clip_are_clamped_before_the_noise_not_an_error(site, monkeypatch):
+    tmp_path, data, schema = site
+    monkeypatch.setattr(client_app, "sample_discrete_gaussian", lambda sigma2, size, **kw: np.zeros(size, np.int64))
+    clip = 92  # a share std of sqrt(80) (26.8 / 3): the clamp is at 92 - 89.4 = 2, below this client's counts
+    cfg, t, out = _ask(tmp_path, data, schema, allow="allow_distributed_noise = true\n", query_clip=clip)
+    assert not isinstance(out, Decline), out
+    vector, metrics = out
+    bound = int(clip - 10 * metrics[K.QUERY_SHARE_STD])
+    assert bound == 2 and np.abs(vector).max() == bound  # (no noise here) the exact counts were clamped, not refused
 
 
 def test_server_refuses_a_secure_sum_of_fewer_than_t_clients_holding_shares():
