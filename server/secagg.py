@@ -366,10 +366,16 @@ def run_secagg_query(grid: Grid, context: Context, cfg: SimulationConfig, run_di
 
 
 def _query_charge(answer: dict[str, Any]) -> float | None:
-    """The noise multiplier a client charged for its last post-training answer (its history), or None."""
-    history = _history(answer)
-    charges = [float(z) for level, z in zip(history.get(K.HISTORY_LEVEL, []), history.get(K.HISTORY_NOISE, []))
-               if int(level) == 2]  # fmt: skip
+    """The noise multiplier a client charged for its last post-training answer (its history), or None.
+
+    The history is the client's (untrusted) word: a malformed one says nothing (the ledger records it).
+    """
+    try:
+        history = _history(answer)
+        levels, noises = history.get(K.HISTORY_LEVEL, []), history.get(K.HISTORY_NOISE, [])
+        charges = [float(z) for level, z in zip(levels, noises, strict=True) if int(level) == 2]
+    except (ValueError, TypeError, AttributeError):
+        return None
     return charges[-1] if charges else None
 
 
@@ -408,8 +414,8 @@ def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[
         out["refused"] = "the clients disagree on the layout of the summed vector"
     elif sharers and (n < t or any(int(a[K.QUERY_SHARES]) != t for a in sharers)):
         got = sorted({int(a[K.QUERY_SHARES]) for a in sharers})
-        out["refused"] = (f"it holds {n} client(s), {len(sharers)} of them with distributed-noise shares for t = {got}; "
-                          f"a share is charged for a sum of at least t = {t} clients")  # fmt: skip
+        out["refused"] = (f"it holds {n} client(s), {len(sharers)} of them with distributed-noise shares for "
+                          f"t = {got}; a share is charged for a sum of at least t = {t} clients")  # fmt: skip
     else:
         layout = json.loads(layouts.pop() or "[]")
         if sum(int(length) for _, length in layout) != total.size:
