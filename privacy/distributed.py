@@ -24,11 +24,12 @@ it is ``rho``-zCDP (Renyi DP ``alpha rho`` at every order ``alpha``) with
     tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 s2 k / (k + 1)),
 
 for shares of variance ``s2`` (each share's sigma ``sqrt(s2)`` at least 1/2, so ``s2 >= 1/4``), L1 and L2
-sensitivities ``D1``, ``D2`` and ``d`` coordinates. :func:`distributed_rho` computes it (the ``tau`` terms
-are charged, however small), and :func:`gaussian_equivalent` turns it into the noise multiplier of a
-Gaussian mechanism with the same Renyi curve, ``1 / sqrt(2 rho)``, which is what the ledger records.
-A single discrete Gaussian of variance ``s2`` (a client's full local noise) is ``D2^2 / (2 s2)``-zCDP for integer sensitivities
-(Canonne, Kamath, Steinke 2020, Theorem 4): the same zCDP bound as the continuous Gaussian.
+sensitivities ``D1``, ``D2`` and ``d`` coordinates. :func:`distributed_rho` computes it (the ``tau``
+terms are charged, however small), and :func:`gaussian_equivalent` turns it into the noise multiplier of
+a Gaussian mechanism with the same Renyi curve, ``1 / sqrt(2 rho)``, which is what the ledger records. A
+single discrete Gaussian of variance ``s2`` (a client's full local noise) is ``D2^2 / (2 s2)``-zCDP for
+integer sensitivities (Canonne, Kamath, Steinke 2020, Theorem 4): the same zCDP bound as the continuous
+Gaussian.
 """
 
 from __future__ import annotations
