@@ -467,7 +467,10 @@ def _noise_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str 
     accuracy_std, std = query_noise_split(cfg.query_noise, cfg.query_accuracy_share, accuracy=bool(accuracy),
                                           sum_vectors=len(sums))  # fmt: skip
     t = query_threshold(cfg)
-    opted = bool(sums) and cfg.query_distributed_noise and (site is None or site.limits.allow_distributed_noise)
+    # a share's bound is proven in zCDP/RDP only (KLS 2021): a site whose lifetime ledger composes with PRV adds its
+    # whole noise, which PRV charges soundly (the run's own accountant is refused with PRV when the config is built)
+    opted = bool(sums) and cfg.query_distributed_noise and (
+        site is None or (site.limits.allow_distributed_noise and site.limits.accountant == "rdp"))
     if opted and setup.threshold < t:  # a sum of fewer than t clients could be unmasked: no share is sent
         why = (f"the query round's SecAgg+ threshold {setup.threshold} is below t = {t}: a sum of fewer than t "
                f"shares would carry less than the whole noise")  # fmt: skip

@@ -98,6 +98,15 @@ def test_a_site_that_opts_in_adds_a_share_and_records_it(site, noise_calls):
     assert out[1][K.HISTORY_SHARES][-1] == t and out[1][K.HISTORY_NOISE][-1] == pytest.approx(cfg.query_noise)
 
 
+def test_a_site_composing_its_ledger_with_prv_adds_its_whole_noise(site, noise_calls):
+    tmp_path, data, schema = site
+    # PRV would charge a share as a continuous Gaussian, under KLS 2021's zCDP bound: the share is not sent
+    cfg, t, out = _ask(tmp_path, data, schema, allow='allow_distributed_noise = true\naccountant = "prv"\n')
+    assert not isinstance(out, Decline), out
+    std = _whole_std(cfg, out)
+    assert noise_calls and all(v == pytest.approx(std**2) for v in noise_calls) and out[1][K.QUERY_SHARES] == 0
+
+
 def test_coordinator_asking_for_a_sum_below_t_is_refused(site, noise_calls):
     tmp_path, data, schema = site
     # the query round's SecAgg+ would unmask a sum of 2 clients, while each share assumes t = 9
