@@ -38,7 +38,7 @@ from fedready.client.site import Site, site_from_node_config
 from fedready.client.state import ClientPrivacyState, Release, Store, client_state_dir, query_noise_split
 from fedready.client.training import OptimizerHooks, poisson_plan, train
 from fedready.client.wire import make_wire_log_mod
-from fedready.config import SimulationConfig, query_threshold
+from fedready.config import QUERY_MODULUS, SimulationConfig, query_threshold
 from fedready.federation import client_shard, task_of
 from fedready.modelio import arrays_digest
 from fedready.models import model_for_schema
@@ -385,6 +385,7 @@ class SecAggSetup:
     clipping_range: float
     quantization_range: int
     max_weight: float
+    mod_range: int  # the ring the masked sum lives in: a smaller one than the query's could wrap the sum
 
 
 def answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str | None, config: dict[str, Any],
@@ -403,7 +404,9 @@ def answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str 
     when the run asks for distributed noise *and*, for a deployed client, its own limits opt in
     (``allow_distributed_noise``); otherwise the whole ``s^2`` (local noise: the guarantee does
     not rest on SecAgg+). A share is sent only if the round's SecAgg+ threshold is at least ``t``:
-    no sum of fewer than ``t`` clients can then be unmasked. The release is charged as what it is
+    no sum of fewer than ``t`` clients can then be unmasked. The whole noise needs at least ``t``
+    *honest* clients in the sum (a colluding client's share is known to the coordinator), which no
+    client can check: that is why the organisation opts in. The release is charged as what it is
     (KLS 2021, its ``tau`` term included) before anything leaves.
     """
     pid = int(context.node_config["partition-id"])
@@ -424,10 +427,13 @@ def _answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str
         if not site.report.ok:
             return Decline(K.CONTRACT_VIOLATION, site.contract_detail())
     clip = cfg.query_secagg_clip
-    if setup is None or (setup.clipping_range, setup.quantization_range, setup.max_weight) != (clip, 2 * clip, 1.0):
-        got = "none" if setup is None else f"({setup.clipping_range}, {setup.quantization_range}, {setup.max_weight})"
-        return Decline(K.SECAGG_ENCODING, f"the query round's SecAgg+ (clip, levels, max weight) must be ({clip}, "
-                                          f"{2 * clip}, 1.0) to carry integer counts exactly; got {got}")  # fmt: skip
+    if (setup is None or (setup.clipping_range, setup.quantization_range, setup.max_weight) != (clip, 2 * clip, 1.0)
+            or setup.mod_range < QUERY_MODULUS):  # fmt: skip
+        got = "none" if setup is None else (f"({setup.clipping_range}, {setup.quantization_range}, "
+                                            f"{setup.max_weight}, {setup.mod_range})")  # fmt: skip
+        return Decline(K.SECAGG_ENCODING, f"the query round's SecAgg+ (clip, levels, max weight, modulus) must be "
+                                          f"({clip}, {2 * clip}, 1.0, >= 2^40) to carry integer counts exactly; "
+                                          f"got {got}")  # fmt: skip
     local = site.local_data(val_fraction=cfg.val_fraction, seed=cfg.seed) if site is not None else None
     answer = answer_queries(str(config[K.QUERY]), global_arrays, cfg, pid, local)
     summed = sorted(k for k in answer if k.startswith((K.COUNTS_PREFIX, K.PROFILE_PREFIX)))
@@ -445,8 +451,8 @@ def _answer_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str
         metrics.update(share)
     vector = np.concatenate([values[k] for k in summed]) if summed else np.zeros(0, dtype=np.int64)
     if np.abs(vector).max(initial=0) > clip:  # SecAgg+ would clip it silently: refused loudly instead
-        raise RuntimeError(f"a summed count is beyond --query-secagg-clip {clip}; raise it (at most 2^40 / (2 x "
-                           f"clients asked))")  # fmt: skip
+        raise RuntimeError(f"a summed count is beyond --query-secagg-clip {clip}; raise it (below 2^30 and "
+                           f"2^40 / (2 x clients asked))")  # fmt: skip
     return vector.astype(np.float64), metrics
 
 
@@ -461,7 +467,10 @@ def _noise_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str 
     accuracy_std, std = query_noise_split(cfg.query_noise, cfg.query_accuracy_share, accuracy=bool(accuracy),
                                           sum_vectors=len(sums))  # fmt: skip
     t = query_threshold(cfg)
-    opted = bool(sums) and cfg.query_distributed_noise and (site is None or site.limits.allow_distributed_noise)
+    # a share's bound is proven in zCDP/RDP only (KLS 2021): a site whose lifetime ledger composes with PRV adds its
+    # whole noise, which PRV charges soundly (the run's own accountant is refused with PRV when the config is built)
+    opted = bool(sums) and cfg.query_distributed_noise and (
+        site is None or (site.limits.allow_distributed_noise and site.limits.accountant == "rdp"))
     if opted and setup.threshold < t:  # a sum of fewer than t clients could be unmasked: no share is sent
         why = (f"the query round's SecAgg+ threshold {setup.threshold} is below t = {t}: a sum of fewer than t "
                f"shares would carry less than the whole noise")  # fmt: skip
@@ -487,8 +496,12 @@ def _noise_through_secagg(cfg: SimulationConfig, context: Context, run_dir: str 
     for k in accuracy:
         answer[k] = float(answer[k] + rng.normal(0.0, accuracy_std))
     randbelow = random.Random(repr(seeded)).randrange if seeded is not None else None  # only the stamped research mode
+    # the exact counts are clamped 10 share stds inside the clip (1-Lipschitz: the sensitivity stands), so the
+    # noised value stays inside it; the caller's error on a value beyond the clip is the backstop
+    bound = math.floor(cfg.query_secagg_clip - 10.0 * math.sqrt(share_var))
     for k in sums:
-        values[k] = values[k] + sample_discrete_gaussian(share_var, values[k].size, randbelow=randbelow)
+        exact = np.clip(values[k], -bound, bound) if bound > 0 else values[k]
+        values[k] = exact + sample_discrete_gaussian(share_var, values[k].size, randbelow=randbelow)
     share_std = math.sqrt(share_var) if sums else 0.0
     state.releases.append(Release("query", r, release[0], 1.0, 1, shares=t if opted else 0, share_std=share_std,
                                   tau=tau))  # fmt: skip

@@ -47,9 +47,11 @@ class LocalLimits(BaseModel):
     allow_insecure_seeded_noise: bool = False  # noise derived from the coordinator's --seed: NO guarantee
     allow_exact_evaluation: bool = False  # exact group counts on the validation rows (outside the guarantee)
     allow_release_train_loss: bool = False  # the exact training loss each round (outside the guarantee)
-    # Under SecAgg+, add only a 1/t share of the noise on the counts that are only ever summed (the secure sum of
-    # >= t clients carries the whole). Off: this client adds the whole noise itself, whatever the run asks. On, its
-    # guarantee against a coordinator that colludes with enough clients to break SecAgg+ is that of its share alone.
+    # Under SecAgg+, add only a 1/t share of the noise on the counts that are only ever summed. The secure sum
+    # carries the whole only if at least t of its clients are HONEST: a colluding client's share is known to the
+    # coordinator, so n clients with c colluding leave (n - c) s^2 / t (t = clients asked - c tolerates c
+    # colluders). Off: this client adds the whole noise itself, whatever the run asks. On, its guarantee against a
+    # coordinator that breaks SecAgg+ or colludes with more than n - t clients is that of the honest shares alone.
     allow_distributed_noise: bool = False
 
 

@@ -87,6 +87,7 @@ def _secagg_setup(context: Context) -> SecAggSetup | None:
         clipping_range=float(record["clipping_range"]),
         quantization_range=int(record["target_range"]),
         max_weight=float(record["max_weight"]),
+        mod_range=int(record["mod_range"]),
     )
 
 

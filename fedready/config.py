@@ -29,6 +29,11 @@ __all__ = ["RUN_CONFIG_KEYS", "KeyRule", "SimulationConfig", "loosened_keys", "m
 warnings.filterwarnings("ignore", message='Field name "schema" in "SimulationConfig"', category=UserWarning)
 
 
+QUERY_MODULUS = 2**40  # the query round's SecAgg+ ring (2^40: up to 2^23 clients' int64 sum before the modulus)
+QUERY_SECAGG_CLIP = 2**20  # the default of query_secagg_clip
+MIN_SHARE_VARIANCE = 0.25  # KLS 2021 Proposition 14 needs each discrete Gaussian share's sigma >= 1/2
+
+
 class SimulationConfig(BaseModel):
     """Everything that determines a simulated run's result."""
 
@@ -95,7 +100,9 @@ class SimulationConfig(BaseModel):
     query_distributed_noise: bool = True  # under --secagg each client adds only a share of the summed counts' noise
     query_secagg_threshold: int | None = Field(None, ge=2)  # t: least clients in the query's sum (default: 90% of
     #                                                         those asked, at most all but one); the share is 1/t
-    query_secagg_clip: int = Field(2**20, ge=1)  # a summed count (with its noise) beyond +-this is refused, not clipped
+    # exact summed counts are clamped 10 noise stds inside +-this; a noised one beyond it is an error, never clipped;
+    # below 2^30: Flower's quantiser is int32
+    query_secagg_clip: int = Field(QUERY_SECAGG_CLIP, ge=1, lt=2**30)
     # robustness: validation, aggregation, hostile and failing clients
     aggregator: Literal["fedavg", "median", "trimmed-mean", "krum", "multikrum", "bulyan", "qfedavg"] = "fedavg"
     qffl_q: float = Field(0.1, ge=0)  # q-FFL fairness exponent for aggregator=qfedavg (0 = FedAvg)
@@ -284,7 +291,8 @@ RUN_CONFIG_KEYS: dict[str, KeyRule] = {
                                        limit="allow_distributed_noise"),
     "query_secagg_threshold": KeyRule(NEUTRAL, "a client divides its share by it only after checking that the query "
                                                "round's SecAgg+ threshold is at least it"),
-    "query_secagg_clip": KeyRule(NEUTRAL, "an answer beyond it is refused, never clipped"),
+    "query_secagg_clip": KeyRule(NEUTRAL, "exact counts are clamped 10 noise stds inside it; a noised "
+                                                       "count beyond it is an error, never clipped"),
     "aggregator": KeyRule(NEUTRAL, "server side"),
     "qffl_q": KeyRule(NEUTRAL, "server side (its loss weights need release_train_loss)"),
     "trim_beta": KeyRule(NEUTRAL, "server side"),
@@ -340,6 +348,13 @@ def _cross_checks(cfg: SimulationConfig) -> None:
         if asked * 2 * cfg.query_secagg_clip >= QUERY_MODULUS:
             raise ConfigError("query-secagg-clip", f"{asked} clients x 2 x {cfg.query_secagg_clip} would wrap the "
                                                    f"query's ring of 2^{QUERY_MODULUS.bit_length() - 1}; lower it")
+        if cfg.dp and cfg.query_distributed_noise:
+            _check_distributed_noise(cfg)
+    else:
+        given = [name for name, on in (("query-secagg-threshold", cfg.query_secagg_threshold is not None),
+                                       ("query-secagg-clip", cfg.query_secagg_clip != QUERY_SECAGG_CLIP)) if on]
+        if given:
+            raise ConfigError(given[0], "applies only to the query's SecAgg+ round: pass --secagg, or drop it")
     if cfg.aggregator == "qfedavg" and cfg.dp and not cfg.release_train_loss:
         raise ConfigError("aggregator", "q-FFL weighs clients by their training loss, which DP does not cover: "
                                         "pass --release-train-loss (outside the guarantee) or --no-dp")  # fmt: skip
@@ -353,7 +368,26 @@ def _cross_checks(cfg: SimulationConfig) -> None:
         raise ConfigError("min-clients", f"{cfg.min_clients} exceeds the {m} clients sampled per round")
 
 
-QUERY_MODULUS = 2**40  # the query round's SecAgg+ ring (2^40: up to 2^23 clients' int64 sum before the modulus)
+def _check_distributed_noise(cfg: SimulationConfig) -> None:
+    """Refuse a distributed-noise configuration outside what KLS 2021 proves (checked before anything runs).
+
+    Notes
+    -----
+    The sum of discrete Gaussian shares is bounded in zCDP/RDP only (Kairouz, Liu, Steinke 2021,
+    Proposition 14, which also needs each share's sigma >= 1/2); the PRV accountant would charge it
+    as a continuous Gaussian, under that bound. The least per-count std a client can draw from the
+    configuration is ``query_noise`` itself (one summed vector, ``client.state.query_noise_split``),
+    over ``sqrt(1 - query_accuracy_share)`` when the accuracy counts are noised too.
+    """
+    if cfg.accountant == "prv":
+        raise ConfigError("accountant", "distributed noise under SecAgg+ is proven in RDP/zCDP only; use "
+                                        "--accountant rdp or --query-local-noise")  # fmt: skip
+    t = query_threshold(cfg)
+    least = cfg.query_noise**2 / (1.0 if cfg.exact_evaluation else 1.0 - cfg.query_accuracy_share)
+    if least / t < MIN_SHARE_VARIANCE:
+        raise ConfigError("query-secagg-threshold", f"t = {t} makes a share's variance {least / t:.3g} (query noise "
+                                                    f"per count^2 / t), below KLS 2021's 1/4 (sigma >= 1/2): lower "
+                                                    f"--query-secagg-threshold or raise --query-noise")  # fmt: skip
 
 
 def query_clients(cfg: SimulationConfig) -> int:

@@ -104,11 +104,11 @@ def write_profile(cfg: SimulationConfig, run_dir: Path, replies: list, digest: s
         std = float(secure_sum["noise_std"])
         total = sum_profiles([{**hists, K.QUERY_NOISE_STD: std, K.PARTITION_ID: "secure sum"}])
         noise = NoiseRecord("discrete-gaussian" if std > 0 else "none", scale=std or None,
-                            noise_multiplier=cfg.query_noise if std > 0 else None,
-                            delta=cfg.delta if std > 0 else None,
+                            noise_multiplier=(secure_sum.get("charged_noise_multiplier") or cfg.query_noise)
+                            if std > 0 else None, delta=cfg.delta if std > 0 else None,
                             extra={"added_by": "each client, before masking (SecAgg+): " + secure_sum["distributed"],
                                    "charged_to": "each client's budget (ledger level 'query')"})  # fmt: skip
-        return _write(cfg, run_dir, total, noise, digest, int(secure_sum["clients"]), std)
+        return _write(cfg, run_dir, total, noise, digest, int(secure_sum["clients"]), f"noise std on the sum {std:.3g}")
     ok = [dict(m.content[K.METRICS]) for m in replies if not m.has_error()]
     ok = [r for r in ok if not int(r.get(K.DECLINED, 0)) and any(k.startswith(K.PROFILE_PREFIX) for k in r)]
     if not ok:
@@ -122,12 +122,12 @@ def write_profile(cfg: SimulationConfig, run_dir: Path, replies: list, digest: s
                         delta=cfg.delta if per > 0 else None,
                         extra={"added_by": "each client, before sending", "client_std": per,
                                "charged_to": "each client's budget (ledger level 'query')"})  # fmt: skip
-    return _write(cfg, run_dir, total, noise, digest, len(ok), per)
+    return _write(cfg, run_dir, total, noise, digest, len(ok), f"per-client noise std {per:.3g}")
 
 
 def _write(cfg: SimulationConfig, run_dir: Path, total: Counts, noise: NoiseRecord, digest: str, clients: int,
-           std: float) -> dict[str, Any]:  # fmt: skip
+           noise_note: str) -> dict[str, Any]:  # fmt: skip
     doc = profile_document(task_of(cfg).schema, total, noise, model_digest=digest, clients=clients)
     atomic_write_text(run_dir / PROFILE_FILE, json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    log.info("reference profile from %d clients (noise std %.3g)", clients, std)
+    log.info("reference profile from %d clients (%s)", clients, noise_note)
     return doc

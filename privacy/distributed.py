@@ -11,7 +11,10 @@ floating point, so no low-order bits leak (Mironov 2012). Every uniform integer 
 
 Under SecAgg+ each of the ``n`` clients in the sum adds ``N_Z(0, sigma^2 / t)`` to every coordinate,
 where ``t`` is the least number of clients the server may find in the sum (the query round's
-SecAgg+ reconstruction threshold; the server refuses a sum of fewer). The sum of ``n >= t`` shares
+SecAgg+ reconstruction threshold; the server refuses a sum of fewer). The guarantee needs at least ``t``
+*honest* clients in the sum: a colluding client's share is known to the coordinator, so with ``c`` of
+the ``n`` colluding the noise left is ``(n - c) sigma^2 / t`` (``t = asked - c`` tolerates ``c``
+colluders). The sum of ``n >= t`` shares
 has variance ``n sigma^2 / t >= sigma^2`` and is close to ``N_Z(0, n sigma^2 / t)``; Kairouz, Liu and
 Steinke 2021 ("The Distributed Discrete Gaussian Mechanism for Federated Learning with Secure
 Aggregation", ICML; arXiv:2102.06387, Proposition 14) bound the mechanism ``x + sum of n shares``:
@@ -20,12 +23,13 @@ it is ``rho``-zCDP (Renyi DP ``alpha rho`` at every order ``alpha``) with
     rho = 1/2 min( D2^2 / (n s2) + 2 D1 tau / sqrt(n s2) + tau^2 d,  (D2 / sqrt(n s2) + tau sqrt(d))^2 ),
     tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 s2 k / (k + 1)),
 
-for shares of variance ``s2`` (each at least 1/2), L1 and L2 sensitivities ``D1``, ``D2`` and ``d``
-coordinates. :func:`distributed_rho` computes it (the ``tau`` terms are charged, however small), and
-:func:`gaussian_equivalent` turns it into the noise multiplier of a Gaussian mechanism with the same
-Renyi curve, ``1 / sqrt(2 rho)``, which is what the ledger records. A single discrete Gaussian of
-variance ``s2`` (a client's full local noise) is exactly ``D2^2 / (2 s2)``-zCDP for integer
-sensitivities (Canonne, Kamath, Steinke 2020, Theorem 4): the same as the continuous Gaussian.
+for shares of variance ``s2`` (each share's sigma ``sqrt(s2)`` at least 1/2, so ``s2 >= 1/4``), L1 and L2
+sensitivities ``D1``, ``D2`` and ``d`` coordinates. :func:`distributed_rho` computes it (the ``tau``
+terms are charged, however small), and :func:`gaussian_equivalent` turns it into the noise multiplier of
+a Gaussian mechanism with the same Renyi curve, ``1 / sqrt(2 rho)``, which is what the ledger records. A
+single discrete Gaussian of variance ``s2`` (a client's full local noise) is ``D2^2 / (2 s2)``-zCDP for
+integer sensitivities (Canonne, Kamath, Steinke 2020, Theorem 4): the same zCDP bound as the continuous
+Gaussian.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
+
+from fedready.config import MIN_SHARE_VARIANCE
 
 __all__ = [
     "distributed_rho",
@@ -136,10 +142,13 @@ def distributed_rho(*, share_variance: float, shares: int, l1: float, l2: float,
     Raises
     ------
     ValueError
-        If ``share_variance`` is below 1/2 (outside the proposition) or ``shares`` below 1.
+        If ``share_variance`` is below 1/4 (a share's sigma below 1/2: outside the proposition) or ``shares``
+        below 1. A configuration that would give such a share is refused before the run
+        (``fedready.config``); this is the backstop.
     """
-    if share_variance < 0.5 or shares < 1:
-        raise ValueError(f"KLS 2021 needs share variance >= 1/2 and shares >= 1; got {share_variance}, {shares}")
+    if share_variance < MIN_SHARE_VARIANCE or shares < 1:
+        raise ValueError(f"KLS 2021 needs each share's sigma >= 1/2 (variance >= 1/4) and shares >= 1; got variance "
+                         f"{share_variance}, shares {shares}")  # fmt: skip
     tau = distributed_tau(share_variance, shares)
     total = shares * share_variance
     first = l2**2 / total + 2.0 * l1 * tau / math.sqrt(total) + tau**2 * dim

@@ -295,8 +295,13 @@ def run_secagg_query(grid: Grid, context: Context, cfg: SimulationConfig, run_di
     counts either a ``1/t`` share of the noise (distributed noise: the sum of ``n >= t`` shares carries
     ``n / t`` times the whole variance) or the whole noise (a deployed client whose limits do not opt
     in, or ``--query-distributed-noise false``); the sum's noise std is the root of the sum of the
-    variances they added. A sum holding shares of fewer than ``t`` clients is refused (one line),
-    and so is one whose clients disagree on its layout.
+    variances they added. A sum of ``n >= t`` clients carries at least the whole noise, whatever the
+    mix: one whole-noise client already adds ``s^2``, and ``t`` sharers add ``s^2`` between them
+    (the charge each client made); a sum holding shares with fewer than ``t`` clients in all, or
+    shares made for another ``t``, is refused (one line), and so is one whose clients disagree on
+    its layout. The refusal keeps a mis-noised sum out of the report; it is no privacy barrier (the
+    sum is already unmasked): what protects a client is that its share is sent only when the
+    round's SecAgg+ threshold is at least ``t``.
 
     The query round has its own SecAgg+ parameters: every client asked is every other's neighbour
     (``num_shares`` = clients asked), the threshold is ``t``, values are clipped to
@@ -361,6 +366,20 @@ def run_secagg_query(grid: Grid, context: Context, cfg: SimulationConfig, run_di
     return summary
 
 
+def _query_charge(answer: dict[str, Any]) -> float | None:
+    """The noise multiplier a client charged for its last post-training answer (its history), or None.
+
+    The history is the client's (untrusted) word: a malformed one says nothing (the ledger records it).
+    """
+    try:
+        history = _history(answer)
+        levels, noises = history.get(K.HISTORY_LEVEL, []), history.get(K.HISTORY_NOISE, [])
+        charges = [float(z) for level, z in zip(levels, noises, strict=True) if int(level) == 2]
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return charges[-1] if charges else None
+
+
 def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[str, Any]:
     """The summed count vectors from SecAgg+'s unmasked ``mean`` over the ``answers``' clients, and their noise.
 
@@ -369,8 +388,10 @@ def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[
     dict
         ``sums`` (key -> summed vector, empty when refused), ``noise_std`` (on each summed count),
         ``clients``, ``shares`` (clients that added a ``1/t`` share), ``whole_noise`` (clients that added
-        the whole noise), ``threshold`` (``t``), ``tau`` (KLS 2021's term for ``t`` shares), a
-        description, and ``refused`` (why the sum is not used, or empty).
+        the whole noise), ``threshold`` (``t``), ``tau`` (KLS 2021's term for ``t`` shares),
+        ``charged_noise_multiplier`` (the least Gaussian-equivalent multiplier a client charged for
+        this answer, from its release history; None if none says), a description, and ``refused``
+        (why the sum is not used, or empty).
     """
     n = len(answers)
     total = np.rint(np.asarray(mean, dtype=np.float64) * n).astype(np.int64)  # weights 1: the mean of n integers
@@ -379,10 +400,12 @@ def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[
     share_std = max((float(a[K.QUERY_SHARE_STD]) for a in sharers), default=0.0)
     whole = [a for a in answers if int(a.get(K.QUERY_SHARES, 0)) == 0 and float(a.get(K.QUERY_SHARE_STD, 0)) > 0]
     variance = sum(float(a.get(K.QUERY_SHARE_STD, 0.0)) ** 2 for a in answers)
+    charged = [_query_charge(a) for a in answers]
     out: dict[str, Any] = {
         "sums": {}, "noise_std": math.sqrt(variance), "clients": n, "shares": len(sharers),
         "whole_noise": len(whole), "threshold": t, "share_std": share_std,
         "tau": distributed_tau(share_std**2, t) if sharers else 0.0,
+        "charged_noise_multiplier": min((z for z in charged if z is not None), default=None),
         "distributed": (f"{len(sharers)} client(s) added a 1/{t} share of the noise (std {share_std:.4g} per count), "
                         f"{len(whole)} their whole noise" if sharers else
                         f"{len(whole)} client(s) added their whole noise (distributed noise off)"),
@@ -390,10 +413,10 @@ def secure_sum(answers: list[dict[str, Any]], mean: np.ndarray, t: int) -> dict[
     }  # fmt: skip
     if len(layouts) != 1:
         out["refused"] = "the clients disagree on the layout of the summed vector"
-    elif sharers and (len(sharers) < t or any(int(a[K.QUERY_SHARES]) != t for a in sharers)):
+    elif sharers and (n < t or any(int(a[K.QUERY_SHARES]) != t for a in sharers)):
         got = sorted({int(a[K.QUERY_SHARES]) for a in sharers})
-        out["refused"] = (f"it holds distributed-noise shares of {len(sharers)} client(s) (for t = {got}), fewer than "
-                          f"the t = {t} whose sum carries the whole noise")  # fmt: skip
+        out["refused"] = (f"it holds {n} client(s), {len(sharers)} of them with distributed-noise shares for "
+                          f"t = {got}; a share is charged for a sum of at least t = {t} clients")  # fmt: skip
     else:
         layout = json.loads(layouts.pop() or "[]")
         if sum(int(length) for _, length in layout) != total.size:

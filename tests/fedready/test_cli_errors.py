@@ -25,6 +25,10 @@ runner = CliRunner()
         (["--accountant", "moments"], "accountant"),
         (["--rounds", "0"], "rounds"),
         (["--alpha", "0"], "alpha"),
+        # distributed noise is proven in RDP/zCDP only: PRV would charge it as a continuous Gaussian, under its bound
+        (["--secagg", "--accountant", "prv"], "accountant"),
+        (["--query-secagg-threshold", "3"], "query-secagg-threshold"),  # without --secagg it would do nothing
+        (["--secagg", "--query-noise", "0.5"], "query-secagg-threshold"),  # a share's sigma below KLS 2021's 1/2
     ],
 )
 def test_invalid_configuration_is_one_line_exit_2(tmp_path, args, field):

@@ -75,3 +75,41 @@ def test_an_unknown_keyword_is_named_as_given_with_a_suggestion():
     assert e.value.field == "num_clientz"
     with pytest.raises(ConfigError, match="unknown keyword 'zzz'; expected one of: accountant, "):
         make_config(zzz=1)
+
+
+def test_query_secagg_clip_is_refused_where_flowers_int32_quantiser_would_wrap():
+    import pytest
+
+    from fedready.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^query-secagg-clip: .*1073741824"):
+        make_config(secagg=True, query_secagg_clip=2**30)
+    assert make_config(secagg=True, query_secagg_clip=2**30 - 1).query_secagg_clip == 2**30 - 1
+
+
+def test_distributed_noise_configurations_outside_kls_2021_are_refused_before_the_run():
+    import pytest
+
+    from fedready.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^accountant: .*--accountant rdp or --query-local-noise"):
+        make_config(secagg=True, accountant="prv")
+    assert make_config(secagg=True, accountant="prv", query_distributed_noise=False).accountant == "prv"
+    assert make_config(secagg=True, accountant="prv", dp=False).accountant == "prv"  # no noise to charge
+    # the least share variance is query_noise^2 / (1 - accuracy share) / t: 0.5^2 / 0.2 / 5 = 0.25 is inside
+    assert make_config(secagg=True, query_noise=0.5, query_secagg_threshold=5).query_secagg_threshold == 5
+    with pytest.raises(ConfigError, match="^query-secagg-threshold: t = 6 .*--query-noise"):
+        make_config(secagg=True, query_noise=0.5, query_secagg_threshold=6)
+
+
+def test_query_secagg_options_without_secagg_are_refused_not_ignored():
+    import pytest
+
+    from fedready.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^query-secagg-threshold: .*--secagg"):
+        make_config(query_secagg_threshold=3)
+    with pytest.raises(ConfigError, match="^query-secagg-clip: .*--secagg"):
+        make_config(query_secagg_clip=1000)
+    back = SimulationConfig.from_run_config(make_config().to_run_config())  # defaults still travel
+    assert back.query_secagg_threshold is None

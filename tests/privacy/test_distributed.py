@@ -70,8 +70,10 @@ def test_tau_is_computed_and_charged_not_assumed():
     assert tau == 0.0 and rho == pytest.approx(3 / (2 * 26.8**2))
     # sum of t shares: the same zCDP as one whole discrete Gaussian of the total variance
     assert distributed_rho(share_variance=100.0, shares=1, l1=1, l2=1, dim=5)[0] == pytest.approx(1 / 200)
-    with pytest.raises(ValueError, match="1/2"):
-        distributed_rho(share_variance=0.4, shares=3, l1=1, l2=1, dim=1)
+    # KLS 2021 Proposition 14 needs each share's sigma >= 1/2: variance 1/4 is inside, below it is refused
+    assert distributed_rho(share_variance=0.25, shares=3, l1=1, l2=1, dim=1)[0] > 0
+    with pytest.raises(ValueError, match="sigma >= 1/2"):
+        distributed_rho(share_variance=0.24, shares=3, l1=1, l2=1, dim=1)
 
 
 def test_the_query_charge_composes_into_the_budget_at_the_default():
