@@ -361,6 +361,9 @@ def compress(
     measured = measure(variants, x, y, assess, timing=timing, untouched=ev)
     chosen = select(measured)
     base = next(m for m in measured if m.variant.name == "fp32")
+    # No variant passes: the uncompressed model ships only as it was judged (fp32: temperature-scaled, with its
+    # own refitted post-processing), and only if its variant gates are merely undecided; a failed one ships nothing.
+    shipped = chosen if chosen is not None else (base if base.decision == "undecided" else None)
     model = model_decision(run)
     if model.get("model_digest") not in (None, arrays_digest(load_npz(npz.read_bytes()))):
         model = {"decision": "not-run", "gates": [], "undecided": model["undecided"],
@@ -368,7 +371,7 @@ def compress(
     report = {
         "run": run.name,
         "model": model,
-        "decision": release_decision(model["decision"], (chosen or base).decision),
+        "decision": release_decision(model["decision"], shipped.decision if shipped else "failed"),
         "model_digest": arrays_digest(load_npz(npz.read_bytes())),
         "options": {**opts.__dict__, "student_widths": list(opts.student_widths)},
         "data": {
@@ -379,7 +382,8 @@ def compress(
         },  # fmt: skip
         "privacy": "post-processing of the DP model on public data only: the ledger's epsilon still holds",
         "skipped": skipped,
-        "selected": chosen.variant.name if chosen else None,
+        "selected": shipped.variant.name if shipped else None,
+        "selected_decision": shipped.decision if shipped else None,
         "reason": None if chosen else _why_none(measured),
         "variants": [
             {
@@ -408,23 +412,23 @@ def compress(
     try:
         for m in measured:
             (tmp / f"{m.variant.name}.onnx").write_bytes(m.variant.onnx)
-        if chosen is not None:
-            (tmp / SELECTED).write_bytes(chosen.variant.onnx)
-            rule = chosen.metrics.get("mitigation_rule")
+        if shipped is not None:
+            (tmp / SELECTED).write_bytes(shipped.variant.onnx)
+            rule = shipped.metrics.get("mitigation_rule")
             if rule:  # the post-processing refitted on the selected variant's own scores
                 import hashlib
 
-                rule = {**rule, "model": SELECTED, "model_sha256": hashlib.sha256(chosen.variant.onnx).hexdigest(),
+                rule = {**rule, "model": SELECTED, "model_sha256": hashlib.sha256(shipped.variant.onnx).hexdigest(),
                         "fitted_on": "half A of the evaluation half of the benchmark (stratified, seed 0)"}  # fmt: skip
                 (tmp / "thresholds.json").write_text(json.dumps(rule, indent=2, sort_keys=True) + "\n")
             if groups is not None:
                 from fedready.monitoring.profile import OUTPUTS_FILE
 
-                doc = public_outputs(chosen.variant.onnx, rule or None, x=x, y=y, groups=groups, source=source)
+                doc = public_outputs(shipped.variant.onnx, rule or None, x=x, y=y, groups=groups, source=source)
                 (tmp / OUTPUTS_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         (tmp / "compression.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=float) + "\n")
         (tmp / "compression.md").write_text(
-            f"# Compression of {run.name}\n\n{_table(measured, chosen)}\n"
+            f"# Compression of {run.name}\n\n{_table(measured, shipped)}\n"
             f"Selected: **{report['selected'] or 'none'}**{'' if chosen else ' — ' + str(report['reason'])}\n"
         )
         _plot(measured, tmp / "size_vs_accuracy.png")
@@ -438,7 +442,7 @@ def compress(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    report["table"] = _table(measured, chosen)
+    report["table"] = _table(measured, shipped)
     return report
 
 
@@ -524,9 +528,9 @@ def model_decision(run: Path) -> dict[str, Any]:
 def release_decision(model: str, variant: str) -> str:
     """The decision a promotion reads: the worse of the model's gates and the shipped variant's.
 
-    When no variant passes, the uncompressed model ships and ``variant`` is the fp32 variant's own
-    decision: an fp32 gate that is only undecided (its interval straddles the limit) leaves the
-    release undecided, never failed.
+    When no variant passes but fp32's variant gates are only undecided (an interval straddles its
+    limit), fp32 as it was judged (temperature-scaled, its own post-processing) ships and the
+    release is undecided; when fp32 failed one, nothing judged can ship and ``variant`` is "failed".
     """
     order = ("passed", "undecided", "failed", "not-run")
     return max(model, variant, key=order.index)

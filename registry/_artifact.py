@@ -186,9 +186,10 @@ def _release_decision(staging: Path, compression: dict[str, Any]) -> tuple[str, 
     """The release decision the artifact carries, and what the policy lets an undecided release reach.
 
     The trained model's gates (``evaluation.json``, decided once) and, when ``fedready compress``
-    ran, the shipped variant's gates (its fidelity to that model): the worse of the two. A
-    compression that selected nothing ships the uncompressed model with the fp32 variant's own
-    decision (undecided when its gates only straddle their limits; failed when one failed).
+    ran, the shipped variant's gates (its fidelity to that model): the worse of the two. The shipped
+    variant is the selected one (which passed), or fp32 as it was judged when no variant passed and
+    fp32's gates were only undecided (``compress`` then writes it as the selection, with its
+    decision). A compression that selected nothing ships the raw, never-judged export: failed.
     """
     ev_path = staging / "evaluation.json"
     if not ev_path.exists():
@@ -198,9 +199,12 @@ def _release_decision(staging: Path, compression: dict[str, Any]) -> tuple[str, 
     undecided = str((ev.get("promotion") or {}).get("undecided", "canary"))
     if model not in ("passed", "undecided", "failed"):
         model = "failed"
-    if compression.get("status") == "none-selected":
-        shipped = str(compression.get("fp32_decision") or "failed")  # an older report without it: failed
+    status = compression.get("status")
+    if status == "none-selected":
+        return "failed", undecided
+    if status == "selected":
         order = ("passed", "undecided", "failed")
+        shipped = str(compression.get("variant_decision") or "passed")  # a report from before: selected = passed
         return max(model, shipped if shipped in order else "failed", key=order.index), undecided
     return model, undecided
 
@@ -212,11 +216,8 @@ def _selected_onnx(run: Path) -> tuple[Path | None, dict[str, Any]]:
         return None, {"status": "not-run"}
     data = read_json(report, what="compression report")
     selected = data.get("selected") if isinstance(data, dict) else None
-    if not selected:  # compression ran but no variant passed its gates: ship the fp32 model, as fp32 was judged
-        variants = data.get("variants") if isinstance(data, dict) else None
-        fp32 = next((v for v in variants or [] if isinstance(v, dict) and v.get("name") == "fp32"), {})
-        return None, {"status": "none-selected", "reason": data.get("reason") if isinstance(data, dict) else None,
-                      "fp32_decision": fp32.get("decision")}  # fmt: skip
+    if not selected:  # compression ran but nothing judged may ship: the raw fp32 export, failed
+        return None, {"status": "none-selected", "reason": data.get("reason") if isinstance(data, dict) else None}
     rel = None
     if isinstance(selected, dict):
         rel = selected.get("path") or selected.get("file") or selected.get("onnx")
@@ -224,9 +225,11 @@ def _selected_onnx(run: Path) -> tuple[Path | None, dict[str, Any]]:
         rel = selected
     candidates = [report.parent / rel] if rel else []
     candidates += [report.parent / "selected.onnx", run / "compression" / "selected.onnx"]
+    decision = data.get("selected_decision") if isinstance(data, dict) else None
     for c in candidates:
         if c.is_file():
-            return c, {"status": "selected", "selected": selected, "source": c.relative_to(run).as_posix()}
+            found = {"status": "selected", "selected": selected, "source": c.relative_to(run).as_posix()}
+            return c, {**found, "variant_decision": decision} if decision not in (None, "passed") else found
     raise IntegrityError(f"{report} names a selected variant but no ONNX file for it was found in {report.parent}")
 
 

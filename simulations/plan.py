@@ -36,8 +36,8 @@ __all__ = ["LARGE_MODEL_ROWS", "NOISE_NORM", "TrainingPlan", "final_noise", "pla
 
 LARGE_MODEL_ROWS = 2000  # training rows per client below which DP noise swamps an MLP: logreg then
 # The DP noise norm the small-data plan allows on the final model's weights: the best of the rates
-# tried on four small tables (README, "Your own data": measured 5.7 to 7.0 for the best rate of
-# three on each; 0.3 per weight on a 302-weight logistic regression is 5.2).
+# tried on four small tables (README, "Your own data": the best of three rates on each sat at a
+# norm of 3.8 to 7.0; 0.3 per weight on a 302-weight logistic regression is 5.2).
 NOISE_NORM = 6.0
 
 
@@ -75,10 +75,11 @@ def plan_training(given: dict[str, Any], *, train_rows: int, schema: DataSchema)
 
     ``given`` are the simulation options as the user passed them (config field names);
     ``train_rows`` the rows the clients share. Returns only what it chose; an option in
-    ``given`` is never changed. Below :data:`LARGE_MODEL_ROWS` training rows per client the model
-    is ``logreg`` and, under DP, the rate is lowered until the noise the final model carries
+    ``given`` is never changed. Under DP, below :data:`LARGE_MODEL_ROWS` training rows per client,
+    the model is ``logreg`` and its rate is lowered until the noise the final model carries
     (:func:`final_noise` per weight, times the square root of the number of weights) is at most
-    :data:`NOISE_NORM`; at and above it the defaults stand, as on the embedded data.
+    :data:`NOISE_NORM`; not for another model, nor under client-level DP (not measured there). At
+    and above it the defaults stand, as on the embedded data at its default 10 clients.
     """
     clients = int(given.get("num_clients", SimulationConfig.model_fields["num_clients"].default))
     val = float(given.get("val_fraction", SimulationConfig.model_fields["val_fraction"].default))
@@ -86,7 +87,8 @@ def plan_training(given: dict[str, Any], *, train_rows: int, schema: DataSchema)
     chosen: dict[str, Any] = {}
     why: list[str] = []
     small = per_client < LARGE_MODEL_ROWS
-    if given.get("model") is None and small:  # else the default, mlp
+    dp = given.get("dp", True) is not False
+    if given.get("model") is None and small and dp:  # else the default, mlp (the rule was measured under DP)
         chosen["model"] = "logreg"
         why.append(f"model logreg (the mlp needs about {LARGE_MODEL_ROWS} rows per client under DP)")
     cfg = make_config(**{k: v for k, v in {**given, **chosen}.items() if v is not None})
@@ -94,12 +96,14 @@ def plan_training(given: dict[str, Any], *, train_rows: int, schema: DataSchema)
     if not cfg.dp or weights is None:
         return TrainingPlan(chosen, _line(why, per_client, clients, schema), per_client, None)
     noise = final_noise(cfg, per_client) * math.sqrt(weights)
-    if small and given.get("lr") is None and noise > NOISE_NORM:
-        lr = _round2(cfg.lr * NOISE_NORM / noise)
+    # The rate rule was measured on logreg with sample-level DP only: under client-level DP a smaller rate
+    # shrinks the update against the client-level noise, which does not shrink with it.
+    if small and given.get("lr") is None and noise > NOISE_NORM and cfg.model == "logreg" and cfg.client_dp == "off":
+        lr = _floor2(cfg.lr * NOISE_NORM / noise)
+        planned = final_noise(make_config(**{**cfg.model_dump(), "lr": lr}), per_client) * math.sqrt(weights)
         why.append(f"lr {lr:g} (at the default {cfg.lr:g} the final model's {weights} weights would carry DP noise "
-                   f"of norm {noise:.0f}; at {lr:g}, {NOISE_NORM:g})")  # fmt: skip
-        chosen["lr"] = lr
-        noise = final_noise(make_config(**{**cfg.model_dump(), "lr": lr}), per_client) * math.sqrt(weights)
+                   f"of norm {noise:.0f}; at {lr:g}, {planned:.1f})")  # fmt: skip
+        chosen["lr"], noise = lr, planned
     return TrainingPlan(chosen, _line(why, per_client, clients, schema), per_client, noise)
 
 
@@ -110,9 +114,10 @@ def _weights(model: str, schema: DataSchema) -> int | None:
     return sum(p.numel() for p in model_for_schema(model, schema).parameters())
 
 
-def _round2(x: float) -> float:
-    """Two significant digits (a rate is a choice, not a measurement)."""
-    return float(f"{x:.2g}")
+def _floor2(x: float) -> float:
+    """``x`` rounded down to two significant digits (a rate is a choice; down keeps the noise under the bound)."""
+    scale = 10.0 ** (math.floor(math.log10(x)) - 1)
+    return float(f"{math.floor(x / scale + 1e-9) * scale:.2g}") if x > 0 else x
 
 
 def _line(why: list[str], per_client: float, clients: int, schema: DataSchema) -> str:

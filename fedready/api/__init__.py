@@ -168,7 +168,9 @@ def simulate(
         A benchmark CSV in the same format; otherwise ``test_fraction`` (default 0.2) of ``data``.
     model : str or callable, optional
         ``logreg | mlp | mlp-wide | mlp-large``, ``package.module:factory`` or an importable
-        function ``(in_features, num_classes) -> torch.nn.Module``. [default: mlp]
+        function ``(in_features, num_classes) -> torch.nn.Module``. [default: planned from rows per
+        client, :func:`fedready.simulations.plan.plan_training`: under DP ``logreg`` below 2,000
+        training rows per client, with its rate lowered to bound the final model's noise; else ``mlp``]
     out, name : path, str
         The run goes to ``out/name`` (default name: ``sim-<time>-<id>``).
     resume : path, optional

@@ -202,13 +202,16 @@ def run_pipeline(
     for skip in comp.get("skipped", []):
         say(f"    skipped {skip['variant']}: {skip['reason']}")
     if chosen is None:
-        say(f"    {comp['reason']}; the uncompressed model would ship, and its release decision is {comp['decision']}")
+        say(f"    {comp['reason']}; fp32 failed one too, so nothing judged can ship: the release decision is failed")
     else:
         result["compress"].update(bytes=chosen["bytes"], fp32_bytes=fp32["bytes"], accuracy=chosen["accuracy"],
                                   fp32_accuracy=fp32["accuracy"])  # fmt: skip
+        gates = chosen.get("decision", "passed")
         say(f"    selected {chosen['name']}: {chosen['bytes'] / 1024:.1f} KB "
             f"({fp32['bytes'] / chosen['bytes']:.1f}x smaller than fp32), accuracy {chosen['accuracy']:.4f} "
-            f"(fp32 {fp32['accuracy']:.4f}); variant gates passed")  # fmt: skip
+            f"(fp32 {fp32['accuracy']:.4f}); variant gates {gates}")  # fmt: skip
+        if gates != "passed":
+            say(f"    {comp['reason']}; fp32's gates are only undecided, so it ships as judged (calibrated)")
 
     say("4/6 sign: package the artifact with the operator key and verify it")
     keys = out / "keys"
@@ -246,7 +249,7 @@ def run_pipeline(
             "(pass --force --reason '...' to override)")  # fmt: skip
         for line in result["evaluate"]["blocking"]:
             say(f"    blocking: {line}")
-        if chosen is None:
+        if chosen is None or chosen.get("decision", "passed") != "passed":
             say(f"    blocking: {comp['reason']}")
 
     say("6/6 device: edge update over HTTP (TUF + signature checks), predict raw rows")

@@ -83,7 +83,8 @@ def compress(
     Each variant is judged by the policy's variant gates: its fidelity to the trained model on the benchmark
     (accuracy lost, decisions agreeing, calibration, change in group fairness). Writes RUN/compression/ (every
     variant's ONNX, compression.json, compression.md, size_vs_accuracy.png, selected.onnx and its
-    thresholds.json). Exit code 0 when a variant is selected, 1 when none passes.
+    thresholds.json). Exit code 0 when a variant passes and is selected; 3 when none passes but fp32's
+    variant gates are only undecided (fp32, as judged, is selected: canary at most); 1 when nothing may ship.
     """
     with _errors():
         try:
@@ -108,13 +109,18 @@ def compress(
     if report["selected"] is None:
         err.print(f"[bold red]no variant selected:[/] {escape(report['reason'])}", markup=True, highlight=False,
                   soft_wrap=True)  # fmt: skip
-        fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
-        err.print(f"release decision if the uncompressed model ships: {report['decision']} (the trained model's gates: "
-                  f"{model['decision']}; fp32's variant gates: {fp32['decision']})", highlight=False)  # fmt: skip
+        err.print(f"release decision: failed (fp32 failed a variant gate too; the trained model's gates: "
+                  f"{model['decision']})", highlight=False)  # fmt: skip
         raise typer.Exit(1)
+    shipped = report.get("selected_decision") or "passed"
     err.print(f"selected {report['selected']} -> {run / 'compression' / 'selected.onnx'}", highlight=False)
+    if shipped != "passed":  # no variant passed; fp32's gates were only undecided, so it ships as judged
+        err.print(f"[yellow]no variant passes:[/] {escape(report['reason'])}", markup=True, highlight=False,
+                  soft_wrap=True)  # fmt: skip
     err.print(f"release decision: {report['decision']} (the trained model's gates: {model['decision']}; the selected "
-              "variant's gates: passed)", highlight=False)  # fmt: skip
+              f"variant's gates: {shipped})", highlight=False)  # fmt: skip
+    if shipped != "passed":
+        raise typer.Exit(3)
 
 
 def _num(v: Any) -> str:

@@ -92,8 +92,8 @@ def simulate(
     model: Annotated[
         str | None,
         typer.Option(
-            help="logreg | mlp | mlp-wide | mlp-large | package.module:factory. [default: mlp when clients hold >= 2,000 "
-            "training rows each, else logreg]",
+            help="logreg | mlp | mlp-wide | mlp-large | package.module:factory. [default: mlp; under DP logreg when "
+            "clients hold under 2,000 training rows each]",
             rich_help_panel="Data and model",
         ),
     ] = None,
@@ -103,7 +103,8 @@ def simulate(
     lr: Annotated[
         float | None,
         typer.Option(help="Local learning rate at round 1. [default: 6.0 with DP, 1.0 without or for mlp-large; below "
-                          "2,000 training rows per client, lowered until the final model's DP noise norm is at most 6]"),
+                          "2,000 training rows per client, logreg's is lowered until the final model's DP noise norm is "
+                          "at most 6]"),
     ] = None,
     lr_schedule: Annotated[str | None, typer.Option(help="constant | cosine. [default: cosine]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping bound. [default: 1.0]")] = None,
@@ -484,8 +485,8 @@ def pipeline(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Global model (or package.module:factory). [default: mlp when clients hold >= 2,000 "
-            "rows each; else logreg]"
+            help="Global model (or package.module:factory). [default: mlp; under DP logreg when clients hold "
+            "under 2,000 training rows each]"
         ),
     ] = None,
     rounds: Annotated[int | None, typer.Option(help="Server rounds. [default: 50]")] = None,

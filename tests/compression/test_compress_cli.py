@@ -67,6 +67,23 @@ def test_no_variant_passing_exits_1_and_says_why(run, tmp_path):
     assert not (run / "compression" / "selected.onnx").exists()
 
 
+def test_fp32_only_undecided_ships_as_judged_and_exits_3(run, tmp_path):
+    # min_agreement 1.0: fp32 agrees with itself on every row, but a Wilson interval never reaches 1 from below, so
+    # fp32 is undecided; any variant that disagrees once fails. Nothing passes; fp32 as judged (calibrated) ships.
+    policy = tmp_path / "p.toml"
+    policy.write_text("[gates]\nmin_accuracy = 0.5\n[variant_gates]\nmin_agreement = 1.0\n")
+    res = _compress(run, policy)
+    assert res.exit_code == 3, res.output
+    folder = run / "compression"
+    report = json.loads((folder / "compression.json").read_text())
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert fp32["decision"] == "undecided" and not any(v["passed"] for v in report["variants"])
+    assert report["selected"] == "fp32" and report["selected_decision"] == "undecided"
+    assert report["decision"] in ("undecided", "not-run")  # the model's own gates: not evaluated in this fixture
+    assert (folder / "selected.onnx").read_bytes() == (folder / "fp32.onnx").read_bytes()
+    assert "no variant passes" in res.stderr and "selected variant's gates: undecided" in res.stderr
+
+
 def test_bad_option_is_one_line_exit_2(run):
     res = CliRunner().invoke(app, ["compress", str(run), "--student-widths", "wide"])
     assert res.exit_code == 2 and "student-widths" in res.stderr and "Traceback" not in res.output

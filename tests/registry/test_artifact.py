@@ -112,16 +112,21 @@ def test_cli_verify_exit_codes(artifact, keys, tmp_path):
     assert wrong.exit_code == 1 and "key mismatch" in wrong.output
 
 
-@pytest.mark.parametrize("selected", ["int8-dynamic", None])
-def test_selected_compressed_model_is_packaged(fake_run, keys, tmp_path, selected):
+@pytest.mark.parametrize(("selected", "decision", "released"), [
+    ("int8-dynamic", "passed", "passed"),  # a variant that passed its gates
+    ("fp32", "undecided", "undecided"),  # none passed; fp32 as judged, its gates only undecided: canary at most
+    (None, None, "failed"),  # none passed and fp32 failed one: the raw export ships nowhere without --force
+])  # fmt: skip
+def test_selected_compressed_model_is_packaged(fake_run, keys, tmp_path, selected, decision, released):
     from fedready.compression import mlp_layers, mlp_to_onnx
     from fedready.modelio import load_npz
 
     run = tmp_path / "run"
     shutil.copytree(fake_run, run)
+    (run / "evaluation.json").write_text(json.dumps({"decision": "passed", "passed": True}))  # the model's gates
     (run / "compression").mkdir()
-    report = {"selected": selected, "reason": None if selected else "no variant passes every gate",
-              "variants": [{"name": "fp32", "decision": "undecided"}]}
+    report = {"selected": selected, "selected_decision": decision,
+              "reason": None if decision == "passed" else "no variant passes every gate"}  # fmt: skip
     (run / "compression" / "compression.json").write_text(json.dumps(report))
     if selected:  # a stand-in for the compressed variant: a valid model whose bytes differ from the fp32 export
         layers = mlp_layers(load_npz((run / "model.npz").read_bytes()))
@@ -130,13 +135,10 @@ def test_selected_compressed_model_is_packaged(fake_run, keys, tmp_path, selecte
     art, _ = package_run(run, key=keys["operator"][0], version="1.0.0", out=tmp_path / "art")
     prov = verify_artifact(art, public_key=keys["operator"][1])
     assert (art / "compression.json").exists()
+    assert prov.evaluation == released
     if selected:
         assert prov.compression["status"] == "selected" and prov.compression["selected"] == selected
+        assert prov.compression.get("variant_decision") == (None if decision == "passed" else decision)
         assert (art / "model.onnx").read_bytes() == (run / "compression" / "selected.onnx").read_bytes()
     else:
-        assert prov.compression == {"status": "none-selected", "reason": "no variant passes every gate",
-                                    "fp32_decision": "undecided"}
-        # fp32 ships; its gates only straddle their limits, so the release is undecided (canary), never failed
-        model = json.loads((run / "evaluation.json").read_text()).get("decision") if (run / "evaluation.json").exists() \
-            else None
-        assert prov.evaluation == ("failed" if model == "failed" else "undecided" if model else "not-run")
+        assert prov.compression == {"status": "none-selected", "reason": "no variant passes every gate"}
