@@ -209,6 +209,33 @@ def _release_decision(staging: Path, compression: dict[str, Any]) -> tuple[str, 
     return model, undecided
 
 
+def _check_reports_describe_the_model(run: Path) -> None:
+    """Refuse an evaluation or compression report written for another model than the run's ``model.npz``.
+
+    The release decision is read from those reports: one left over from an earlier model (the run
+    resumed and trained on, or files copied between runs) would carry its gates over to a model
+    nobody judged. A report without a digest (written before digests were recorded) is read as is.
+
+    Raises
+    ------
+    IntegrityError
+        Naming the stale report and the command that refreshes it.
+    """
+    from fedready.modelio import arrays_digest, load_npz
+
+    digest = arrays_digest(load_npz((run / "model.npz").read_bytes()))
+    for name, folder, command in (("evaluation.json", "evaluation", "fedready evaluate"),
+                                  (COMPRESSION_FILE, "compression", "fedready compress")):  # fmt: skip
+        path = _find(run, name, (folder,))
+        if path is None:
+            continue
+        recorded = read_json(path, what=name.removesuffix(".json") + " report")
+        recorded = recorded.get("model_digest") if isinstance(recorded, dict) else None
+        if recorded is not None and recorded != digest:
+            raise IntegrityError(f"{path} describes another model than {run / 'model.npz'}; run `{command} "
+                                 f"{run}` again (and every step after it), then package")  # fmt: skip
+
+
 def _selected_onnx(run: Path) -> tuple[Path | None, dict[str, Any]]:
     """The compressed model issue 5's ``fedready compress`` selected, if it ran."""
     report = _find(run, COMPRESSION_FILE, ("compression",))
@@ -306,6 +333,7 @@ def package_run(
             raise ConfigError("run", f"{run / name} does not exist; pass a run folder written by fedready simulate")
     if not key.is_file():
         raise ConfigError("key", f"{key} does not exist; create one with `fedready keys generate --out DIR`")
+    _check_reports_describe_the_model(run)
     target = out / version
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale_staging(out)
