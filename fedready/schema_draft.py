@@ -335,7 +335,7 @@ def draft_schema(
     head = [
         f"# Drafted by `fedready schema draft` from {p.name} ({n} rows), read on this machine only.",
         "# REVIEW EVERY FIELD BEFORE SHARING THIS FILE: ranges, bins and categories describe your data.",
-        "# Reference of every field: README, section 'Schema reference'.",
+        "# Reference of every field: docs/reference/schema.md (the documentation's schema reference).",
         f"name = {_quote(name or re.sub(r'[^A-Za-z0-9_-]+', '-', p.stem))}",
         'version = "1"',
         f"ignore = {_text(ignored)}",

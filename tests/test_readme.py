@@ -1,4 +1,5 @@
-"""The README's examples run as written: the schema reference loads, the Python sweep trains and plots."""
+"""The documentation's examples run as written (README.md and the docs site's pages under docs/): the schema
+reference loads, the Python sweep trains and plots."""
 
 from __future__ import annotations
 
@@ -13,16 +14,15 @@ from pathlib import Path
 import pytest
 
 from fedready.schema import DataSchema
+from tests.docs_text import after, section
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _block(section: str, lang: str) -> str:
-    """The first fenced ``lang`` block after the heading ``section``."""
-    text = README.read_text()
-    start = text.index(f"\n## {section}\n")
-    m = re.compile(rf"```{lang}\n(.*?)```", re.S).search(text, start)
-    assert m is not None, f"no {lang} block under '{section}'"
+def _block(heading: str, lang: str) -> str:
+    """The first fenced ``lang`` block after the heading ``heading``, in the README or the docs page that holds it."""
+    m = re.compile(rf"```{lang}\n(.*?)```", re.S).search(after(heading))
+    assert m is not None, f"no {lang} block under '{heading}'"
     return m.group(1)
 
 
@@ -38,7 +38,7 @@ def test_readme_leads_with_your_own_data_in_three_commands():
 def test_schema_reference_example_is_a_valid_schema():
     schema = DataSchema.model_validate(tomllib.loads(_block("Schema reference", "toml")))
     assert schema.classes == ["no", "yes"] and schema.column("income").impute == 25000
-    documented = README.read_text().split("\n## Schema reference\n")[1].split("\n## ")[0]
+    documented = section("Schema reference")
     fields = (
         "name version ignore sensitive column positive negative classes kind min max transform bins unit "
         "missing_values impute categories actionable min_rows max_missing_rate missing_rate max_invalid_rate "

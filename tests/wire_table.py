@@ -1,4 +1,4 @@
-"""The README's "What leaves a client" table, and the keys clients really sent (their wire logs)."""
+"""The "What leaves a client" table (docs/reference/privacy.md), and the keys clients really sent (their wire logs)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,15 @@ import json
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-HEADING = "### What leaves a client"
+from tests.docs_text import section
+
+HEADING = "What leaves a client"
 
 
 def readme_wire_keys() -> set[str]:
     """Every ``record.key`` the table lists (``record.*`` for a record listed as a whole)."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(HEADING)
-    end = text.find("\n#", start + len(HEADING))
     keys = set()
-    for line in text[start : end if end > 0 else None].splitlines():
+    for line in section(HEADING).splitlines():
         if not line.startswith("|") or line.startswith("|---"):
             continue
         first = line.split("|")[1]
@@ -46,7 +44,7 @@ def sent_keys(wire_log: Path) -> set[str]:
 
 
 def unlisted(wire_log: Path) -> set[str]:
-    """Keys a client sent that the README table does not list.
+    """Keys a client sent that the table does not list.
 
     Under SecAgg+ Flower's legacy path carries the client's metrics in the record ``fitres.metrics``:
     those keys are checked against the ``metrics.`` rows.

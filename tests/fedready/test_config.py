@@ -51,13 +51,11 @@ def test_a_value_loosens_only_when_it_weakens_the_guarantee():
 
 def test_the_runbook_table_lists_every_key_with_its_kind():
     import re
-    from pathlib import Path
 
     from fedready.config import RUN_CONFIG_KEYS
+    from tests.docs_text import section
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    start = text.index("#### Which run-config keys a client takes")
-    rows = [line for line in text[start : text.index("\n#", start + 10)].splitlines() if line.startswith("| `")]
+    rows = [line for line in section("Which run-config keys a client takes").splitlines() if line.startswith("| `")]
     listed = {re.match(r"\| `([^`]+)` \| (\w+) \|", r).groups() for r in rows}
     expected = {(k if k in ("run-dir", "fedready.wire-log") else k.replace("_", "-"), r.kind)
                 for k, r in RUN_CONFIG_KEYS.items()}  # fmt: skip
