@@ -89,3 +89,12 @@ def test_the_draft_example_with_sensitive_and_ignore_runs_as_written(tmp_path, m
     assert res.exit_code == 0, res.output
     schema = load_schema(tmp_path / "schema.toml")
     assert schema.sensitive == ["sex", "race"] and "id" in schema.ignore and schema.target.column == "income"
+
+
+def test_every_section_the_tests_read_is_on_exactly_one_page():
+    """The slow tests above and the wire-table and run-config checks find their sections (fast, before the runs)."""
+    for heading, lang in [("Python API", "python"), ("Schema reference", "toml"), ("The run folder", ""),
+                          ("Your own data in three commands", "bash")]:  # fmt: skip
+        assert _block(heading, lang).strip()
+    for heading in ("What leaves a client", "Which run-config keys a client takes"):
+        assert "| `" in section(heading)
