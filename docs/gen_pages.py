@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import click
-from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +27,7 @@ def _readme() -> str:
 
 def _default(param: click.Parameter) -> str:
     value = param.default  # the value the command really uses (typer may also restate it in the help text)
-    if value is None:
+    if value is None or type(value).__name__ == "Sentinel":  # unset (click 8.3 marks it with a sentinel)
         return ""
     if callable(value):
         return ""
@@ -51,7 +50,8 @@ def _command(cmd: click.Command, path: list[str], out: list[str]) -> None:
         out.append(click.unstyle(cmd.help).strip() + "\n")
     out.append(f"```\n{' '.join(path)} {' '.join(cmd.collect_usage_pieces(ctx))}\n```\n")
     args = [p for p in cmd.get_params(ctx) if isinstance(p, click.Argument)]
-    opts = [p for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.hidden]
+    help_option = cmd.get_help_option(ctx)
+    opts = [p for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.hidden and p is not help_option]
     if args:
         out.append("| argument | type | help |\n|---|---|---|")
         for a in args:
@@ -91,6 +91,8 @@ def cli_reference() -> str:
 
 
 def on_files(files, config):
+    from mkdocs.structure.files import File  # here: the generators above import without mkdocs (tests/test_docs.py)
+
     pages = {
         "index.md": _readme,
         "benchmarks.md": lambda: (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8"),
