@@ -194,6 +194,7 @@ def simulate(
     from fedready.simulations.engine import simulate as run
 
     given = {**options, **_task_options(data, schema, test, test_fraction, model)}
+    planned = ""  # the training plan's one line (a resumed run keeps its recorded options)
     if resume is not None:
         run_dir = Path(resume)
         base = load_run_config(run_dir).model_dump()
@@ -205,13 +206,14 @@ def simulate(
         cfg = make_config(**{**base, **given})
     else:
         plan = _plan(given)
-        if plan.note and on_note is not None:
-            on_note(plan.note)
+        planned = plan.note
         cfg = make_config(**{**given, **plan.options})
         run_dir = Path(out) / name if name else _new_run_dir(Path(out))
         if (run_dir / "config.json").exists():
             raise ConfigError("name", f"{run_dir} already holds a run; pick another --name or use --resume")
-    for note in check_config(cfg):  # fail fast (exit 2) before Ray starts or anything is written
+    # fail fast (exit 2) before Ray starts or anything is written; a refused configuration prints only its error
+    notes = [*([planned] if planned else []), *check_config(cfg)]
+    for note in notes:
         if on_note is not None:
             on_note(note)
     check_ray_temp_dir(ray_address)

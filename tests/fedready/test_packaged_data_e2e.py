@@ -32,7 +32,9 @@ def test_a_packaged_table_goes_from_draft_to_private_training(loader, tmp_path):
     assert draft.returncode == 0, draft.stderr
     run = _cli("simulate", "--data", str(csv), "--schema", str(tmp_path / "schema.toml"), "--clients", "2",
                "--rounds", "5", "--model", "logreg", "--min-client-rows", "10", "--out", str(tmp_path), "--name",
-               "r", "--json")  # fmt: skip
+               "r", "--json", "--insecure-seeded-noise")  # fmt: skip
+    # One fixed noise draw (this test is about the path from a packaged table to training, not about privacy):
+    # on 36 test rows one secret draw in several lands at the majority rate (measured 38.9%, 61.1%, 88.9%).
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout)
     majority = np.bincount(bunch.target).max() / len(bunch.target)
