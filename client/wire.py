@@ -4,7 +4,7 @@
 leaves (after clipping and, under SecAgg+, after masking). When the SuperNode's node config
 names a ``wire-log`` file (``fedready client --wire-log FILE``), or a simulation sets the run
 config key ``fedready.wire-log``, it appends one JSON line per reply: the message type and,
-per record, its kind and keys (never a value). The README's "What leaves a client" table
+per record, its kind and keys (never a value). The "What leaves a client" table (docs/reference/privacy.md)
 lists every key with its privacy status, and a test fails on any key it does not list.
 
 A deployed client (its node config names its data) takes the path from its node config only: a

@@ -67,7 +67,7 @@ SELECTED = "selected.onnx"
 
 @dataclass(frozen=True)
 class CompressionOptions:
-    """Knobs of ``fedready compress`` (defaults are what the README's numbers use)."""
+    """Knobs of ``fedready compress`` (defaults are what the documented numbers use)."""
 
     student_widths: tuple[int, ...] = (64,)
     prune_keep: float = 0.25  # structured: share of hidden units kept
@@ -326,7 +326,7 @@ def public_outputs(
     serves: the selected variant (temperature-scaled, pruned or quantised) with its own
     post-processing. Computed on the server's public holdout, so it costs no privacy budget and
     asks no client anything; the price is fidelity, since public rows may be distributed unlike
-    the clients' (see the README, "Monitoring").
+    the clients' (see docs/guides/operator.md, "Monitoring").
     """
     import hashlib
 

@@ -3,7 +3,7 @@
 A gate compares one measured number with a limit and has three outcomes: **pass** when the
 number's whole interval lies on the right side of the limit, **fail** when it lies wholly on the
 wrong side, **undecided** otherwise (and when the number is undefined), with a hint of what would
-decide it (README, "Evaluation and release gates"). Numbers come from three sources, named on
+decide it (docs/guides/operator.md, "Evaluation and release gates"). Numbers come from three sources, named on
 every result: the coordinator's public **benchmark** (exact counts of a finite sample: the
 interval is the sampling error), the **clients'** validation rows (counts each client noised: the
 interval covers the DP noise and the sample), and the privacy **ledger** (exact).
@@ -61,7 +61,7 @@ class Gate:
     keyed_by: Literal["", "attribute", "perturbation"]
     path: str  # dotted path in the report; {key} is the attribute or perturbation
     source: str  # "benchmark" | "clients" | "ledger"
-    what: str  # plain-words description for the table and the README
+    what: str  # plain-words description for the table and the docs
     levels: tuple[str, ...] = ("model", "variant")  # the policy tables the gate may appear in
     undefined: str = "a group or bin had no members, or the metric needs at least two groups"
     undefined_fails: bool = False  # an undefined number is a failure, not an open question (no DP: epsilon is inf)

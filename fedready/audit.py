@@ -14,7 +14,7 @@ and names what it found.
 
 Notes
 -----
-What the checks detect, and what they cannot (see the README's security section):
+What the checks detect, and what they cannot (see the security section of docs/guides/operator.md):
 
 * Without an anchor: an edited or forged line (its signature fails), a reordered, removed or
   inserted line in the middle (``seq`` and the chain break), an empty file. Removing lines at

@@ -229,7 +229,7 @@ _SIM = "simulation scenario: a deployed client never applies it"
 _CHARGED = "its release is charged to the same budget (the training noise is calibrated for what it leaves)"
 
 # Every SimulationConfig field, plus the other run-config keys a client reads (RUN_CONFIG_EXTRA).
-# tests/fedready/test_config.py checks this table against SimulationConfig's fields and the README's
+# tests/fedready/test_config.py checks this table against SimulationConfig's fields and the docs'
 # runbook table against this one.
 RUN_CONFIG_KEYS: dict[str, KeyRule] = {
     "num_clients": KeyRule(NEUTRAL, "server side: how many clients the server waits for"),

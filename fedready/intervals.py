@@ -1,6 +1,6 @@
 """Numbers with their uncertainty: estimates and confidence intervals from exact or DP-noised counts.
 
-Two sources feed fedready's release decisions (README, "Evaluation and release gates"):
+Two sources feed fedready's release decisions (docs/guides/operator.md, "Evaluation and release gates"):
 
 * the coordinator's **benchmark** (its public holdout): exact counts of a finite sample, so an
   interval covers the sampling error only (Wilson intervals, or a bootstrap over its rows);

@@ -19,7 +19,7 @@ returned or saved:
   client sampling, the audit's canaries): NumPy's PCG64 seeded through ``SeedSequence`` with 128
   bits of ``os.urandom`` (:func:`secret_numpy_rng`).
 
-What this resists, and what not (stated in the README next to the guarantee):
+What this resists, and what not (stated in docs/reference/privacy.md next to the guarantee):
 
 * Guessing or replaying the noise from anything the coordinator knows or chooses (``--seed``, the
   configuration, the round), and brute force over seeds (2**128 and 2**19968 possibilities).

@@ -776,7 +776,7 @@ class Registry:
         are one witness, not proof: counting devices instead of alerts keeps a single poisoned
         (or broken) device from rolling a release back for everyone, and the signature keeps one
         device (or anyone who can write the collected file) from speaking for others. The
-        device keys are enrolled by the operator (README, "Device enrolment").
+        device keys are enrolled by the operator (docs/guides/operator.md, "Device enrolment").
         """
         from fedready.monitoring import ALERT_CONTEXT
 

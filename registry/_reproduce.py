@@ -12,7 +12,7 @@ the configuration only when nothing in training is secret:
   Its behaviour must agree within stated bounds: test accuracy within ``max_accuracy_gap`` of the
   recorded one, and the artifact's shipped model and the re-run deciding the same on at least
   ``min_agreement`` of the benchmark rows. The defaults come from measuring repeated default runs
-  (README, "Reproducing a model").
+  (docs/guides/operator.md, "Reproduce").
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ level uses the same argument one level down: DP-SGD's accounting covers every in
 (Abadi et al. 2016), the other rows' clipped sum in a step is a function of the released iterate
 and of their own sampling (independent of the canary's), so removing it leaves the canary and the
 noise. Black-box canary rows scored by the final model's loss were measured first and certify
-nothing on fedready's models even without DP (README, "Empirical privacy audit").
+nothing on fedready's models even without DP (docs/guides/researcher.md, "Empirical privacy audit").
 """
 
 from __future__ import annotations

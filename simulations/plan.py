@@ -15,7 +15,7 @@ It reads only what a coordinator knows before training (the task's classes and f
 number of clients, the row counts of its own simulation) and the privacy accounting; nothing is
 tuned on a client's rows, so it costs no privacy. A user's own ``--model`` or ``--lr`` is kept.
 
-Measured on five small tables (README, "Your own data"; ``benchmarks/small_data.py``): the plan
+Measured on five small tables (docs/guides/researcher.md, "The training plan"; ``benchmarks/small_data.py``): the plan
 beat the default rate on every one, by 3 to 21 points, and none ended below the majority rate.
 """
 
@@ -36,7 +36,7 @@ __all__ = ["LARGE_MODEL_ROWS", "NOISE_NORM", "TrainingPlan", "final_noise", "pla
 
 LARGE_MODEL_ROWS = 2000  # training rows per client below which DP noise swamps an MLP: logreg then
 # The DP noise norm the small-data plan allows on the final model's weights: the best of the rates
-# tried on four small tables (README, "Your own data": the best of three rates on each sat at a
+# tried on four small tables (docs/guides/researcher.md, "The training plan": the best of three rates on each sat at a
 # norm of 3.8 to 7.0; 0.3 per weight on a 302-weight logistic regression is 5.2).
 NOISE_NORM = 6.0
 
