@@ -45,6 +45,7 @@ from fedready.compression.variants import (
 )
 from fedready.errors import ConfigError, IntegrityError
 from fedready.evaluation.gates import GateResult, decision
+from fedready.intervals import worst_decision
 from fedready.modelio import arrays_digest, load_npz
 
 __all__ = [
@@ -532,8 +533,7 @@ def release_decision(model: str, variant: str) -> str:
     limit), fp32 as it was judged (temperature-scaled, its own post-processing) ships and the
     release is undecided; when fp32 failed one, nothing judged can ship and ``variant`` is "failed".
     """
-    order = ("passed", "undecided", "failed", "not-run")
-    return max(model, variant, key=order.index)
+    return worst_decision(model, variant)
 
 
 def compress_run(

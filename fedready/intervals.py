@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DECISIONS",
     "LEVEL",
+    "worst_decision",
     "Estimate",
     "ClientSpread",
     "accuracy_from_counts",
@@ -48,6 +50,14 @@ Interval = tuple[float | None, float | None]  # (lo, hi); (None, None) when ther
 LEVEL = 0.95  # the confidence level of every interval fedready reports
 MIN_PRECISION = 0.1  # a client whose accuracy's standard error exceeds this is too small to estimate
 _MC_SEED = 0x1E7A  # Monte Carlo seed of the bootstraps (not DP noise: a reproducible computation)
+
+
+DECISIONS = ("passed", "undecided", "failed", "not-run")  # a release decision, from best to worst
+
+
+def worst_decision(*decisions: str) -> str:
+    """The worst of release decisions (an unknown word counts as "failed": never read as passed)."""
+    return max((d if d in DECISIONS else "failed" for d in decisions), key=DECISIONS.index)
 
 
 def _z(level: float) -> float:

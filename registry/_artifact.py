@@ -29,6 +29,7 @@ from typing import Any
 
 from fedready.constants import LEDGER_FILE
 from fedready.errors import ConfigError, IntegrityError
+from fedready.intervals import worst_decision
 from fedready.monitoring.profile import PROFILE_FILE  # the reference for drift monitoring, when the run has one
 from fedready.registry._canonical import (
     artifact_files,
@@ -203,9 +204,8 @@ def _release_decision(staging: Path, compression: dict[str, Any]) -> tuple[str, 
     if status == "none-selected":
         return "failed", undecided
     if status == "selected":
-        order = ("passed", "undecided", "failed")
         shipped = str(compression.get("variant_decision") or "passed")  # a report from before: selected = passed
-        return max(model, shipped if shipped in order else "failed", key=order.index), undecided
+        return worst_decision(model, shipped), undecided
     return model, undecided
 
 
