@@ -127,12 +127,14 @@ def section_aggregation(full: bool) -> tuple[list[str], str]:
 def section_scale(full: bool) -> tuple[list[str], str]:
     cmd = [PY, str(HERE / "scale.py"), *(["--full"] if full else [])]
     data = _json(_run(cmd)[0])
-    rows = [[f"{r['clients']:,}", r["rounds"], r["sampled_per_round"], r["fedready_s"], r["bare_s"], r["ratio"],
+    rows = [[f"{r['clients']:,}", r.get("work", "default"), f"{r.get('local_steps', 3)} x {r.get('batch', 1024)}",
+             r["rounds"], r["sampled_per_round"], r["fedready_s"], r["bare_s"], r["ratio"],
              r["fedready_rounds_per_min"], r["bare_rounds_per_min"], r["fedready_peak_rss_mb"],
              r["bare_peak_rss_mb"], r["repeat"], f"{r['fedready_accuracy']:.4f}", f"{r['bare_accuracy']:.4f}",
              f"{r['fedready_epsilon']:.3f}", f"{r['bare_updates']:,}"]
             for r in data["results"]]  # fmt: skip
-    text = _table(["clients", "rounds", "sampled/round", "fedready s", "bare Flower+Opacus s (baseline)",
+    text = _table(["clients", "work", "local steps x batch", "rounds", "sampled/round", "fedready s",
+                   "bare Flower+Opacus s (baseline)",
                    "ratio", "fedready rounds/min", "bare rounds/min", "fedready peak MB (all processes)",
                    "bare peak MB", "runs each", "fedready accuracy", "bare accuracy", "fedready epsilon",
                    "bare updates aggregated"], rows)  # fmt: skip
@@ -144,8 +146,11 @@ def section_scale(full: bool) -> tuple[list[str], str]:
              "and Opacus only (it fails the benchmark if any client reply was an error, so a baseline that trained "
              "nothing cannot pass as fast). The two accuracies differ only by their noise draws. "
              "Memory: peak of resident memory summed over the whole process tree (driver, GCS, raylet, every Ray "
-             "worker), sampled every 0.2 s. Targets: ratio <= 1.1 at 10 clients, <= 1.2 at 10,000 clients "
-             "(1% sampled, 10 rounds), under 4 GB.")  # fmt: skip
+             "worker), sampled every 0.2 s. Work: `default` is fedready's default local work (3 DP-SGD steps of "
+             "expected batch 1,024, learning rate 6, epsilon 1); `peer` is the work of Flower's `opacus` example "
+             "(one local epoch of expected batch 64, learning rate 0.1, clipping 1, epsilon 3.28, about that "
+             "example's noise), so the comparison is the same work on both sides. Targets: ratio <= 1.0 at 10 "
+             "clients, <= 1.2 at 10,000 clients (1% sampled, 10 rounds), under 4 GB.")  # fmt: skip
     return cmd, text
 
 
@@ -277,6 +282,26 @@ def section_gates(full: bool) -> tuple[list[str], str]:
     return cmd, text
 
 
+def section_profile(full: bool) -> tuple[list[str], str]:
+    cmd = [PY, str(HERE / "profile_round.py"), "--markdown", "--repeat", "2" if full else "1"]
+    out, _ = _run(cmd)
+    tables = out[: out.rindex("\n{")].strip() if "\n{" in out else out.strip()
+    data = _json(out[out.rindex("\n{") :])
+    text = tables + (
+        f"\n\nOne default `fedready simulate` (10 clients, Dirichlet 0.5, 50 rounds, DP-SGD at epsilon 1) and the same "
+        f"with `--no-dp`, alternating ({data['repeat']} run(s) each), with `FEDREADY_PROFILE` set: the server and "
+        "every client append one line per timed phase (`fedready.profiling`; names and durations only). Client "
+        "phases: the median over every (client, round) of one client's time in that phase; the two Ray workers "
+        "run five clients each per round, one after the other, so a round waits for about five client rounds "
+        "plus Flower's message passing (\"send and receive\" includes both). Server phases: the median over "
+        "rounds; \"audit log\" is its appends wherever they happen in the round. A round's median is "
+        f"{data['dp']['round_s'] * 1000:.0f} ms private and {data['plain']['round_s'] * 1000:.0f} ms non-private "
+        f"(ratio {data['dp_round_ratio']}; target <= 1.3). The first round also starts the Ray workers, imports "
+        "torch, Opacus and fedready in each and calibrates every client's noise: it is the difference between "
+        "\"all rounds\" and 50 median rounds.")  # fmt: skip
+    return cmd, text
+
+
 SECTIONS = [
     ("DP overhead: private vs non-private round", section_dp),
     ("Aggregation throughput (1M parameters)", section_aggregation),
@@ -287,6 +312,7 @@ SECTIONS = [
     ("Edge serving under attack: well-behaved clients with and without a hostile one", section_hostile),
     ("Empirical privacy audit: runtime beside the plain run", section_audit),
     ("Release decisions under DP: 10 seeds, private decisions beside the exact ones", section_gates),
+    ("Where a round's time goes: one default run, phase by phase, private and non-private", section_profile),
 ]
 
 

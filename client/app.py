@@ -32,6 +32,7 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedready import constants as K
+from fedready import profiling
 from fedready.client.queries import answer_queries, answer_query
 from fedready.client.scenarios import ClientDropped, apply_attack, attackers, drops_out, is_slow
 from fedready.client.site import Site, site_from_node_config
@@ -134,6 +135,8 @@ def _local_update(
     global_arrays: dict[str, np.ndarray], pid: int, site: Site | None, store: Store,
     optimizer_hooks: OptimizerHooks | None = None, *, train_rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Decline:  # fmt: skip
+    clock = time.perf_counter
+    t_start = clock()
     in_digest = arrays_digest(global_arrays)
     state = store.load()
     if state.last_round == server_round and state.last_input_digest == in_digest:
@@ -198,6 +201,7 @@ def _local_update(
             if refusal is not None:
                 store.save(state)
                 return Decline(*refusal)
+    t_checked = clock()
     if site is None and is_slow(cfg, pid):
         time.sleep(cfg.round_timeout + 1.0)  # simulated straggler: the server has moved on, the update still leaves
 
@@ -213,6 +217,7 @@ def _local_update(
         history=state.history(), accountant=cfg.accountant, max_steps=steps, optimizer_hook=hook,
         released_rows=rows if cfg.dp else None,
     )  # fmt: skip
+    t_trained = clock()
     if cfg.dp:
         # charge what the privacy engine did: its own accountant's record of this round, never a recomputation
         if len(result.released) != 1:
@@ -234,7 +239,14 @@ def _local_update(
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if attacker:
         arrays = apply_attack(cfg.attack, arrays, global_arrays, scale=cfg.attack_scale)
+    t_recorded = clock()
     store.save(state, (arrays, metrics))
+    if profiling.enabled():
+        phases = {"state-load, count, budget check": t_checked - t_start, **result.phases,
+                  "model build and load": t_trained - t_checked - sum(result.phases.values()),
+                  "charge, epsilon, metrics": t_recorded - t_trained, "state write": clock() - t_recorded}  # fmt: skip
+        for phase, seconds in phases.items():
+            profiling.record("client", phase, seconds, round=server_round, client=pid)
     return arrays, metrics
 
 
@@ -249,11 +261,14 @@ def _record_site_releases(site: Site, run: str, state: ClientPrivacyState) -> No
 def handle_train(msg: Message, context: Context, overrides: dict[str, Any],
                  optimizer_hooks: OptimizerHooks | None = None) -> Message:  # fmt: skip
     """Train on the local shard and reply with the update, or decline."""
+    t0 = time.perf_counter()
     cfg, run_dir = resolve_config(context, overrides)
     server_round = int(msg.content[K.CONFIG][K.SERVER_ROUND])
     record = msg.content[K.ARRAYS]
     global_arrays = dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
     site = site_from_node_config(context.node_config)
+    profiling.record("client", "config and wire decoding", time.perf_counter() - t0, round=server_round,
+                     client=context.node_config["partition-id"])  # fmt: skip
     out = local_update(cfg, context, run_dir, server_round, global_arrays, optimizer_hooks=optimizer_hooks)
     pid = int(context.node_config["partition-id"])
     extra = site.fingerprint if site is not None else None
@@ -261,7 +276,8 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any],
         _audit_round(site, _run_key(context, run_dir), server_round, out)
     if isinstance(out, Decline):
         return _decline(msg, pid, out.reason, out.detail, extra)
-    return _reply(msg, *out, extra)
+    with profiling.span("client", "wire (reply encoding)", round=server_round, client=pid):
+        return _reply(msg, *out, extra)
 
 
 _ACCURACY_COUNTS = (K.VAL_CORRECT, K.VAL_WRONG)

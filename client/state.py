@@ -3,7 +3,7 @@
 Notes
 -----
 The state lives in Flower's per-node ``context.state`` (it survives from round to round)
-and is mirrored to a folder of the client's own (it survives a crash, a resume and, for a
+and is mirrored to a file (:data:`STATE_FILE`) in a folder of the client's own (it survives a crash, a resume and, for a
 deployed client, a relaunch of the same run). In simulation that folder is
 ``<run folder>.clients/<id>/``, beside the server's run folder and never inside it: it
 holds the client's last released update, which under SecAgg+ the server must never hold.
@@ -30,12 +30,15 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 
 from fedready import constants as K
-from fedready.files import atomic_write_bytes, atomic_write_text
+from fedready.files import atomic_write_bytes
 from fedready.modelio import load_npz, save_npz
 from fedready.privacy.accounting import calibrate_with_releases, compose_epsilon
 from fedready.privacy.randomness import dp_numpy_rng
 
-__all__ = ["ClientPrivacyState", "Release", "Store", "client_state_dir", "query_noise_split"]
+__all__ = [
+    "STATE_FILE", "ClientPrivacyState", "Release", "Store", "client_state_dir", "query_noise_split", "read_kept_reply",
+    "read_state",
+]
 
 _STATE_KEY = "fedready.privacy"
 LEVEL_CODES = {"count": 0, "sample": 1, "query": 2}  # on the wire (MetricRecord holds numbers only)
@@ -176,12 +179,49 @@ def client_state_dir(run_dir: str | Path | None, partition_id: int) -> Path | No
     return run.with_name(run.name + ".clients") / str(partition_id)
 
 
+STATE_FILE = "state.npz"  # the client's record and its last released reply, in one file
+_STATE_ENTRY, _METRICS_ENTRY, _REPLY_PREFIX = "state.json", "reply-metrics.json", "reply:"
+
+
+def _json_entry(obj: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+
+
+def _read_entry(arr: np.ndarray) -> Any:
+    return json.loads(arr.tobytes().decode("utf-8"))
+
+
+def _read_entries(folder: Path) -> dict[str, np.ndarray] | None:
+    """The entries of the state file in ``folder`` (None if there is none yet)."""
+    path = folder / STATE_FILE
+    if path.exists():
+        return load_npz(path.read_bytes())
+    legacy = folder / "state.json"  # written by fedready before 2026-12-08: three files
+    if legacy.exists():
+        entries = {_STATE_ENTRY: _json_entry(json.loads(legacy.read_text()))}
+        if (folder / "last_update.npz").exists() and (folder / "last_metrics.json").exists():
+            arrays = load_npz((folder / "last_update.npz").read_bytes())
+            entries |= {_REPLY_PREFIX + k: v for k, v in arrays.items()}
+            entries[_METRICS_ENTRY] = _json_entry(json.loads((folder / "last_metrics.json").read_text()))
+        return entries
+    return None
+
+
 class Store:
     """Client state in a folder on the client's disk (the record), mirrored in ``context.state``.
 
     Two messages for the same client can be handled at once (a straggler's round and the next
     one, a query): :meth:`locked` serialises them, so each release is checked against, and
     recorded on top of, every earlier one.
+
+    Notes
+    -----
+    Durability: the record of releases is what must survive a crash. A release the client forgot
+    would let it spend its budget again, so the record reaches the disk (``fsync``) before the
+    reply carrying the release leaves the client. The reply itself is kept beside the record, in
+    the same file (:data:`STATE_FILE`): a relaunched client asked again for a round it already
+    answered replays that reply instead of releasing a second one, and record and reply can never
+    disagree, because they are written together, once per round, whole or not at all.
     """
 
     def __init__(self, context: Context, folder: Path | None) -> None:
@@ -202,28 +242,52 @@ class Store:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def _read(self) -> dict[str, np.ndarray] | None:
+        return None if self.folder is None else _read_entries(self.folder)
+
     def load(self) -> ClientPrivacyState:
-        if self.folder is not None and (self.folder / "state.json").exists():
-            return ClientPrivacyState.from_dict(json.loads((self.folder / "state.json").read_text()))
+        entries = self._read()
+        if entries is not None:
+            return ClientPrivacyState.from_dict(_read_entry(entries[_STATE_ENTRY]))
         rec = self.context.state.get(_STATE_KEY)
         if rec is not None:
             return ClientPrivacyState.from_dict(json.loads(str(rec["json"])))
         return ClientPrivacyState()
 
     def save(self, state: ClientPrivacyState, reply: tuple[dict[str, np.ndarray], dict] | None = None) -> None:
-        """Save the state (and the released update it points at, written first)."""
+        """Save the state with the reply it released (or, without ``reply``, the reply already kept)."""
         blob = json.dumps(state.to_dict(), sort_keys=True)
         self.context.state[_STATE_KEY] = ConfigRecord({"json": blob})
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if reply is not None:  # the cached reply is written before the state that points at it
-                atomic_write_bytes(self.folder / "last_update.npz", save_npz(reply[0]))
-                atomic_write_text(self.folder / "last_metrics.json", json.dumps(reply[1], sort_keys=True))
-            atomic_write_text(self.folder / "state.json", blob)
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        entries = {_STATE_ENTRY: np.frombuffer(blob.encode("utf-8"), dtype=np.uint8)}
+        if reply is not None:
+            entries |= {_REPLY_PREFIX + k: np.asarray(v) for k, v in reply[0].items()}
+            entries[_METRICS_ENTRY] = _json_entry(reply[1])
+        else:  # the reply kept so far still belongs to the record's last round
+            old = self._read() or {}
+            entries |= {k: v for k, v in old.items() if k != _STATE_ENTRY}
+        atomic_write_bytes(self.folder / STATE_FILE, save_npz(entries))  # one write, one fsync
 
     def cached_reply(self) -> tuple[dict[str, np.ndarray], dict] | None:
-        if self.folder is None or not (self.folder / "last_update.npz").exists():
-            return None
-        arrays = load_npz((self.folder / "last_update.npz").read_bytes())
-        metrics = json.loads((self.folder / "last_metrics.json").read_text())
-        return arrays, metrics
+        return None if self.folder is None else read_kept_reply(self.folder)
+
+    def state_file(self) -> Path | None:
+        """Where the record is (None for a client that keeps it only in ``context.state``)."""
+        return None if self.folder is None else self.folder / STATE_FILE
+
+
+def read_state(folder: Path) -> ClientPrivacyState | None:
+    """The record a client keeps in ``folder`` (None if it holds none)."""
+    raw = _read_entries(Path(folder))
+    return None if raw is None else ClientPrivacyState.from_dict(_read_entry(raw[_STATE_ENTRY]))
+
+
+def read_kept_reply(folder: Path) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The last reply a client released and keeps in ``folder`` (its update's arrays and metrics), or None."""
+    raw = _read_entries(Path(folder))
+    if raw is None or _METRICS_ENTRY not in raw:
+        return None
+    arrays = {k.removeprefix(_REPLY_PREFIX): v for k, v in raw.items() if k.startswith(_REPLY_PREFIX)}
+    return arrays, _read_entry(raw[_METRICS_ENTRY])

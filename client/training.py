@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -15,6 +16,7 @@ from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fedready import profiling
 from fedready.privacy.randomness import harden_optimizer, secret_torch_generator, seeded_torch_generator
 
 __all__ = ["OptimizerHook", "OptimizerHooks", "TrainResult", "poisson_plan", "train"]
@@ -29,6 +31,9 @@ class TrainResult:
     history: list[tuple[float, float, int]]  # the history passed in, then this pass's accountant entries
     # what Opacus's own accountant recorded for this pass alone: (noise multiplier, sample rate, steps)
     released: tuple[tuple[float, float, int], ...] = ()
+    # seconds spent in each phase of the pass (engine set-up, sampling, forward and backward, the
+    # optimiser step with its clipping and noise): what benchmarks/profile_round.py tabulates
+    phases: dict[str, float] = field(default_factory=dict, compare=False)  # timings, not results
 
 
 def poisson_plan(rows: int, batch_size: int) -> tuple[float, float, int]:
@@ -149,6 +154,7 @@ def train(
     """
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
+    t_setup = time.perf_counter()
     gen = secret_torch_generator() if seed is None else seeded_torch_generator(seed)
     loader = _loader(x, y, batch_size, gen)
     if optimizer == "adam":
@@ -207,21 +213,49 @@ def train(
     steps, total = 0, 0.0
     per_epoch = poisson_plan(int(released_rows), batch_size)[2] if engine is not None else len(loader)
     budget = max_steps if max_steps is not None else epochs * per_epoch
+    clock = time.perf_counter
+    sampling = compute = stepping = 0.0
+    noising = [0.0]
+    if engine is not None and profiling.enabled():  # time the noise draw inside the optimiser step
+        add_noise = opt.add_noise
+
+        def _timed_add_noise() -> None:
+            t = clock()
+            add_noise()
+            noising[0] += clock() - t
+
+        opt.add_noise = _timed_add_noise  # type: ignore[method-assign]
+    t0 = clock()
+    setup = t0 - t_setup
     while steps < budget:
-        for xb, yb in loader:
-            if steps >= budget:
+        batches = iter(loader)
+        while steps < budget:
+            t0 = clock()
+            batch = next(batches, None)
+            t1 = clock()
+            sampling += t1 - t0
+            if batch is None:
                 break
+            xb, yb = batch
             opt.zero_grad(set_to_none=True)
             out = module(xb)
             # Poisson sampling can draw an empty batch: it is still a step (noise is
             # still added and accounted), with a zero loss instead of a NaN mean.
             loss = criterion(out, yb) if len(xb) or extra else out.sum()
             loss.backward()
+            t2 = clock()
+            compute += t2 - t1
             opt.step()
+            stepping += clock() - t2
             steps += 1
             total += float(loss.detach()) if len(xb) else 0.0  # ghost's wrapped loss of nothing is NaN
     if optimizer_hook is not None:
         optimizer_hook.close()
     released = tuple((float(z), float(q), int(n)) for z, q, n in engine.accountant.history) if engine else ()
     hist = [*map(tuple, history or []), *released]
-    return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist, released=released)  # type: ignore[arg-type]
+    phases = {"engine-setup": setup, "sampling": sampling, "forward-backward": compute,
+              "step (clip, update)": stepping - noising[0]}  # fmt: skip
+    if noising[0]:
+        phases["noise"] = noising[0]
+    return TrainResult(steps=steps, loss=total / max(steps, 1), history=hist, released=released,  # type: ignore[arg-type]
+                       phases=phases)  # fmt: skip

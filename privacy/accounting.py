@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -156,24 +156,45 @@ def calibrate_with_releases(*, target_epsilon: float, target_delta: float, sampl
     def spent(z: float) -> float:
         return compose_epsilon([*releases, (z, sample_rate, steps)], delta=target_delta, accountant=accountant)
 
-    # Training alone at the target gives the lower end; each evaluation of a fractional-rate curve
-    # costs ~0.2 s, so the bracket is bisected on a log scale only until it is 1e-4 wide (relative):
-    # the upper end (returned, and checked) is then within 0.01% of the smallest noise that fits.
-    lo = calibrate_noise(target_epsilon=target_epsilon, target_delta=target_delta, sample_rate=sample_rate,
-                         steps=steps, accountant=accountant)  # fmt: skip
-    hi = 1.25 * lo
-    while spent(hi) > target_epsilon:
-        lo, hi = hi, 2.0 * hi
-        if hi > 1e6:
-            raise ConfigError("epsilon", f"no noise level meets epsilon {target_epsilon} beside the other releases")
-    while hi / lo > 1.0 + 1e-4:
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if spent(mid) > target_epsilon else (lo, mid)
+    # Each evaluation of a fractional-rate curve costs 0.1-0.5 s (Opacus's fractional orders), so the search
+    # runs on the integer orders first (milliseconds): their epsilon is never below the full set's (a minimum
+    # over fewer orders), so that noise fits, and it is usually within 0.01% of the smallest that does. The
+    # bracket is then bisected on a log scale with every order until it is 1e-4 wide (relative): the upper
+    # end (returned, and checked) is within 0.01% of the smallest noise that fits.
+    if accountant == "rdp":
+        hi = _calibrate_integer_orders(target_epsilon, target_delta, sample_rate, steps, releases)
+        lo = hi / (1.0 + 1e-4)
+        if spent(lo) <= target_epsilon:  # the fractional orders allow less noise: find it (Brent, log scale)
+            lo, hi = lo / 1.05, lo
+            while spent(lo) <= target_epsilon:
+                lo, hi = lo / 1.05, lo
+            return _brent_smallest(spent, target_epsilon, lo, hi)
+    else:
+        lo = calibrate_noise(target_epsilon=target_epsilon, target_delta=target_delta, sample_rate=sample_rate,
+                             steps=steps, accountant=accountant)  # fmt: skip
+        hi = 1.25 * lo
+    hi = _bisect_smallest(spent, target_epsilon, lo, hi)
     assert spent(hi) <= target_epsilon
     return float(hi)
 
 
+def _bisect_smallest(spent: Callable[[float], float], target: float, lo: float, hi: float) -> float:
+    """The smallest noise (within 1e-4, relative) with ``spent(z) <= target``, searched up from ``[lo, hi]``:
+    ``hi`` doubles until it fits, then the bracket is bisected on a log scale."""
+    while spent(hi) > target:
+        lo, hi = hi, 2.0 * hi
+        if hi > 1e6:
+            raise ConfigError("epsilon", f"no noise level meets epsilon {target} beside the other releases")
+    while hi / lo > 1.0 + 1e-4:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if spent(mid) > target else (lo, mid)
+    return hi
+
+
 PLD_MIN_NOISE = 0.2  # below it the PLD cross-check costs seconds to minutes and gigabytes per summary
+
+
+PLD_GRID = 1e-3  # value discretisation interval of the PLD cross-check
 
 
 def dp_accounting_epsilon(history: Iterable[Sequence[float]], *, delta: float) -> dict[str, float | None]:
@@ -191,14 +212,20 @@ def dp_accounting_epsilon(history: Iterable[Sequence[float]], *, delta: float) -
     import dp_accounting
     from dp_accounting import pld, rdp
 
-    events, smallest_z = [], math.inf
+    # Composition is commutative: releases with the same (z, q) are one self-composed event of all their
+    # steps. A run's history repeats the same (z, q) every round; composed one by one, the PLD convolves
+    # once per round (seconds per summary), self-composed it convolves once (the same epsilon).
+    steps_of: dict[tuple[float, float], int] = {}
     for z, q, n in history:
-        if int(n) <= 0:
-            continue
-        smallest_z = min(smallest_z, float(z))
-        base = dp_accounting.GaussianDpEvent(float(z))
-        one = base if float(q) >= 1.0 else dp_accounting.PoissonSampledDpEvent(float(q), base)
-        events.append(dp_accounting.SelfComposedDpEvent(one, int(n)))
+        if int(n) > 0:
+            key = (float(z), min(1.0, float(q)))
+            steps_of[key] = steps_of.get(key, 0) + int(n)
+    events, smallest_z = [], math.inf
+    for (z, q), n in steps_of.items():
+        smallest_z = min(smallest_z, z)
+        base = dp_accounting.GaussianDpEvent(z)
+        one = base if q >= 1.0 else dp_accounting.PoissonSampledDpEvent(q, base)
+        events.append(dp_accounting.SelfComposedDpEvent(one, n))
     if not events:
         return {"rdp": 0.0, "pld": 0.0}
     event = dp_accounting.ComposedDpEvent(events)
@@ -210,8 +237,47 @@ def dp_accounting_epsilon(history: Iterable[Sequence[float]], *, delta: float) -
         r.compose(event)
         if smallest_z < PLD_MIN_NOISE:
             return {"rdp": float(r.get_epsilon(delta)), "pld": None}
-        p = pld.PLDAccountant()
+        # a 1e-3 grid (the library's default is 1e-4): the estimate stays pessimistic, an upper bound, within
+        # 0.01% of the finer grid's on fedready's histories, and ten times faster
+        p = pld.PLDAccountant(value_discretization_interval=PLD_GRID)
         p.compose(event)
         return {"rdp": float(r.get_epsilon(delta)), "pld": float(p.get_epsilon(delta))}
     finally:
         absl.setLevel(level)
+
+
+_INTEGER_ORDERS = [a for a in RDPAccountant.DEFAULT_ALPHAS if float(a).is_integer()]
+
+
+def _calibrate_integer_orders(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                              releases: Sequence[Step]) -> float:  # fmt: skip
+    """The smallest noise (within 1e-4, relative) meeting the budget with Opacus's integer RDP orders only.
+
+    An upper bound of the noise the full set of orders needs (their epsilon is a minimum over more orders).
+    """
+    fixed = sum(rdp_analysis.compute_rdp(q=q, noise_multiplier=z, steps=int(n), orders=_INTEGER_ORDERS)
+                for z, q, n in releases if int(n) > 0)  # fmt: skip
+
+    def spent(z: float) -> float:
+        curve = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=z, steps=steps, orders=_INTEGER_ORDERS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            eps, _ = rdp_analysis.get_privacy_spent(orders=_INTEGER_ORDERS, rdp=fixed + curve, delta=delta)
+        return float(eps)
+
+    return _bisect_smallest(spent, target_epsilon, 1e-3, 1.0)
+
+
+def _brent_smallest(spent: Callable[[float], float], target: float, lo: float, hi: float) -> float:
+    """The smallest noise (within 1e-4, relative) with ``spent(z) <= target``, for ``spent(lo) > target >= spent(hi)``.
+
+    Brent's method on ``log z`` (about 5 evaluations where bisection takes 9); the root is bracketed to
+    2e-5, so ``z`` just above it fits and ``z / (1 + 1e-4)`` does not, as the bisection guarantees.
+    """
+    from scipy.optimize import brentq  # SciPy comes with Opacus
+
+    root = brentq(lambda x: spent(math.exp(x)) - target, math.log(lo), math.log(hi), xtol=2e-5, rtol=1e-12)
+    z = math.exp(root + 3e-5)
+    while spent(z) > target:  # never on a smooth curve; kept so the result is checked, not assumed
+        z *= 1.0 + 1e-5
+    return float(z)

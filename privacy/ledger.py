@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,12 @@ class Ledger:
 
     def charged(self, client: str, level: str, round: int) -> bool:  # noqa: A002
         """Whether a release of ``level`` by ``client`` in ``round`` is already recorded."""
-        return any(e.client == client and e.level == level and e.round == round for e in self.entries)
+        # an index of the entries, rebuilt when they were replaced or grew (every reply asks, for its whole history)
+        indexed = getattr(self, "_indexed", None)  # (the list indexed, its length then): a reference, not an id
+        if indexed is None or indexed[0] is not self.entries or indexed[1] != len(self.entries):
+            self._index = {(e.client, e.level, e.round) for e in self.entries}
+            self._indexed = (self.entries, len(self.entries))
+        return (client, level, round) in self._index
 
     def record_decline(self, *, round: int, client: str, reason: str, detail: str) -> None:  # noqa: A002
         """Record that a client declined a round (it spent nothing)."""
@@ -173,7 +178,7 @@ class Ledger:
             "caveats": self.caveats(),
             "client_level_epsilon": self.client_level_epsilon,
             "clients": dict(sorted(self.client_epsilon().items())),
-            "entries": [asdict(e) for e in entries],
+            "entries": [dict(e.__dict__) for e in entries],  # asdict's deep copy, for flat entries, 10x faster
             "declines": sorted(self.declines, key=lambda d: (d["round"], d["client"])),
         }
 
@@ -194,9 +199,11 @@ class Ledger:
             outside_guarantee=list(data.get("outside_guarantee", [])),
         )
 
-    def save(self, path: Path) -> None:
-        """Write the ledger atomically (whole or not at all)."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+    def save(self, path: Path, *, durable: bool = True, data: dict[str, Any] | None = None) -> None:
+        """Write the ledger atomically (whole or not at all); ``durable=False``: a copy of a durable record
+        (:func:`fedready.files.atomic_write_bytes`); ``data``: its :meth:`to_dict`, when the caller has it."""
+        data = self.to_dict() if data is None else data
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", durable=durable)
 
     @classmethod
     def load(cls, path: Path) -> Ledger:

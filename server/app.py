@@ -24,12 +24,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedready import constants as K
+from fedready import profiling
 from fedready.audit import AuditLog
 from fedready.config import SimulationConfig
 from fedready.constants import LEDGER_FILE
 from fedready.errors import IntegrityError
 from fedready.federation import holdout, record_run, task_of
-from fedready.files import atomic_write_bytes, atomic_write_text
+from fedready.files import append_line, atomic_write_bytes, atomic_write_text
 from fedready.modelio import arrays_digest, load_npz, save_npz
 from fedready.models import evaluate
 from fedready.monitoring.federated import profile_needed, write_profile
@@ -171,10 +172,13 @@ class _Checkpointer:
     def save(self, server_round: int, arrays: dict[str, np.ndarray], ledger: Ledger,
              strategy: dict[str, Any] | None = None) -> None:  # fmt: skip
         name = f"checkpoints/round-{server_round:04d}.npz"
-        atomic_write_bytes(self.dir / name, save_npz(arrays))
-        ledger.save(self.dir / LEDGER_FILE)
+        atomic_write_bytes(self.dir / name, save_npz(arrays))  # on the disk before the pointer names it
+        # ledger.json is a copy for readers; the durable ledger is the one inside the pointer, and a resume
+        # rewrites the copy from it: no fsync of its own
+        data = ledger.to_dict()
+        ledger.save(self.dir / LEDGER_FILE, durable=False, data=data)
         meta = {"round": server_round, "arrays": name, "model_digest": arrays_digest(arrays),
-                "ledger": ledger.to_dict(), "strategy": dict(strategy or {})}  # fmt: skip
+                "ledger": data, "strategy": dict(strategy or {})}  # fmt: skip
         # The pointer is written last: a crash before this line leaves the previous round intact.
         atomic_write_text(self.dir / CHECKPOINT, json.dumps(meta, sort_keys=True))
         for old in sorted((self.dir / "checkpoints").glob("round-*.npz"))[:-KEEP_CHECKPOINTS]:
@@ -182,11 +186,24 @@ class _Checkpointer:
 
 
 def _append_metrics(path: Path, report: RoundReport, keep_through: int | None = None) -> None:
-    lines = path.read_text().splitlines() if path.exists() else []
-    if keep_through is not None:
-        lines = [ln for ln in lines if json.loads(ln)["round"] <= keep_through]
-    lines.append(json.dumps(report.to_dict(), sort_keys=True))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    """Append the round's line (on the disk before the checkpoint that follows it).
+
+    ``keep_through`` (the first line after a start or a resume): first rewrite the file with only the
+    lines of rounds up to the checkpoint's, dropping the lines of rounds a crash cut short and a torn
+    last line.
+    """
+    line = json.dumps(report.to_dict(), sort_keys=True)
+    if keep_through is None:
+        append_line(path, line)
+        return
+    kept = []
+    for ln in path.read_text().splitlines() if path.exists() else []:
+        try:
+            if json.loads(ln)["round"] <= keep_through:
+                kept.append(ln)
+        except (ValueError, KeyError, TypeError):  # a line torn by a crash
+            continue
+    atomic_write_text(path, "\n".join([*kept, line]) + "\n")
 
 
 def _np_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -386,9 +403,13 @@ def run_rounds(
             log.warning(stopped)
             break
         t_round = time.perf_counter()
+        lap = profiling.Laps("server", round=server_round, inner=("audit log", lambda: audit.seconds))
+        audit.defer_sync()  # the round's events reach the disk together, before its checkpoint (audit.sync below)
         reference = _np_arrays(arrays)
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_cfg)), grid))
+        lap("sample and configure")
         replies = list(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout)) if messages else []
+        lap("send and receive (the clients' rounds)")
         trained, declined, failed = _triage(replies)
         report = RoundReport(round=server_round, accuracy=float("nan"), loss=float("nan"), epsilon=0.0)
         report.sampled = len(messages)
@@ -426,6 +447,7 @@ def run_rounds(
                     norm=None,
                     detail=str(e),
                 )
+        lap("triage and charge the ledger")
         accepted = well_formed
         if validator is not None and well_formed:
             candidates = [(_client_id(msg), msg.metadata.src_node_id, _reply_arrays(msg)) for msg in well_formed]
@@ -445,6 +467,7 @@ def run_rounds(
             )
         if cfg.attack != "none" and trained:
             _, report.undefended_accuracy = _evaluate(cfg, _plain_fedavg(trained))
+        lap("update validation")
         if client_dp is None and len(accepted) < cfg.min_clients:
             report.skipped = True
             audit.append("round-skipped", round=server_round, accepted=len(accepted), min_clients=cfg.min_clients)
@@ -460,20 +483,27 @@ def run_rounds(
                 budget_left -= 1
                 if not accepted:
                     report.skipped = True  # released the noise alone: nothing aggregated
+        lap("aggregation")
         loss, accuracy = _evaluate(cfg, arrays)
+        lap("holdout evaluation")
         report.accuracy, report.loss, report.epsilon = accuracy, loss, ledger.epsilon
         report.client_epsilon = ledger.client_level_epsilon
+        lap("ledger epsilon")
         report.seconds = time.perf_counter() - t_round
-        # The round's metrics line goes first: a crash between the two writes leaves a line past the
-        # checkpoint, which the resumed run trims (keep_through), never a checkpoint without its line.
+        # The round's events and metrics line go first: a crash between these writes and the checkpoint leaves
+        # a line past the checkpoint, which the resumed run trims (keep_through), never a checkpoint without them.
+        audit.sync()
         _append_metrics(metrics_path, report, keep_through=resumed_from if first_write else None)
         first_write = False
+        lap("metrics line")
         extra = {"clipping_norm": client_dp.clipping_norm} if client_dp is not None else None
         ckpt.save(server_round, _np_arrays(arrays), ledger, extra)
+        lap("checkpoint (model, ledger, pointer)")
         audit.append("round-finished", round=server_round, accuracy=accuracy, epsilon=ledger.epsilon,
                      client_epsilon=ledger.client_level_epsilon, accepted=len(accepted))  # fmt: skip
         if on_round is not None:
             on_round(report)
+        lap.close()
         if not trained and declined and len(declined) == len(replies) and client_dp is None:
             why = sorted({r["reason"] for r in report.declined})
             stopped = f"round {server_round}: every client declined ({', '.join(why)})"
@@ -482,16 +512,28 @@ def run_rounds(
 
     if first_write:  # nothing left to run: report the checkpointed model
         loss, accuracy = _evaluate(cfg, arrays)
-    return write_summary(cfg, run_dir, _np_arrays(arrays), ledger, audit, accuracy=accuracy, loss=loss,
-                         noise_multiplier=z, stopped=stopped, resumed_from=resumed_from, t0=t0)  # fmt: skip
+    with profiling.span("server", "summary (after the last round)"):
+            return write_summary(cfg, run_dir, _np_arrays(arrays), ledger, audit, accuracy=accuracy, loss=loss,
+                             noise_multiplier=z, stopped=stopped, resumed_from=resumed_from, t0=t0)  # fmt: skip
 
 
-def privacy_summary(cfg: SimulationConfig, ledger: Ledger, noise_multiplier: float | None) -> dict[str, Any]:
-    """The privacy part of ``summary.json``: the composed epsilon, its parts, caveats and cross-checks."""
+def privacy_summary(cfg: SimulationConfig, ledger: Ledger, noise_multiplier: float | None, *,
+                    cross_check: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The privacy part of ``summary.json``: the composed epsilon, its parts, caveats and cross-checks.
+
+    The cross-checks (``*_dp_accounting``: the same releases through independent code) are computed
+    only with ``cross_check``: once per run, when every release is charged (:func:`cross_check_privacy`),
+    not on every summary write. Until then they read ``None``.
+    """
     z = noise_multiplier
-    worst = max(ledger.client_epsilon().items(), key=lambda kv: kv[1], default=(None, 0.0))
-    worst_history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.entries if e.client == worst[0]]
-    out: dict[str, Any] = {
+    out = _privacy_fields(cfg, ledger, z)
+    if cross_check:
+        out.update(_cross_checks(cfg, ledger, z))
+    return out
+
+
+def _privacy_fields(cfg: SimulationConfig, ledger: Ledger, z: float | None) -> dict[str, Any]:
+    return {
         "dp": cfg.dp,
         # every release about a client's rows (count, training, queries), composed; max over clients
         "epsilon": ledger.epsilon if cfg.dp else None,
@@ -499,17 +541,35 @@ def privacy_summary(cfg: SimulationConfig, ledger: Ledger, noise_multiplier: flo
         "delta": cfg.delta if cfg.dp else None,
         "private": ledger.private if cfg.dp else False,
         "caveats": ledger.caveats(),
-        # the worst client's releases through Google's dp-accounting (independent code): RDP and PLD
-        "epsilon_dp_accounting": dp_accounting_epsilon(worst_history, delta=cfg.delta) if cfg.dp else None,
+        "epsilon_dp_accounting": None,  # filled once per run (cross_check_privacy)
         "client_dp": cfg.client_dp,
         "client_epsilon": ledger.client_level_epsilon if z is not None else None,
         "client_delta": cfg.client_delta if z is not None else None,
         "client_noise_multiplier": z,
+        "client_epsilon_dp_accounting": None,
+    }
+
+
+def _cross_checks(cfg: SimulationConfig, ledger: Ledger, z: float | None) -> dict[str, Any]:
+    """The worst client's releases, and the client-level ones, through Google's dp-accounting: RDP and PLD."""
+    worst = max(ledger.client_epsilon().items(), key=lambda kv: kv[1], default=(None, 0.0))
+    worst_history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.entries if e.client == worst[0]]
+    return {
+        "epsilon_dp_accounting": dp_accounting_epsilon(worst_history, delta=cfg.delta) if cfg.dp else None,
         "client_epsilon_dp_accounting": dp_accounting_epsilon(ledger.client_level_history(), delta=cfg.client_delta)
         if z is not None
         else None,
     }
-    return out
+
+
+def cross_check_privacy(run_dir: Path, cfg: SimulationConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """Add the run's cross-checks to ``summary`` (and ``summary.json``), from the ledger as it ends the run."""
+    path = run_dir / LEDGER_FILE
+    if not path.exists():
+        return summary
+    summary = {**summary, **_cross_checks(cfg, Ledger.load(path), summary.get("client_noise_multiplier"))}
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
 
 
 def mostly_rejected(history: list[dict[str, Any]]) -> list[tuple[str, int, int, list[str]]]:
@@ -612,8 +672,12 @@ def write_summary(
     return summary
 
 
-def refresh_privacy(run_dir: Path, cfg: SimulationConfig, ledger: Ledger) -> dict[str, Any]:
-    """Save ``ledger`` (and the checkpoint's copy) and rewrite the summary's privacy fields from it."""
+def refresh_privacy(run_dir: Path, cfg: SimulationConfig, ledger: Ledger, *,
+                    cross_check: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Save ``ledger`` (and the checkpoint's copy) and rewrite the summary's privacy fields from it.
+
+    ``cross_check``: also recompute the cross-checks (for a charge after the run ended).
+    """
     ledger.save(run_dir / LEDGER_FILE)
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists():
@@ -622,7 +686,7 @@ def refresh_privacy(run_dir: Path, cfg: SimulationConfig, ledger: Ledger) -> dic
         atomic_write_text(ckpt, json.dumps(meta, sort_keys=True))
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
-    summary.update(privacy_summary(cfg, ledger, summary.get("client_noise_multiplier")))
+    summary.update(privacy_summary(cfg, ledger, summary.get("client_noise_multiplier"), cross_check=cross_check))
     atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
@@ -704,10 +768,15 @@ def make_server_app(
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
+        profiling.mark("server", "ServerApp started (seconds after fedready's import)")
         merged = {**dict(context.run_config), **fixed}
         cfg = SimulationConfig.from_run_config(merged)
         run_dir = Path(str(merged.get(K.RUN_DIR) or f"runs/flwr-{context.run_id}")).resolve()
         record_run(cfg, run_dir, simulated=bool(merged.get(K.SIMULATION)))
+        if merged.get(K.SIMULATION) and hasattr(grid, "pull_interval"):
+            # Flower's in-memory grid looks for replies every 0.1 s: a round of the default simulation
+            # waits ~50 ms for nothing. Its state lives in this process, so looking 10x as often is cheap.
+            grid.pull_interval = SIMULATION_PULL_INTERVAL
         refused: list[dict[str, Any]] = []
         if merged.get(K.MODE) != K.MODE_EVALUATE and not merged.get(K.SIMULATION):
             # a deployment: the clients' schemas are theirs; a simulation's clients share the server's task
@@ -731,8 +800,11 @@ def make_server_app(
             summary = run_rounds(grid, cfg, run_dir, on_round=on_round, refused=len(refused),
                                  strategy_hook=strategy_hook)  # fmt: skip
             if summary["status"] != "failed":  # nothing to ask about a model nobody trained
-                final_queries(grid, cfg, run_dir, merged, refused=len(refused))  # while the clients are up
+                with profiling.span("server", "post-training queries (after the last round)"):
+                    final_queries(grid, cfg, run_dir, merged, refused=len(refused))  # while the clients are up
                 summary = json.loads((run_dir / "summary.json").read_text())  # with the query releases charged
+        with profiling.span("server", "privacy cross-check (once, at the end)"):
+            summary = cross_check_privacy(run_dir, cfg, summary)  # every release of the run is charged by now
         if refused:
             summary = {**summary, "refused_clients": refused}
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -752,6 +824,9 @@ def make_server_app(
             )
 
     return server_app
+
+
+SIMULATION_PULL_INTERVAL = 0.01  # seconds between looks for replies in a simulation
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedready import constants as K
+from fedready import profiling
 from fedready.config import SimulationConfig, make_config
 from fedready.constants import LEDGER_FILE
 from fedready.errors import ConfigError
@@ -97,7 +98,8 @@ def simulate(
     from fedready.client.app import make_client_app
     from fedready.server.app import make_server_app
 
-    check_config(cfg)
+    with profiling.span("server", "configuration check, data load"):
+        check_config(cfg)
     check_ray_temp_dir(ray_address)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +121,9 @@ def simulate(
         client_app = make_secagg_client_app(overrides, client_clipping=cfg.client_dp == "client-fixed")
     else:
         client_app = make_client_app(overrides, optimizer_hooks=optimizer_hooks)
-    _run(server_app, client_app, cfg.num_clients, ray_address)
+    profiling.mark("server", "Flower simulation starts (seconds after fedready's import)")
+    with profiling.span("server", "Flower simulation (Ray start-up, rounds, shutdown)"):
+        _run(server_app, client_app, cfg.num_clients, ray_address)
     if not result:
         raise RuntimeError(f"the simulation ended without a summary; see the logs in {run_dir}")
     if cfg.dp:
@@ -130,10 +134,10 @@ def simulate(
 def _charge_unreported(cfg: SimulationConfig, run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Charge releases no reply reported (a straggler still training when the server last heard from it).
 
-    In a simulation every client's own record is at hand (``<run>.clients/<id>/state.json``), so
+    In a simulation every client's own record is at hand (``<run>.clients/<id>/state.npz``), so
     the run's ledger ends with every release any client made, late ones included.
     """
-    from fedready.client.state import ClientPrivacyState, client_state_dir
+    from fedready.client.state import client_state_dir, read_state
     from fedready.privacy.ledger import Ledger
     from fedready.server.app import charge_history, refresh_privacy
 
@@ -145,14 +149,13 @@ def _charge_unreported(cfg: SimulationConfig, run_dir: Path, summary: dict[str, 
     last = max((e.round for e in ledger.entries), default=0)
     for pid in range(cfg.num_clients):
         folder = client_state_dir(run_dir, pid)
-        state_file = folder / "state.json" if folder is not None else None
-        if state_file is None or not state_file.exists():
+        state = read_state(folder) if folder is not None else None
+        if state is None:
             continue
-        state = ClientPrivacyState.from_dict(json.loads(state_file.read_text()))
         charge_history(ledger, str(pid), state.wire_history(), delta=cfg.delta, current_round=last + 1)
     if len(ledger.entries) == before:
         return summary
-    return {**summary, **refresh_privacy(run_dir, cfg, ledger)}
+    return {**summary, **refresh_privacy(run_dir, cfg, ledger, cross_check=True)}  # after the run: check again
 
 
 def federated_evaluate(run_dir: Path, *, ray_address: str | None = None) -> dict[str, Any]:

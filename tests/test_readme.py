@@ -69,7 +69,9 @@ def test_the_run_folder_layout_shows_client_state_beside_the_run_not_inside_it(t
     block = _block("The run folder", "")
     inside = block.split("runs/<name>.clients/")[0]
     assert "clients/" not in inside, "client state is not inside the run folder"
-    assert "runs/<name>.clients/<id>/state.json" in block
+    from fedready.client.state import STATE_FILE
+
+    assert f"runs/<name>.clients/<id>/{STATE_FILE}" in block
     assert client_state_dir(tmp_path / "runs" / "r1", 3) == tmp_path / "runs" / "r1.clients" / "3"
 
 

@@ -40,6 +40,11 @@ def ledger(
         verdict = "[green]matches[/]" if report["ok"] else "[red]DIFFERS[/]"
         err.print(f"run epsilon {report['epsilon']:.4f} (every release about a client's rows, composed; delta "
                   f"{report['delta']:g}, {report['accountant']}); recomputed with Opacus: {verdict}")  # fmt: skip
+        cross = report["dp_accounting"]
+        if cross is not None:
+            pld = "-" if cross["pld"] is None else f"{cross['pld']:.4f}"
+            err.print(f"cross-check with Google's dp-accounting (client {cross['client']}, the worst): RDP "
+                      f"{cross['rdp']:.4f}, PLD {pld} (tighter)")  # fmt: skip
         for caveat in report["caveats"]:
             err.print(f"[bold red]{caveat}[/]")
     if not report["ok"]:
@@ -73,4 +78,17 @@ def check_ledger(run: Path, *, rel_tol: float = 0.01) -> dict[str, Any]:
                         "other_releases": other, "epsilon": mine[-1].epsilon,
                         "recomputed": again[client][-1][1]})  # fmt: skip
     return {"path": str(path), "epsilon": led.epsilon, "delta": led.delta, "accountant": led.accountant,
-            "declines": len(led.declines), "clients": clients, "caveats": led.caveats(), "ok": ok}  # fmt: skip
+            "declines": len(led.declines), "clients": clients, "caveats": led.caveats(), "ok": ok,
+            "dp_accounting": _cross_check(led)}  # fmt: skip
+
+
+def _cross_check(led: Any) -> dict[str, Any] | None:
+    """The worst client's releases through Google's dp-accounting (independent code): RDP and PLD epsilon."""
+    from fedready.privacy.accounting import dp_accounting_epsilon
+
+    eps = led.client_epsilon()
+    if not led.dp or not eps:
+        return None
+    worst = max(eps, key=lambda c: eps[c])
+    history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in led.entries if e.client == worst]
+    return {"client": worst, **dp_accounting_epsilon(history, delta=led.delta)}

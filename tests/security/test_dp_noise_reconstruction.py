@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from fedready.client.app import _insecure_seed
+from fedready.client.state import read_kept_reply
 from fedready.client.training import train
 from fedready.config import make_config
 from fedready.federation import client_shard, task_of
@@ -35,8 +36,7 @@ def _attack(run: Path, client: int = 0, server_round: int = 2) -> float:
     cfg = make_config(**json.loads((run / "config.json").read_text())["config"])
     start = load_npz((run / "checkpoints" / f"round-{server_round - 1:04d}.npz").read_bytes())
     folder = run.with_name(run.name + ".clients") / str(client)
-    released = load_npz((folder / "last_update.npz").read_bytes())
-    metrics = json.loads((folder / "last_metrics.json").read_text())
+    released, metrics = read_kept_reply(folder)
     shard = client_shard(cfg, client)
     candidates = {_insecure_seed(cfg.seed, client, server_round), cfg.seed, server_round, client, 0}
     best = math.inf

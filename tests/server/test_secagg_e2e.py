@@ -11,6 +11,7 @@ import tempfile
 import numpy as np
 import pytest
 
+from fedready.client.state import read_kept_reply
 from fedready.modelio import arrays_digest, load_npz
 
 pytestmark = pytest.mark.slow
@@ -47,10 +48,11 @@ def test_server_never_holds_an_individual_update(secagg_run):
     assert all(len(a["clients"]) == 4 and len(a["received"]) == 1 for a in handed)
     # ... and it is none of the clients' own plaintext updates (each client keeps its last one locally,
     # beside the server's run folder, never inside it)
-    assert not any("last_update" in p.name for p in run.rglob("*"))
+    assert not any(p.name in ("state.npz", "last_update.npz") for p in run.rglob("*"))
     local = run.with_name(run.name + ".clients")
-    updates = {c: load_npz((local / c / "last_update.npz").read_bytes()) for c in "0123"}
-    metrics = {c: json.loads((local / c / "last_metrics.json").read_text()) for c in "0123"}
+    kept = {c: read_kept_reply(local / c) for c in "0123"}
+    updates = {c: kept[c][0] for c in "0123"}
+    metrics = {c: kept[c][1] for c in "0123"}
     assert handed[-1]["received"][0] not in {arrays_digest(u) for u in updates.values()}
     # the aggregate is the example-weighted mean of the masked updates, up to quantisation
     weights = np.array([metrics[c]["num-examples"] for c in "0123"], dtype=np.float64)

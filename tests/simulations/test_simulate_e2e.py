@@ -170,6 +170,11 @@ def test_ledger_command_verifies_and_catches_tampering(reference_run, tmp_path):
     report = json.loads(ok.stdout)
     assert report["ok"] and sorted(c["client"] for c in report["clients"]) == ["0", "1", "2", "3"]
     assert all(c["other_releases"] == {"count": 1, "query": 1} for c in report["clients"])
+    # the independent cross-check, on demand: the same one the run computed once, at its end
+    cross = report["dp_accounting"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert cross["rdp"] == pytest.approx(summary["epsilon_dp_accounting"]["rdp"], rel=1e-9)
+    assert cross["pld"] <= cross["rdp"] and cross["rdp"] == pytest.approx(report["epsilon"], rel=0.02)
     data = json.loads((run / "ledger.json").read_text())
     data["entries"][0]["epsilon"] *= 0.5  # under-report one client's first round
     bad = tmp_path / "ledger.json"
