@@ -124,7 +124,8 @@ def measure(clients: int, rounds: int, fraction: float, *, repeat: int, work: Pa
             sys.executable, str(HERE / "bare_flower" / "app.py"), *common, "--noise", str(noise),
             "--local-steps", str(bare_steps), "--max-grad-norm", "1.0",
         ], cwd=work))  # fmt: skip
-        for folder in (f"c{clients}-{kind}-{i}", f"c{clients}-{kind}-{i}.clients"):  # the clients' own state too (its budget)
+        # the run and its clients' own state (their budget: a later run of the same name would inherit it)
+        for folder in (f"c{clients}-{kind}-{i}", f"c{clients}-{kind}-{i}.clients"):
             shutil.rmtree(run_dir / folder, ignore_errors=True)
     med = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
     peak = {k: max(r["peak_rss"] for r in v) for k, v in runs.items()}

@@ -9,13 +9,11 @@ from pathlib import Path
 __all__ = ["append_line", "atomic_write_bytes", "atomic_write_text"]
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and an atomic rename.
 
-    Readers see the old file or the new one, never a part, whatever kills the process. With
-    ``durable`` (the default) the data also reaches the disk before the rename (``fsync``), so the
-    new file survives a power cut too; pass ``durable=False`` only for a file that is a copy of a
-    durable one and is rebuilt from it (a power cut may then leave the older copy).
+    Readers see the old file or the new one, never a part, whatever kills the process, and the data
+    reaches the disk before the rename (``fsync``), so the new file survives a power cut too.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,17 +22,16 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            if durable:
-                os.fsync(f.fileno())
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def append_line(path: Path, line: str) -> None:

@@ -6,7 +6,9 @@ and every timed phase appends one JSON line to it: ``{"side", "phase", "round", 
 ``PIPE_BUF``, so the server and every client process can append to the same file at once.
 
 Nothing here reads or records data: only phase names, round numbers, client ids and durations.
-With the variable unset, :func:`span` costs one branch.
+Durations still follow the data loosely (a client's sampling and training time grow with its Poisson
+batches, so with its row count): a profile stays on the machine that wrote it, like any log. With the
+variable unset, :func:`span` costs one branch; a file that cannot be written is skipped, never an error.
 """
 
 from __future__ import annotations
@@ -35,9 +37,14 @@ def record(side: str, phase: str, seconds: float, *, round: int = 0, client: str
         return
     line = json.dumps({"side": side, "phase": phase, "round": int(round), "client": str(client),
                        "seconds": round_(seconds), "pid": os.getpid()}) + "\n"  # fmt: skip
-    fd = os.open(_PATH, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(_PATH, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError:  # a profile that cannot be written never fails a run
+        return
     try:
         os.write(fd, line.encode("utf-8"))
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

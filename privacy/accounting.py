@@ -148,6 +148,10 @@ def calibrate_with_releases(*, target_epsilon: float, target_delta: float, sampl
         return calibrate_noise(target_epsilon=target_epsilon, target_delta=target_delta, sample_rate=sample_rate,
                                steps=steps, accountant=accountant)  # fmt: skip
     _check(target_epsilon, target_delta, accountant)
+    if not 0 < sample_rate <= 1:
+        raise ConfigError("batch_size", f"sample rate must be in (0, 1], got {sample_rate}")
+    if steps < 1:
+        raise ConfigError("rounds", f"planned steps must be >= 1, got {steps}")
     fixed = compose_epsilon(releases, delta=target_delta, accountant=accountant)
     if fixed >= target_epsilon:
         raise ConfigError("epsilon", f"the count and query releases alone spend epsilon {fixed:.3f} >= budget "
@@ -161,12 +165,18 @@ def calibrate_with_releases(*, target_epsilon: float, target_delta: float, sampl
     # over fewer orders), so that noise fits, and it is usually within 0.01% of the smallest that does. The
     # bracket is then bisected on a log scale with every order until it is 1e-4 wide (relative): the upper
     # end (returned, and checked) is within 0.01% of the smallest noise that fits.
-    if accountant == "rdp":
-        hi = _calibrate_integer_orders(target_epsilon, target_delta, sample_rate, steps, releases)
+    try:  # the integer orders cannot fit when the other releases alone spend the budget on them (orders < 2 rule)
+        hi = _calibrate_integer_orders(target_epsilon, target_delta, sample_rate, steps, releases) \
+            if accountant == "rdp" else None  # fmt: skip
+    except ConfigError:
+        hi = None
+    if hi is not None:
         lo = hi / (1.0 + 1e-4)
         if spent(lo) <= target_epsilon:  # the fractional orders allow less noise: find it (Brent, log scale)
             lo, hi = lo / 1.05, lo
             while spent(lo) <= target_epsilon:
+                if lo < 1e-6:  # training that costs nothing: the other releases alone decide
+                    return float(hi)
                 lo, hi = lo / 1.05, lo
             return _brent_smallest(spent, target_epsilon, lo, hi)
     else:
@@ -276,7 +286,10 @@ def _brent_smallest(spent: Callable[[float], float], target: float, lo: float, h
     """
     from scipy.optimize import brentq  # SciPy comes with Opacus
 
-    root = brentq(lambda x: spent(math.exp(x)) - target, math.log(lo), math.log(hi), xtol=2e-5, rtol=1e-12)
+    try:
+        root = brentq(lambda x: spent(math.exp(x)) - target, math.log(lo), math.log(hi), xtol=2e-5, rtol=1e-12)
+    except ValueError:  # exp(log(x)) one unit in the last place off an end, so both ends on one side: bisect
+        return _bisect_smallest(spent, target, lo, hi)
     z = math.exp(root + 3e-5)
     while spent(z) > target:  # never on a smooth curve; kept so the result is checked, not assumed
         z *= 1.0 + 1e-5

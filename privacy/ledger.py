@@ -199,11 +199,11 @@ class Ledger:
             outside_guarantee=list(data.get("outside_guarantee", [])),
         )
 
-    def save(self, path: Path, *, durable: bool = True, data: dict[str, Any] | None = None) -> None:
-        """Write the ledger atomically (whole or not at all); ``durable=False``: a copy of a durable record
-        (:func:`fedready.files.atomic_write_bytes`); ``data``: its :meth:`to_dict`, when the caller has it."""
+    def save(self, path: Path, *, data: dict[str, Any] | None = None) -> None:
+        """Write the ledger atomically (whole or not at all) and durably; ``data``: its :meth:`to_dict`, when
+        the caller has it."""
         data = self.to_dict() if data is None else data
-        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", durable=durable)
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Ledger:

@@ -173,10 +173,10 @@ class _Checkpointer:
              strategy: dict[str, Any] | None = None) -> None:  # fmt: skip
         name = f"checkpoints/round-{server_round:04d}.npz"
         atomic_write_bytes(self.dir / name, save_npz(arrays))  # on the disk before the pointer names it
-        # ledger.json is a copy for readers; the durable ledger is the one inside the pointer, and a resume
-        # rewrites the copy from it: no fsync of its own
+        # ledger.json is what every later step reads as the run's record (the charges of queries and retraining,
+        # packaging, `fedready ledger`), so it is durable too; serialised once for both files
         data = ledger.to_dict()
-        ledger.save(self.dir / LEDGER_FILE, durable=False, data=data)
+        ledger.save(self.dir / LEDGER_FILE, data=data)
         meta = {"round": server_round, "arrays": name, "model_digest": arrays_digest(arrays),
                 "ledger": data, "strategy": dict(strategy or {})}  # fmt: skip
         # The pointer is written last: a crash before this line leaves the previous round intact.
@@ -204,6 +204,17 @@ def _append_metrics(path: Path, report: RoundReport, keep_through: int | None = 
         except (ValueError, KeyError, TypeError):  # a line torn by a crash
             continue
     atomic_write_text(path, "\n".join([*kept, line]) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The lines of ``metrics.jsonl`` (none if it is missing), without a last line torn by a crash."""
+    out = []
+    for ln in Path(path).read_text().splitlines() if Path(path).exists() else []:
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            continue
+    return out
 
 
 def _np_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -562,13 +573,17 @@ def _cross_checks(cfg: SimulationConfig, ledger: Ledger, z: float | None) -> dic
     }
 
 
-def cross_check_privacy(run_dir: Path, cfg: SimulationConfig, summary: dict[str, Any]) -> dict[str, Any]:
-    """Add the run's cross-checks to ``summary`` (and ``summary.json``), from the ledger as it ends the run."""
-    path = run_dir / LEDGER_FILE
-    if not path.exists():
-        return summary
-    summary = {**summary, **_cross_checks(cfg, Ledger.load(path), summary.get("client_noise_multiplier"))}
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+def cross_check_privacy(run_dir: Path, cfg: SimulationConfig) -> dict[str, Any] | None:
+    """Add the cross-checks to the run's ``summary.json``, from its ledger as the command ends; return it.
+
+    None when the run folder holds no summary or no ledger yet (nothing to check).
+    """
+    path, summary_path = run_dir / LEDGER_FILE, run_dir / "summary.json"
+    if not path.exists() or not summary_path.exists():
+        return None
+    summary = json.loads(summary_path.read_text())
+    summary.update(_cross_checks(cfg, Ledger.load(path), summary.get("client_noise_multiplier")))
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
@@ -591,8 +606,7 @@ def rejection_lines(run_dir: Path) -> list[str]:
     The client is named: the line is for the operator at the run folder (``summary.json``, which ships,
     only counts them).
     """
-    p = Path(run_dir) / "metrics.jsonl"
-    history = [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+    history = read_metrics(Path(run_dir) / "metrics.jsonl")
     return [f"warning: client {c}'s updates were rejected in {n} of the {t} rounds it trained in "
             f"({', '.join(reasons)}): its rows barely shaped the model (see {run_dir}/audit.jsonl)"
             for c, n, t, reasons in mostly_rejected(history)]  # fmt: skip
@@ -632,8 +646,7 @@ def write_summary(
 ) -> dict[str, Any]:  # fmt: skip
     """Write ``model.npz`` and ``summary.json`` for a finished run and return the summary."""
     atomic_write_bytes(run_dir / "model.npz", save_npz(final))
-    metrics_path = run_dir / "metrics.jsonl"
-    history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    history = read_metrics(run_dir / "metrics.jsonl")
     status = run_status(history, stopped)
     failed = status["status"] == "failed"
     summary = {
@@ -804,7 +817,9 @@ def make_server_app(
                     final_queries(grid, cfg, run_dir, merged, refused=len(refused))  # while the clients are up
                 summary = json.loads((run_dir / "summary.json").read_text())  # with the query releases charged
         with profiling.span("server", "privacy cross-check (once, at the end)"):
-            summary = cross_check_privacy(run_dir, cfg, summary)  # every release of the run is charged by now
+            checked = cross_check_privacy(run_dir, cfg)  # every release of the run is charged by now
+        if checked is not None and merged.get(K.MODE) != K.MODE_EVALUATE:  # evaluate mode returns its counts
+            summary = checked
         if refused:
             summary = {**summary, "refused_clients": refused}
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -42,13 +42,17 @@ def test_a_sync_with_nothing_deferred_costs_nothing(tmp_path, fsyncs):
     assert fsyncs == []
 
 
-def test_appended_lines_are_synced_and_a_copy_is_not(tmp_path, fsyncs):
+def test_appended_lines_are_synced_and_readers_skip_a_torn_last_line(tmp_path, fsyncs):
+    from fedready.server.app import read_metrics
+
     append_line(tmp_path / "m.jsonl", '{"round": 1}')
     append_line(tmp_path / "m.jsonl", '{"round": 2}\n')
     assert (tmp_path / "m.jsonl").read_text() == '{"round": 1}\n{"round": 2}\n'
     assert len(fsyncs) == 2
-    atomic_write_text(tmp_path / "copy.json", "{}", durable=False)
-    assert len(fsyncs) == 2 and (tmp_path / "copy.json").read_text() == "{}"
+    with (tmp_path / "m.jsonl").open("a") as f:
+        f.write('{"round": 3, "acc')  # killed mid-append
+    assert [m["round"] for m in read_metrics(tmp_path / "m.jsonl")] == [1, 2]
+    assert read_metrics(tmp_path / "missing.jsonl") == []
     atomic_write_text(tmp_path / "record.json", "{}")
     assert len(fsyncs) == 3
 
@@ -67,7 +71,7 @@ def test_a_resumed_run_drops_lines_past_its_checkpoint_and_a_torn_line(tmp_path)
     assert json.loads(path.read_text().splitlines()[-1])["accuracy"] == pytest.approx(0.81)
 
 
-def test_the_checkpoint_syncs_model_and_pointer_and_writes_the_ledger_copy_unsynced(tmp_path, fsyncs):
+def test_the_checkpoint_syncs_model_ledger_and_pointer_once_each(tmp_path, fsyncs):
     import numpy as np
 
     from fedready.config import make_config
@@ -79,7 +83,7 @@ def test_the_checkpoint_syncs_model_and_pointer_and_writes_the_ledger_copy_unsyn
     ledger.charge(round=1, client="0", level="sample", noise_multiplier=1.1, sample_rate=0.25, steps=3, delta=1e-5)
     ckpt = _Checkpointer(tmp_path)
     ckpt.save(1, {"w": np.ones(3, dtype=np.float32)}, ledger)
-    assert len(fsyncs) == 2  # the model and the pointer (which holds the durable ledger)
+    assert len(fsyncs) == 3  # the model, ledger.json (every later step reads it) and the pointer
     assert Ledger.load(tmp_path / LEDGER_FILE).to_dict() == ledger.to_dict()
     last, arrays, restored = ckpt.load()
     assert last == 1 and restored.to_dict() == ledger.to_dict()
@@ -101,3 +105,26 @@ def test_the_ledgers_charged_index_follows_charges_truncation_and_reload(tmp_pat
     again = Ledger.load(tmp_path / "l.json")
     assert again.charged("0", "sample", 1) and not again.charged("0", "sample", 3)
     assert again.to_dict() == ledger.to_dict()
+
+
+def test_the_cross_check_updates_the_runs_summary_and_keeps_everything_else(tmp_path):
+    """Also in evaluate mode, whose ServerApp returns the federated counts, not the summary."""
+    from fedready.config import make_config
+    from fedready.server.app import cross_check_privacy, new_ledger
+
+    cfg = make_config()
+    assert cross_check_privacy(tmp_path, cfg) is None  # nothing to check yet
+    ledger = new_ledger(cfg, "r")
+    for r in (1, 2):
+        ledger.charge(round=r, client="0", level="sample", noise_multiplier=5.0, sample_rate=0.1, steps=3, delta=1e-5)
+    ledger.save(tmp_path / "ledger.json")
+    summary = {"status": "completed", "accuracy": 0.84, "model_digest": "abc", "epsilon": ledger.epsilon,
+               "client_noise_multiplier": None, "epsilon_dp_accounting": None}  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    checked = cross_check_privacy(tmp_path, cfg)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert checked == on_disk
+    assert {k: on_disk[k] for k in ("status", "accuracy", "model_digest")} == {"status": "completed", "accuracy": 0.84,
+                                                                             "model_digest": "abc"}  # fmt: skip
+    assert on_disk["epsilon_dp_accounting"]["rdp"] == pytest.approx(ledger.epsilon, rel=0.02)
+    assert on_disk["client_epsilon_dp_accounting"] is None

@@ -37,3 +37,11 @@ def test_spans_and_laps_record_one_line_per_phase(tmp_path, monkeypatch):
     assert lines[1]["seconds"] >= 0.005 and lines[1]["seconds"] < lines[0]["seconds"] + 0.01
     assert lines[3]["seconds"] == 0.004  # the sub-phase, taken out of the lap it happened in
     assert set(lines[0]) == {"side", "phase", "round", "client", "seconds", "pid"}  # names and durations only
+
+
+def test_a_profile_that_cannot_be_written_never_fails_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiling, "_PATH", str(tmp_path / "no-such-folder" / "profile.jsonl"))
+    with profiling.span("client", "state write", round=1):
+        pass
+    profiling.record("server", "aggregation", 0.1, round=1)
+    assert not (tmp_path / "no-such-folder").exists()

@@ -186,3 +186,23 @@ def test_dp_accounting_cross_check_is_the_same_with_a_runs_repeated_releases_mer
     assert got["rdp"] == pytest.approx(one_by_one.get_epsilon(1e-5), rel=1e-9)
     assert got["pld"] <= got["rdp"]  # the PLD is the tighter bound, and still an upper bound
     assert compose_epsilon(history, delta=1e-5) == pytest.approx(got["rdp"], rel=0.02)
+
+
+def test_calibration_beside_releases_whose_best_order_is_below_two_still_finds_the_noise():
+    """Integer orders alone cannot fit here (the count release spends the budget on them): all orders can."""
+    from fedready.privacy.accounting import calibrate_with_releases
+
+    releases = [(0.2, 1.0, 1)]
+    z = calibrate_with_releases(target_epsilon=35.104, target_delta=1e-5, sample_rate=0.1, steps=10, releases=releases)
+    assert compose_epsilon([*releases, (z, 0.1, 10)], delta=1e-5) <= 35.104
+
+
+@pytest.mark.parametrize(("rate", "steps", "field"), [(0.0, 10, "batch_size"), (1.5, 10, "batch_size"),
+                                                      (0.1, 0, "rounds")])  # fmt: skip
+def test_calibration_beside_releases_refuses_an_impossible_rate_or_step_count(rate, steps, field):
+    from fedready.privacy.accounting import calibrate_with_releases
+
+    with pytest.raises(ConfigError) as e:
+        calibrate_with_releases(target_epsilon=1.0, target_delta=1e-5, sample_rate=rate, steps=steps,
+                                releases=[(20.0, 1.0, 1)])  # fmt: skip
+    assert e.value.field == field
