@@ -125,12 +125,26 @@ class Ledger:
         self.declines = [d for d in self.declines if d["round"] <= last_round]
 
     def client_epsilon(self, levels: tuple[str, ...] = RECORD_LEVELS) -> dict[str, float]:
-        """Each client's epsilon over its releases of ``levels`` (default: all of them, composed)."""
-        by_client: dict[str, list[LedgerEntry]] = {}
-        for e in self.entries:
+        """Each client's epsilon over its releases of ``levels`` (default: all of them, composed).
+
+        Entries are only ever appended (a resume replaces the whole list): each call composes again only
+        the clients charged since the last call, so a round of 100 clients among 10,000 costs 100
+        compositions, not 10,000 (the headline epsilon is read several times a round).
+        """
+        caches = self.__dict__.setdefault("_epsilon_cache", {})
+        cached = caches.get(levels)
+        if cached is None or cached[0] is not self.entries or cached[1] > len(self.entries):
+            cached = caches[levels] = [self.entries, 0, {}, {}]  # the list, entries seen, groups, epsilons
+        entries, seen, groups, eps = cached
+        changed = set()
+        for e in entries[seen:]:
             if e.level in levels and e.level != "client":
-                by_client.setdefault(e.client, []).append(e)
-        return {c: compose_entries(v) for c, v in by_client.items()}
+                groups.setdefault(e.client, []).append(e)
+                changed.add(e.client)
+        for c in changed:
+            eps[c] = compose_entries(groups[c])
+        cached[1] = len(entries)
+        return {c: eps[c] for c in groups}
 
     @property
     def epsilon(self) -> float:

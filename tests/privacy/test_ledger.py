@@ -80,3 +80,26 @@ def test_insecure_noise_and_uncharged_releases_are_stamped(tmp_path):
     back = Ledger.load(tmp_path / "l.json")
     assert back.insecure_seeded_noise and not back.private and back.to_dict()["caveats"] == led.caveats()
     assert Ledger(run_id="r", delta=1e-5, target_epsilon=1.0, accountant="rdp").private
+
+
+def test_per_client_epsilon_read_between_charges_equals_a_fresh_composition():
+    """The headline epsilon is read several times a round; each read composes only the clients charged since."""
+    import random
+
+    from fedready.config import make_config
+    from fedready.privacy.ledger import RECORD_LEVELS, Ledger
+    from fedready.server.app import new_ledger
+
+    rng = random.Random(3)
+    ledger = new_ledger(make_config(), "r")
+    for r in range(1, 9):
+        for c in rng.sample(range(30), 6):
+            level = rng.choice(["count", "sample", "sample", "query"])
+            ledger.charge(round=r, client=str(c), level=level, noise_multiplier=rng.uniform(1, 8),
+                          sample_rate=rng.choice([0.1, 0.5, 1.0]), steps=rng.randint(1, 5), delta=1e-5)  # fmt: skip
+        if r == 5:
+            ledger.truncate(3)  # a resume: the list is replaced, nothing stale survives
+        fresh = Ledger.from_dict(ledger.to_dict())  # no cache: composed from scratch
+        for levels in (RECORD_LEVELS, ("sample",), ("count",), ("query",)):
+            assert ledger.client_epsilon(levels) == fresh.client_epsilon(levels)
+        assert ledger.epsilon == fresh.epsilon and ledger.epsilon_parts() == fresh.epsilon_parts()
