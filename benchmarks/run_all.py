@@ -103,7 +103,7 @@ def section_dp(full: bool) -> tuple[list[str], str]:
     text += _table(["model", "params", "steps", "batch", "non-private ms (baseline)", "DP hooks ms", "DP ghost ms",
                     "hooks / non-private", "ghost / non-private", "fedready uses", "ghost == hooks",
                     "fastest correct"], rows)  # fmt: skip
-    text += ("\n\nTarget: a DP round <= 1.5x the non-private round for the default MLP. A federated round is what "
+    text += ("\n\nTarget: a DP round <= 1.3x the non-private round for the default MLP. A federated round is what "
              "a user waits for; the lower levels show where the privacy cost sits. The training loop is one "
              "client's local round (`fedready.client.training.train`) on client 0's shard, one thread, including "
              "building the `PrivacyEngine` and wrapping model, optimiser and loader, which fedready does every "

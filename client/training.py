@@ -227,28 +227,32 @@ def train(
         opt.add_noise = _timed_add_noise  # type: ignore[method-assign]
     t0 = clock()
     setup = t0 - t_setup
-    while steps < budget:
-        batches = iter(loader)
+    with warnings.catch_warnings():
+        # Opacus's ghost clipping warns on each of its two backward passes that a full backward hook fires with
+        # no input requiring gradients (it is meant to: the hooks only read the layers' outputs' gradients)
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
         while steps < budget:
-            t0 = clock()
-            batch = next(batches, None)
-            t1 = clock()
-            sampling += t1 - t0
-            if batch is None:
-                break
-            xb, yb = batch
-            opt.zero_grad(set_to_none=True)
-            out = module(xb)
-            # Poisson sampling can draw an empty batch: it is still a step (noise is
-            # still added and accounted), with a zero loss instead of a NaN mean.
-            loss = criterion(out, yb) if len(xb) or extra else out.sum()
-            loss.backward()
-            t2 = clock()
-            compute += t2 - t1
-            opt.step()
-            stepping += clock() - t2
-            steps += 1
-            total += float(loss.detach()) if len(xb) else 0.0  # ghost's wrapped loss of nothing is NaN
+            batches = iter(loader)
+            while steps < budget:
+                t0 = clock()
+                batch = next(batches, None)
+                t1 = clock()
+                sampling += t1 - t0
+                if batch is None:
+                    break
+                xb, yb = batch
+                opt.zero_grad(set_to_none=True)
+                out = module(xb)
+                # Poisson sampling can draw an empty batch: it is still a step (noise is
+                # still added and accounted), with a zero loss instead of a NaN mean.
+                loss = criterion(out, yb) if len(xb) or extra else out.sum()
+                loss.backward()
+                t2 = clock()
+                compute += t2 - t1
+                opt.step()
+                stepping += clock() - t2
+                steps += 1
+                total += float(loss.detach()) if len(xb) else 0.0  # ghost's wrapped loss of nothing is NaN
     if optimizer_hook is not None:
         optimizer_hook.close()
     released = tuple((float(z), float(q), int(n)) for z, q, n in engine.accountant.history) if engine else ()
