@@ -196,13 +196,8 @@ def _append_metrics(path: Path, report: RoundReport, keep_through: int | None = 
     if keep_through is None:
         append_line(path, line)
         return
-    kept = []
-    for ln in path.read_text().splitlines() if path.exists() else []:
-        try:
-            if json.loads(ln)["round"] <= keep_through:
-                kept.append(ln)
-        except (ValueError, KeyError, TypeError):  # a line torn by a crash
-            continue
+    # each line was written as json.dumps(..., sort_keys=True): dumping it again gives the same text
+    kept = [json.dumps(m, sort_keys=True) for m in read_metrics(path) if m.get("round", 0) <= keep_through]
     atomic_write_text(path, "\n".join([*kept, line]) + "\n")
 
 
