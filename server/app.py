@@ -206,9 +206,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     out = []
     for ln in Path(path).read_text().splitlines() if Path(path).exists() else []:
         try:
-            out.append(json.loads(ln))
+            line = json.loads(ln)
         except ValueError:
             continue
+        if isinstance(line, dict):
+            out.append(line)
     return out
 
 
